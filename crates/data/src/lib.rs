@@ -1,0 +1,63 @@
+//! Data preparation: a Sentiment140 CSV, raw or cleaned, into stratified train / validation /
+//! test Parquet files and a manifest that accounts for every row.
+//!
+//! The pipeline is: detect the layout ([`InputFormat`]) from the first line, decode the text
+//! (Windows-1252 for the raw release, UTF-8 otherwise), optionally normalise it
+//! ([`Normalization`]), drop what must be dropped while counting each reason (neutral rows,
+//! empty texts, duplicates, malformed rows under [`BadRowPolicy::Skip`]), optionally draw a
+//! stratified sample, then split each class 70/15/15 with a seed ([`stratified_split`]).
+//! Memory stays bounded: the file is streamed twice and only labels are held.
+//!
+//! ```no_run
+//! use sentiment_data::{PrepareConfig, prepare};
+//!
+//! let mut config = PrepareConfig::new("training.1600000.processed.noemoticon.csv", "data/s140");
+//! config.sample = Some(10_000);
+//! let manifest = prepare(&config, &mut |_| {})?;
+//! println!("{} rows kept of {}", manifest.rows_kept, manifest.rows_read);
+//! let train = sentiment_data::read_split(&config.out_dir.join("train.parquet"))?;
+//! assert_eq!(train.len() as u64, manifest.splits[0].rows);
+//! # Ok::<(), sentiment_data::DataError>(())
+//! ```
+
+mod csv_reader;
+mod error;
+mod format;
+mod manifest;
+mod normalize;
+mod parquet_io;
+mod prepare;
+mod split;
+
+use std::io::Write;
+use std::path::Path;
+
+pub use csv_reader::{ReadOutcome, Record, RecordReader, SyntaxError};
+pub use error::{BadRow, DataError};
+pub use format::{InputFormat, TextEncoding, decode_cp1252, detect_format, encode_cp1252};
+pub use manifest::{
+    BadRowPolicy, ClassInfo, InputSummary, MANIFEST_FILE, MANIFEST_VERSION, Manifest,
+    SplitSummary,
+};
+pub use normalize::Normalization;
+pub use parquet_io::{
+    LABEL_COLUMN, ROW_COLUMN, SplitRows, SplitWriter, TEXT_COLUMN, read_split, split_schema,
+};
+pub use prepare::{PrepareConfig, Progress, prepare};
+pub use split::{Split, SplitRatios, apportion, stratified_sample, stratified_split};
+
+/// Writes `bytes` to `path` atomically: a temporary sibling, flushed to disk, then renamed, so a
+/// reader sees the old file or the new one, never a part.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let temp = parquet_io::temp_sibling(path);
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(DataError::io(path))
+}
