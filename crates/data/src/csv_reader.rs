@@ -265,7 +265,10 @@ fn memchr_quote(bytes: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn read_all(input: &str) -> Vec<Result<(u64, Vec<String>), (u64, SyntaxError)>> {
+    /// A parsed record (line, fields) or a malformed one (line, error).
+    type Parsed = Result<(u64, Vec<String>), (u64, SyntaxError)>;
+
+    fn read_all(input: &str) -> Vec<Parsed> {
         let mut reader = RecordReader::new(input.as_bytes());
         let mut record = Record::default();
         let mut out = Vec::new();
@@ -283,7 +286,7 @@ mod tests {
         }
     }
 
-    fn ok(line: u64, fields: &[&str]) -> Result<(u64, Vec<String>), (u64, SyntaxError)> {
+    fn ok(line: u64, fields: &[&str]) -> Parsed {
         Ok((line, fields.iter().map(|s| s.to_string()).collect()))
     }
 

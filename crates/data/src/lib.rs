@@ -36,8 +36,7 @@ pub use csv_reader::{ReadOutcome, Record, RecordReader, SyntaxError};
 pub use error::{BadRow, DataError};
 pub use format::{InputFormat, TextEncoding, decode_cp1252, detect_format, encode_cp1252};
 pub use manifest::{
-    BadRowPolicy, ClassInfo, InputSummary, MANIFEST_FILE, MANIFEST_VERSION, Manifest,
-    SplitSummary,
+    BadRowPolicy, ClassInfo, InputSummary, MANIFEST_FILE, MANIFEST_VERSION, Manifest, SplitSummary,
 };
 pub use normalize::Normalization;
 pub use parquet_io::{

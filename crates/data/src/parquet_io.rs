@@ -37,6 +37,9 @@ pub fn split_schema() -> SchemaRef {
 /// Rows buffered before a record batch is handed to the Parquet writer.
 const BATCH_ROWS: usize = 32 * 1024;
 
+/// Rows per Parquet row group.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 /// Streams rows into one split file, written under a temporary name until [`Self::finish`].
 pub struct SplitWriter {
     temp_path: PathBuf,
@@ -53,15 +56,19 @@ impl SplitWriter {
     pub fn create(final_path: &Path) -> Result<Self, DataError> {
         let temp_path = temp_sibling(final_path);
         let file = File::create(&temp_path).map_err(DataError::io(&temp_path))?;
+        // Small row groups keep the writer's buffer, and so peak memory, bounded whatever the
+        // split's size (the default buffers up to a million rows).
         let properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
-        let writer = ArrowWriter::try_new(file, split_schema(), Some(properties)).map_err(
-            |source| DataError::Parquet {
-                path: temp_path.clone(),
-                source,
-            },
-        )?;
+        let writer =
+            ArrowWriter::try_new(file, split_schema(), Some(properties)).map_err(|source| {
+                DataError::Parquet {
+                    path: temp_path.clone(),
+                    source,
+                }
+            })?;
         Ok(Self {
             temp_path,
             final_path: final_path.to_path_buf(),
@@ -95,8 +102,8 @@ impl SplitWriter {
             Arc::new(self.labels.finish()),
         ];
         self.buffered = 0;
-        let batch = RecordBatch::try_new(split_schema(), columns)
-            .expect("builders match the split schema");
+        let batch =
+            RecordBatch::try_new(split_schema(), columns).expect("builders match the split schema");
         self.writer
             .write(&batch)
             .map_err(|source| DataError::Parquet {

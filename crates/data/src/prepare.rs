@@ -16,6 +16,7 @@ use flate2::read::MultiGzDecoder;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use crate::DataError;
 use crate::csv_reader::{ReadOutcome, Record, RecordReader};
 use crate::error::BadRow;
 use crate::format::{self, InputFormat, TextEncoding};
@@ -25,7 +26,6 @@ use crate::manifest::{
 use crate::normalize::Normalization;
 use crate::parquet_io::SplitWriter;
 use crate::split::{Split, SplitRatios, stratified_sample, stratified_split};
-use crate::DataError;
 
 /// Settings of one prepare run. [`PrepareConfig::new`] gives the notebook's defaults.
 #[derive(Debug, Clone)]
@@ -356,10 +356,10 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-fn open_records(
-    path: &Path,
-    gzip: bool,
-) -> Result<(RecordReader<Box<dyn BufRead + Send>>, Arc<AtomicU64>), DataError> {
+/// Records of the (possibly decompressed) input.
+type InputRecords = RecordReader<Box<dyn BufRead + Send>>;
+
+fn open_records(path: &Path, gzip: bool) -> Result<(InputRecords, Arc<AtomicU64>), DataError> {
     let file = File::open(path).map_err(DataError::io(path))?;
     let count = Arc::new(AtomicU64::new(0));
     let counted = CountingReader {
@@ -470,12 +470,18 @@ fn parse_label(layout: &Layout, field: &[u8]) -> Result<i64, BadRow> {
     }
 }
 
-fn decode_text(layout: &Layout, bytes: &[u8], normalization: &Normalization) -> Result<String, BadRow> {
+fn decode_text(
+    layout: &Layout,
+    bytes: &[u8],
+    normalization: &Normalization,
+) -> Result<String, BadRow> {
     let text = match layout.encoding {
         TextEncoding::Cp1252 => format::decode_cp1252(bytes),
-        TextEncoding::Utf8 => String::from_utf8(bytes.to_vec()).map_err(|_| BadRow::InvalidUtf8 {
-            column: layout.text_name.clone(),
-        })?,
+        TextEncoding::Utf8 => {
+            String::from_utf8(bytes.to_vec()).map_err(|_| BadRow::InvalidUtf8 {
+                column: layout.text_name.clone(),
+            })?
+        }
     };
     Ok(match normalization.apply(&text) {
         std::borrow::Cow::Borrowed(_) => text,
@@ -515,7 +521,9 @@ impl RowStream<'_> {
         let mut skip_header = self.layout.has_header;
 
         loop {
-            let outcome = reader.read_record(&mut record).map_err(DataError::io(path))?;
+            let outcome = reader
+                .read_record(&mut record)
+                .map_err(DataError::io(path))?;
             let problem = match outcome {
                 ReadOutcome::End => break,
                 ReadOutcome::Malformed { line, error } => Some((line, BadRow::from(error))),
@@ -547,11 +555,23 @@ impl RowStream<'_> {
             records_seen += 1;
             if let Some((line, problem)) = problem {
                 // Earlier rows in the batch may hold an earlier error: report in line order.
-                self.flush(&mut rows, &mut raw_texts, bad_counts, &mut bad_rows, &mut on_batch)?;
+                self.flush(
+                    &mut rows,
+                    &mut raw_texts,
+                    bad_counts,
+                    &mut bad_rows,
+                    &mut on_batch,
+                )?;
                 self.bad_row(line, problem, bad_counts, &mut bad_rows)?;
             }
             if rows.len() >= BATCH_ROWS {
-                self.flush(&mut rows, &mut raw_texts, bad_counts, &mut bad_rows, &mut on_batch)?;
+                self.flush(
+                    &mut rows,
+                    &mut raw_texts,
+                    bad_counts,
+                    &mut bad_rows,
+                    &mut on_batch,
+                )?;
                 progress(Progress {
                     pass: self.pass,
                     rows: records_seen,
@@ -560,7 +580,13 @@ impl RowStream<'_> {
                 });
             }
         }
-        self.flush(&mut rows, &mut raw_texts, bad_counts, &mut bad_rows, &mut on_batch)?;
+        self.flush(
+            &mut rows,
+            &mut raw_texts,
+            bad_counts,
+            &mut bad_rows,
+            &mut on_batch,
+        )?;
         progress(Progress {
             pass: self.pass,
             rows: records_seen,

@@ -66,10 +66,12 @@ impl Default for SplitRatios {
 impl SplitRatios {
     /// Checks that every ratio is finite, non-negative and that they sum to 1 (within 1e-6).
     pub fn new(train: f64, validation: f64, test: f64) -> Result<Self, DataError> {
+        // Ratios computed by a caller (1 - a - b) may come out a rounding error below 0.
+        let clamp = |r: f64| if (-1e-9..0.0).contains(&r) { 0.0 } else { r };
         let ratios = Self {
-            train,
-            validation,
-            test,
+            train: clamp(train),
+            validation: clamp(validation),
+            test: clamp(test),
         };
         let all = ratios.as_array();
         if all.iter().any(|r| !r.is_finite() || *r < 0.0) {
@@ -196,7 +198,10 @@ mod tests {
     #[test]
     fn apportion_examples() {
         assert_eq!(apportion(10, &[0.7, 0.15, 0.15]), vec![7, 2, 1]);
-        assert_eq!(apportion(10_000, &[0.7, 0.15, 0.15]), vec![7000, 1500, 1500]);
+        assert_eq!(
+            apportion(10_000, &[0.7, 0.15, 0.15]),
+            vec![7000, 1500, 1500]
+        );
         assert_eq!(apportion(1, &[0.7, 0.15, 0.15]), vec![1, 0, 0]);
         assert_eq!(apportion(3, &[1.0, 1.0, 1.0]), vec![1, 1, 1]);
         assert_eq!(apportion(5, &[0.0, 0.0]), vec![5, 0]);
@@ -217,7 +222,11 @@ mod tests {
         let split = stratified_split(&labels, 2, SplitRatios::default(), 734);
         let count = |s| split.iter().filter(|&&x| x == s).count();
         assert_eq!(
-            (count(Split::Train), count(Split::Validation), count(Split::Test)),
+            (
+                count(Split::Train),
+                count(Split::Validation),
+                count(Split::Test)
+            ),
             (7000, 1500, 1500)
         );
     }

@@ -149,7 +149,12 @@ impl ConfusionMatrix {
     }
 
     /// Adds one pair; `index` only labels the error.
-    pub fn add(&mut self, index: usize, truth: usize, predicted: usize) -> Result<(), MetricsError> {
+    pub fn add(
+        &mut self,
+        index: usize,
+        truth: usize,
+        predicted: usize,
+    ) -> Result<(), MetricsError> {
         for label in [truth, predicted] {
             if label >= self.num_classes {
                 return Err(MetricsError::LabelOutOfRange {
@@ -308,7 +313,7 @@ fn check_rows(values: &[f32], num_classes: usize) -> Result<(), MetricsError> {
     if num_classes == 0 {
         return Err(MetricsError::NoClasses);
     }
-    if values.len() % num_classes != 0 {
+    if !values.len().is_multiple_of(num_classes) {
         return Err(MetricsError::LengthMismatch {
             what: "values and a whole number of rows",
             left: values.len(),
@@ -365,7 +370,10 @@ pub fn log_loss_from_probabilities(
         .chunks(num_classes)
         .zip(truth)
         .map(|(row, &t)| {
-            let clipped: Vec<f64> = row.iter().map(|&p| (p as f64).clamp(eps, 1.0 - eps)).collect();
+            let clipped: Vec<f64> = row
+                .iter()
+                .map(|&p| (p as f64).clamp(eps, 1.0 - eps))
+                .collect();
             let sum: f64 = clipped.iter().sum();
             -(clipped[t] / sum).ln()
         })

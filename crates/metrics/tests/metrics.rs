@@ -99,7 +99,11 @@ fn bad_inputs_are_errors() {
     );
     assert!(matches!(
         ConfusionMatrix::from_labels(&[0, 2], &[0, 1], 2),
-        Err(MetricsError::LabelOutOfRange { index: 1, label: 2, .. })
+        Err(MetricsError::LabelOutOfRange {
+            index: 1,
+            label: 2,
+            ..
+        })
     ));
     assert_eq!(ConfusionMatrix::new(0), Err(MetricsError::NoClasses));
     assert!(matches!(
@@ -122,9 +126,15 @@ fn report_round_trips_through_json() {
     let m = ConfusionMatrix::from_labels(&[0, 1, 1], &[0, 1, 0], 2).unwrap();
     let report = m.report(1);
     let json = serde_json::to_string(&report).unwrap();
-    assert_eq!(serde_json::from_str::<sentiment_metrics::ClassificationReport>(&json).unwrap(), report);
+    assert_eq!(
+        serde_json::from_str::<sentiment_metrics::ClassificationReport>(&json).unwrap(),
+        report
+    );
     let matrix_json = serde_json::to_string(&m).unwrap();
-    assert_eq!(serde_json::from_str::<ConfusionMatrix>(&matrix_json).unwrap(), m);
+    assert_eq!(
+        serde_json::from_str::<ConfusionMatrix>(&matrix_json).unwrap(),
+        m
+    );
 }
 
 /// Labels and predictions of the same length over `k` classes.
@@ -133,7 +143,10 @@ fn labelled(max_classes: usize) -> impl Strategy<Value = (usize, Vec<(usize, usi
 }
 
 fn brute_force_scores(pairs: &[(usize, usize)], class: usize) -> (f64, f64) {
-    let tp = pairs.iter().filter(|&&(t, p)| t == class && p == class).count();
+    let tp = pairs
+        .iter()
+        .filter(|&&(t, p)| t == class && p == class)
+        .count();
     let predicted = pairs.iter().filter(|&&(_, p)| p == class).count();
     let actual = pairs.iter().filter(|&&(t, _)| t == class).count();
     let div = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };

@@ -1,0 +1,152 @@
+//! `cargo xtask bench …`: our stages against the Python reference, in the same run, as ratios.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::flags::BenchPrepareArgs;
+use crate::synth::{Layout, TweetGenerator};
+
+/// Wall time and peak resident memory of one child process.
+#[derive(Debug, Clone, Copy)]
+pub struct Measurement {
+    /// Elapsed wall-clock time.
+    pub wall: Duration,
+    /// Peak resident set size in bytes.
+    pub peak_rss: u64,
+}
+
+/// Runs `command` to completion and measures it (peak RSS from `wait4`, so per child).
+pub fn measure(command: &mut Command) -> Result<Measurement> {
+    let started = Instant::now();
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: `rusage` is plain old data; wait4 fills it for our own child `pid`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    if waited != pid {
+        bail!(
+            "wait4 on {command:?} failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{command:?} failed with status {status}");
+    }
+    Ok(Measurement {
+        wall,
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+    })
+}
+
+fn median(mut runs: Vec<Measurement>) -> Measurement {
+    runs.sort_by_key(|m| m.wall);
+    let wall = runs[runs.len() / 2].wall;
+    let peak_rss = runs.iter().map(|m| m.peak_rss).max().unwrap_or_default();
+    Measurement { wall, peak_rss }
+}
+
+/// `cargo xtask bench prepare`.
+pub struct BenchPrepare {
+    rows: usize,
+    repeat: usize,
+    python: PathBuf,
+    work_dir: PathBuf,
+}
+
+impl From<BenchPrepareArgs> for BenchPrepare {
+    fn from(args: BenchPrepareArgs) -> Self {
+        Self {
+            rows: args.rows,
+            repeat: args.repeat.max(1),
+            python: args.python,
+            work_dir: args.work_dir,
+        }
+    }
+}
+
+impl BenchPrepare {
+    /// Generates the input (once), times both sides alternately, prints a Markdown table.
+    pub fn run(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.work_dir)?;
+        let input = self
+            .work_dir
+            .join(format!("sentiment140_{}.csv", self.rows));
+        if !input.exists() {
+            eprintln!("generating {} ({} rows)…", input.display(), self.rows);
+            generate_raw(&input, self.rows)?;
+        }
+        let bytes = std::fs::metadata(&input)?.len();
+        let script = crate::project_root().join("xtask/bench/prepare_reference.py");
+        let ours_out = self.work_dir.join("out-rust");
+        let python_out = self.work_dir.join("out-python");
+        let exe = std::env::current_exe()?;
+        let mut ours = Vec::new();
+        let mut python = Vec::new();
+        for run in 1..=self.repeat {
+            eprintln!("run {run}/{}", self.repeat);
+            ours.push(measure(
+                Command::new(&exe)
+                    .args(["prepare", "--quiet", "--input"])
+                    .arg(&input)
+                    .arg("--out")
+                    .arg(&ours_out),
+            )?);
+            python.push(measure(
+                Command::new(&self.python)
+                    .arg(&script)
+                    .arg("--input")
+                    .arg(&input)
+                    .arg("--out")
+                    .arg(&python_out)
+                    .stdout(std::process::Stdio::null()),
+            )?);
+        }
+        let (ours, python) = (median(ours), median(python));
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "input: {} rows, {:.0} MiB; median of {} runs each; {} cores",
+            self.rows,
+            mib(bytes),
+            self.repeat,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        println!("| side | wall s | peak RSS MiB |");
+        println!("|---|---|---|");
+        println!(
+            "| ours (`cargo xtask prepare`) | {:.2} | {:.0} |",
+            ours.wall.as_secs_f64(),
+            mib(ours.peak_rss)
+        );
+        println!(
+            "| pandas + scikit-learn + pyarrow | {:.2} | {:.0} |",
+            python.wall.as_secs_f64(),
+            mib(python.peak_rss)
+        );
+        println!(
+            "| ratio (Python time / ours) | {:.2}x | {:.2}x less memory |",
+            python.wall.as_secs_f64() / ours.wall.as_secs_f64(),
+            python.peak_rss as f64 / ours.peak_rss.max(1) as f64
+        );
+        Ok(())
+    }
+}
+
+/// Writes a raw-layout Sentiment140-shaped file: balanced classes, no neutral row, like the
+/// real training file.
+fn generate_raw(path: &Path, rows: usize) -> Result<()> {
+    let temp = path.with_extension("csv.partial");
+    let mut out = BufWriter::new(std::fs::File::create(&temp)?);
+    TweetGenerator::new(1_600_000, Layout::Raw, 0.0).write_rows(&mut out, rows)?;
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&temp, path)?;
+    Ok(())
+}

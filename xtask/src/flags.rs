@@ -1,0 +1,149 @@
+//! Command-line flags of every `cargo xtask` command.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Fine-tune RoBERTa for tweet sentiment, from CSV to report, without Python.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about)]
+pub struct Xtask {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The stages and tools.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Turn a Sentiment140 CSV (raw or cleaned, optionally .gz) into stratified
+    /// train/validation/test Parquet files and a manifest.
+    Prepare(PrepareArgs),
+    /// Regenerate the bundled data fixtures (or check them with --check).
+    Fixtures {
+        /// Fail if a bundled fixture differs from what the generator makes.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Benchmarks against the Python reference.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Data preparation of a Sentiment140-shaped file against pandas + scikit-learn + pyarrow.
+    Prepare(BenchPrepareArgs),
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatFlag {
+    /// Detect from the first line.
+    Auto,
+    /// Sentiment140 release: no header, 6 columns, Windows-1252.
+    Raw,
+    /// A header with the text and label columns, UTF-8.
+    Cleaned,
+}
+
+/// `--encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EncodingFlag {
+    /// Windows-1252 (a Latin-1 superset).
+    Cp1252,
+    /// UTF-8.
+    Utf8,
+}
+
+/// `--on-bad-row`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BadRowFlag {
+    /// Stop at the first malformed row, naming its line.
+    Error,
+    /// Skip malformed rows and count them by reason in the manifest.
+    Skip,
+}
+
+/// One `--normalize` step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NormalizeFlag {
+    /// Every step below.
+    All,
+    /// Decode HTML entities (&amp; → &).
+    Html,
+    /// @handle → @user.
+    Mentions,
+    /// Links → http.
+    Urls,
+    /// Collapse whitespace runs and trim.
+    Whitespace,
+}
+
+/// Flags of `cargo xtask prepare`.
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// Input CSV (.csv or .csv.gz). Default: the bundled synthetic sample.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Output folder for train/validation/test.parquet and manifest.json.
+    #[arg(long, default_value = "data/prepared")]
+    pub out: PathBuf,
+    /// Input layout.
+    #[arg(long, value_enum, default_value_t = FormatFlag::Auto)]
+    pub format: FormatFlag,
+    /// Text encoding (default: cp1252 for raw, utf8 for cleaned).
+    #[arg(long, value_enum)]
+    pub encoding: Option<EncodingFlag>,
+    /// Text column of a cleaned file.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Label column of a cleaned file.
+    #[arg(long, default_value = "sentiment")]
+    pub label_column: String,
+    /// Keep raw neutral rows (polarity 2) as a third class.
+    #[arg(long)]
+    pub keep_neutral: bool,
+    /// Text normalisation steps, comma-separated (off by default).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub normalize: Vec<NormalizeFlag>,
+    /// Remove exact duplicate texts and texts seen with conflicting labels.
+    #[arg(long)]
+    pub dedup: bool,
+    /// Keep a stratified sample of N rows (the notebook used 10000).
+    #[arg(long)]
+    pub sample: Option<usize>,
+    /// Seed of the sample and the split.
+    #[arg(long, default_value_t = 734)]
+    pub seed: u64,
+    /// Train, validation and test ratios.
+    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.7, 0.15, 0.15])]
+    pub ratios: Vec<f64>,
+    /// What to do with a malformed row.
+    #[arg(long, value_enum, default_value_t = BadRowFlag::Error)]
+    pub on_bad_row: BadRowFlag,
+    /// Print only errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Flags of `cargo xtask bench prepare`.
+#[derive(Debug, Args)]
+pub struct BenchPrepareArgs {
+    /// Rows of the generated Sentiment140-shaped input.
+    #[arg(long, default_value_t = 1_600_000)]
+    pub rows: usize,
+    /// Timed runs of each side; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Python with pandas, pyarrow and scikit-learn for the reference side.
+    #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// Work folder for the input and outputs.
+    #[arg(long, default_value = "target/bench/prepare")]
+    pub work_dir: PathBuf,
+}

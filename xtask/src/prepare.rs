@@ -1,0 +1,127 @@
+//! `cargo xtask prepare`: the data stage on the command line.
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::{Context, Result};
+use sentiment_data::{
+    BadRowPolicy, InputFormat, Manifest, Normalization, PrepareConfig, Progress, SplitRatios,
+    TextEncoding,
+};
+
+use crate::flags::{BadRowFlag, EncodingFlag, FormatFlag, NormalizeFlag, PrepareArgs};
+
+/// A resolved prepare command.
+pub struct Prepare {
+    config: PrepareConfig,
+    quiet: bool,
+}
+
+impl From<PrepareArgs> for Prepare {
+    fn from(args: PrepareArgs) -> Self {
+        let mut config = PrepareConfig::new(
+            args.input
+                .unwrap_or_else(|| crate::fixtures::data_fixtures_dir().join("sample.csv")),
+            args.out,
+        );
+        config.format = match args.format {
+            FormatFlag::Auto => None,
+            FormatFlag::Raw => Some(InputFormat::Raw),
+            FormatFlag::Cleaned => Some(InputFormat::Cleaned),
+        };
+        config.encoding = args.encoding.map(|e| match e {
+            EncodingFlag::Cp1252 => TextEncoding::Cp1252,
+            EncodingFlag::Utf8 => TextEncoding::Utf8,
+        });
+        config.text_column = args.text_column;
+        config.label_column = args.label_column;
+        config.keep_neutral = args.keep_neutral;
+        config.normalization = normalization(&args.normalize);
+        config.dedup = args.dedup;
+        config.sample = args.sample;
+        config.seed = args.seed;
+        config.ratios = SplitRatios {
+            train: args.ratios[0],
+            validation: args.ratios[1],
+            test: args.ratios[2],
+        };
+        config.on_bad_row = match args.on_bad_row {
+            BadRowFlag::Error => BadRowPolicy::Error,
+            BadRowFlag::Skip => BadRowPolicy::Skip,
+        };
+        Prepare {
+            config,
+            quiet: args.quiet,
+        }
+    }
+}
+
+fn normalization(steps: &[NormalizeFlag]) -> Normalization {
+    let mut n = Normalization::default();
+    for step in steps {
+        match step {
+            NormalizeFlag::All => n = Normalization::all(),
+            NormalizeFlag::Html => n.html_unescape = true,
+            NormalizeFlag::Mentions => n.mentions = true,
+            NormalizeFlag::Urls => n.urls = true,
+            NormalizeFlag::Whitespace => n.whitespace = true,
+        }
+    }
+    n
+}
+
+impl Prepare {
+    /// Runs the stage and prints a summary.
+    pub fn run(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        let show_progress = !self.quiet && std::io::stderr().is_terminal();
+        let mut report = |p: Progress| {
+            if show_progress {
+                let percent = 100 * p.bytes / p.total_bytes.max(1);
+                eprint!("\rpass {}/2: {percent:3}%  {} rows ", p.pass, p.rows);
+                let _ = std::io::stderr().flush();
+            }
+        };
+        let manifest = sentiment_data::prepare(&self.config, &mut report)
+            .with_context(|| format!("preparing {}", self.config.input.display()))?;
+        if show_progress {
+            eprintln!();
+        }
+        if !self.quiet {
+            print_summary(&manifest, &self.config, started.elapsed());
+        }
+        Ok(())
+    }
+}
+
+fn print_summary(m: &Manifest, config: &PrepareConfig, elapsed: std::time::Duration) {
+    println!(
+        "{}: {:?} format, {} rows read, {} kept in {:.1} s",
+        m.input.path,
+        m.format,
+        m.rows_read,
+        m.rows_kept,
+        elapsed.as_secs_f64()
+    );
+    for (reason, count) in &m.rows_dropped {
+        println!("  dropped {count:>9}  {reason}");
+    }
+    if m.blank_lines > 0 {
+        println!("  ({} blank lines skipped)", m.blank_lines);
+    }
+    let names: Vec<&str> = m.classes.iter().map(|c| c.name.as_str()).collect();
+    println!("  classes: {}", names.join(", "));
+    for split in &m.splits {
+        let counts: Vec<String> = split.class_counts.iter().map(u64::to_string).collect();
+        println!(
+            "  {:<10} {:>9} rows  [{}]  {}",
+            split.split.name(),
+            split.rows,
+            counts.join(" / "),
+            config.out_dir.join(&split.file).display()
+        );
+    }
+    println!(
+        "  manifest: {}",
+        config.out_dir.join(sentiment_data::MANIFEST_FILE).display()
+    );
+}

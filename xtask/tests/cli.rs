@@ -1,0 +1,74 @@
+//! `cargo xtask` commands as a user runs them.
+
+use std::process::Command;
+
+fn xtask(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn prepare_writes_splits_and_a_summary() {
+    let out = tempfile::tempdir().unwrap();
+    let output = xtask(&[
+        "prepare",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--sample",
+        "2000",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("rows read"), "{stdout}");
+    assert!(stdout.contains("not_sampled"), "{stdout}");
+    for file in [
+        "train.parquet",
+        "validation.parquet",
+        "test.parquet",
+        "manifest.json",
+    ] {
+        assert!(out.path().join(file).exists(), "{file}");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["rows_kept"], 2000);
+}
+
+#[test]
+fn prepare_on_a_malformed_file_fails_with_the_line() {
+    let out = tempfile::tempdir().unwrap();
+    let input = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/sentiment140/malformed_raw.csv"
+    );
+    let output = xtask(&[
+        "prepare",
+        "--input",
+        input,
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("malformed_raw.csv:2: expected 6 columns, found 5"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_are_rejected() {
+    let output = xtask(&["prepare", "--ratios", "0.5,0.5"]);
+    assert!(!output.status.success());
+    let output = xtask(&["prepare", "--on-bad-row", "ignore"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("possible values: error, skip"), "{stderr}");
+}
