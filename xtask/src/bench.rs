@@ -150,3 +150,114 @@ fn generate_raw(path: &Path, rows: usize) -> Result<()> {
     std::fs::rename(&temp, path)?;
     Ok(())
 }
+
+/// `cargo xtask bench tokenize`.
+pub struct BenchTokenize {
+    rows: usize,
+    repeat: usize,
+    threads: usize,
+    python: PathBuf,
+    work_dir: PathBuf,
+}
+
+impl From<crate::flags::BenchTokenizeArgs> for BenchTokenize {
+    fn from(args: crate::flags::BenchTokenizeArgs) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            rows: args.rows,
+            repeat: args.repeat.max(1),
+            threads: args.threads.unwrap_or(cores),
+            python: args.python,
+            work_dir: args.work_dir,
+        }
+    }
+}
+
+impl BenchTokenize {
+    /// Generates tweets and a tokenizer (once), then times both sides on the same threads.
+    pub fn run(&self) -> Result<()> {
+        use sentiment_tokenize::{BpeTrainingConfig, RobertaTokenizer};
+        std::fs::create_dir_all(&self.work_dir)?;
+        let texts_path = self.work_dir.join(format!("tweets_{}.txt", self.rows));
+        let tokenizer_dir = self.work_dir.join("tokenizer");
+        let mut generator = TweetGenerator::new(1_000_000, Layout::Cleaned, 0.0);
+        let texts: Vec<String> = (0..self.rows).map(|_| generator.tweet().1).collect();
+        if !texts_path.exists() {
+            let mut joined = texts.join("\n");
+            joined.push('\n');
+            std::fs::write(&texts_path, joined)?;
+        }
+        if !tokenizer_dir.join("tokenizer.json").exists() {
+            eprintln!("training an 8,000-token BPE on 100,000 of the tweets…");
+            let sample = &texts[..texts.len().min(100_000)];
+            RobertaTokenizer::train(sample, &BpeTrainingConfig::default(), 64)?
+                .save(&tokenizer_dir)?;
+        }
+        let tokenizer = RobertaTokenizer::from_folder(&tokenizer_dir, 64)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads)
+            .build()?;
+        let mut ours = Vec::new();
+        let mut python: Vec<serde_json::Value> = Vec::new();
+        let script = crate::project_root().join("xtask/bench/tokenize_reference.py");
+        for run in 1..=self.repeat {
+            eprintln!("run {run}/{}", self.repeat);
+            let started = Instant::now();
+            let encoded = pool.install(|| tokenizer.encode_batch(&texts))?;
+            ours.push(started.elapsed().as_secs_f64());
+            assert_eq!(encoded.len(), texts.len());
+            let output = Command::new(&self.python)
+                .arg(&script)
+                .arg("--texts")
+                .arg(&texts_path)
+                .arg("--tokenizer")
+                .arg(&tokenizer_dir)
+                .env("RAYON_NUM_THREADS", self.threads.to_string())
+                .env("TOKENIZERS_PARALLELISM", "true")
+                .output()
+                .with_context(|| format!("running {}", self.python.display()))?;
+            if !output.status.success() {
+                bail!(
+                    "reference failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            python.push(serde_json::from_slice(&output.stdout)?);
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let ours = median(ours);
+        println!(
+            "{} tweets, max length 64, vocabulary {}, {} threads, median of {} runs",
+            self.rows,
+            tokenizer.vocab_size(),
+            self.threads,
+            self.repeat
+        );
+        println!("| side | seconds | tweets/s | ratio (their time / ours) |");
+        println!("|---|---|---|---|");
+        println!(
+            "| ours (`RobertaTokenizer::encode_batch`) | {ours:.2} | {:.0} | 1.00x |",
+            self.rows as f64 / ours
+        );
+        for key in [
+            "tokenizers_encode_batch_fast",
+            "tokenizers_encode_batch",
+            "transformers_call",
+        ] {
+            let times: Vec<f64> = python.iter().filter_map(|p| p[key].as_f64()).collect();
+            if times.is_empty() {
+                continue;
+            }
+            let t = median(times);
+            println!(
+                "| Python `{key}` | {t:.2} | {:.0} | {:.2}x |",
+                self.rows as f64 / t,
+                t / ours
+            );
+        }
+        Ok(())
+    }
+}

@@ -108,6 +108,41 @@ pub fn data_fixtures() -> Result<Vec<(&'static str, Vec<u8>)>> {
     ])
 }
 
+/// The folder holding the tokenizer fixtures.
+pub fn tokenize_fixtures_dir() -> PathBuf {
+    crate::project_root().join("fixtures/tokenize")
+}
+
+/// Vocabulary of the fixture tokenizer trained here (small, so the files stay small).
+pub const TRAINED_FIXTURE_VOCAB: usize = 1_000;
+
+/// Trains the fixture tokenizer on the bundled sample's training split and writes it as a
+/// Hugging Face folder into `dir`: (file name, bytes) of every file.
+fn trained_tokenizer_files() -> Result<Vec<(String, Vec<u8>)>> {
+    let work = std::env::temp_dir().join(format!("xtask-fixtures-{}", std::process::id()));
+    let config = sentiment_data::PrepareConfig::new(data_fixtures_dir().join("sample.csv"), &work);
+    sentiment_data::prepare(&config, &mut |_| {})?;
+    let texts = sentiment_data::read_split(&work.join("train.parquet"))?.texts;
+    let training = sentiment_tokenize::BpeTrainingConfig {
+        vocab_size: TRAINED_FIXTURE_VOCAB,
+        min_frequency: 2,
+    };
+    let tokenizer = sentiment_tokenize::RobertaTokenizer::train(&texts, &training, 64)?;
+    let out = work.join("trained");
+    let mut files = Vec::new();
+    for path in tokenizer.save(&out)? {
+        let name = path
+            .file_name()
+            .expect("named")
+            .to_string_lossy()
+            .into_owned();
+        files.push((name, std::fs::read(&path)?));
+    }
+    std::fs::remove_dir_all(&work)?;
+    files.sort();
+    Ok(files)
+}
+
 /// `cargo xtask fixtures [--check]`.
 pub struct Fixtures {
     /// Compare instead of writing; fail when a file differs.
@@ -122,6 +157,20 @@ impl Fixtures {
         let mut stale = Vec::new();
         for (name, bytes) in data_fixtures()? {
             let path = dir.join(name);
+            if self.check {
+                if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+                    stale.push(display(&path));
+                }
+            } else {
+                std::fs::write(&path, &bytes)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {} ({} bytes)", display(&path), bytes.len());
+            }
+        }
+        let trained_dir = tokenize_fixtures_dir().join("trained");
+        std::fs::create_dir_all(&trained_dir)?;
+        for (name, bytes) in trained_tokenizer_files()? {
+            let path = trained_dir.join(name);
             if self.check {
                 if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
                     stale.push(display(&path));

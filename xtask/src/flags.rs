@@ -19,6 +19,9 @@ pub enum Command {
     /// Turn a Sentiment140 CSV (raw or cleaned, optionally .gz) into stratified
     /// train/validation/test Parquet files and a manifest.
     Prepare(PrepareArgs),
+    /// Tokenize the prepared splits (training a tokenizer on the train split unless one is
+    /// given), cached next to them.
+    Tokenize(TokenizeArgs),
     /// Regenerate the bundled data fixtures (or check them with --check).
     Fixtures {
         /// Fail if a bundled fixture differs from what the generator makes.
@@ -38,6 +41,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Data preparation of a Sentiment140-shaped file against pandas + scikit-learn + pyarrow.
     Prepare(BenchPrepareArgs),
+    /// Batch encoding of tweets against Python `tokenizers` and `transformers`.
+    Tokenize(BenchTokenizeArgs),
 }
 
 /// `--format`.
@@ -145,5 +150,49 @@ pub struct BenchPrepareArgs {
     pub python: PathBuf,
     /// Work folder for the input and outputs.
     #[arg(long, default_value = "target/bench/prepare")]
+    pub work_dir: PathBuf,
+}
+
+/// Flags of `cargo xtask tokenize`.
+#[derive(Debug, Args)]
+pub struct TokenizeArgs {
+    /// Folder written by `cargo xtask prepare`.
+    #[arg(long, default_value = "data/prepared")]
+    pub data: PathBuf,
+    /// A pretrained tokenizer: a local Hugging Face folder or a hub id (roberta-base).
+    /// Without it, a byte-level BPE is trained on the train split and kept in DATA/tokenizer.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Vocabulary size of a trained tokenizer.
+    #[arg(long, default_value_t = 8_000)]
+    pub vocab_size: usize,
+    /// Minimum pair frequency of a trained tokenizer.
+    #[arg(long, default_value_t = 2)]
+    pub min_frequency: u64,
+    /// Sequence length, `<s>` and `</s>` included.
+    #[arg(long, default_value_t = 64)]
+    pub max_length: usize,
+    /// Print only errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Flags of `cargo xtask bench tokenize`.
+#[derive(Debug, Args)]
+pub struct BenchTokenizeArgs {
+    /// Tweets to encode.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: usize,
+    /// Timed runs of each side; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Threads for both sides (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Python with `tokenizers` and `transformers` for the reference side.
+    #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// Work folder.
+    #[arg(long, default_value = "target/bench/tokenize")]
     pub work_dir: PathBuf,
 }

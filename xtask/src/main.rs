@@ -6,6 +6,7 @@ mod fixtures;
 mod flags;
 mod prepare;
 mod synth;
+mod tokenize;
 
 use std::path::PathBuf;
 
@@ -27,9 +28,11 @@ fn main() -> std::process::ExitCode {
 fn run(xtask: Xtask) -> anyhow::Result<()> {
     match xtask.command {
         Command::Prepare(args) => prepare::Prepare::from(args).run(),
+        Command::Tokenize(args) => tokenize::Tokenize::from(args).run(),
         Command::Fixtures { check } => fixtures::Fixtures { check }.run(),
         Command::Bench { command } => match command {
             BenchCommand::Prepare(args) => bench::BenchPrepare::from(args).run(),
+            BenchCommand::Tokenize(args) => bench::BenchTokenize::from(args).run(),
         },
     }
 }

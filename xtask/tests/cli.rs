@@ -72,3 +72,32 @@ fn bad_flags_are_rejected() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("possible values: error, skip"), "{stderr}");
 }
+
+#[test]
+fn tokenize_trains_encodes_then_reuses_the_cache() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let prepared = xtask(&["prepare", "--quiet", "--out", dir, "--sample", "1000"]);
+    assert!(
+        prepared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
+    let first = xtask(&["tokenize", "--data", dir, "--vocab-size", "400"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.contains("trained a tokenizer"), "{stdout}");
+    assert_eq!(stdout.matches("encoded").count(), 3, "{stdout}");
+    let second = xtask(&["tokenize", "--data", dir, "--vocab-size", "400"]);
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(stdout.contains("reusing the tokenizer"), "{stdout}");
+    assert_eq!(stdout.matches("cached").count(), 3, "{stdout}");
+    assert!(data.path().join("tokenizer/tokenizer.json").exists());
+    let bad = xtask(&["tokenize", "--data", dir, "--max-length", "1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("max_length 1"));
+}
