@@ -143,6 +143,28 @@ fn trained_tokenizer_files() -> Result<Vec<(String, Vec<u8>)>> {
     Ok(files)
 }
 
+/// The fixture classifier (written by `fixtures/model/generate_reference.py`) loaded and saved
+/// again by our code: (file name, bytes). transformers' reading of it is checked by the
+/// generator.
+fn saved_by_burn_files() -> Result<Vec<(String, Vec<u8>)>> {
+    use roberta_burn::{HubSettings, Pretrained, RobertaForSequenceClassification};
+    let source = crate::project_root().join("fixtures/model/classifier");
+    let loaded = RobertaForSequenceClassification::from_pretrained(
+        source.to_str().expect("UTF-8 path"),
+        &burn::tensor::Device::flex(),
+        &HubSettings::from_vars(|_| None),
+        |_| {},
+    )?;
+    let work = std::env::temp_dir().join(format!("xtask-saved-{}", std::process::id()));
+    loaded.model.save_pretrained(&loaded.config, &work)?;
+    let mut files = Vec::new();
+    for name in ["config.json", "model.safetensors"] {
+        files.push((name.to_string(), std::fs::read(work.join(name))?));
+    }
+    std::fs::remove_dir_all(&work)?;
+    Ok(files)
+}
+
 /// `cargo xtask fixtures [--check]`.
 pub struct Fixtures {
     /// Compare instead of writing; fail when a file differs.
@@ -168,9 +190,19 @@ impl Fixtures {
             }
         }
         let trained_dir = tokenize_fixtures_dir().join("trained");
-        std::fs::create_dir_all(&trained_dir)?;
-        for (name, bytes) in trained_tokenizer_files()? {
-            let path = trained_dir.join(name);
+        let saved_dir = crate::project_root().join("fixtures/model/saved-by-burn");
+        let generated = trained_tokenizer_files()?
+            .into_iter()
+            .map(|(name, bytes)| (trained_dir.join(name), bytes))
+            .chain(
+                saved_by_burn_files()?
+                    .into_iter()
+                    .map(|(name, bytes)| (saved_dir.join(name), bytes)),
+            );
+        for (path, bytes) in generated {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
             if self.check {
                 if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
                     stale.push(display(&path));

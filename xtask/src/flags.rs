@@ -22,6 +22,9 @@ pub enum Command {
     /// Tokenize the prepared splits (training a tokenizer on the train split unless one is
     /// given), cached next to them.
     Tokenize(TokenizeArgs),
+    /// Classify texts with a fine-tuned RoBERTa (any Hugging Face
+    /// RobertaForSequenceClassification folder or hub id, or one of our runs).
+    Predict(PredictArgs),
     /// Regenerate the bundled data fixtures (or check them with --check).
     Fixtures {
         /// Fail if a bundled fixture differs from what the generator makes.
@@ -195,4 +198,49 @@ pub struct BenchTokenizeArgs {
     /// Work folder.
     #[arg(long, default_value = "target/bench/tokenize")]
     pub work_dir: PathBuf,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendFlag {
+    /// Pure-Rust CPU backend (always built).
+    Flex,
+    /// WebGPU (Vulkan / Metal / DX12); needs `--features wgpu`.
+    Wgpu,
+}
+
+/// Flags of `cargo xtask predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Model folder or hub id (with its tokenizer files).
+    #[arg(long)]
+    pub model: String,
+    /// Tokenizer folder or hub id, when not beside the model.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Texts to classify.
+    #[arg(conflicts_with = "input")]
+    pub texts: Vec<String>,
+    /// A CSV (UTF-8, with a header) or Parquet file to classify instead.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Column of `--input` holding the texts.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Sequence length; longer texts are truncated (default: 64, or less if the model's
+    /// positions allow less).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Backend to run on.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
+    pub backend: BackendFlag,
+    /// GPU index for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    pub device_index: usize,
+    /// Print JSON lines {"text", "label", "probs", "logits"}.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod fixtures;
 mod flags;
+mod predict;
 mod prepare;
 mod synth;
 mod tokenize;
@@ -28,12 +29,32 @@ fn main() -> std::process::ExitCode {
 fn run(xtask: Xtask) -> anyhow::Result<()> {
     match xtask.command {
         Command::Prepare(args) => prepare::Prepare::from(args).run(),
+        Command::Predict(args) => predict::Predict::try_from(args)?.run(),
         Command::Tokenize(args) => tokenize::Tokenize::from(args).run(),
         Command::Fixtures { check } => fixtures::Fixtures { check }.run(),
         Command::Bench { command } => match command {
             BenchCommand::Prepare(args) => bench::BenchPrepare::from(args).run(),
             BenchCommand::Tokenize(args) => bench::BenchTokenize::from(args).run(),
         },
+    }
+}
+
+/// The device for a `--backend` flag.
+pub fn device(backend: flags::BackendFlag, index: usize) -> anyhow::Result<burn::tensor::Device> {
+    match backend {
+        flags::BackendFlag::Flex => {
+            let _ = index;
+            Ok(burn::tensor::Device::flex())
+        }
+        #[cfg(feature = "wgpu")]
+        flags::BackendFlag::Wgpu => Ok(burn::tensor::Device::wgpu(
+            burn::tensor::DeviceKind::DiscreteGpu(index),
+        )),
+        #[cfg(not(feature = "wgpu"))]
+        flags::BackendFlag::Wgpu => anyhow::bail!(
+            "this build has no wgpu backend: run `cargo xtask` with `--features wgpu`, e.g. \
+             `cargo run --release -p xtask --features wgpu -- …`"
+        ),
     }
 }
 

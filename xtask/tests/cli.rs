@@ -101,3 +101,52 @@ fn tokenize_trains_encodes_then_reuses_the_cache() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("max_length 1"));
 }
+
+#[test]
+fn predict_classifies_texts_and_files_with_a_hugging_face_folder() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/model/classifier");
+    let output = xtask(&[
+        "predict",
+        "--model",
+        model,
+        "--json",
+        "I love this",
+        "worst day ever",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["text"], "I love this");
+    let probs: Vec<f64> = lines[0]["probs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+    assert!(["negative", "positive"].contains(&lines[0]["label"].as_str().unwrap()));
+    assert_eq!(lines[0]["logits"].as_array().unwrap().len(), 2);
+
+    let input = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/sentiment140/awkward_cleaned.csv"
+    );
+    let output = xtask(&["predict", "--model", model, "--input", input]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 10);
+
+    let output = xtask(&["predict", "--model", model, "--max-length", "64", "x"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("exceed the model's maximum of 16"));
+}

@@ -28,6 +28,7 @@ mod normalize;
 mod parquet_io;
 mod prepare;
 mod split;
+mod texts;
 
 use std::io::Write;
 use std::path::Path;
@@ -44,6 +45,7 @@ pub use parquet_io::{
 };
 pub use prepare::{PrepareConfig, Progress, prepare};
 pub use split::{Split, SplitRatios, apportion, stratified_sample, stratified_split};
+pub use texts::read_text_column;
 
 /// Writes `bytes` to `path` atomically: a temporary sibling, flushed to disk, then renamed, so a
 /// reader sees the old file or the new one, never a part.

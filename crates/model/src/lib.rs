@@ -1,0 +1,47 @@
+//! RoBERTa in [Burn](https://burn.dev), interchangeable with Hugging Face transformers.
+//!
+//! - [`RobertaConfig`] reads a transformers `config.json` as is (same field names).
+//! - [`RobertaModel`], [`RobertaForSequenceClassification`] and [`RobertaForMaskedLM`] mirror
+//!   `modeling_roberta.py` class for class: RoBERTa's position ids, post-LayerNorm layers, exact
+//!   GELU, the head on `<s>`, the masked-LM decoder tied to the word embeddings. Dropout acts
+//!   only on an autodiff device (training).
+//! - [`Pretrained::from_pretrained`] loads a local folder or a hub id (through the Hugging Face
+//!   cache) from `model.safetensors`, sharded safetensors or `pytorch_model.bin`;
+//!   [`Pretrained::save_pretrained`] writes a folder that `from_pretrained` in transformers loads.
+//!
+//! One model code runs on every backend: the [`Device`](burn::tensor::Device) picks it
+//! (`Device::flex()` on the CPU by default; `wgpu` behind the feature of that name).
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Int, Tensor, TensorData, activation::softmax};
+//! use roberta_burn::{HubSettings, Pretrained, RobertaForSequenceClassification};
+//!
+//! let device = Device::flex();
+//! let loaded = RobertaForSequenceClassification::from_pretrained(
+//!     "path/to/finetuned-roberta", &device, &HubSettings::from_env(), |_| {})?;
+//! // `<s> I love it </s>` in roberta-base's vocabulary, no padding.
+//! let ids = [0i64, 100, 657, 24, 2];
+//! let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [1, 5]), &device);
+//! let mask = Tensor::<2, Int>::ones([1, 5], &device);
+//! let probs = softmax(loaded.model.forward(input_ids, mask), 1);
+//! println!("{}: {:?}", loaded.config.label_name(1), probs.into_data());
+//! # Ok::<(), roberta_burn::ModelError>(())
+//! ```
+
+mod config;
+mod error;
+mod hub;
+mod loader;
+mod model;
+
+pub use config::RobertaConfig;
+pub use error::ModelError;
+pub use hub::{HubSettings, resolve_pretrained};
+pub use loader::{
+    CONFIG_FILE, LoadReport, Loaded, PYTORCH_FILE, Pretrained, SAFETENSORS_FILE,
+    SAFETENSORS_INDEX_FILE, WEIGHT_NAMES, load_weights, save_weights,
+};
+pub use model::{
+    Attention, ClassificationHead, Embeddings, Encoder, Intermediate, Layer, LmHead, Output,
+    RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel, SelfAttention, SelfOutput,
+};

@@ -1,0 +1,375 @@
+//! Hugging Face checkpoints in and out: `model.safetensors`, sharded safetensors with their
+//! index, `pytorch_model.bin` (read by burn-store's pickle reader, which executes no code), and
+//! `config.json`.
+//!
+//! # The weight-name table
+//!
+//! Our modules carry transformers' field names, so a checkpoint key is the module path but for
+//! the renames in [`WEIGHT_NAMES`], applied in order when loading (and reversed when saving):
+//!
+//! | Hugging Face key | Burn module path | why |
+//! |---|---|---|
+//! | `embeddings.…`, `encoder.…` (bare `RobertaModel` files) | `roberta.embeddings.…`, `roberta.encoder.…` | our heads hold the encoder under `roberta` |
+//! | `….attention.self.…` | `….attention.self_attention.…` | `self` is a Rust keyword |
+//! | `roberta.….LayerNorm.…` | `roberta.….layer_norm.…` | Rust field names are snake case |
+//! | `lm_head.decoder.bias` (when `lm_head.bias` is absent) | `lm_head.bias` | the two are one tensor in transformers |
+//!
+//! PyTorch's `Linear.weight` is `[out, in]` and Burn's `[in, out]`; LayerNorm's `weight`/`bias`
+//! are Burn's `gamma`/`beta`: burn-store's PyTorch adapters do both, in each direction.
+//! `lm_head.decoder.weight` is never read or written: the decoder is the word embedding (tied).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use burn_store::{
+    ApplyError, ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore,
+};
+use serde::Deserialize;
+
+use crate::hub::{HubSettings, resolve_pretrained};
+use crate::model::{RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel};
+use crate::{ModelError, RobertaConfig};
+
+/// Checkpoint key → module path renames, in order (regex, replacement).
+pub const WEIGHT_NAMES: &[(&str, &str)] = &[
+    (r"^(embeddings|encoder)\.", "roberta.${1}."),
+    (r"\.attention\.self\.", ".attention.self_attention."),
+    (r"^roberta\.(.+)\.LayerNorm\.", "roberta.${1}.layer_norm."),
+];
+
+/// Module path → checkpoint key renames used when saving (the inverse of [`WEIGHT_NAMES`]).
+const SAVE_NAMES: &[(&str, &str)] = &[
+    (r"\.attention\.self_attention\.", ".attention.self."),
+    (r"^roberta\.(.+)\.layer_norm\.", "roberta.${1}.LayerNorm."),
+];
+
+/// Files a model folder may hold.
+pub const CONFIG_FILE: &str = "config.json";
+/// Single-file safetensors weights.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// Index of sharded safetensors weights.
+pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// PyTorch pickle weights.
+pub const PYTORCH_FILE: &str = "pytorch_model.bin";
+
+/// What loading a checkpoint did, in transformers' terms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// The weight files read.
+    pub files: Vec<PathBuf>,
+    /// Tensors loaded.
+    pub loaded: usize,
+    /// Weights the checkpoint lacks, freshly initialised (a new classification head): what
+    /// transformers warns about as "newly initialized".
+    pub newly_initialized: Vec<String>,
+    /// Checkpoint tensors this model does not use (the pooler, `lm_head` for a classifier).
+    pub unused: Vec<String>,
+}
+
+/// A model built from a pretrained folder.
+#[derive(Debug)]
+pub struct Loaded<M> {
+    /// The model, on the requested device.
+    pub model: M,
+    /// Its configuration.
+    pub config: RobertaConfig,
+    /// What was loaded, initialised and ignored.
+    pub report: LoadReport,
+    /// The folder the files came from (a hub snapshot for hub ids).
+    pub folder: PathBuf,
+}
+
+/// A RoBERTa model that reads and writes Hugging Face folders.
+pub trait Pretrained: Sized + ModuleSnapshot {
+    /// transformers' class name, written to `config.json`'s `architectures`.
+    const ARCHITECTURE: &'static str;
+    /// Key prefixes a checkpoint may lack (heads that are initialised fresh, as transformers
+    /// does); any other missing key is an error.
+    const OPTIONAL_PREFIXES: &'static [&'static str];
+
+    /// A randomly initialised model.
+    fn init(config: &RobertaConfig, device: &Device) -> Self;
+
+    /// Loads a local folder or hub id; `adjust` may change the configuration first (for
+    /// example the classes of a new head).
+    fn from_pretrained(
+        name_or_path: &str,
+        device: &Device,
+        hub: &HubSettings,
+        adjust: impl FnOnce(&mut RobertaConfig),
+    ) -> Result<Loaded<Self>, ModelError> {
+        let folder = resolve_pretrained(
+            name_or_path,
+            &[
+                CONFIG_FILE,
+                SAFETENSORS_FILE,
+                SAFETENSORS_INDEX_FILE,
+                PYTORCH_FILE,
+            ],
+            hub,
+        )?;
+        let mut config = RobertaConfig::load(&folder.join(CONFIG_FILE))?;
+        adjust(&mut config);
+        config
+            .validate()
+            .map_err(|detail| ModelError::InvalidConfig {
+                source_name: folder.join(CONFIG_FILE).display().to_string(),
+                detail,
+            })?;
+        let mut model = Self::init(&config, device);
+        let report = load_weights(&mut model, &folder, Self::OPTIONAL_PREFIXES)?;
+        Ok(Loaded {
+            model,
+            config,
+            report,
+            folder,
+        })
+    }
+
+    /// Writes `config.json` (with `architectures`) and `model.safetensors` into `dir`, so that
+    /// transformers' `from_pretrained(dir)` loads the model.
+    fn save_pretrained(&self, config: &RobertaConfig, dir: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(ModelError::io(dir))?;
+        save_weights(self, &dir.join(SAFETENSORS_FILE))?;
+        let mut config = config.clone();
+        config.architectures = Some(vec![Self::ARCHITECTURE.to_string()]);
+        if Self::ARCHITECTURE == RobertaForSequenceClassification::ARCHITECTURE
+            && config.id2label.is_none()
+        {
+            let names: Vec<String> = (0..config.num_labels())
+                .map(|i| config.label_name(i))
+                .collect();
+            config = config.with_labels(&names);
+        }
+        let mut json = serde_json::to_vec_pretty(&config).expect("configs serialise");
+        json.push(b'\n');
+        write_atomic(&dir.join(CONFIG_FILE), &json)
+    }
+}
+
+impl Pretrained for RobertaForSequenceClassification {
+    const ARCHITECTURE: &'static str = "RobertaForSequenceClassification";
+    const OPTIONAL_PREFIXES: &'static [&'static str] = &["classifier."];
+    fn init(config: &RobertaConfig, device: &Device) -> Self {
+        Self::new(config, device)
+    }
+}
+
+impl Pretrained for RobertaForMaskedLM {
+    const ARCHITECTURE: &'static str = "RobertaForMaskedLM";
+    const OPTIONAL_PREFIXES: &'static [&'static str] = &["lm_head."];
+    fn init(config: &RobertaConfig, device: &Device) -> Self {
+        Self::new(config, device)
+    }
+}
+
+impl Pretrained for RobertaModel {
+    const ARCHITECTURE: &'static str = "RobertaModel";
+    const OPTIONAL_PREFIXES: &'static [&'static str] = &[];
+    fn init(config: &RobertaConfig, device: &Device) -> Self {
+        Self::new(config, device)
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let temp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&temp, bytes)
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            ModelError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        })
+}
+
+/// Names of the tensors in a safetensors file, from its header.
+fn safetensors_keys(path: &Path) -> Result<BTreeSet<String>, ModelError> {
+    use std::io::Read;
+    let bad = |detail: String| ModelError::BadWeights {
+        file: path.to_path_buf(),
+        detail,
+    };
+    let mut file = std::fs::File::open(path).map_err(ModelError::io(path))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    let size = file.metadata().map_err(ModelError::io(path))?.len();
+    if len > size.saturating_sub(8) || len > 100 << 20 {
+        return Err(bad(format!("header length {len} exceeds the file")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("truncated header: {e}")))?;
+    let map: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
+    Ok(map.into_keys().filter(|k| k != "__metadata__").collect())
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The weight files of a folder, in load order.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let single = dir.join(SAFETENSORS_FILE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(SAFETENSORS_INDEX_FILE);
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(ModelError::io(&index))?;
+        let parsed: ShardIndex =
+            serde_json::from_str(&text).map_err(|e| ModelError::BadWeights {
+                file: index.clone(),
+                detail: e.to_string(),
+            })?;
+        let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
+        return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
+    }
+    let pickle = dir.join(PYTORCH_FILE);
+    if pickle.is_file() {
+        return Ok(vec![pickle]);
+    }
+    Err(ModelError::NoWeights {
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// A module path shown as the checkpoint key it comes from.
+fn checkpoint_name(path: &str) -> String {
+    path.replace(".self_attention.", ".self.")
+        .replace(".layer_norm.gamma", ".LayerNorm.weight")
+        .replace(".layer_norm.beta", ".LayerNorm.bias")
+        .replace("lm_head.LayerNorm.", "lm_head.layer_norm.")
+}
+
+/// Loads every weight file of `dir` into `model`. Missing keys under `optional_prefixes` keep
+/// their fresh initialisation and are reported; other missing keys and shape mismatches are
+/// errors naming the key.
+pub fn load_weights<M: ModuleSnapshot>(
+    model: &mut M,
+    dir: &Path,
+    optional_prefixes: &[&str],
+) -> Result<LoadReport, ModelError> {
+    let files = weight_files(dir)?;
+    let mut loaded: BTreeSet<String> = BTreeSet::new();
+    let mut missing_everywhere: Option<BTreeSet<String>> = None;
+    let mut unused: BTreeSet<String> = BTreeSet::new();
+    for file in &files {
+        let result = if file.extension().is_some_and(|e| e == "bin") {
+            let mut store = PytorchStore::from_file(file)
+                .allow_partial(true)
+                .validate(false);
+            for (from, to) in WEIGHT_NAMES {
+                store = store.with_key_remapping(from, *to);
+            }
+            model
+                .load_from(&mut store)
+                .map_err(|e| ModelError::BadWeights {
+                    file: file.clone(),
+                    detail: e.to_string(),
+                })?
+        } else {
+            let keys = safetensors_keys(file)?;
+            let mut store = SafetensorsStore::from_file(file)
+                .with_from_adapter(PyTorchToBurnAdapter)
+                .allow_partial(true)
+                .validate(false);
+            for (from, to) in WEIGHT_NAMES {
+                store = store.with_key_remapping(from, *to);
+            }
+            if keys.contains("lm_head.decoder.bias") && !keys.contains("lm_head.bias") {
+                store = store.with_key_remapping(r"^lm_head\.decoder\.bias$", "lm_head.bias");
+            }
+            model
+                .load_from(&mut store)
+                .map_err(|e| ModelError::BadWeights {
+                    file: file.clone(),
+                    detail: e.to_string(),
+                })?
+        };
+        check_errors(file, &result)?;
+        loaded.extend(result.applied.iter().cloned());
+        unused.extend(result.unused.iter().cloned());
+        let missing: BTreeSet<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
+        missing_everywhere = Some(match missing_everywhere {
+            None => missing,
+            Some(before) => before.intersection(&missing).cloned().collect(),
+        });
+    }
+    let missing = missing_everywhere.unwrap_or_default();
+    let (optional, required): (Vec<String>, Vec<String>) = missing
+        .into_iter()
+        .partition(|p| optional_prefixes.iter().any(|prefix| p.starts_with(prefix)));
+    if !required.is_empty() {
+        let keys: Vec<String> = required.iter().map(|p| checkpoint_name(p)).collect();
+        return Err(ModelError::MissingWeights {
+            file: files[0].clone(),
+            keys: keys.join(", "),
+        });
+    }
+    let unused = unused
+        .into_iter()
+        .filter(|k| !loaded.contains(k))
+        // The tied decoder is the word embedding, read under its own name.
+        .filter(|k| k != "lm_head.decoder.weight" && k != "lm_head.decoder.bias")
+        .map(|k| checkpoint_name(&k))
+        .collect();
+    Ok(LoadReport {
+        files,
+        loaded: loaded.len(),
+        newly_initialized: optional.iter().map(|p| checkpoint_name(p)).collect(),
+        unused,
+    })
+}
+
+fn check_errors(file: &Path, result: &ApplyResult) -> Result<(), ModelError> {
+    match result.errors.first() {
+        None => Ok(()),
+        Some(ApplyError::ShapeMismatch {
+            path,
+            expected,
+            found,
+        }) => Err(ModelError::ShapeMismatch {
+            file: file.to_path_buf(),
+            key: checkpoint_name(path),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        }),
+        Some(other) => Err(ModelError::BadWeights {
+            file: file.to_path_buf(),
+            detail: other.to_string(),
+        }),
+    }
+}
+
+/// Writes `model`'s weights as a transformers-compatible `model.safetensors`.
+pub fn save_weights<M: ModuleSnapshot>(model: &M, path: &Path) -> Result<(), ModelError> {
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .clear_metadata()
+        // transformers refuses safetensors files whose format is not "pt".
+        .metadata("format", "pt")
+        .overwrite(true);
+    for (from, to) in SAVE_NAMES {
+        store = store.with_key_remapping(from, *to);
+    }
+    model
+        .save_into(&mut store)
+        .map_err(|e| ModelError::BadWeights {
+            file: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+}

@@ -1,0 +1,432 @@
+//! RoBERTa's modules, one struct per class of Hugging Face's `modeling_roberta.py`, with the
+//! same field names, so checkpoint keys map onto module paths with two renames only (see
+//! `loader.rs`). One code for every backend: the device the tensors live on picks it.
+//!
+//! Reference: <https://github.com/huggingface/transformers/blob/v4.46.0/src/transformers/models/roberta/modeling_roberta.py>
+
+use burn::module::{Module, Param};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig,
+};
+use burn::tensor::activation::{gelu, gelu_approximate, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor};
+
+use crate::RobertaConfig;
+
+/// Added to the attention scores of padded keys; `exp` of it is 0 in f32 and f16 alike.
+const MASKED_SCORE: f32 = -1.0e4;
+
+fn linear(d_in: usize, d_out: usize, config: &RobertaConfig, device: &Device) -> Linear {
+    // transformers' `_init_weights`: N(0, initializer_range) weights, zero biases.
+    LinearConfig::new(d_in, d_out)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: config.initializer_range,
+        })
+        .init(device)
+        .map_bias_zero(device)
+}
+
+trait ZeroBias {
+    fn map_bias_zero(self, device: &Device) -> Self;
+}
+
+impl ZeroBias for Linear {
+    fn map_bias_zero(mut self, device: &Device) -> Self {
+        if let Some(bias) = &self.bias {
+            let [n] = bias.val().dims();
+            self.bias = Some(Param::from_tensor(Tensor::zeros([n], device)));
+        }
+        self
+    }
+}
+
+fn layer_norm(config: &RobertaConfig, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(config.hidden_size)
+        .with_epsilon(config.layer_norm_eps)
+        .init(device)
+}
+
+fn dropout(p: f64) -> Dropout {
+    DropoutConfig::new(p).init()
+}
+
+/// An embedding table drawn from N(0, initializer_range) with the padding row zeroed, as
+/// `nn.Embedding(padding_idx=…)` is initialised by transformers.
+fn embedding(
+    rows: usize,
+    config: &RobertaConfig,
+    padding_row: Option<usize>,
+    device: &Device,
+) -> Embedding {
+    let mut table = EmbeddingConfig::new(rows, config.hidden_size)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: config.initializer_range,
+        })
+        .init(device);
+    if let Some(row) = padding_row.filter(|&r| r < rows) {
+        let zeros = Tensor::zeros([1, config.hidden_size], device);
+        let weight = table
+            .weight
+            .val()
+            .slice_assign([row..row + 1, 0..config.hidden_size], zeros);
+        table.weight = Param::from_tensor(weight);
+    }
+    table
+}
+
+/// `RobertaEmbeddings`: word + position + token type, LayerNorm, dropout.
+#[derive(Module, Debug)]
+pub struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+    pad_token_id: usize,
+}
+
+impl Embeddings {
+    fn new(config: &RobertaConfig, device: &Device) -> Self {
+        Self {
+            word_embeddings: embedding(
+                config.vocab_size,
+                config,
+                Some(config.pad_token_id),
+                device,
+            ),
+            position_embeddings: embedding(
+                config.max_position_embeddings,
+                config,
+                Some(config.pad_token_id),
+                device,
+            ),
+            token_type_embeddings: embedding(config.type_vocab_size, config, None, device),
+            layer_norm: layer_norm(config, device),
+            dropout: dropout(config.hidden_dropout_prob),
+            pad_token_id: config.pad_token_id,
+        }
+    }
+
+    /// # Shapes
+    /// - `input_ids`: `[batch, seq]`
+    /// - returns `[batch, seq, hidden]`
+    fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, seq] = input_ids.dims();
+        // RoBERTa numbers real tokens from pad + 1 and gives pads the padding position:
+        // `cumsum(ids != pad) * (ids != pad) + pad`.
+        let real = input_ids
+            .clone()
+            .not_equal_elem(self.pad_token_id as i64)
+            .int();
+        let positions = real.clone().cumsum(1) * real + self.pad_token_id as i64;
+        // RoBERTa has one token type; every token uses row 0.
+        let token_types = Tensor::<2, Int>::zeros([batch, seq], &input_ids.device());
+        let x = self.word_embeddings.forward(input_ids)
+            + self.position_embeddings.forward(positions)
+            + self.token_type_embeddings.forward(token_types);
+        self.dropout.forward(self.layer_norm.forward(x))
+    }
+
+    /// The word embedding table `[vocab, hidden]` (tied to the masked-LM decoder).
+    pub fn word_embedding_weight(&self) -> Tensor<2> {
+        self.word_embeddings.weight.val()
+    }
+}
+
+/// `RobertaSelfAttention`: scaled dot-product attention over all heads.
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    dropout: Dropout,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn new(config: &RobertaConfig, device: &Device) -> Self {
+        let h = config.hidden_size;
+        Self {
+            query: linear(h, h, config, device),
+            key: linear(h, h, config, device),
+            value: linear(h, h, config, device),
+            dropout: dropout(config.attention_probs_dropout_prob),
+            num_heads: config.num_attention_heads,
+            head_dim: config.head_dim(),
+        }
+    }
+
+    /// `[batch, seq, hidden]` → `[batch, heads, seq, head_dim]`.
+    fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [batch, seq, _] = x.dims();
+        x.reshape([batch, seq, self.num_heads, self.head_dim])
+            .swap_dims(1, 2)
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]`
+    /// - `padding`: `[batch, 1, 1, seq]`, true on padded keys
+    /// - returns `[batch, seq, hidden]`
+    fn forward(&self, x: Tensor<3>, padding: Tensor<4, Bool>) -> Tensor<3> {
+        let [batch, seq, hidden] = x.dims();
+        let q = self.split_heads(self.query.forward(x.clone()));
+        let k = self.split_heads(self.key.forward(x.clone()));
+        let v = self.split_heads(self.value.forward(x));
+        let scale = (self.head_dim as f64).sqrt().recip();
+        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+        let scores = scores.mask_fill(padding, MASKED_SCORE);
+        let probs = self.dropout.forward(softmax(scores, 3));
+        probs
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, hidden])
+    }
+}
+
+/// `RobertaSelfOutput`: dense, dropout, residual, LayerNorm (post-LN).
+#[derive(Module, Debug)]
+pub struct SelfOutput {
+    dense: Linear,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+/// `RobertaOutput` (after the feed-forward) is `RobertaSelfOutput` with a 4H-wide input.
+pub type Output = SelfOutput;
+
+impl SelfOutput {
+    fn new(d_input: usize, config: &RobertaConfig, device: &Device) -> Self {
+        Self {
+            dense: linear(d_input, config.hidden_size, config, device),
+            layer_norm: layer_norm(config, device),
+            dropout: dropout(config.hidden_dropout_prob),
+        }
+    }
+
+    fn forward(&self, hidden: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        let x = self.dropout.forward(self.dense.forward(hidden));
+        self.layer_norm.forward(x + residual)
+    }
+}
+
+/// `RobertaAttention`: self-attention and its output block.
+#[derive(Module, Debug)]
+pub struct Attention {
+    self_attention: SelfAttention,
+    output: SelfOutput,
+}
+
+/// `RobertaIntermediate`: dense H → 4H and GELU.
+#[derive(Module, Debug)]
+pub struct Intermediate {
+    dense: Linear,
+    approximate_gelu: bool,
+}
+
+impl Intermediate {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.dense.forward(x);
+        if self.approximate_gelu {
+            gelu_approximate(x)
+        } else {
+            gelu(x)
+        }
+    }
+}
+
+/// `RobertaLayer`: attention then feed-forward.
+#[derive(Module, Debug)]
+pub struct Layer {
+    attention: Attention,
+    intermediate: Intermediate,
+    output: Output,
+}
+
+impl Layer {
+    fn new(config: &RobertaConfig, device: &Device) -> Self {
+        Self {
+            attention: Attention {
+                self_attention: SelfAttention::new(config, device),
+                output: SelfOutput::new(config.hidden_size, config, device),
+            },
+            intermediate: Intermediate {
+                dense: linear(config.hidden_size, config.intermediate_size, config, device),
+                approximate_gelu: config.gelu_is_approximate(),
+            },
+            output: Output::new(config.intermediate_size, config, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>, padding: Tensor<4, Bool>) -> Tensor<3> {
+        let attended = self.attention.self_attention.forward(x.clone(), padding);
+        let x = self.attention.output.forward(attended, x);
+        let inner = self.intermediate.forward(x.clone());
+        self.output.forward(inner, x)
+    }
+}
+
+/// `RobertaEncoder`: the stack of layers.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    layer: Vec<Layer>,
+}
+
+/// `RobertaModel` without the pooler (the classifier and the masked-LM head do not use it).
+#[derive(Module, Debug)]
+pub struct RobertaModel {
+    embeddings: Embeddings,
+    encoder: Encoder,
+}
+
+impl RobertaModel {
+    /// A randomly initialised model, as transformers initialises one.
+    pub fn new(config: &RobertaConfig, device: &Device) -> Self {
+        Self {
+            embeddings: Embeddings::new(config, device),
+            encoder: Encoder {
+                layer: (0..config.num_hidden_layers)
+                    .map(|_| Layer::new(config, device))
+                    .collect(),
+            },
+        }
+    }
+
+    /// The last hidden state.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, seq]`
+    /// - `attention_mask`: `[batch, seq]`, 1 on real tokens, 0 on padding
+    /// - returns `[batch, seq, hidden]`
+    pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, seq] = attention_mask.dims();
+        let padding = attention_mask.equal_elem(0).reshape([batch, 1, 1, seq]);
+        let mut x = self.embeddings.forward(input_ids);
+        for layer in &self.encoder.layer {
+            x = layer.forward(x, padding.clone());
+        }
+        x
+    }
+
+    /// The embedding block (for the tied masked-LM decoder).
+    pub fn embeddings(&self) -> &Embeddings {
+        &self.embeddings
+    }
+}
+
+/// `RobertaClassificationHead`: on `<s>`: dropout, dense, tanh, dropout, projection.
+#[derive(Module, Debug)]
+pub struct ClassificationHead {
+    dense: Linear,
+    dropout: Dropout,
+    out_proj: Linear,
+}
+
+/// `RobertaForSequenceClassification`: the encoder and a classification head on `<s>`.
+#[derive(Module, Debug)]
+pub struct RobertaForSequenceClassification {
+    roberta: RobertaModel,
+    classifier: ClassificationHead,
+}
+
+impl RobertaForSequenceClassification {
+    /// A randomly initialised classifier with `config.num_labels()` classes.
+    pub fn new(config: &RobertaConfig, device: &Device) -> Self {
+        let p = config
+            .classifier_dropout
+            .unwrap_or(config.hidden_dropout_prob);
+        Self {
+            roberta: RobertaModel::new(config, device),
+            classifier: ClassificationHead {
+                dense: linear(config.hidden_size, config.hidden_size, config, device),
+                dropout: dropout(p),
+                out_proj: linear(config.hidden_size, config.num_labels(), config, device),
+            },
+        }
+    }
+
+    /// Class logits.
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`: `[batch, seq]`
+    /// - returns `[batch, num_labels]`
+    pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<2> {
+        let hidden = self.roberta.forward(input_ids, attention_mask);
+        self.classify(hidden)
+    }
+
+    /// The head alone, on a last hidden state `[batch, seq, hidden]`.
+    pub fn classify(&self, hidden: Tensor<3>) -> Tensor<2> {
+        let [batch, _, width] = hidden.dims();
+        let first = hidden.narrow(1, 0, 1).reshape([batch, width]);
+        let head = &self.classifier;
+        let x = head.dropout.forward(first);
+        let x = head.dense.forward(x).tanh();
+        let x = head.dropout.forward(x);
+        head.out_proj.forward(x)
+    }
+
+    /// The encoder.
+    pub fn roberta(&self) -> &RobertaModel {
+        &self.roberta
+    }
+}
+
+/// `RobertaLMHead`: dense, GELU, LayerNorm, then the decoder tied to the word embeddings.
+#[derive(Module, Debug)]
+pub struct LmHead {
+    dense: Linear,
+    layer_norm: LayerNorm,
+    bias: Param<Tensor<1>>,
+}
+
+/// `RobertaForMaskedLM`: the encoder and a vocabulary head whose decoder is the word embedding
+/// table itself (tied, as in transformers), plus its own bias.
+#[derive(Module, Debug)]
+pub struct RobertaForMaskedLM {
+    roberta: RobertaModel,
+    lm_head: LmHead,
+}
+
+impl RobertaForMaskedLM {
+    /// A randomly initialised masked-LM model.
+    pub fn new(config: &RobertaConfig, device: &Device) -> Self {
+        Self {
+            roberta: RobertaModel::new(config, device),
+            lm_head: LmHead {
+                dense: linear(config.hidden_size, config.hidden_size, config, device),
+                layer_norm: layer_norm(config, device),
+                bias: Param::from_tensor(Tensor::zeros([config.vocab_size], device)),
+            },
+        }
+    }
+
+    /// Vocabulary logits at every position.
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`: `[batch, seq]`
+    /// - returns `[batch, seq, vocab]`
+    pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
+        let hidden = self.roberta.forward(input_ids, attention_mask);
+        let [batch, seq, width] = hidden.dims();
+        let head = &self.lm_head;
+        let x = gelu(head.dense.forward(hidden));
+        let x = head.layer_norm.forward(x).reshape([batch * seq, width]);
+        let decoder = self
+            .roberta
+            .embeddings()
+            .word_embedding_weight()
+            .transpose();
+        let logits = x.matmul(decoder) + head.bias.val().unsqueeze_dim(0);
+        let [_, vocab] = logits.dims();
+        logits.reshape([batch, seq, vocab])
+    }
+
+    /// The encoder.
+    pub fn roberta(&self) -> &RobertaModel {
+        &self.roberta
+    }
+}

@@ -1,0 +1,186 @@
+//! Logits and hidden states equal transformers' for a tiny random RoBERTa, from every weight
+//! format, within 1e-4 absolute (f32; the reference is rounded to 6 decimals).
+//!
+//! Reference: `fixtures/model/reference.json`, from `fixtures/model/generate_reference.py`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use roberta_burn::{
+    HubSettings, ModelError, Pretrained, RobertaForMaskedLM, RobertaForSequenceClassification,
+};
+use serde_json::Value;
+
+/// Largest absolute difference allowed against the reference.
+const TOLERANCE: f32 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/model")
+}
+
+fn reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap())
+        .unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn ints(v: &Value, batch: usize, seq: usize, device: &Device) -> Tensor<2, Int> {
+    let data: Vec<i64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    Tensor::from_data(TensorData::new(data, [batch, seq]), device)
+}
+
+fn assert_close(actual: Tensor<2>, expected: &[f32], what: &str) {
+    assert_close_data(
+        actual.into_data().try_to_vec::<f32>().unwrap(),
+        expected,
+        what,
+    );
+}
+
+fn assert_close_data(actual: Vec<f32>, expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let worst = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| (a - e).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= TOLERANCE,
+        "{what}: max abs difference {worst} > {TOLERANCE}"
+    );
+}
+
+fn check_classifier(folder: &Path) -> roberta_burn::LoadReport {
+    let r = reference();
+    let (batch, seq) = (
+        r["batch"].as_u64().unwrap() as usize,
+        r["seq"].as_u64().unwrap() as usize,
+    );
+    let device = Device::flex();
+    let loaded = RobertaForSequenceClassification::from_pretrained(
+        folder.to_str().unwrap(),
+        &device,
+        &HubSettings::from_vars(|_| None),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(loaded.config.num_labels(), 2);
+    let ids = ints(&r["input_ids"], batch, seq, &device);
+    let mask = ints(&r["attention_mask"], batch, seq, &device);
+    let hidden = loaded.model.roberta().forward(ids.clone(), mask.clone());
+    assert_close_data(
+        hidden.into_data().try_to_vec::<f32>().unwrap(),
+        &floats(&r["last_hidden_state"]),
+        "last hidden state",
+    );
+    assert_close(
+        loaded.model.forward(ids, mask),
+        &floats(&r["logits"]),
+        "logits",
+    );
+    loaded.report
+}
+
+#[test]
+fn safetensors_classifier_matches_transformers() {
+    let report = check_classifier(&fixtures().join("classifier"));
+    assert!(report.newly_initialized.is_empty(), "{report:?}");
+    assert!(report.unused.is_empty(), "{report:?}");
+    assert_eq!(report.loaded, 41);
+}
+
+#[test]
+fn pytorch_bin_classifier_matches_transformers() {
+    check_classifier(&fixtures().join("classifier-bin"));
+}
+
+#[test]
+fn sharded_safetensors_classifier_matches_transformers() {
+    let report = check_classifier(&fixtures().join("classifier-sharded"));
+    assert_eq!(report.files.len(), 3);
+}
+
+#[test]
+fn masked_lm_with_tied_decoder_matches_transformers() {
+    let r = reference();
+    let (batch, seq) = (
+        r["batch"].as_u64().unwrap() as usize,
+        r["seq"].as_u64().unwrap() as usize,
+    );
+    let device = Device::flex();
+    let loaded = RobertaForMaskedLM::from_pretrained(
+        fixtures().join("mlm").to_str().unwrap(),
+        &device,
+        &HubSettings::from_vars(|_| None),
+        |_| {},
+    )
+    .unwrap();
+    let ids = ints(&r["mlm_input_ids"], batch, seq, &device);
+    let mask = ints(&r["attention_mask"], batch, seq, &device);
+    let logits = loaded.model.forward(ids, mask);
+    let vocab = r["vocab"].as_u64().unwrap() as usize;
+    let at_2 = logits.narrow(1, 2, 1).reshape([batch, vocab]);
+    assert_close(at_2, &floats(&r["mlm_logits_at_2"]), "masked-LM logits");
+}
+
+#[test]
+fn a_classifier_from_a_masked_lm_checkpoint_initialises_its_head() {
+    // As fine-tuning roberta-base does: the lm_head is unused, the classifier is new.
+    let device = Device::flex();
+    let loaded = RobertaForSequenceClassification::from_pretrained(
+        fixtures().join("mlm").to_str().unwrap(),
+        &device,
+        &HubSettings::from_vars(|_| None),
+        |c| {
+            *c = c
+                .clone()
+                .with_labels(&["neg".into(), "neu".into(), "pos".into()])
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        loaded.report.newly_initialized,
+        [
+            "classifier.dense.bias",
+            "classifier.dense.weight",
+            "classifier.out_proj.bias",
+            "classifier.out_proj.weight"
+        ]
+    );
+    assert!(
+        loaded
+            .report
+            .unused
+            .iter()
+            .any(|k| k.starts_with("lm_head.dense")),
+        "{:?}",
+        loaded.report
+    );
+}
+
+#[test]
+fn a_wrongly_shaped_checkpoint_names_the_key_and_both_shapes() {
+    let device = Device::flex();
+    let err = RobertaForSequenceClassification::from_pretrained(
+        fixtures().join("classifier").to_str().unwrap(),
+        &device,
+        &HubSettings::from_vars(|_| None),
+        |c| *c = c.clone().with_labels(&["a".into(), "b".into(), "c".into()]),
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, ModelError::ShapeMismatch { .. }), "{message}");
+    assert!(message.contains("classifier.out_proj"), "{message}");
+}

@@ -1,0 +1,163 @@
+//! `cargo xtask predict`: label, probabilities and logits for texts, from any Hugging Face
+//! RoBERTa sequence classifier.
+
+use std::io::Write;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
+use sentiment_tokenize::{DEFAULT_MAX_LENGTH, HubSettings, RobertaTokenizer};
+
+use crate::flags::PredictArgs;
+
+/// A resolved predict command.
+pub struct Predict {
+    model: String,
+    tokenizer: String,
+    texts: Vec<String>,
+    max_length: Option<usize>,
+    batch_size: usize,
+    device: Device,
+    json: bool,
+}
+
+impl TryFrom<PredictArgs> for Predict {
+    type Error = anyhow::Error;
+
+    fn try_from(args: PredictArgs) -> Result<Self> {
+        let texts = match (&args.input, args.texts.is_empty()) {
+            (Some(path), _) => sentiment_data::read_text_column(path, &args.text_column)
+                .with_context(|| format!("reading {}", path.display()))?,
+            (None, false) => args.texts.clone(),
+            (None, true) => bail!("give texts to classify, or --input FILE"),
+        };
+        if args.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        Ok(Self {
+            tokenizer: args.tokenizer.clone().unwrap_or_else(|| args.model.clone()),
+            model: args.model,
+            texts,
+            max_length: args.max_length,
+            batch_size: args.batch_size,
+            device: crate::device(args.backend, args.device_index)?,
+            json: args.json,
+        })
+    }
+}
+
+/// One classified text.
+#[derive(serde::Serialize)]
+struct Prediction<'a> {
+    text: &'a str,
+    label: String,
+    probs: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl Predict {
+    /// Loads the model and tokenizer, classifies every text, prints the results.
+    pub fn run(&self) -> Result<()> {
+        let hub = HubSettings::from_env();
+        let model_hub = roberta_burn::HubSettings {
+            cache_dir: hub.cache_dir.clone(),
+            offline: hub.offline,
+        };
+        let loaded = RobertaForSequenceClassification::from_pretrained(
+            &self.model,
+            &self.device,
+            &model_hub,
+            |_| {},
+        )
+        .with_context(|| format!("loading the model {}", self.model))?;
+        let max_length = self
+            .max_length
+            .unwrap_or_else(|| DEFAULT_MAX_LENGTH.min(loaded.config.max_sequence_length()));
+        let tokenizer = RobertaTokenizer::from_pretrained(&self.tokenizer, max_length, &hub)
+            .with_context(|| format!("loading the tokenizer of {}", self.tokenizer))?;
+        check_compatible(&loaded.config, &tokenizer, max_length)?;
+        if !loaded.report.newly_initialized.is_empty() {
+            eprintln!(
+                "warning: {} has no trained classifier head ({} newly initialised): predictions \
+                 are random",
+                self.model,
+                loaded.report.newly_initialized.join(", ")
+            );
+        }
+        let num_labels = loaded.config.num_labels();
+        let mut out = std::io::stdout().lock();
+        for chunk in self.texts.chunks(self.batch_size) {
+            let encoded = tokenizer.encode_batch(chunk)?;
+            let shape = [chunk.len(), max_length];
+            let ids: Vec<i64> = encoded.input_ids.iter().map(|&t| i64::from(t)).collect();
+            let mask: Vec<i64> = encoded
+                .attention_mask
+                .iter()
+                .map(|&m| i64::from(m))
+                .collect();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &self.device);
+            let mask = Tensor::<2, Int>::from_data(TensorData::new(mask, shape), &self.device);
+            let logits = loaded.model.forward(ids, mask);
+            let probs = softmax(logits.clone(), 1);
+            let logits: Vec<f32> = logits.into_data().try_to_vec().context("reading logits")?;
+            let probs: Vec<f32> = probs
+                .into_data()
+                .try_to_vec()
+                .context("reading probabilities")?;
+            for (i, text) in chunk.iter().enumerate() {
+                let row = i * num_labels..(i + 1) * num_labels;
+                let probs = probs[row.clone()].to_vec();
+                let best = sentiment_metrics::argmax_rows(&probs, num_labels)?[0];
+                let prediction = Prediction {
+                    text,
+                    label: loaded.config.label_name(best),
+                    probs,
+                    logits: logits[row].to_vec(),
+                };
+                let written = if self.json {
+                    writeln!(out, "{}", serde_json::to_string(&prediction)?)
+                } else {
+                    writeln!(
+                        out,
+                        "{:<10} {:.3}  {}",
+                        prediction.label,
+                        prediction.probs[best],
+                        text.replace('\n', " ")
+                    )
+                };
+                match written {
+                    // The reader went away (`| head`): stop quietly, as Unix tools do.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    other => other?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tokenizer must not produce ids beyond the embedding, nor sequences beyond positions.
+fn check_compatible(
+    config: &RobertaConfig,
+    tokenizer: &RobertaTokenizer,
+    max_length: usize,
+) -> Result<()> {
+    config.check_sequence_length(max_length)?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        bail!(
+            "the tokenizer has {} tokens but the model's vocabulary only {}: they do not belong \
+             together",
+            tokenizer.vocab_size(),
+            config.vocab_size
+        );
+    }
+    if tokenizer.special_tokens().pad as usize != config.pad_token_id {
+        bail!(
+            "the tokenizer pads with id {} but the model expects {}",
+            tokenizer.special_tokens().pad,
+            config.pad_token_id
+        );
+    }
+    Ok(())
+}
