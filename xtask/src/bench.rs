@@ -261,3 +261,159 @@ impl BenchTokenize {
         Ok(())
     }
 }
+
+/// Batch and sequence length of the model benchmarks (the notebook's training shape).
+const BENCH_BATCH: usize = 32;
+const BENCH_SEQ: usize = 64;
+
+fn shape_config(shape: crate::flags::ShapeFlag) -> roberta_burn::RobertaConfig {
+    use crate::flags::ShapeFlag;
+    let (name, vocab) = match shape {
+        ShapeFlag::Small => ("small", 8_000),
+        ShapeFlag::Base => ("base", 50_265),
+    };
+    let mut config = roberta_burn::RobertaConfig::preset(name, vocab).expect("known preset");
+    config.max_position_embeddings = BENCH_SEQ + 2;
+    config
+}
+
+fn shape_name(shape: crate::flags::ShapeFlag) -> &'static str {
+    match shape {
+        crate::flags::ShapeFlag::Small => "small",
+        crate::flags::ShapeFlag::Base => "base",
+    }
+}
+
+/// Timed iterations per shape, enough for a few seconds of work on one core.
+fn iterations(shape: crate::flags::ShapeFlag) -> usize {
+    match shape {
+        crate::flags::ShapeFlag::Small => 20,
+        crate::flags::ShapeFlag::Base => 3,
+    }
+}
+
+/// `bench model-worker`: times our inference in this process and prints one JSON line.
+pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+    use rand::{Rng, SeedableRng};
+    let config = shape_config(args.shape);
+    let device = Device::flex();
+    let model = roberta_burn::RobertaForSequenceClassification::new(&config, &device);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut ids: Vec<i64> = (0..BENCH_BATCH * BENCH_SEQ)
+        .map(|_| rng.random_range(3..config.vocab_size as i64))
+        .collect();
+    for row in ids.chunks_mut(BENCH_SEQ) {
+        row[0] = 0;
+        row[BENCH_SEQ - 1] = 2;
+    }
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BENCH_BATCH, BENCH_SEQ]), &device);
+    let mask = Tensor::<2, Int>::ones([BENCH_BATCH, BENCH_SEQ], &device);
+    let run = || -> Result<f32> {
+        let logits = model.forward(ids.clone(), mask.clone());
+        Ok(logits.sum().into_scalar())
+    };
+    for _ in 0..2 {
+        run()?;
+    }
+    let started = Instant::now();
+    for _ in 0..args.iters {
+        run()?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({ "samples_per_s": (BENCH_BATCH * args.iters) as f64 / elapsed })
+    );
+    Ok(())
+}
+
+/// Runs `command`, measuring it, and parses the JSON line it prints.
+fn measure_json(command: &mut Command) -> Result<(Measurement, serde_json::Value)> {
+    let out = tempfile_path("bench-out");
+    let file = std::fs::File::create(&out)?;
+    let measurement = measure(command.stdout(file))?;
+    let text = std::fs::read_to_string(&out)?;
+    let _ = std::fs::remove_file(&out);
+    let line = text.lines().last().unwrap_or_default();
+    let value = serde_json::from_str(line)
+        .with_context(|| format!("parsing the output of {command:?}: {text:?}"))?;
+    Ok((measurement, value))
+}
+
+fn tempfile_path(stem: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "{stem}-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ))
+}
+
+/// `cargo xtask bench model`.
+pub struct BenchModel {
+    shapes: Vec<crate::flags::ShapeFlag>,
+    threads: Vec<usize>,
+    python: PathBuf,
+}
+
+impl From<crate::flags::BenchModelArgs> for BenchModel {
+    fn from(args: crate::flags::BenchModelArgs) -> Self {
+        Self {
+            shapes: args.shapes,
+            threads: args.threads,
+            python: args.python,
+        }
+    }
+}
+
+impl BenchModel {
+    /// Times ours and PyTorch's inference back to back per shape and thread count.
+    pub fn run(&self) -> Result<()> {
+        let exe = std::env::current_exe()?;
+        let script = crate::project_root().join("xtask/bench/model_reference.py");
+        println!(
+            "inference, batch {BENCH_BATCH}, length {BENCH_SEQ}, random weights, fp32; samples/s (peak RSS MiB)"
+        );
+        println!("| shape | threads | ours (flex) | PyTorch eager | ratio ours / PyTorch |");
+        println!("|---|---|---|---|---|");
+        for &shape in &self.shapes {
+            for &threads in &self.threads {
+                let iters = iterations(shape).to_string();
+                let (ours_m, ours) = measure_json(
+                    Command::new(&exe)
+                        .args([
+                            "bench",
+                            "model-worker",
+                            "--shape",
+                            shape_name(shape),
+                            "--iters",
+                        ])
+                        .arg(&iters)
+                        .env("RAYON_NUM_THREADS", threads.to_string()),
+                )?;
+                let (py_m, py) = measure_json(
+                    Command::new(&self.python)
+                        .arg(&script)
+                        .args(["--shape", shape_name(shape), "--iters", &iters, "--threads"])
+                        .arg(threads.to_string())
+                        .env("OMP_NUM_THREADS", threads.to_string())
+                        .env("OMP_WAIT_POLICY", "PASSIVE")
+                        .stderr(std::process::Stdio::null()),
+                )?;
+                let (a, b) = (
+                    ours["samples_per_s"].as_f64().unwrap_or(f64::NAN),
+                    py["samples_per_s"].as_f64().unwrap_or(f64::NAN),
+                );
+                let mib = |m: Measurement| m.peak_rss as f64 / (1024.0 * 1024.0);
+                println!(
+                    "| {} | {threads} | {a:.1} ({:.0}) | {b:.1} ({:.0}) | {:.2}x |",
+                    shape_name(shape),
+                    mib(ours_m),
+                    mib(py_m),
+                    a / b
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -46,6 +46,11 @@ pub enum BenchCommand {
     Prepare(BenchPrepareArgs),
     /// Batch encoding of tweets against Python `tokenizers` and `transformers`.
     Tokenize(BenchTokenizeArgs),
+    /// Model inference (batch 32, length 64) against PyTorch + transformers on the same threads.
+    Model(BenchModelArgs),
+    /// One timed side of `bench model` (run by it in a child process).
+    #[command(hide = true)]
+    ModelWorker(ModelWorkerArgs),
 }
 
 /// `--format`.
@@ -243,4 +248,38 @@ pub struct PredictArgs {
     /// Print JSON lines {"text", "label", "probs", "logits"}.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Model shapes of the benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShapeFlag {
+    /// Hidden 256, 4 layers, 4 heads, FFN 1024, vocabulary 8,000.
+    Small,
+    /// roberta-base: 768, 12, 12, 3,072, vocabulary 50,265.
+    Base,
+}
+
+/// Flags of `cargo xtask bench model`.
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// Shapes to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ShapeFlag::Small, ShapeFlag::Base])]
+    pub shapes: Vec<ShapeFlag>,
+    /// Thread counts to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
+    pub threads: Vec<usize>,
+    /// Python with torch and transformers for the reference side.
+    #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+}
+
+/// Flags of the hidden `bench model-worker`.
+#[derive(Debug, Args)]
+pub struct ModelWorkerArgs {
+    /// Shape.
+    #[arg(long, value_enum)]
+    pub shape: ShapeFlag,
+    /// Timed iterations.
+    #[arg(long)]
+    pub iters: usize,
 }

@@ -35,6 +35,8 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
         Command::Bench { command } => match command {
             BenchCommand::Prepare(args) => bench::BenchPrepare::from(args).run(),
             BenchCommand::Tokenize(args) => bench::BenchTokenize::from(args).run(),
+            BenchCommand::Model(args) => bench::BenchModel::from(args).run(),
+            BenchCommand::ModelWorker(args) => bench::model_worker(&args),
         },
     }
 }

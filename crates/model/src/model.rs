@@ -71,7 +71,10 @@ fn embedding(
         let weight = table
             .weight
             .val()
-            .slice_assign([row..row + 1, 0..config.hidden_size], zeros);
+            .slice_assign([row..row + 1, 0..config.hidden_size], zeros)
+            // A fresh leaf: on an autodiff device the assignment is otherwise a graph node,
+            // which cannot be a parameter.
+            .detach();
         table.weight = Param::from_tensor(weight);
     }
     table

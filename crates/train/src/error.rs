@@ -1,0 +1,59 @@
+//! The crate's error type: every variant names the setting, split or file at fault.
+
+use std::path::PathBuf;
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A hyperparameter is out of range.
+    #[error("invalid setting: {0}")]
+    InvalidSetting(String),
+    /// The data cannot be trained on.
+    #[error("invalid data: {0}")]
+    InvalidData(String),
+    /// A checkpoint is unreadable or belongs to another configuration.
+    #[error("{path}: unusable checkpoint: {detail}")]
+    BadCheckpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "the loss diverged (not finite) in epoch {epoch} at step {step}: lower the learning rate"
+    )]
+    Diverged {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Global step.
+        step: usize,
+    },
+    /// The backend failed to return data.
+    #[error("backend error: {0}")]
+    Backend(String),
+    /// A model error (configuration, saving).
+    #[error(transparent)]
+    Model(#[from] roberta_burn::ModelError),
+    /// A tokenizer error (saving the tokenizer with the model).
+    #[error(transparent)]
+    Tokenize(#[from] sentiment_tokenize::TokenizeError),
+    /// A metrics error.
+    #[error(transparent)]
+    Metrics(#[from] sentiment_metrics::MetricsError),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| TrainError::Io { path, source }
+    }
+}

@@ -1,0 +1,53 @@
+//! Fine-tuning RoBERTa for sequence classification, as transformers' `Trainer` does it for the
+//! notebook, and sturdier: AdamW (PyTorch's defaults, not Burn's), a linear schedule with optional
+//! warmup ([`LinearSchedule`]), clipping by the global gradient norm, batches reshuffled every
+//! epoch from the seed, evaluation every epoch with the metrics crate, a checkpoint every epoch
+//! with [`KeepBestCheckpoints`], the best model loaded at the end, evaluated on the test split and
+//! exported as a Hugging Face folder; and resume from the last checkpoint.
+//!
+//! Run folder:
+//! ```text
+//! train_config.json          hyperparameters and model configuration
+//! metrics.json, metrics.csv  one row per epoch
+//! checkpoints/epoch-N/       model.bpk, optimizer.bpk, state.json (kept by the policy)
+//! test_metrics.json          the best model on the test split
+//! best_model/                config.json, model.safetensors, tokenizer files
+//! outcome.json               history, best epoch, test evaluation
+//! ```
+
+mod checkpoints;
+mod clip;
+mod error;
+mod schedule;
+mod trainer;
+
+use std::path::Path;
+
+pub use checkpoints::KeepBestCheckpoints;
+pub use clip::{clip_grad_norm, global_grad_norm};
+pub use error::TrainError;
+pub use schedule::LinearSchedule;
+pub use trainer::{
+    BestMetric, EpochMetrics, Evaluation, Progress, RUN_VERSION, TrainConfig, TrainData,
+    TrainOutcome, evaluate, train,
+};
+
+/// Writes a file atomically (temporary sibling, then rename).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let temp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&temp, bytes)
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(|source| {
+            let _ = std::fs::remove_file(&temp);
+            TrainError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+}

@@ -1,0 +1,250 @@
+//! Training end to end on the bundled sample: metrics, keep-best, best model export, resume.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
+use sentiment_data::{PrepareConfig, prepare};
+use sentiment_tokenize::{
+    BpeTrainingConfig, TokenizedRows, read_tokenized, tokenize_splits, train_on_split,
+};
+use sentiment_train::{TrainConfig, TrainData, TrainError, train};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+struct Prepared {
+    _dir: tempfile::TempDir,
+    tokenizer: sentiment_tokenize::RobertaTokenizer,
+    train: TokenizedRows,
+    validation: TokenizedRows,
+    test: TokenizedRows,
+}
+
+fn prepared(rows: usize) -> Prepared {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PrepareConfig::new(fixtures().join("sentiment140/sample.csv"), dir.path());
+    config.sample = Some(rows);
+    prepare(&config, &mut |_| {}).unwrap();
+    let training = BpeTrainingConfig {
+        vocab_size: 500,
+        min_frequency: 2,
+    };
+    let (tokenizer, _) = train_on_split(dir.path(), &training, 32).unwrap();
+    tokenize_splits(dir.path(), &tokenizer, "test", &mut |_, _, _| {}).unwrap();
+    let read = |s: &str| read_tokenized(&dir.path().join(format!("{s}.tokens.parquet"))).unwrap();
+    Prepared {
+        train: read("train"),
+        validation: read("validation"),
+        test: read("test"),
+        tokenizer,
+        _dir: dir,
+    }
+}
+
+fn model_config(vocab: usize) -> RobertaConfig {
+    let mut config = RobertaConfig::preset("tiny", vocab)
+        .unwrap()
+        .with_labels(&["negative".into(), "positive".into()]);
+    config.max_position_embeddings = 34;
+    config
+}
+
+/// Everything but the timings, which differ from run to run.
+fn quality(history: &[sentiment_train::EpochMetrics]) -> Vec<[f64; 9]> {
+    history
+        .iter()
+        .map(|m| {
+            [
+                m.epoch as f64,
+                m.step as f64,
+                m.train_loss,
+                m.eval_loss,
+                m.accuracy,
+                m.precision,
+                m.recall,
+                m.f1,
+                m.learning_rate,
+            ]
+        })
+        .collect()
+}
+
+fn quick() -> TrainConfig {
+    TrainConfig {
+        learning_rate: 5e-4,
+        batch_size: 16,
+        epochs: 2,
+        warmup_steps: 5,
+        ..TrainConfig::default()
+    }
+}
+
+fn run(
+    p: &Prepared,
+    config: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+) -> Result<sentiment_train::TrainOutcome, TrainError> {
+    let device = Device::flex();
+    device.seed(config.seed);
+    let model_config = model_config(p.tokenizer.vocab_size());
+    let model = RobertaForSequenceClassification::new(&model_config, &device);
+    let data = TrainData {
+        train: &p.train,
+        validation: &p.validation,
+        test: Some(&p.test),
+    };
+    train(
+        model,
+        &model_config,
+        Some(&p.tokenizer),
+        &data,
+        config,
+        dir,
+        &device,
+        resume,
+        &mut |_| {},
+    )
+}
+
+#[test]
+fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
+    let p = prepared(2_000);
+    let run_a = tempfile::tempdir().unwrap();
+    let outcome = run(&p, &quick(), run_a.path(), false).unwrap();
+    assert_eq!(outcome.history.len(), 2);
+    let steps = p.train.len().div_ceil(16);
+    assert_eq!(outcome.history[1].step, 2 * steps);
+    // It learns: the synthetic sample is far from random.
+    let best = &outcome.history[outcome.best_epoch - 1];
+    assert!(best.accuracy > 0.6, "{:?}", outcome.history);
+    assert!(outcome.history[1].train_loss < outcome.history[0].train_loss + 0.05);
+    for file in [
+        "metrics.json",
+        "metrics.csv",
+        "train_config.json",
+        "test_metrics.json",
+        "outcome.json",
+    ] {
+        assert!(run_a.path().join(file).exists(), "{file}");
+    }
+    let csv = std::fs::read_to_string(run_a.path().join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    // Two epochs, limit 2: both checkpoints stay.
+    assert!(run_a.path().join("checkpoints/epoch-1/model.bpk").exists());
+    assert!(
+        run_a
+            .path()
+            .join("checkpoints/epoch-2/optimizer.bpk")
+            .exists()
+    );
+    let test = outcome.test.as_ref().unwrap();
+    assert_eq!(
+        test.report.confusion_matrix.iter().flatten().sum::<u64>() as usize,
+        p.test.len()
+    );
+    // The exported best model loads as a Hugging Face folder, with its tokenizer.
+    let loaded = RobertaForSequenceClassification::from_pretrained(
+        outcome.best_model_dir.to_str().unwrap(),
+        &Device::flex(),
+        &roberta_burn::HubSettings::from_vars(|_| None),
+        |_| {},
+    )
+    .unwrap();
+    assert!(loaded.report.newly_initialized.is_empty());
+    assert!(outcome.best_model_dir.join("tokenizer.json").exists());
+
+    // Resume: a run stopped after epoch 1 ends exactly like the uninterrupted one.
+    let run_b = tempfile::tempdir().unwrap();
+    let one_epoch = run(&p, &quick(), run_b.path(), false).unwrap();
+    assert_eq!(
+        quality(&one_epoch.history),
+        quality(&outcome.history),
+        "same seed, same run"
+    );
+    std::fs::remove_dir_all(run_b.path().join("checkpoints/epoch-2")).unwrap();
+    std::fs::remove_dir_all(run_b.path().join("best_model")).unwrap();
+    let resumed = run(&p, &quick(), run_b.path(), true).unwrap();
+    assert_eq!(quality(&resumed.history), quality(&outcome.history));
+    let (a, b) = (resumed.test.unwrap(), outcome.test.clone().unwrap());
+    assert_eq!((a.loss, a.report), (b.loss, b.report));
+
+    // Resuming with other settings is refused, nothing overwritten.
+    let other = TrainConfig {
+        learning_rate: 2e-3,
+        ..quick()
+    };
+    let err = run(&p, &other, run_b.path(), true).unwrap_err();
+    assert!(err.to_string().contains("other settings"), "{err}");
+
+    // A corrupt checkpoint is an error naming the file.
+    let model_file = run_b.path().join("checkpoints/epoch-2/model.bpk");
+    let bytes = std::fs::read(&model_file).unwrap();
+    std::fs::write(&model_file, &bytes[..bytes.len() / 3]).unwrap();
+    let err = run(&p, &quick(), run_b.path(), true).unwrap_err();
+    assert!(err.to_string().contains("model.bpk"), "{err}");
+}
+
+#[test]
+fn bad_settings_and_data_are_refused() {
+    let p = prepared(300);
+    let dir = tempfile::tempdir().unwrap();
+    for (config, needle) in [
+        (
+            TrainConfig {
+                batch_size: 0,
+                ..quick()
+            },
+            "batch sizes",
+        ),
+        (
+            TrainConfig {
+                learning_rate: 0.0,
+                ..quick()
+            },
+            "learning rate",
+        ),
+        (
+            TrainConfig {
+                learning_rate: f64::NAN,
+                ..quick()
+            },
+            "learning rate",
+        ),
+        (
+            TrainConfig {
+                epochs: 0,
+                ..quick()
+            },
+            "epochs",
+        ),
+    ] {
+        let err = run(&p, &config, dir.path(), false).unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let mut one_class = p.train.clone();
+    one_class.labels.iter_mut().for_each(|l| *l = 0);
+    let device = Device::flex();
+    let model_config = model_config(p.tokenizer.vocab_size());
+    let data = TrainData {
+        train: &one_class,
+        validation: &p.validation,
+        test: None,
+    };
+    let err = train(
+        RobertaForSequenceClassification::new(&model_config, &device),
+        &model_config,
+        None,
+        &data,
+        &quick(),
+        dir.path(),
+        &device,
+        false,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("one class only"), "{err}");
+    assert!(!dir.path().join("checkpoints").exists(), "nothing written");
+}
