@@ -22,6 +22,9 @@ pub enum Command {
     /// Tokenize the prepared splits (training a tokenizer on the train split unless one is
     /// given), cached next to them.
     Tokenize(TokenizeArgs),
+    /// Fine-tune a RoBERTa classifier on the prepared splits (from a pretrained folder or hub id,
+    /// or from scratch), with per-epoch evaluation, keep-best checkpoints and a test evaluation.
+    Train(TrainArgs),
     /// Classify texts with a fine-tuned RoBERTa (any Hugging Face
     /// RobertaForSequenceClassification folder or hub id, or one of our runs).
     Predict(PredictArgs),
@@ -282,4 +285,78 @@ pub struct ModelWorkerArgs {
     /// Timed iterations.
     #[arg(long)]
     pub iters: usize,
+}
+
+/// `--metric`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricFlag {
+    /// F1 of the positive class.
+    F1,
+    /// Accuracy.
+    Accuracy,
+    /// Validation loss.
+    Loss,
+}
+
+/// Flags of `cargo xtask train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Folder written by `cargo xtask prepare`.
+    #[arg(long, default_value = "data/prepared")]
+    pub data: PathBuf,
+    /// Run folder (checkpoints, metrics, best_model/).
+    #[arg(long, default_value = "runs/train")]
+    pub run: PathBuf,
+    /// Start from a pretrained Hugging Face folder or hub id (roberta-base).
+    #[arg(long, conflicts_with = "config")]
+    pub pretrained: Option<String>,
+    /// Train from scratch: a preset (tiny, small, base) or a config.json file.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Tokenizer folder or hub id (default: the pretrained model's, or one trained on the
+    /// train split).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Vocabulary of a tokenizer trained here.
+    #[arg(long, default_value_t = 8_000)]
+    pub vocab_size: usize,
+    /// Sequence length.
+    #[arg(long, default_value_t = 64)]
+    pub max_length: usize,
+    /// Peak learning rate (default: 5e-5 from a pretrained model, 5e-4 from scratch).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Training batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Epochs.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Global gradient-norm bound (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Seed of initialisation, batch order and dropout.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Metric that picks the best checkpoint.
+    #[arg(long, value_enum, default_value_t = MetricFlag::F1)]
+    pub metric: MetricFlag,
+    /// Checkpoints kept (the best and the latest).
+    #[arg(long, default_value_t = 2)]
+    pub save_total_limit: usize,
+    /// Continue the run in --run from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Backend to train on.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
+    pub backend: BackendFlag,
+    /// GPU index for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    pub device_index: usize,
 }

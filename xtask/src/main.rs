@@ -8,6 +8,7 @@ mod predict;
 mod prepare;
 mod synth;
 mod tokenize;
+mod train;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,7 @@ fn main() -> std::process::ExitCode {
 fn run(xtask: Xtask) -> anyhow::Result<()> {
     match xtask.command {
         Command::Prepare(args) => prepare::Prepare::from(args).run(),
+        Command::Train(args) => train::Train::try_from(args)?.run(),
         Command::Predict(args) => predict::Predict::try_from(args)?.run(),
         Command::Tokenize(args) => tokenize::Tokenize::from(args).run(),
         Command::Fixtures { check } => fixtures::Fixtures { check }.run(),

@@ -150,3 +150,76 @@ fn predict_classifies_texts_and_files_with_a_hugging_face_folder() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("exceed the model's maximum of 16"));
 }
+
+#[test]
+fn train_from_scratch_then_predict_with_the_best_model() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let run = work.path().join("run");
+    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let prepared = xtask(&["prepare", "--quiet", "--out", data_s, "--sample", "1500"]);
+    assert!(
+        prepared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
+    let trained = xtask(&[
+        "train",
+        "--data",
+        data_s,
+        "--run",
+        run_s,
+        "--epochs",
+        "2",
+        "--max-length",
+        "32",
+        "--vocab-size",
+        "600",
+        "--batch-size",
+        "16",
+    ]);
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&trained.stdout);
+    assert!(stdout.contains("test: accuracy"), "{stdout}");
+    assert!(stdout.contains("(best)"), "{stdout}");
+    for file in [
+        "metrics.csv",
+        "metrics.json",
+        "test_metrics.json",
+        "best_model/config.json",
+    ] {
+        assert!(run.join(file).exists(), "{file}");
+    }
+    let model = run.join("best_model");
+    let predicted = xtask(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "what a great day",
+    ]);
+    assert!(
+        predicted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&predicted.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&predicted.stdout).trim()).unwrap();
+    assert!(["negative", "positive"].contains(&line["label"].as_str().unwrap()));
+
+    let bad = xtask(&[
+        "train",
+        "--data",
+        data_s,
+        "--run",
+        run_s,
+        "--batch-size",
+        "0",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("batch sizes"));
+}

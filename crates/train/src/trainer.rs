@@ -208,6 +208,8 @@ pub struct Progress {
     pub loss: f64,
     /// Samples per second so far in this epoch.
     pub samples_per_second: f64,
+    /// Seconds since the epoch started.
+    pub elapsed_seconds: f64,
 }
 
 /// The splits a run uses.
@@ -430,6 +432,7 @@ pub fn train(
                 loss: loss_value,
                 samples_per_second: ((i + 1) * config.batch_size).min(order.len()) as f64
                     / started.elapsed().as_secs_f64().max(1e-9),
+                elapsed_seconds: started.elapsed().as_secs_f64(),
             });
         }
         let train_seconds = started.elapsed().as_secs_f64();

@@ -1,4 +1,5 @@
 //! Training end to end on the bundled sample: metrics, keep-best, best model export, resume.
+//! Determinism holds per process: Burn's random generator is global (see `BACKEND_RNG`).
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,10 @@ use sentiment_tokenize::{
     BpeTrainingConfig, TokenizedRows, read_tokenized, tokenize_splits, train_on_split,
 };
 use sentiment_train::{TrainConfig, TrainData, TrainError, train};
+
+/// Burn's random generator is global to the process: tests that seed it and draw from it
+/// (initialisation, dropout) must not run at the same time, or each changes the other's draws.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -111,6 +116,7 @@ fn run(
 
 #[test]
 fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let p = prepared(2_000);
     let run_a = tempfile::tempdir().unwrap();
     let outcome = run(&p, &quick(), run_a.path(), false).unwrap();
@@ -189,6 +195,7 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
 
 #[test]
 fn bad_settings_and_data_are_refused() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let p = prepared(300);
     let dir = tempfile::tempdir().unwrap();
     for (config, needle) in [
