@@ -1,0 +1,48 @@
+//! Hyperparameter search with Optuna 5's semantics: a Tree-structured Parzen Estimator
+//! ([`TpeSampler`]: multivariate, 10 random startup trials, 24 candidates, γ = min(⌈0.1 n⌉, 25),
+//! Optuna's weights, prior and magic clip, constant liar), a [`RandomSampler`], and [`Study`]:
+//! trials with states, values and per-epoch intermediate values, a median pruner, a trials CSV,
+//! and a JSON file that resumes after a kill and that several worker processes can share.
+//!
+//! ```
+//! use sentiment_search::{Direction, Outcome, Sampler, Study, TpeConfig, parse_space};
+//!
+//! let space = parse_space(["x=float:-5:5", "flavour=cat:a,b"])?;
+//! let mut study = Study::in_memory(Direction::Minimize, space, Sampler::Tpe(TpeConfig::default()), 1);
+//! for _ in 0..30 {
+//!     let trial = study.ask()?;
+//!     let x = trial.params["x"].as_f64().unwrap();
+//!     let penalty = if trial.params["flavour"] == "a" { 0.0 } else { 1.0 };
+//!     study.tell(trial.number, Outcome::Complete((x - 2.0).powi(2) + penalty))?;
+//! }
+//! assert!(study.best_trial().unwrap().value.unwrap() < 1.0);
+//! # Ok::<(), sentiment_search::SearchError>(())
+//! ```
+
+mod math;
+mod parzen;
+mod sampler;
+mod space;
+mod study;
+
+pub use parzen::{Kernel, ParzenConfig, ParzenEstimator, default_weights};
+pub use sampler::{Params, RandomSampler, Sampler, TpeConfig, TpeSampler, default_gamma};
+pub use space::{Distribution, Param, SearchSpace, parse_space, snap, space_from_json};
+pub use study::{Direction, Outcome, STUDY_VERSION, Study, StudyRecord, Trial, TrialState};
+
+/// Errors of a search.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// A parameter or space definition is invalid.
+    #[error("invalid search space: {0}")]
+    InvalidSpace(String),
+    /// A trial number the study does not have.
+    #[error("unknown trial {0}")]
+    UnknownTrial(usize),
+    /// A request that contradicts the study's state or definition.
+    #[error("{0}")]
+    Mismatch(String),
+    /// Reading or writing the study file failed.
+    #[error("study storage: {0}")]
+    Storage(String),
+}

@@ -1,0 +1,443 @@
+//! Studies: trials with their state, parameters, values and intermediate values, kept in a
+//! JSON file that several processes can share (an exclusive lock around every change), so an
+//! interrupted study resumes where it stopped and workers never get the same trial number.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::SearchError;
+use crate::sampler::{Params, RandomSampler, Sampler, TpeSampler};
+use crate::space::SearchSpace;
+
+/// Version of the study file.
+pub const STUDY_VERSION: u32 = 1;
+
+/// Whether smaller or larger objective values are better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Smaller is better.
+    Minimize,
+    /// Larger is better.
+    Maximize,
+}
+
+/// Where a trial stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrialState {
+    /// Asked, not told yet.
+    Running,
+    /// Finished with a value.
+    Complete,
+    /// Stopped early by the pruner.
+    Pruned,
+    /// The objective failed.
+    Fail,
+}
+
+/// One trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// 0-based number, unique in the study.
+    pub number: usize,
+    /// State.
+    pub state: TrialState,
+    /// Parameters as the objective sees them.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Internal values (choice index for categorical) the sampler learns from.
+    pub internal: BTreeMap<String, f64>,
+    /// Objective value of a complete trial.
+    pub value: Option<f64>,
+    /// Intermediate values by step (epoch), for pruning and learning curves.
+    pub intermediate: BTreeMap<usize, f64>,
+    /// Start time, seconds since the Unix epoch.
+    pub started: f64,
+    /// End time, seconds since the Unix epoch.
+    pub finished: Option<f64>,
+}
+
+impl Trial {
+    /// Wall time of a finished trial.
+    pub fn duration(&self) -> Option<f64> {
+        self.finished.map(|f| f - self.started)
+    }
+}
+
+/// The persistent part of a study.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyRecord {
+    /// [`STUDY_VERSION`].
+    pub version: u32,
+    /// Optimisation direction.
+    pub direction: Direction,
+    /// The search space (every trial is sampled in it).
+    pub space: SearchSpace,
+    /// The sampler and its settings.
+    pub sampler: Sampler,
+    /// Seed of every draw.
+    pub seed: u64,
+    /// Trials so far.
+    pub trials: Vec<Trial>,
+}
+
+/// How a trial ended, for [`Study::tell`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// A value.
+    Complete(f64),
+    /// Stopped by the pruner.
+    Pruned,
+    /// Failed.
+    Fail,
+}
+
+/// A study, in memory or backed by a file.
+#[derive(Debug)]
+pub struct Study {
+    record: StudyRecord,
+    path: Option<PathBuf>,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Study {
+    /// A study kept in memory.
+    pub fn in_memory(
+        direction: Direction,
+        space: SearchSpace,
+        sampler: Sampler,
+        seed: u64,
+    ) -> Self {
+        Self {
+            record: StudyRecord {
+                version: STUDY_VERSION,
+                direction,
+                space,
+                sampler,
+                seed,
+                trials: Vec::new(),
+            },
+            path: None,
+        }
+    }
+
+    /// Opens the study file at `path`, creating it if absent. An existing study must have the
+    /// same direction, space and sampler: it then resumes.
+    pub fn open(
+        path: &Path,
+        direction: Direction,
+        space: SearchSpace,
+        sampler: Sampler,
+        seed: u64,
+    ) -> Result<Self, SearchError> {
+        let fresh = StudyRecord {
+            version: STUDY_VERSION,
+            direction,
+            space,
+            sampler,
+            seed,
+            trials: Vec::new(),
+        };
+        let record = with_lock(path, |stored| match stored {
+            None => Ok((fresh.clone(), true)),
+            Some(stored) => {
+                if (stored.direction, &stored.space, stored.sampler, stored.seed)
+                    != (fresh.direction, &fresh.space, fresh.sampler, fresh.seed)
+                {
+                    return Err(SearchError::Mismatch(format!(
+                        "{}: the study was created with another direction, space, sampler or \
+                         seed",
+                        path.display()
+                    )));
+                }
+                Ok((stored, false))
+            }
+        })?;
+        Ok(Self {
+            record,
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// The study's data.
+    pub fn record(&self) -> &StudyRecord {
+        &self.record
+    }
+
+    /// All trials.
+    pub fn trials(&self) -> &[Trial] {
+        &self.record.trials
+    }
+
+    /// Re-reads the shared file (other workers' trials).
+    pub fn refresh(&mut self) -> Result<(), SearchError> {
+        if let Some(path) = self.path.clone() {
+            self.update(&path, |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    fn update<T>(
+        &mut self,
+        path: &Path,
+        change: impl FnOnce(&mut StudyRecord) -> Result<T, SearchError>,
+    ) -> Result<T, SearchError> {
+        let mut result = None;
+        let record = with_lock(path, |stored| {
+            let mut record = stored.ok_or_else(|| {
+                SearchError::Storage(format!("{}: the study file disappeared", path.display()))
+            })?;
+            result = Some(change(&mut record)?);
+            Ok((record, true))
+        })?;
+        self.record = record;
+        Ok(result.expect("set by the change"))
+    }
+
+    /// Starts a new trial: samples its parameters and marks it running.
+    pub fn ask(&mut self) -> Result<Trial, SearchError> {
+        let ask = |record: &mut StudyRecord| {
+            let number = record.trials.len();
+            let internal: Params = match record.sampler {
+                Sampler::Random => RandomSampler::sample(&record.space, record.seed, number),
+                Sampler::Tpe(config) => TpeSampler { config }.sample(
+                    &record.space,
+                    &record.trials,
+                    record.direction,
+                    record.seed,
+                    number,
+                ),
+            };
+            let params = internal
+                .iter()
+                .map(|(n, &v)| (n.clone(), record.space[n].to_external(v)))
+                .collect();
+            let trial = Trial {
+                number,
+                state: TrialState::Running,
+                params,
+                internal,
+                value: None,
+                intermediate: BTreeMap::new(),
+                started: now(),
+                finished: None,
+            };
+            record.trials.push(trial.clone());
+            Ok(trial)
+        };
+        match self.path.clone() {
+            Some(path) => self.update(&path, ask),
+            None => ask(&mut self.record),
+        }
+    }
+
+    /// Records an intermediate value (for example the validation F1 after an epoch).
+    pub fn report(&mut self, number: usize, step: usize, value: f64) -> Result<(), SearchError> {
+        self.modify(number, |t| {
+            t.intermediate.insert(step, value);
+            Ok(())
+        })
+    }
+
+    /// Finishes a trial.
+    pub fn tell(&mut self, number: usize, outcome: Outcome) -> Result<(), SearchError> {
+        self.modify(number, |t| {
+            if t.state != TrialState::Running {
+                return Err(SearchError::Mismatch(format!(
+                    "trial {number} is already {:?}",
+                    t.state
+                )));
+            }
+            match outcome {
+                Outcome::Complete(v) if !v.is_finite() => {
+                    return Err(SearchError::Mismatch(format!(
+                        "trial {number}: the value {v} is not a finite number"
+                    )));
+                }
+                Outcome::Complete(v) => {
+                    t.state = TrialState::Complete;
+                    t.value = Some(v);
+                }
+                Outcome::Pruned => t.state = TrialState::Pruned,
+                Outcome::Fail => t.state = TrialState::Fail,
+            }
+            t.finished = Some(now());
+            Ok(())
+        })
+    }
+
+    fn modify(
+        &mut self,
+        number: usize,
+        change: impl FnOnce(&mut Trial) -> Result<(), SearchError>,
+    ) -> Result<(), SearchError> {
+        let apply = |record: &mut StudyRecord| {
+            let trial = record
+                .trials
+                .get_mut(number)
+                .ok_or(SearchError::UnknownTrial(number))?;
+            change(trial)
+        };
+        match self.path.clone() {
+            Some(path) => self.update(&path, apply),
+            None => apply(&mut self.record),
+        }
+    }
+
+    /// The best complete trial (the earliest on ties).
+    pub fn best_trial(&self) -> Option<&Trial> {
+        let better = |a: f64, b: f64| match self.record.direction {
+            Direction::Minimize => a < b,
+            Direction::Maximize => a > b,
+        };
+        let mut best: Option<&Trial> = None;
+        for t in &self.record.trials {
+            if let (TrialState::Complete, Some(v)) = (t.state, t.value)
+                && best.is_none_or(|b| better(v, b.value.expect("complete")))
+            {
+                best = Some(t);
+            }
+        }
+        best
+    }
+
+    /// Whether the median rule prunes a trial at `step`: its value is worse than the median of
+    /// the other trials' values at that step (Optuna's `MedianPruner`, with `n_startup_trials`
+    /// complete trials required first and `n_warmup_steps` steps never pruned).
+    pub fn median_prunes(
+        &self,
+        number: usize,
+        step: usize,
+        n_startup_trials: usize,
+        n_warmup_steps: usize,
+    ) -> bool {
+        if step < n_warmup_steps {
+            return false;
+        }
+        let Some(value) = self
+            .record
+            .trials
+            .get(number)
+            .and_then(|t| t.intermediate.get(&step))
+        else {
+            return false;
+        };
+        let completed: Vec<&Trial> = self
+            .record
+            .trials
+            .iter()
+            .filter(|t| t.state == TrialState::Complete && t.number != number)
+            .collect();
+        if completed.len() < n_startup_trials.max(1) {
+            return false;
+        }
+        let mut others: Vec<f64> = self
+            .record
+            .trials
+            .iter()
+            .filter(|t| t.number != number && t.state != TrialState::Fail)
+            .filter_map(|t| t.intermediate.get(&step).copied())
+            .filter(|v| v.is_finite())
+            .collect();
+        if others.is_empty() {
+            return false;
+        }
+        others.sort_by(f64::total_cmp);
+        let mid = others.len() / 2;
+        let median = if others.len() % 2 == 0 {
+            (others[mid - 1] + others[mid]) / 2.0
+        } else {
+            others[mid]
+        };
+        match self.record.direction {
+            Direction::Minimize => *value > median,
+            Direction::Maximize => *value < median,
+        }
+    }
+
+    /// The trials as CSV, like Optuna's `trials_dataframe()`: number, value, state, start,
+    /// end, duration, then one `params_<name>` column per parameter.
+    pub fn trials_csv(&self) -> String {
+        let names: Vec<&String> = self.record.space.keys().collect();
+        let mut csv = String::from("number,value,state,datetime_start,datetime_complete,duration");
+        for n in &names {
+            csv.push_str(&format!(",params_{n}"));
+        }
+        csv.push('\n');
+        for t in &self.record.trials {
+            let value = t.value.map(|v| v.to_string()).unwrap_or_default();
+            let state = serde_json::to_value(t.state).expect("state serialises");
+            csv.push_str(&format!(
+                "{},{},{},{:.3},{},{}",
+                t.number,
+                value,
+                state.as_str().unwrap_or_default(),
+                t.started,
+                t.finished.map(|f| format!("{f:.3}")).unwrap_or_default(),
+                t.duration().map(|d| format!("{d:.3}")).unwrap_or_default()
+            ));
+            for n in &names {
+                let v = t.params.get(*n).map(|v| v.to_string()).unwrap_or_default();
+                csv.push_str(&format!(",{}", v.trim_matches('"')));
+            }
+            csv.push('\n');
+        }
+        csv
+    }
+}
+
+/// Runs `change` on the stored record (None when the file does not exist yet) under an
+/// exclusive lock, and writes the result back atomically when it asks to.
+fn with_lock(
+    path: &Path,
+    change: impl FnOnce(Option<StudyRecord>) -> Result<(StudyRecord, bool), SearchError>,
+) -> Result<StudyRecord, SearchError> {
+    let storage = |e: std::io::Error| SearchError::Storage(format!("{}: {e}", path.display()));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(storage)?;
+    }
+    let lock_path = path.with_extension("lock");
+    let lock: File = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(storage)?;
+    lock.lock().map_err(storage)?;
+    let stored = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let record: StudyRecord = serde_json::from_str(&text).map_err(|e| {
+                SearchError::Storage(format!("{}: not a study file: {e}", path.display()))
+            })?;
+            if record.version != STUDY_VERSION {
+                return Err(SearchError::Storage(format!(
+                    "{}: study version {} (expected {STUDY_VERSION})",
+                    path.display(),
+                    record.version
+                )));
+            }
+            Some(record)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(storage(e)),
+    };
+    let (record, write) = change(stored)?;
+    if write {
+        let temp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&record).expect("study serialises");
+        std::fs::write(&temp, text)
+            .and_then(|()| std::fs::rename(&temp, path))
+            .map_err(storage)?;
+    }
+    lock.unlock().map_err(storage)?;
+    Ok(record)
+}

@@ -1,0 +1,178 @@
+//! Studies: resume, shared workers, TPE against random search, pruning, the trials table.
+
+use sentiment_search::{
+    Direction, Outcome, Sampler, SearchError, Study, TpeConfig, TrialState, parse_space,
+};
+
+fn space() -> sentiment_search::SearchSpace {
+    parse_space([
+        "x=float:-5:5",
+        "y=float:1e-3:1e1:log",
+        "k=int:1:8",
+        "c=cat:a,b,c",
+    ])
+    .unwrap()
+}
+
+/// A mixed objective with its minimum 0 at x = 1, y = 0.1, k = 3, c = b.
+fn objective(p: &std::collections::BTreeMap<String, serde_json::Value>) -> f64 {
+    let x = p["x"].as_f64().unwrap();
+    let y = p["y"].as_f64().unwrap();
+    let k = p["k"].as_i64().unwrap();
+    let c = if p["c"] == "b" { 0.0 } else { 1.0 };
+    (x - 1.0).powi(2) + (y.log10() + 1.0).powi(2) + ((k - 3) as f64).powi(2) * 0.2 + c
+}
+
+fn best_after(sampler: Sampler, seed: u64, n: usize) -> f64 {
+    let mut study = Study::in_memory(Direction::Minimize, space(), sampler, seed);
+    for _ in 0..n {
+        let t = study.ask().unwrap();
+        let v = objective(&t.params);
+        study.tell(t.number, Outcome::Complete(v)).unwrap();
+    }
+    study.best_trial().unwrap().value.unwrap()
+}
+
+#[test]
+fn tpe_beats_random_search_on_a_mixed_problem() {
+    let seeds = 0..15u64;
+    let mut tpe: Vec<f64> = seeds
+        .clone()
+        .map(|s| best_after(Sampler::Tpe(TpeConfig::default()), s, 50))
+        .collect();
+    let mut random: Vec<f64> = seeds.map(|s| best_after(Sampler::Random, s, 50)).collect();
+    tpe.sort_by(f64::total_cmp);
+    random.sort_by(f64::total_cmp);
+    let (mt, mr) = (tpe[tpe.len() / 2], random[random.len() / 2]);
+    assert!(mt < mr, "median best: TPE {mt} vs random {mr}");
+}
+
+#[test]
+fn a_study_file_resumes_and_is_shared_by_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("study.json");
+    let sampler = Sampler::Tpe(TpeConfig {
+        n_startup_trials: 3,
+        ..TpeConfig::default()
+    });
+    {
+        let mut study = Study::open(&path, Direction::Minimize, space(), sampler, 7).unwrap();
+        for _ in 0..4 {
+            let t = study.ask().unwrap();
+            study
+                .tell(t.number, Outcome::Complete(objective(&t.params)))
+                .unwrap();
+        }
+        // "Killed" while trial 4 runs.
+        study.ask().unwrap();
+    }
+    let mut resumed = Study::open(&path, Direction::Minimize, space(), sampler, 7).unwrap();
+    assert_eq!(resumed.trials().len(), 5);
+    assert_eq!(resumed.trials()[4].state, TrialState::Running);
+    resumed.tell(4, Outcome::Fail).unwrap();
+
+    // Two workers on one file never share a trial number.
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut study =
+                    Study::open(&path, Direction::Minimize, space(), sampler, 7).unwrap();
+                let mut mine = Vec::new();
+                for _ in 0..5 {
+                    let t = study.ask().unwrap();
+                    study
+                        .tell(t.number, Outcome::Complete(objective(&t.params)))
+                        .unwrap();
+                    mine.push(t.number);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut numbers: Vec<usize> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (5..15).collect::<Vec<_>>());
+    let mut study = Study::open(&path, Direction::Minimize, space(), sampler, 7).unwrap();
+    study.refresh().unwrap();
+    assert_eq!(study.trials().len(), 15);
+    assert!(
+        study
+            .trials()
+            .iter()
+            .all(|t| t.state != TrialState::Running)
+    );
+
+    // Another definition is refused.
+    let err = Study::open(&path, Direction::Maximize, space(), sampler, 7).unwrap_err();
+    assert!(err.to_string().contains("another direction"), "{err}");
+}
+
+#[test]
+fn tell_and_report_are_checked() {
+    let mut study = Study::in_memory(Direction::Maximize, space(), Sampler::Random, 0);
+    let t = study.ask().unwrap();
+    assert!(matches!(
+        study.tell(9, Outcome::Complete(1.0)),
+        Err(SearchError::UnknownTrial(9))
+    ));
+    assert!(study.tell(t.number, Outcome::Complete(f64::NAN)).is_err());
+    study.report(t.number, 1, 0.5).unwrap();
+    study.tell(t.number, Outcome::Complete(0.5)).unwrap();
+    assert!(
+        study.tell(t.number, Outcome::Complete(0.6)).is_err(),
+        "told twice"
+    );
+    let csv = study.trials_csv();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "number,value,state,datetime_start,datetime_complete,duration,params_c,params_k,params_x,params_y"
+    );
+    assert!(lines.next().unwrap().starts_with("0,0.5,complete,"));
+}
+
+#[test]
+fn median_pruner_stops_trials_below_the_median() {
+    let mut study = Study::in_memory(Direction::Maximize, space(), Sampler::Random, 0);
+    for value in [0.8, 0.7, 0.9] {
+        let t = study.ask().unwrap();
+        study.report(t.number, 1, value).unwrap();
+        study.tell(t.number, Outcome::Complete(value)).unwrap();
+    }
+    let bad = study.ask().unwrap();
+    study.report(bad.number, 1, 0.5).unwrap();
+    assert!(study.median_prunes(bad.number, 1, 3, 0));
+    assert!(
+        !study.median_prunes(bad.number, 1, 4, 0),
+        "too few complete trials"
+    );
+    assert!(!study.median_prunes(bad.number, 1, 3, 2), "warmup");
+    let good = study.ask().unwrap();
+    study.report(good.number, 1, 0.85).unwrap();
+    assert!(!study.median_prunes(good.number, 1, 3, 0));
+}
+
+#[test]
+fn samples_follow_the_space() {
+    let mut study = Study::in_memory(
+        Direction::Minimize,
+        space(),
+        Sampler::Tpe(TpeConfig::default()),
+        3,
+    );
+    for _ in 0..25 {
+        let t = study.ask().unwrap();
+        let x = t.params["x"].as_f64().unwrap();
+        let y = t.params["y"].as_f64().unwrap();
+        let k = t.params["k"].as_i64().unwrap();
+        assert!((-5.0..=5.0).contains(&x) && (1e-3..=10.0).contains(&y) && (1..=8).contains(&k));
+        assert!(["a", "b", "c"].contains(&t.params["c"].as_str().unwrap()));
+        study
+            .tell(t.number, Outcome::Complete(objective(&t.params)))
+            .unwrap();
+    }
+}
