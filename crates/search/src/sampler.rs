@@ -193,12 +193,12 @@ impl TpeSampler {
 }
 
 /// Splits the trials into the good set (l) and the rest (g), both in trial-number order.
-fn split<'a>(
-    trials: &'a [Trial],
+fn split(
+    trials: &[Trial],
     direction: Direction,
     current: usize,
     constant_liar: bool,
-) -> (Vec<&'a Trial>, Vec<&'a Trial>) {
+) -> (Vec<&Trial>, Vec<&Trial>) {
     let considered: Vec<&Trial> = trials
         .iter()
         .filter(|t| match t.state {

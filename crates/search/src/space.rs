@@ -80,7 +80,7 @@ impl Distribution {
                     if log {
                         return bad("step and log cannot be combined".into());
                     }
-                    if !(s > 0.0) {
+                    if s.is_nan() || s <= 0.0 {
                         return bad(format!("step {s} must be positive"));
                     }
                 }
