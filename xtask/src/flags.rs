@@ -22,6 +22,9 @@ pub enum Command {
     /// Tokenize the prepared splits (training a tokenizer on the train split unless one is
     /// given), cached next to them.
     Tokenize(TokenizeArgs),
+    /// The notebook end to end: prepare, tokenize, search, final training, test evaluation,
+    /// best_model, report. With no arguments: the bundled sample, a tiny model from scratch.
+    Pipeline(PipelineArgs),
     /// Fine-tune a RoBERTa classifier on the prepared splits (from a pretrained folder or hub id,
     /// or from scratch), with per-epoch evaluation, keep-best checkpoints and a test evaluation.
     Train(TrainArgs),
@@ -354,6 +357,56 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Backend to train on.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
+    pub backend: BackendFlag,
+    /// GPU index for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    pub device_index: usize,
+}
+
+/// Flags of `cargo xtask pipeline`.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// Sentiment140 CSV (raw or cleaned, optionally .gz). Default: the bundled sample.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Stratified sample of N rows (the notebook: 10000).
+    #[arg(long)]
+    pub sample: Option<usize>,
+    /// Run folder.
+    #[arg(long, default_value = "runs/pipeline")]
+    pub out: PathBuf,
+    /// Pretrained Hugging Face folder or hub id (roberta-base). Default: train from scratch.
+    #[arg(long)]
+    pub pretrained: Option<String>,
+    /// From-scratch model: preset (tiny, small, base) or config.json.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Tokenizer folder or hub id (default: the pretrained model's, or trained on the data).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Vocabulary of a tokenizer trained on the data.
+    #[arg(long, default_value_t = 8_000)]
+    pub vocab_size: usize,
+    /// Sequence length.
+    #[arg(long, default_value_t = 64)]
+    pub max_length: usize,
+    /// Search trials (the notebook: 8).
+    #[arg(long, default_value_t = 4)]
+    pub trials: usize,
+    /// Random trials before TPE (default: half the trials, at most 10, so TPE acts).
+    #[arg(long)]
+    pub startup_trials: Option<usize>,
+    /// Epochs of every trial and of the final run (the notebook: 3).
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Search space as NAME=SPEC (default: learning_rate log-uniform, batch_size in {16, 32}).
+    #[arg(long = "space", value_name = "NAME=SPEC")]
+    pub space: Vec<String>,
+    /// Seed of the split, the search and the training.
+    #[arg(long, default_value_t = 734)]
+    pub seed: u64,
+    /// Backend.
     #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
     pub backend: BackendFlag,
     /// GPU index for GPU backends.

@@ -4,8 +4,10 @@
 mod bench;
 mod fixtures;
 mod flags;
+mod pipeline;
 mod predict;
 mod prepare;
+mod report;
 mod synth;
 mod tokenize;
 mod train;
@@ -30,6 +32,7 @@ fn main() -> std::process::ExitCode {
 fn run(xtask: Xtask) -> anyhow::Result<()> {
     match xtask.command {
         Command::Prepare(args) => prepare::Prepare::from(args).run(),
+        Command::Pipeline(args) => pipeline::Pipeline::try_from(args)?.run(),
         Command::Train(args) => train::Train::try_from(args)?.run(),
         Command::Predict(args) => predict::Predict::try_from(args)?.run(),
         Command::Tokenize(args) => tokenize::Tokenize::from(args).run(),

@@ -223,3 +223,79 @@ fn train_from_scratch_then_predict_with_the_best_model() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("batch sizes"));
 }
+
+#[test]
+fn pipeline_runs_end_to_end_and_resumes_from_its_outputs() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let args = [
+        "pipeline",
+        "--out",
+        out_s,
+        "--sample",
+        "600",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--max-length",
+        "32",
+        "--vocab-size",
+        "400",
+        "--startup-trials",
+        "1",
+    ];
+    let first = xtask(&args);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.contains("Best parameters"), "{stdout}");
+    assert!(stdout.contains("test: accuracy"), "{stdout}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for section in [
+        "## Data",
+        "## Trials",
+        "## Final training",
+        "## Test",
+        "Confusion matrix",
+    ] {
+        assert!(report.contains(section), "{section} missing from report.md");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("</html>"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("trials.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("final/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics.as_array().unwrap().len(), 1);
+    let model = out.join("best_model");
+    let predicted = xtask(&["predict", "--model", model.to_str().unwrap(), "good day"]);
+    assert!(
+        predicted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&predicted.stderr)
+    );
+
+    // The same command again reuses every stage.
+    let second = xtask(&args);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(stdout.contains("prepare: reusing"), "{stdout}");
+    assert!(stdout.contains("tokenize: cached"), "{stdout}");
+    assert!(stdout.contains("final training: reusing"), "{stdout}");
+    assert!(!stdout.contains("search: trial"), "{stdout}");
+}
