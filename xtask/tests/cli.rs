@@ -299,3 +299,27 @@ fn pipeline_runs_end_to_end_and_resumes_from_its_outputs() {
     assert!(stdout.contains("final training: reusing"), "{stdout}");
     assert!(!stdout.contains("search: trial"), "{stdout}");
 }
+
+#[test]
+fn train_from_a_pretrained_hugging_face_folder() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let run = work.path().join("run");
+    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let prepared = xtask(&["prepare", "--quiet", "--out", data_s, "--sample", "800"]);
+    assert!(prepared.status.success(), "{}", String::from_utf8_lossy(&prepared.stderr));
+    // A masked-LM checkpoint made by transformers: the encoder is loaded, the head is new.
+    let pretrained = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/model/mlm");
+    let trained = xtask(&[
+        "train", "--data", data_s, "--run", run_s, "--pretrained", pretrained, "--epochs", "1",
+        "--max-length", "16", "--batch-size", "16",
+    ]);
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(stderr.contains("newly initialised"), "{stderr}");
+    assert!(stderr.contains("classifier.out_proj.weight"), "{stderr}");
+    assert!(stderr.contains("lm_head"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&trained.stdout);
+    assert!(stdout.contains("test: accuracy"), "{stdout}");
+    assert!(run.join("best_model/model.safetensors").exists());
+}
