@@ -28,6 +28,12 @@ pub enum Command {
     /// Fine-tune a RoBERTa classifier on the prepared splits (from a pretrained folder or hub id,
     /// or from scratch), with per-epoch evaluation, keep-best checkpoints and a test evaluation.
     Train(TrainArgs),
+    /// Hyperparameter search tools.
+    Search {
+        /// Which tool.
+        #[command(subcommand)]
+        command: SearchCommand,
+    },
     /// Classify texts with a fine-tuned RoBERTa (any Hugging Face
     /// RobertaForSequenceClassification folder or hub id, or one of our runs).
     Predict(PredictArgs),
@@ -412,4 +418,57 @@ pub struct PipelineArgs {
     /// GPU index for GPU backends.
     #[arg(long, default_value_t = 0)]
     pub device_index: usize,
+}
+
+/// `cargo xtask search …`.
+#[derive(Debug, Subcommand)]
+pub enum SearchCommand {
+    /// Drive a study over JSON lines: prints {"trial", "params"} per trial, reads
+    /// {"trial", "value"} (or {"trial", "state": "fail"}) from stdin, prints {"best": …} at the end.
+    AskTell(AskTellArgs),
+}
+
+/// `--direction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirectionFlag {
+    /// Smaller is better.
+    Minimize,
+    /// Larger is better.
+    Maximize,
+}
+
+/// `--sampler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SamplerFlag {
+    /// Tree-structured Parzen Estimator (Optuna 5's defaults).
+    Tpe,
+    /// Uniform random search.
+    Random,
+}
+
+/// Flags of `cargo xtask search ask-tell`.
+#[derive(Debug, Args)]
+pub struct AskTellArgs {
+    /// SPACE.json: an array of {"name", "type": "float"|"int"|"categorical", "low", "high",
+    /// "log", "step", "choices"}.
+    #[arg(long)]
+    pub space: PathBuf,
+    /// Trials to run.
+    #[arg(long)]
+    pub trials: usize,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Optimisation direction.
+    #[arg(long, value_enum)]
+    pub direction: DirectionFlag,
+    /// Sampler.
+    #[arg(long, value_enum, default_value_t = SamplerFlag::Tpe)]
+    pub sampler: SamplerFlag,
+    /// Random startup trials of TPE (Optuna's default 10).
+    #[arg(long, default_value_t = 10)]
+    pub startup_trials: usize,
+    /// Keep the study in this file (resumable, shareable) instead of in memory.
+    #[arg(long)]
+    pub study: Option<PathBuf>,
 }

@@ -8,6 +8,7 @@ mod pipeline;
 mod predict;
 mod prepare;
 mod report;
+mod search;
 mod synth;
 mod tokenize;
 mod train;
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use flags::{BenchCommand, Command, Xtask};
+use flags::{BenchCommand, Command, SearchCommand, Xtask};
 
 fn main() -> std::process::ExitCode {
     match run(Xtask::parse()) {
@@ -34,6 +35,9 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
         Command::Prepare(args) => prepare::Prepare::from(args).run(),
         Command::Pipeline(args) => pipeline::Pipeline::try_from(args)?.run(),
         Command::Train(args) => train::Train::try_from(args)?.run(),
+        Command::Search { command } => match command {
+            SearchCommand::AskTell(args) => search::AskTell::from(args).run(),
+        },
         Command::Predict(args) => predict::Predict::try_from(args)?.run(),
         Command::Tokenize(args) => tokenize::Tokenize::from(args).run(),
         Command::Fixtures { check } => fixtures::Fixtures { check }.run(),

@@ -307,14 +307,33 @@ fn train_from_a_pretrained_hugging_face_folder() {
     let run = work.path().join("run");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
     let prepared = xtask(&["prepare", "--quiet", "--out", data_s, "--sample", "800"]);
-    assert!(prepared.status.success(), "{}", String::from_utf8_lossy(&prepared.stderr));
+    assert!(
+        prepared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
     // A masked-LM checkpoint made by transformers: the encoder is loaded, the head is new.
     let pretrained = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/model/mlm");
     let trained = xtask(&[
-        "train", "--data", data_s, "--run", run_s, "--pretrained", pretrained, "--epochs", "1",
-        "--max-length", "16", "--batch-size", "16",
+        "train",
+        "--data",
+        data_s,
+        "--run",
+        run_s,
+        "--pretrained",
+        pretrained,
+        "--epochs",
+        "1",
+        "--max-length",
+        "16",
+        "--batch-size",
+        "16",
     ]);
-    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
     let stderr = String::from_utf8_lossy(&trained.stderr);
     assert!(stderr.contains("newly initialised"), "{stderr}");
     assert!(stderr.contains("classifier.out_proj.weight"), "{stderr}");
@@ -322,4 +341,93 @@ fn train_from_a_pretrained_hugging_face_folder() {
     let stdout = String::from_utf8_lossy(&trained.stdout);
     assert!(stdout.contains("test: accuracy"), "{stdout}");
     assert!(run.join("best_model/model.safetensors").exists());
+}
+
+#[test]
+fn ask_tell_drives_a_study_over_json_lines() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let space = dir.path().join("space.json");
+    std::fs::write(
+        &space,
+        r#"[{"name": "x", "type": "float", "low": -5, "high": 5},
+            {"name": "k", "type": "int", "low": 1, "high": 4},
+            {"name": "c", "type": "categorical", "choices": ["a", "b"]}]"#,
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "search",
+            "ask-tell",
+            "--space",
+            space.to_str().unwrap(),
+            "--trials",
+            "12",
+        ])
+        .args([
+            "--seed",
+            "3",
+            "--direction",
+            "minimize",
+            "--startup-trials",
+            "4",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut best = f64::INFINITY;
+    for k in 0..12 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let asked: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(asked["trial"], k);
+        let x = asked["params"]["x"].as_f64().unwrap();
+        let reply = if k == 5 {
+            format!("{{\"trial\": {k}, \"state\": \"fail\"}}")
+        } else {
+            best = best.min(x * x);
+            format!("{{\"trial\": {k}, \"value\": {}}}", x * x)
+        };
+        writeln!(stdin, "{reply}").unwrap();
+    }
+    let mut last = String::new();
+    stdout.read_line(&mut last).unwrap();
+    let end: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(end["best"]["value"].as_f64().unwrap(), best);
+    assert!(child.wait().unwrap().success());
+
+    // Bad replies are errors that say what is wrong.
+    for (reply, needle) in [
+        ("not json", "not a JSON object"),
+        (
+            "{\"trial\": 7, \"value\": 1}",
+            "trial 7 is not the one asked",
+        ),
+        ("{\"trial\": 0, \"value\": \"high\"}", "is not a number"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args([
+                "search",
+                "ask-tell",
+                "--space",
+                space.to_str().unwrap(),
+                "--trials",
+                "2",
+            ])
+            .args(["--direction", "maximize"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{reply}").unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{reply}: {stderr}");
+    }
 }
