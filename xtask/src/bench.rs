@@ -417,3 +417,20 @@ impl BenchModel {
         Ok(())
     }
 }
+
+/// `cargo xtask bench search`: runs the Python driver, which talks to our ask/tell command.
+pub fn search(args: &crate::flags::BenchSearchArgs) -> Result<()> {
+    let script = crate::project_root().join("xtask/bench/tpe_vs_optuna.py");
+    let status = Command::new(&args.python)
+        .arg(&script)
+        .arg("--exe")
+        .arg(std::env::current_exe()?)
+        .arg("--seeds")
+        .arg(args.seeds.to_string())
+        .status()
+        .with_context(|| format!("running {}", args.python.display()))?;
+    if !status.success() {
+        bail!("the search benchmark failed");
+    }
+    Ok(())
+}

@@ -60,6 +60,8 @@ pub enum BenchCommand {
     Tokenize(BenchTokenizeArgs),
     /// Model inference (batch 32, length 64) against PyTorch + transformers on the same threads.
     Model(BenchModelArgs),
+    /// Our TPE against Optuna's (and random search) on test functions, through ask/tell.
+    Search(BenchSearchArgs),
     /// One timed side of `bench model` (run by it in a child process).
     #[command(hide = true)]
     ModelWorker(ModelWorkerArgs),
@@ -471,4 +473,15 @@ pub struct AskTellArgs {
     /// Keep the study in this file (resumable, shareable) instead of in memory.
     #[arg(long)]
     pub study: Option<PathBuf>,
+}
+
+/// Flags of `cargo xtask bench search`.
+#[derive(Debug, Args)]
+pub struct BenchSearchArgs {
+    /// Seeds per problem and sampler.
+    #[arg(long, default_value_t = 30)]
+    pub seeds: usize,
+    /// Python with optuna for the reference side.
+    #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
 }

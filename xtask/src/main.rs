@@ -46,6 +46,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
             BenchCommand::Tokenize(args) => bench::BenchTokenize::from(args).run(),
             BenchCommand::Model(args) => bench::BenchModel::from(args).run(),
             BenchCommand::ModelWorker(args) => bench::model_worker(&args),
+            BenchCommand::Search(args) => bench::search(&args),
         },
     }
 }
