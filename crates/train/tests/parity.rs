@@ -1,0 +1,146 @@
+//! The training step equals PyTorch's: AdamW (β 0.9 / 0.999, ε 1e-8, weight decay 0.01),
+//! transformers' linear schedule with warmup, and `clip_grad_norm_`, on the fixture classifier
+//! with dropout off and fixed batches. Reference: `fixtures/train/reference.json` from
+//! `fixtures/train/generate_reference.py`.
+//!
+//! Tolerances: losses and gradient norms within 1e-4 relative, logits after six steps within
+//! 1e-4 absolute (f32 accumulation order differs between the two libraries).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use roberta_burn::{HubSettings, Pretrained, RobertaForSequenceClassification};
+use sentiment_train::{LinearSchedule, clip_grad_norm};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn read(path: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn six_steps_match_pytorch_adamw_with_schedule_and_clipping() {
+    let inputs = read(fixtures().join("model/reference.json"));
+    let expected = read(fixtures().join("train/reference.json"));
+    let (batch, seq) = (
+        inputs["batch"].as_u64().unwrap() as usize,
+        inputs["seq"].as_u64().unwrap() as usize,
+    );
+    let device = Device::flex().autodiff();
+    let ids: Vec<i64> = inputs["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let mask: Vec<i64> = inputs["attention_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let labels: Vec<i64> = expected["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let rows = |r: &[usize]| {
+        let pick = |data: &[i64]| -> Vec<i64> {
+            r.iter()
+                .flat_map(|&i| data[i * seq..(i + 1) * seq].to_vec())
+                .collect()
+        };
+        (
+            Tensor::<2, Int>::from_data(TensorData::new(pick(&ids), [r.len(), seq]), &device),
+            Tensor::<2, Int>::from_data(TensorData::new(pick(&mask), [r.len(), seq]), &device),
+            Tensor::<1, Int>::from_data(
+                TensorData::new(r.iter().map(|&i| labels[i]).collect::<Vec<_>>(), [r.len()]),
+                &device,
+            ),
+        )
+    };
+    let loaded = RobertaForSequenceClassification::from_pretrained(
+        fixtures().join("model/classifier").to_str().unwrap(),
+        &device,
+        &HubSettings::from_vars(|_| None),
+        |c| {
+            c.hidden_dropout_prob = 0.0;
+            c.attention_probs_dropout_prob = 0.0;
+            c.classifier_dropout = Some(0.0);
+        },
+    )
+    .unwrap();
+    let mut model = loaded.model;
+    let mut optimizer = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.01)
+        .init();
+    let schedule = LinearSchedule {
+        peak: 1e-3,
+        warmup_steps: 2,
+        total_steps: 6,
+    };
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let (want_losses, want_norms, want_rates) = (
+        floats(&expected["losses"]),
+        floats(&expected["grad_norms"]),
+        floats(&expected["learning_rates"]),
+    );
+    for step in 0..6 {
+        let (x, m, y) = rows(if step % 2 == 0 { &[0, 1] } else { &[2, 3] });
+        let loss = loss_fn.forward(model.forward(x, m), y);
+        let value = f64::from(loss.clone().into_scalar::<f32>());
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let norm = clip_grad_norm(&model, &mut grads, 0.5);
+        let rate = schedule.rate(step);
+        assert!(
+            (rate - want_rates[step]).abs() < 1e-12,
+            "step {step}: rate {rate}"
+        );
+        assert!(
+            (value - want_losses[step]).abs() <= 1e-4 * want_losses[step],
+            "step {step}: loss {value} vs {}",
+            want_losses[step]
+        );
+        assert!(
+            (norm - want_norms[step]).abs() <= 1e-4 * want_norms[step],
+            "step {step}: norm {norm} vs {}",
+            want_norms[step]
+        );
+        model = optimizer.step(rate, model, grads);
+    }
+    let plain = Device::flex();
+    let eval = model.valid();
+    let all = |data: &[i64]| {
+        Tensor::<2, Int>::from_data(TensorData::new(data.to_vec(), [batch, seq]), &plain)
+    };
+    let logits: Vec<f32> = eval
+        .forward(all(&ids), all(&mask))
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    let want = floats(&expected["logits_after"]);
+    let worst = logits
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-4, "logits after training differ by {worst}");
+}
