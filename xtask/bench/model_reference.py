@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--iters", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--train", action="store_true", help="time forward + backward + AdamW steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -32,6 +33,26 @@ def main() -> None:
     ids[:, 0] = 0
     ids[:, -1] = 2
     mask = torch.ones_like(ids)
+    if args.train:
+        model.train()
+        labels = torch.randint(0, 2, (args.batch,))
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
+
+        def step():
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            return loss.item()
+
+        step()
+        start = time.perf_counter()
+        for _ in range(args.iters):
+            step()
+        elapsed = time.perf_counter() - start
+        print(json.dumps({"samples_per_s": args.batch * args.iters / elapsed}))
+        return
     with torch.inference_mode():
         for _ in range(2):
             model(input_ids=ids, attention_mask=mask)

@@ -307,6 +307,9 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
         row[0] = 0;
         row[BENCH_SEQ - 1] = 2;
     }
+    if args.train {
+        return train_worker(&config, ids, args.iters);
+    }
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BENCH_BATCH, BENCH_SEQ]), &device);
     let mask = Tensor::<2, Int>::ones([BENCH_BATCH, BENCH_SEQ], &device);
     let run = || -> Result<f32> {
@@ -324,6 +327,43 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({ "samples_per_s": (BENCH_BATCH * args.iters) as f64 / elapsed })
+    );
+    Ok(())
+}
+
+/// Times training steps: forward, backward, global-norm clipping and AdamW, as the trainer does.
+fn train_worker(config: &roberta_burn::RobertaConfig, ids: Vec<i64>, iters: usize) -> Result<()> {
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use burn::optim::{AdamWConfig, GradientsParams};
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+    let device = Device::flex().autodiff();
+    let mut model = roberta_burn::RobertaForSequenceClassification::new(config, &device);
+    let mut optimizer = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BENCH_BATCH, BENCH_SEQ]), &device);
+    let mask = Tensor::<2, Int>::ones([BENCH_BATCH, BENCH_SEQ], &device);
+    let labels: Vec<i64> = (0..BENCH_BATCH as i64).map(|i| i % 2).collect();
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [BENCH_BATCH]), &device);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut step = |model: roberta_burn::RobertaForSequenceClassification| {
+        let loss = loss_fn.forward(model.forward(ids.clone(), mask.clone()), labels.clone());
+        let _: f32 = loss.clone().into_scalar();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        sentiment_train::clip_grad_norm(&model, &mut grads, 1.0);
+        optimizer.step(2e-5, model, grads)
+    };
+    model = step(model);
+    let started = Instant::now();
+    for _ in 0..iters {
+        model = step(model);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(model);
+    println!(
+        "{}",
+        serde_json::json!({ "samples_per_s": (BENCH_BATCH * iters) as f64 / elapsed })
     );
     Ok(())
 }
@@ -354,6 +394,7 @@ pub struct BenchModel {
     shapes: Vec<crate::flags::ShapeFlag>,
     threads: Vec<usize>,
     python: PathBuf,
+    train: bool,
 }
 
 impl From<crate::flags::BenchModelArgs> for BenchModel {
@@ -362,6 +403,7 @@ impl From<crate::flags::BenchModelArgs> for BenchModel {
             shapes: args.shapes,
             threads: args.threads,
             python: args.python,
+            train: args.train,
         }
     }
 }
@@ -371,8 +413,13 @@ impl BenchModel {
     pub fn run(&self) -> Result<()> {
         let exe = std::env::current_exe()?;
         let script = crate::project_root().join("xtask/bench/model_reference.py");
+        let what = if self.train {
+            "training steps (forward, backward, clipping, AdamW)"
+        } else {
+            "inference"
+        };
         println!(
-            "inference, batch {BENCH_BATCH}, length {BENCH_SEQ}, random weights, fp32; samples/s (peak RSS MiB)"
+            "{what}, batch {BENCH_BATCH}, length {BENCH_SEQ}, random weights, fp32; samples/s (peak RSS MiB)"
         );
         println!("| shape | threads | ours (flex) | PyTorch eager | ratio ours / PyTorch |");
         println!("|---|---|---|---|---|");

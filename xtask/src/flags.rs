@@ -285,6 +285,9 @@ pub struct BenchModelArgs {
     /// Python with torch and transformers for the reference side.
     #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
     pub python: PathBuf,
+    /// Time training steps (forward, backward, clipping, AdamW) instead of inference.
+    #[arg(long)]
+    pub train: bool,
 }
 
 /// Flags of the hidden `bench model-worker`.
@@ -296,6 +299,9 @@ pub struct ModelWorkerArgs {
     /// Timed iterations.
     #[arg(long)]
     pub iters: usize,
+    /// Time training steps instead of inference.
+    #[arg(long)]
+    pub train: bool,
 }
 
 /// `--metric`.
