@@ -43,7 +43,7 @@ pub use normalize::Normalization;
 pub use parquet_io::{
     LABEL_COLUMN, ROW_COLUMN, SplitRows, SplitWriter, TEXT_COLUMN, read_split, split_schema,
 };
-pub use prepare::{PrepareConfig, Progress, prepare};
+pub use prepare::{PrepareConfig, Progress, prepare, sha256_file};
 pub use split::{Split, SplitRatios, apportion, stratified_sample, stratified_split};
 pub use texts::read_text_column;
 

@@ -324,7 +324,8 @@ fn is_gzip(path: &Path) -> Result<bool, DataError> {
     Ok(n == 2 && magic == [0x1f, 0x8b])
 }
 
-fn sha256_file(path: &Path) -> Result<String, DataError> {
+/// SHA-256 of a file's bytes, lower-case hex (streamed, 1 MiB at a time).
+pub fn sha256_file(path: &Path) -> Result<String, DataError> {
     let mut file = File::open(path).map_err(DataError::io(path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,11 +18,10 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use sentiment_data::{Split, read_split};
 
-use crate::tokenizer::{RobertaTokenizer, hex};
+use crate::tokenizer::RobertaTokenizer;
 use crate::{TokenizeError, write_atomic};
 
 /// Version of `tokens.json` and the token file layout.
@@ -94,19 +92,9 @@ fn tokens_schema(max_length: usize) -> SchemaRef {
     ]))
 }
 
-/// SHA-256 of a file's bytes, hex.
+/// SHA-256 of a file's bytes, hex (the data crate's, with this crate's error).
 pub fn sha256_file(path: &Path) -> Result<String, TokenizeError> {
-    let mut file = File::open(path).map_err(TokenizeError::io(path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(TokenizeError::io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
+    Ok(sentiment_data::sha256_file(path)?)
 }
 
 impl TokensIndex {

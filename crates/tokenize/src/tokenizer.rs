@@ -488,6 +488,6 @@ fn tempfile_dir(dir: &Path) -> Result<PathBuf, TokenizeError> {
 }
 
 /// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

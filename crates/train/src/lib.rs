@@ -34,20 +34,8 @@ pub use trainer::{
 
 /// Writes a file atomically (temporary sibling, then rename).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let temp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&temp, bytes)
-        .and_then(|()| std::fs::rename(&temp, path))
-        .map_err(|source| {
-            let _ = std::fs::remove_file(&temp);
-            TrainError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        })
+    sentiment_data::write_file_atomic(path, bytes).map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
