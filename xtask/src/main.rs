@@ -51,6 +51,24 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
     }
 }
 
+extern "C" fn on_sigint(_: libc::c_int) {
+    // One atomic store: async-signal-safe. The trainer checkpoints at the next step.
+    sentiment_train::request_stop();
+    // A second Ctrl-C ends the process at once.
+    // SAFETY: restoring the default disposition is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+}
+
+/// Makes the first Ctrl-C save a checkpoint and stop training cleanly.
+pub fn checkpoint_on_ctrl_c() {
+    // SAFETY: installs a handler that only performs async-signal-safe operations.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
 /// The device for a `--backend` flag.
 pub fn device(backend: flags::BackendFlag, index: usize) -> anyhow::Result<burn::tensor::Device> {
     match backend {

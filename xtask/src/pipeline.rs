@@ -211,6 +211,7 @@ impl Pipeline {
 
     /// Runs every stage and prints the summary.
     pub fn run(self) -> Result<()> {
+        crate::checkpoint_on_ctrl_c();
         let started = Instant::now();
         std::fs::create_dir_all(&self.args.out)?;
         let manifest = self.prepare()?;
@@ -296,6 +297,15 @@ impl Pipeline {
                     let best = outcome.history[outcome.best_epoch - 1].f1;
                     println!("      validation F1 {best:.4}");
                     study.tell(trial.number, Outcome::Complete(best))?;
+                }
+                // Ctrl-C: the trial stays running and continues on the next run.
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<sentiment_train::TrainError>(),
+                        Some(sentiment_train::TrainError::Interrupted { .. })
+                    ) =>
+                {
+                    return Err(e.context("pipeline interrupted: run the same command to resume"));
                 }
                 Err(e) => {
                     eprintln!("      trial {} failed: {e:#}", trial.number);

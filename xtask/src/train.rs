@@ -253,6 +253,7 @@ pub fn print_outcome(outcome: &TrainOutcome) {
 impl Train {
     /// Tokenizes (cached), builds the model, trains, prints the results.
     pub fn run(self) -> Result<()> {
+        crate::checkpoint_on_ctrl_c();
         let a = &self.args;
         let start = starting_point(
             &StartOptions {

@@ -431,3 +431,63 @@ fn ask_tell_drives_a_study_over_json_lines() {
         assert!(stderr.contains(needle), "{reply}: {stderr}");
     }
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let run = work.path().join("run");
+    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let prepared = xtask(&["prepare", "--quiet", "--out", data_s, "--sample", "2000"]);
+    assert!(prepared.status.success());
+    let args = [
+        "train",
+        "--data",
+        data_s,
+        "--run",
+        run_s,
+        "--epochs",
+        "3",
+        "--max-length",
+        "32",
+        "--vocab-size",
+        "500",
+        "--batch-size",
+        "16",
+    ];
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first epoch's checkpoint is on disk.
+    let first = run.join("checkpoints/epoch-1/state.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !first.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(first.exists(), "no checkpoint appeared");
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        // The run finished before the signal landed: nothing to resume.
+        return;
+    }
+    assert!(stderr.contains("interrupted; checkpoint saved"), "{stderr}");
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let resumed = xtask(&resume);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics.as_array().unwrap().len(), 3);
+}

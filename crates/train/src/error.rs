@@ -37,6 +37,12 @@ pub enum TrainError {
         /// Global step.
         step: usize,
     },
+    /// Stopped on request (Ctrl-C) after saving a checkpoint.
+    #[error("interrupted; checkpoint saved in {checkpoint}: run again with --resume to continue")]
+    Interrupted {
+        /// The mid-epoch checkpoint folder.
+        checkpoint: PathBuf,
+    },
     /// The backend failed to return data.
     #[error("backend error: {0}")]
     Backend(String),

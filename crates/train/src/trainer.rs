@@ -1,6 +1,7 @@
 //! The fine-tuning loop: the notebook's `Trainer`, with resume.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
@@ -174,10 +175,41 @@ pub struct Evaluation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct CheckpointState {
     version: u32,
+    /// The last completed epoch, or for a partial checkpoint the epoch in progress.
     epoch: usize,
     step: usize,
     history: Vec<EpochMetrics>,
     config: TrainConfig,
+    /// Set on a checkpoint taken mid-epoch (on Ctrl-C): how far the epoch got.
+    #[serde(default)]
+    partial: Option<PartialEpoch>,
+}
+
+/// Progress inside an interrupted epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct PartialEpoch {
+    batches_done: usize,
+    loss_sum: f64,
+    seconds: f64,
+}
+
+/// Set by [`request_stop`] (a Ctrl-C handler): the trainer saves a checkpoint at the next
+/// step boundary and returns [`TrainError::Interrupted`].
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks a running [`train`] to checkpoint and stop. Async-signal-safe (one atomic store), so a
+/// SIGINT handler may call it.
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// A deterministic seed for the dropout masks of one optimizer step: a run resumed at any step
+/// draws the masks an uninterrupted run would.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// What a finished run produced.
@@ -225,6 +257,12 @@ pub struct TrainData<'a> {
 
 fn checkpoint_dir(run_dir: &Path, epoch: usize) -> PathBuf {
     run_dir.join("checkpoints").join(format!("epoch-{epoch}"))
+}
+
+fn partial_dir(run_dir: &Path, epoch: usize) -> PathBuf {
+    run_dir
+        .join("checkpoints")
+        .join(format!("epoch-{epoch}-partial"))
 }
 
 fn check_labels(rows: &TokenizedRows, num_labels: usize, name: &str) -> Result<(), TrainError> {
@@ -356,8 +394,10 @@ pub fn train(
     let mut history: Vec<EpochMetrics> = Vec::new();
     let mut step = 0usize;
     let mut start_epoch = 1usize;
+    let mut partial: Option<PartialEpoch> = None;
+    STOP.store(false, Ordering::SeqCst);
 
-    if resume && let Some(state) = latest_checkpoint(run_dir)? {
+    if resume && let Some((dir, state)) = latest_checkpoint(run_dir)? {
         if state.config != *config {
             return Err(TrainError::InvalidSetting(format!(
                 "{}: the run was started with other settings; resume with the same ones or use \
@@ -365,7 +405,6 @@ pub fn train(
                 run_dir.display()
             )));
         }
-        let dir = checkpoint_dir(run_dir, state.epoch);
         let model_path = dir.join("model.bpk");
         model = model
             .try_load_file(&model_path)
@@ -381,8 +420,13 @@ pub fn train(
                 detail: format!("{e:?}"),
             })?;
         step = state.step;
-        start_epoch = state.epoch + 1;
         history = state.history;
+        partial = state.partial;
+        start_epoch = if partial.is_some() {
+            state.epoch
+        } else {
+            state.epoch + 1
+        };
     } else {
         save_json(&run_dir.join("train_config.json"), &(config, model_config))?;
     }
@@ -400,15 +444,33 @@ pub fn train(
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         rng.set_stream(epoch as u64);
         order.shuffle(&mut rng);
-        autodiff.seed(
-            config
-                .seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(epoch as u64),
-        );
-        let mut loss_sum = 0.0;
+        // An interrupted epoch continues where it stopped.
+        let resumed = partial.take();
+        let skip = resumed.map_or(0, |p| p.batches_done);
+        let mut loss_sum = resumed.map_or(0.0, |p| p.loss_sum);
+        let earlier_seconds = resumed.map_or(0.0, |p| p.seconds);
         let mut rate = schedule.rate(step);
-        for (i, chunk) in order.chunks(config.batch_size).enumerate() {
+        for (i, chunk) in order.chunks(config.batch_size).enumerate().skip(skip) {
+            if STOP.load(Ordering::SeqCst) {
+                let progress = PartialEpoch {
+                    batches_done: i,
+                    loss_sum,
+                    seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+                };
+                let dir = partial_dir(run_dir, epoch);
+                save_checkpoint(
+                    &model,
+                    &optimizer,
+                    &dir,
+                    epoch,
+                    step,
+                    &history,
+                    config,
+                    Some(progress),
+                )?;
+                return Err(TrainError::Interrupted { checkpoint: dir });
+            }
+            autodiff.seed(step_seed(config.seed, step));
             let (ids, mask, labels) = batch(data.train, chunk, &autodiff);
             let logits = model.forward(ids, mask);
             let loss = loss_fn.forward(logits, labels);
@@ -430,12 +492,12 @@ pub fn train(
                 step_in_epoch: i + 1,
                 steps_per_epoch,
                 loss: loss_value,
-                samples_per_second: ((i + 1) * config.batch_size).min(order.len()) as f64
+                samples_per_second: ((i + 1 - skip) * config.batch_size).min(order.len()) as f64
                     / started.elapsed().as_secs_f64().max(1e-9),
                 elapsed_seconds: started.elapsed().as_secs_f64(),
             });
         }
-        let train_seconds = started.elapsed().as_secs_f64();
+        let train_seconds = earlier_seconds + started.elapsed().as_secs_f64();
         let eval = evaluate(
             &model.valid(),
             data.validation,
@@ -455,10 +517,17 @@ pub fn train(
             f1: eval.report.binary.f1,
             learning_rate: rate,
             train_samples_per_second: data.train.len() as f64 / train_seconds.max(1e-9),
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: earlier_seconds + started.elapsed().as_secs_f64(),
         };
         history.push(metrics);
-        save_checkpoint(&model, &optimizer, run_dir, epoch, step, &history, config)?;
+        let dir = checkpoint_dir(run_dir, epoch);
+        save_checkpoint(
+            &model, &optimizer, &dir, epoch, step, &history, config, None,
+        )?;
+        let stale = partial_dir(run_dir, epoch);
+        if stale.exists() {
+            std::fs::remove_dir_all(&stale).map_err(TrainError::io(&stale))?;
+        }
         write_metrics(run_dir, &history)?;
         // Delete what the policy says, among the checkpoints still on disk.
         let values: Vec<f64> = history
@@ -549,21 +618,24 @@ fn write_metrics(run_dir: &Path, history: &[EpochMetrics]) -> Result<(), TrainEr
     write_atomic(&run_dir.join("metrics.csv"), csv.as_bytes())
 }
 
-/// Writes `checkpoints/epoch-N/` under a temporary name, then renames it: a checkpoint
-/// directory with a `state.json` is always complete.
+/// Writes a checkpoint folder under a temporary name, then renames it: a checkpoint directory
+/// with a `state.json` is always complete.
+#[allow(clippy::too_many_arguments)]
 fn save_checkpoint<M: Module>(
     model: &M,
     optimizer: &impl OptimizerState,
-    run_dir: &Path,
+    dir: &Path,
     epoch: usize,
     step: usize,
     history: &[EpochMetrics],
     config: &TrainConfig,
+    partial: Option<PartialEpoch>,
 ) -> Result<(), TrainError> {
-    let dir = checkpoint_dir(run_dir, epoch);
-    let temp = run_dir
-        .join("checkpoints")
-        .join(format!(".epoch-{epoch}.tmp-{}", std::process::id()));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     if temp.exists() {
         std::fs::remove_dir_all(&temp).map_err(TrainError::io(&temp))?;
     }
@@ -585,12 +657,13 @@ fn save_checkpoint<M: Module>(
             step,
             history: history.to_vec(),
             config: config.clone(),
+            partial,
         },
     )?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(TrainError::io(&dir))?;
+        std::fs::remove_dir_all(dir).map_err(TrainError::io(dir))?;
     }
-    std::fs::rename(&temp, &dir).map_err(TrainError::io(&dir))
+    std::fs::rename(&temp, dir).map_err(TrainError::io(dir))
 }
 
 /// Saving an optimizer's state (implemented for Burn's module optimizer).
@@ -607,13 +680,15 @@ impl OptimizerState for burn::optim::ModuleOptimizer {
     }
 }
 
-/// The state of the most recent complete checkpoint of `run_dir`, if any.
-fn latest_checkpoint(run_dir: &Path) -> Result<Option<CheckpointState>, TrainError> {
+/// The most advanced complete checkpoint of `run_dir` (folder and state), if any.
+fn latest_checkpoint(run_dir: &Path) -> Result<Option<(PathBuf, CheckpointState)>, TrainError> {
     let dir = run_dir.join("checkpoints");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(None);
     };
-    let mut latest: Option<CheckpointState> = None;
+    let mut latest: Option<(PathBuf, CheckpointState)> = None;
+    // Optimizer steps taken measure progress, partial or not.
+    let progress = |s: &CheckpointState| (s.step, s.partial.is_none());
     for entry in entries {
         let path = entry.map_err(TrainError::io(&dir))?.path();
         let state_path = path.join("state.json");
@@ -631,8 +706,11 @@ fn latest_checkpoint(run_dir: &Path) -> Result<Option<CheckpointState>, TrainErr
                 detail: format!("version {} (expected {RUN_VERSION})", state.version),
             });
         }
-        if latest.as_ref().is_none_or(|l| state.epoch > l.epoch) {
-            latest = Some(state);
+        if latest
+            .as_ref()
+            .is_none_or(|(_, l)| progress(&state) > progress(l))
+        {
+            latest = Some((path, state));
         }
     }
     Ok(latest)

@@ -92,6 +92,16 @@ fn run(
     dir: &Path,
     resume: bool,
 ) -> Result<sentiment_train::TrainOutcome, TrainError> {
+    run_with(p, config, dir, resume, &mut |_| {})
+}
+
+fn run_with(
+    p: &Prepared,
+    config: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+    progress: &mut dyn FnMut(sentiment_train::Progress),
+) -> Result<sentiment_train::TrainOutcome, TrainError> {
     let device = Device::flex();
     device.seed(config.seed);
     let model_config = model_config(p.tokenizer.vocab_size());
@@ -110,7 +120,7 @@ fn run(
         dir,
         &device,
         resume,
-        &mut |_| {},
+        progress,
     )
 }
 
@@ -176,6 +186,25 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
     assert_eq!(quality(&resumed.history), quality(&outcome.history));
     let (a, b) = (resumed.test.unwrap(), outcome.test.clone().unwrap());
     assert_eq!((a.loss, a.report), (b.loss, b.report));
+
+    // Ctrl-C mid-epoch saves a partial checkpoint; resuming from it ends the same way too.
+    let run_c = tempfile::tempdir().unwrap();
+    let err = run_with(&p, &quick(), run_c.path(), false, &mut |progress| {
+        if progress.epoch == 2 && progress.step_in_epoch == 10 {
+            sentiment_train::request_stop();
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, TrainError::Interrupted { .. }), "{err}");
+    assert!(
+        run_c
+            .path()
+            .join("checkpoints/epoch-2-partial/state.json")
+            .exists()
+    );
+    let resumed = run(&p, &quick(), run_c.path(), true).unwrap();
+    assert_eq!(quality(&resumed.history), quality(&outcome.history));
+    assert!(!run_c.path().join("checkpoints/epoch-2-partial").exists());
 
     // Resuming with other settings is refused, nothing overwritten.
     let other = TrainConfig {
