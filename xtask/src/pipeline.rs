@@ -136,6 +136,10 @@ impl Pipeline {
         Ok(manifest)
     }
 
+    fn trial_dir(&self, number: usize) -> PathBuf {
+        self.args.out.join("trials").join(format!("trial_{number}"))
+    }
+
     fn start_options(&self) -> StartOptions<'_> {
         StartOptions {
             data: &self.data_dir,
@@ -325,20 +329,30 @@ impl Pipeline {
             serde_json::to_string(&best.params)?
         );
 
-        // Stage 4: final training with the best parameters, then the test evaluation.
+        // Stage 4: final training with the best parameters, then the test evaluation. Every
+        // trial trains with the pipeline's seed (as the notebook's Trainer did), so the final run
+        // is the best trial's run itself: its outputs are reused rather than computed again.
         let config = self.train_config(&best.params, self.args.seed)?;
-        let final_dir = self.args.out.join("final");
-        let outcome = match std::fs::read_to_string(final_dir.join("outcome.json"))
+        let best_dir = self.trial_dir(best.number);
+        let outcome = match std::fs::read_to_string(best_dir.join("outcome.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<TrainOutcome>(&t).ok())
-            .filter(|_| final_config_matches(&final_dir, &config))
+            .filter(|_| final_config_matches(&best_dir, &config))
         {
             Some(done) => {
-                println!("[4/5] final training: reusing {}", final_dir.display());
+                println!(
+                    "[4/5] final training: reusing trial {} (same parameters and seed) in {}",
+                    best.number,
+                    best_dir.display()
+                );
                 done
             }
             None => {
-                println!("[4/5] final training with the best parameters");
+                let final_dir = self.args.out.join("final");
+                println!(
+                    "[4/5] final training with the best parameters into {}",
+                    final_dir.display()
+                );
                 self.run_training(&config, &final_dir, &splits)?
             }
         };
@@ -350,12 +364,7 @@ impl Pipeline {
             .trials()
             .iter()
             .filter_map(|t| {
-                let path = self
-                    .args
-                    .out
-                    .join("trials")
-                    .join(format!("trial_{}", t.number))
-                    .join("metrics.json");
+                let path = self.trial_dir(t.number).join("metrics.json");
                 let text = std::fs::read_to_string(path).ok()?;
                 Some((t.number, serde_json::from_str(&text).ok()?))
             })

@@ -274,10 +274,15 @@ fn pipeline_runs_end_to_end_and_resumes_from_its_outputs() {
             .count(),
         3
     );
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("final/metrics.json")).unwrap())
-            .unwrap();
-    assert_eq!(metrics.as_array().unwrap().len(), 1);
+    let study: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+    assert_eq!(study["trials"].as_array().unwrap().len(), 2);
+    for trial in 0..2 {
+        assert!(
+            out.join(format!("trials/trial_{trial}/metrics.json"))
+                .exists()
+        );
+    }
     let model = out.join("best_model");
     let predicted = xtask(&["predict", "--model", model.to_str().unwrap(), "good day"]);
     assert!(
@@ -296,7 +301,7 @@ fn pipeline_runs_end_to_end_and_resumes_from_its_outputs() {
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert!(stdout.contains("prepare: reusing"), "{stdout}");
     assert!(stdout.contains("tokenize: cached"), "{stdout}");
-    assert!(stdout.contains("final training: reusing"), "{stdout}");
+    assert!(stdout.contains("final training: reusing trial"), "{stdout}");
     assert!(!stdout.contains("search: trial"), "{stdout}");
 }
 

@@ -13,6 +13,7 @@
 //! test_metrics.json          the best model on the test split
 //! best_model/                config.json, model.safetensors, tokenizer files
 //! outcome.json               history, best epoch, test evaluation
+//! train.log                  what happened when: start, resume, epochs, interruption, end
 //! ```
 
 mod checkpoints;

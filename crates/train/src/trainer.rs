@@ -427,8 +427,25 @@ pub fn train(
         } else {
             state.epoch + 1
         };
+        log(
+            run_dir,
+            &format!(
+                "resumed at step {step} (epoch {start_epoch}) from {}",
+                dir.display()
+            ),
+        )?;
     } else {
         save_json(&run_dir.join("train_config.json"), &(config, model_config))?;
+        log(
+            run_dir,
+            &format!(
+                "started: {} train rows, {} validation rows, {} steps per epoch, {}",
+                data.train.len(),
+                data.validation.len(),
+                steps_per_epoch,
+                serde_json::to_string(config).expect("serialisable")
+            ),
+        )?;
     }
 
     let loss_fn = CrossEntropyLossConfig::new().init(&autodiff);
@@ -467,6 +484,10 @@ pub fn train(
                     &history,
                     config,
                     Some(progress),
+                )?;
+                log(
+                    run_dir,
+                    &format!("interrupted at step {step}; checkpoint {}", dir.display()),
                 )?;
                 return Err(TrainError::Interrupted { checkpoint: dir });
             }
@@ -529,6 +550,13 @@ pub fn train(
             std::fs::remove_dir_all(&stale).map_err(TrainError::io(&stale))?;
         }
         write_metrics(run_dir, &history)?;
+        log(
+            run_dir,
+            &format!(
+                "epoch {epoch}: {}",
+                serde_json::to_string(&history[history.len() - 1]).expect("serialisable")
+            ),
+        )?;
         // Delete what the policy says, among the checkpoints still on disk.
         let values: Vec<f64> = history
             .iter()
@@ -585,7 +613,33 @@ pub fn train(
         best_model_dir,
     };
     save_json(&run_dir.join("outcome.json"), &outcome)?;
+    log(
+        run_dir,
+        &format!(
+            "finished: best epoch {best_epoch}, test {}",
+            outcome
+                .test
+                .as_ref()
+                .map(|t| serde_json::to_string(&t.report.binary).expect("serialisable"))
+                .unwrap_or_else(|| "not evaluated".into())
+        ),
+    )?;
     Ok(outcome)
+}
+
+/// Appends a time-stamped line to `run_dir/train.log`.
+fn log(run_dir: &Path, line: &str) -> Result<(), TrainError> {
+    use std::io::Write;
+    let path = run_dir.join("train.log");
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "[{seconds:.3}] {line}"))
+        .map_err(TrainError::io(&path))
 }
 
 fn save_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), TrainError> {

@@ -143,6 +143,7 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
         "train_config.json",
         "test_metrics.json",
         "outcome.json",
+        "train.log",
     ] {
         assert!(run_a.path().join(file).exists(), "{file}");
     }
