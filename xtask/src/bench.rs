@@ -425,7 +425,13 @@ impl BenchModel {
         println!("|---|---|---|---|---|");
         for &shape in &self.shapes {
             for &threads in &self.threads {
-                let iters = iterations(shape).to_string();
+                let iters = if self.train {
+                    (iterations(shape) / 4).max(2)
+                } else {
+                    iterations(shape)
+                }
+                .to_string();
+                let train_flag: &[&str] = if self.train { &["--train"] } else { &[] };
                 let (ours_m, ours) = measure_json(
                     Command::new(&exe)
                         .args([
@@ -436,11 +442,13 @@ impl BenchModel {
                             "--iters",
                         ])
                         .arg(&iters)
+                        .args(train_flag)
                         .env("RAYON_NUM_THREADS", threads.to_string()),
                 )?;
                 let (py_m, py) = measure_json(
                     Command::new(&self.python)
                         .arg(&script)
+                        .args(train_flag)
                         .args(["--shape", shape_name(shape), "--iters", &iters, "--threads"])
                         .arg(threads.to_string())
                         .env("OMP_NUM_THREADS", threads.to_string())

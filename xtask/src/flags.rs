@@ -414,6 +414,16 @@ pub struct PipelineArgs {
     /// Epochs of every trial and of the final run (the notebook: 3).
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
+    /// Stop trials whose validation F1 after an epoch is below the median of the other
+    /// trials' at that epoch (Optuna's MedianPruner; off by default, as in the notebook).
+    #[arg(long)]
+    pub prune: bool,
+    /// Complete trials needed before pruning starts.
+    #[arg(long, default_value_t = 5)]
+    pub prune_startup_trials: usize,
+    /// Epochs never pruned at the start of each trial.
+    #[arg(long, default_value_t = 0)]
+    pub prune_warmup_epochs: usize,
     /// Search space as NAME=SPEC (default: learning_rate log-uniform, batch_size in {16, 32}).
     #[arg(long = "space", value_name = "NAME=SPEC")]
     pub space: Vec<String>,

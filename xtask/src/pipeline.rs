@@ -12,7 +12,7 @@ use sentiment_search::{
     Direction, Outcome, Sampler, SearchSpace, Study, TpeConfig, TrialState, parse_space,
 };
 use sentiment_tokenize::{TokenizedRows, read_tokenized, token_files, tokenize_splits};
-use sentiment_train::{BestMetric, TrainConfig, TrainData, TrainOutcome};
+use sentiment_train::{BestMetric, TrainConfig, TrainData, TrainHooks, TrainOutcome};
 use serde::{Deserialize, Serialize};
 
 use crate::flags::PipelineArgs;
@@ -186,6 +186,7 @@ impl Pipeline {
         config: &TrainConfig,
         run_dir: &Path,
         splits: &[TokenizedRows; 3],
+        hooks: &mut dyn TrainHooks,
     ) -> Result<TrainOutcome> {
         let start = starting_point(
             &StartOptions {
@@ -208,7 +209,7 @@ impl Pipeline {
             run_dir,
             &self.device,
             resume,
-            &mut progress_printer(),
+            hooks,
         )?;
         Ok(outcome)
     }
@@ -293,11 +294,31 @@ impl Pipeline {
                 .out
                 .join("trials")
                 .join(format!("trial_{}", trial.number));
-            match self.run_training(&config, &run_dir, &splits) {
+            let mut hooks = TrialHooks {
+                study: &mut study,
+                number: trial.number,
+                prune: self.args.prune.then_some((
+                    self.args.prune_startup_trials,
+                    self.args.prune_warmup_epochs,
+                )),
+                printer: progress_printer(),
+                pruned: false,
+                error: None,
+            };
+            let result = self.run_training(&config, &run_dir, &splits, &mut hooks);
+            let (pruned, error) = (hooks.pruned, hooks.error.take());
+            if let Some(e) = error {
+                return Err(e.context("recording the trial's epochs in the study"));
+            }
+            match result {
+                Ok(outcome) if pruned => {
+                    println!(
+                        "      pruned after epoch {} (below the median of earlier trials)",
+                        outcome.stopped_early.unwrap_or(0)
+                    );
+                    study.tell(trial.number, Outcome::Pruned)?;
+                }
                 Ok(outcome) => {
-                    for m in &outcome.history {
-                        study.report(trial.number, m.epoch, m.f1)?;
-                    }
                     let best = outcome.history[outcome.best_epoch - 1].f1;
                     println!("      validation F1 {best:.4}");
                     study.tell(trial.number, Outcome::Complete(best))?;
@@ -353,7 +374,7 @@ impl Pipeline {
                     "[4/5] final training with the best parameters into {}",
                     final_dir.display()
                 );
-                self.run_training(&config, &final_dir, &splits)?
+                self.run_training(&config, &final_dir, &splits, &mut progress_printer())?
             }
         };
         let best_model = self.args.out.join("best_model");
@@ -407,6 +428,40 @@ impl Pipeline {
             );
         }
         Ok(())
+    }
+}
+
+/// A trial's hooks: progress on the terminal, each epoch's F1 into the study, and the median
+/// pruner's decision when `--prune` is on.
+struct TrialHooks<'a, P> {
+    study: &'a mut Study,
+    number: usize,
+    /// (complete trials before pruning, epochs never pruned).
+    prune: Option<(usize, usize)>,
+    printer: P,
+    pruned: bool,
+    error: Option<anyhow::Error>,
+}
+
+impl<P: FnMut(sentiment_train::Progress)> TrainHooks for TrialHooks<'_, P> {
+    fn on_step(&mut self, progress: sentiment_train::Progress) {
+        (self.printer)(progress);
+    }
+
+    fn on_epoch(&mut self, metrics: &sentiment_train::EpochMetrics) -> bool {
+        if let Err(e) = self.study.report(self.number, metrics.epoch, metrics.f1) {
+            self.error = Some(e.into());
+            return false;
+        }
+        if let Some((startup, warmup)) = self.prune
+            && self
+                .study
+                .median_prunes(self.number, metrics.epoch, startup, warmup)
+        {
+            self.pruned = true;
+            return false;
+        }
+        true
     }
 }
 

@@ -496,3 +496,53 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics.as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn pipeline_with_pruning_marks_trials() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("run");
+    let output = xtask(&[
+        "pipeline",
+        "--out",
+        out.to_str().unwrap(),
+        "--sample",
+        "600",
+        "--trials",
+        "4",
+        "--epochs",
+        "2",
+        "--max-length",
+        "32",
+        "--vocab-size",
+        "400",
+        "--startup-trials",
+        "2",
+        "--prune",
+        "--prune-startup-trials",
+        "1",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let study: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+    let trials = study["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    for t in trials {
+        assert!(
+            ["complete", "pruned"].contains(&t["state"].as_str().unwrap()),
+            "{t}"
+        );
+        // Every finished epoch is recorded as an intermediate value.
+        assert!(!t["intermediate"].as_object().unwrap().is_empty());
+    }
+    let pruned = trials.iter().filter(|t| t["state"] == "pruned").count();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.matches("pruned after epoch").count(),
+        pruned,
+        "{stdout}"
+    );
+}

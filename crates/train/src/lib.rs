@@ -30,7 +30,7 @@ pub use error::TrainError;
 pub use schedule::LinearSchedule;
 pub use trainer::{
     BestMetric, EpochMetrics, Evaluation, Progress, RUN_VERSION, TrainConfig, TrainData,
-    TrainOutcome, evaluate, request_stop, train,
+    TrainHooks, TrainOutcome, evaluate, request_stop, train,
 };
 
 /// Writes a file atomically (temporary sibling, then rename).

@@ -223,6 +223,9 @@ pub struct TrainOutcome {
     pub test: Option<Evaluation>,
     /// The best model as a Hugging Face folder.
     pub best_model_dir: PathBuf,
+    /// The epoch after which a hook stopped the run (pruning), if one did.
+    #[serde(default)]
+    pub stopped_early: Option<usize>,
 }
 
 /// Progress of training, reported every step.
@@ -242,6 +245,28 @@ pub struct Progress {
     pub samples_per_second: f64,
     /// Seconds since the epoch started.
     pub elapsed_seconds: f64,
+}
+
+/// Callbacks of a run: progress after every step, and a say after every epoch.
+pub trait TrainHooks {
+    /// After every optimizer step.
+    fn on_step(&mut self, progress: Progress) {
+        let _ = progress;
+    }
+
+    /// After every epoch's evaluation and checkpoint; returning false ends the run there (a
+    /// pruner's decision), which then finishes as usual with the best epoch so far.
+    fn on_epoch(&mut self, metrics: &EpochMetrics) -> bool {
+        let _ = metrics;
+        true
+    }
+}
+
+/// A plain progress closure is a set of hooks that never stops the run.
+impl<F: FnMut(Progress) + ?Sized> TrainHooks for F {
+    fn on_step(&mut self, progress: Progress) {
+        self(progress);
+    }
 }
 
 /// The splits a run uses.
@@ -357,7 +382,7 @@ pub fn train(
     run_dir: &Path,
     device: &Device,
     resume: bool,
-    progress: &mut dyn FnMut(Progress),
+    hooks: &mut dyn TrainHooks,
 ) -> Result<TrainOutcome, TrainError> {
     config.validate()?;
     let num_labels = model_config.num_labels();
@@ -395,6 +420,7 @@ pub fn train(
     let mut step = 0usize;
     let mut start_epoch = 1usize;
     let mut partial: Option<PartialEpoch> = None;
+    let mut stopped_early: Option<usize> = None;
     STOP.store(false, Ordering::SeqCst);
 
     if resume && let Some((dir, state)) = latest_checkpoint(run_dir)? {
@@ -507,7 +533,7 @@ pub fn train(
             rate = schedule.rate(step);
             model = optimizer.step(rate, model, grads);
             step += 1;
-            progress(Progress {
+            hooks.on_step(Progress {
                 epoch,
                 epochs: config.epochs,
                 step_in_epoch: i + 1,
@@ -569,6 +595,14 @@ pub fn train(
             let dir = checkpoint_dir(run_dir, history[index].epoch);
             std::fs::remove_dir_all(&dir).map_err(TrainError::io(&dir))?;
         }
+        if !hooks.on_epoch(&history[history.len() - 1]) && epoch < config.epochs {
+            stopped_early = Some(epoch);
+            log(
+                run_dir,
+                &format!("stopped after epoch {epoch} by a hook (pruned)"),
+            )?;
+            break;
+        }
     }
 
     // Load the best checkpoint, evaluate it on the test split, export it.
@@ -611,6 +645,7 @@ pub fn train(
         best_epoch,
         test,
         best_model_dir,
+        stopped_early,
     };
     save_json(&run_dir.join("outcome.json"), &outcome)?;
     log(

@@ -120,7 +120,7 @@ fn run_with(
         dir,
         &device,
         resume,
-        progress,
+        &mut &mut *progress,
     )
 }
 
@@ -284,4 +284,51 @@ fn bad_settings_and_data_are_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("one class only"), "{err}");
     assert!(!dir.path().join("checkpoints").exists(), "nothing written");
+}
+
+/// Stops after the first epoch, as a pruner would.
+struct StopAfterFirstEpoch(usize);
+
+impl sentiment_train::TrainHooks for StopAfterFirstEpoch {
+    fn on_epoch(&mut self, _: &sentiment_train::EpochMetrics) -> bool {
+        self.0 += 1;
+        false
+    }
+}
+
+#[test]
+fn an_epoch_hook_can_stop_the_run_early() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let p = prepared(600);
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let model_config = model_config(p.tokenizer.vocab_size());
+    let data = TrainData {
+        train: &p.train,
+        validation: &p.validation,
+        test: Some(&p.test),
+    };
+    let mut hook = StopAfterFirstEpoch(0);
+    let outcome = train(
+        RobertaForSequenceClassification::new(&model_config, &device),
+        &model_config,
+        None,
+        &data,
+        &TrainConfig {
+            epochs: 3,
+            ..quick()
+        },
+        dir.path(),
+        &device,
+        false,
+        &mut hook,
+    )
+    .unwrap();
+    assert_eq!(hook.0, 1);
+    assert_eq!(outcome.history.len(), 1);
+    assert_eq!(outcome.stopped_early, Some(1));
+    assert!(outcome.test.is_some());
+    assert!(outcome.best_model_dir.join("model.safetensors").exists());
+    let log = std::fs::read_to_string(dir.path().join("train.log")).unwrap();
+    assert!(log.contains("stopped after epoch 1"), "{log}");
 }
