@@ -28,7 +28,10 @@ mod study;
 pub use parzen::{Kernel, ParzenConfig, ParzenEstimator, default_weights};
 pub use sampler::{Params, RandomSampler, Sampler, TpeConfig, TpeSampler, default_gamma};
 pub use space::{Distribution, Param, SearchSpace, parse_space, snap, space_from_json};
-pub use study::{Direction, Outcome, STUDY_VERSION, Study, StudyRecord, Trial, TrialState};
+pub use study::{
+    Direction, JsonFileStorage, Outcome, STUDY_VERSION, Study, StudyChange, StudyRecord,
+    StudyStorage, Trial, TrialState,
+};
 
 /// Errors of a search.
 #[derive(Debug, thiserror::Error)]

@@ -96,11 +96,49 @@ pub enum Outcome {
     Fail,
 }
 
-/// A study, in memory or backed by a file.
+/// A change to a stored study: given the stored record (None if there is none yet), the new
+/// record and whether to write it.
+pub type StudyChange<'a> =
+    dyn FnMut(Option<StudyRecord>) -> Result<(StudyRecord, bool), SearchError> + 'a;
+
+/// Where a study lives. `transact` must run the change atomically with respect to every other
+/// process sharing the study, which is what lets several workers run one study.
+pub trait StudyStorage: std::fmt::Debug + Send {
+    /// Reads the record, applies `change`, writes the result when asked, returns it.
+    fn transact(&self, change: &mut StudyChange<'_>) -> Result<StudyRecord, SearchError>;
+    /// Where the study is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// A study in one JSON file, changed under an exclusive lock on a `.lock` sibling and replaced
+/// atomically.
+#[derive(Debug, Clone)]
+pub struct JsonFileStorage {
+    path: PathBuf,
+}
+
+impl JsonFileStorage {
+    /// Storage at `path` (created on first write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+}
+
+impl StudyStorage for JsonFileStorage {
+    fn transact(&self, change: &mut StudyChange<'_>) -> Result<StudyRecord, SearchError> {
+        with_lock(&self.path, change)
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// A study, in memory or in a [`StudyStorage`].
 #[derive(Debug)]
 pub struct Study {
     record: StudyRecord,
-    path: Option<PathBuf>,
+    storage: Option<Box<dyn StudyStorage>>,
 }
 
 fn now() -> f64 {
@@ -126,14 +164,31 @@ impl Study {
                 seed,
                 trials: Vec::new(),
             },
-            path: None,
+            storage: None,
         }
     }
 
-    /// Opens the study file at `path`, creating it if absent. An existing study must have the
-    /// same direction, space and sampler: it then resumes.
+    /// Opens the study file at `path` ([`JsonFileStorage`]), creating it if absent. An existing
+    /// study must have the same direction, space, sampler and seed: it then resumes.
     pub fn open(
         path: &Path,
+        direction: Direction,
+        space: SearchSpace,
+        sampler: Sampler,
+        seed: u64,
+    ) -> Result<Self, SearchError> {
+        Self::with_storage(
+            Box::new(JsonFileStorage::new(path)),
+            direction,
+            space,
+            sampler,
+            seed,
+        )
+    }
+
+    /// Opens (or creates) the study kept in `storage`.
+    pub fn with_storage(
+        storage: Box<dyn StudyStorage>,
         direction: Direction,
         space: SearchSpace,
         sampler: Sampler,
@@ -147,16 +202,16 @@ impl Study {
             seed,
             trials: Vec::new(),
         };
-        let record = with_lock(path, |stored| match stored {
+        let place = storage.describe();
+        let record = storage.transact(&mut |stored| match stored {
             None => Ok((fresh.clone(), true)),
             Some(stored) => {
                 if (stored.direction, &stored.space, stored.sampler, stored.seed)
                     != (fresh.direction, &fresh.space, fresh.sampler, fresh.seed)
                 {
                     return Err(SearchError::Mismatch(format!(
-                        "{}: the study was created with another direction, space, sampler or \
-                         seed",
-                        path.display()
+                        "{place}: the study was created with another direction, space, sampler \
+                         or seed"
                     )));
                 }
                 Ok((stored, false))
@@ -164,7 +219,7 @@ impl Study {
         })?;
         Ok(Self {
             record,
-            path: Some(path.to_path_buf()),
+            storage: Some(storage),
         })
     }
 
@@ -178,24 +233,29 @@ impl Study {
         &self.record.trials
     }
 
-    /// Re-reads the shared file (other workers' trials).
+    /// Re-reads the shared storage (other workers' trials).
     pub fn refresh(&mut self) -> Result<(), SearchError> {
-        if let Some(path) = self.path.clone() {
-            self.update(&path, |_| Ok(()))?;
+        if self.storage.is_some() {
+            self.apply(|_| Ok(()))?;
         }
         Ok(())
     }
 
-    fn update<T>(
+    /// Runs `change` on the current record: in the storage's transaction when there is one.
+    fn apply<T>(
         &mut self,
-        path: &Path,
         change: impl FnOnce(&mut StudyRecord) -> Result<T, SearchError>,
     ) -> Result<T, SearchError> {
+        let Some(storage) = &self.storage else {
+            return change(&mut self.record);
+        };
+        let place = storage.describe();
+        let mut change = Some(change);
         let mut result = None;
-        let record = with_lock(path, |stored| {
-            let mut record = stored.ok_or_else(|| {
-                SearchError::Storage(format!("{}: the study file disappeared", path.display()))
-            })?;
+        let record = storage.transact(&mut |stored| {
+            let mut record = stored
+                .ok_or_else(|| SearchError::Storage(format!("{place}: the study disappeared")))?;
+            let change = change.take().expect("a transaction runs its change once");
             result = Some(change(&mut record)?);
             Ok((record, true))
         })?;
@@ -234,10 +294,7 @@ impl Study {
             record.trials.push(trial.clone());
             Ok(trial)
         };
-        match self.path.clone() {
-            Some(path) => self.update(&path, ask),
-            None => ask(&mut self.record),
-        }
+        self.apply(ask)
     }
 
     /// Records an intermediate value (for example the validation F1 after an epoch).
@@ -287,10 +344,7 @@ impl Study {
                 .ok_or(SearchError::UnknownTrial(number))?;
             change(trial)
         };
-        match self.path.clone() {
-            Some(path) => self.update(&path, apply),
-            None => apply(&mut self.record),
-        }
+        self.apply(apply)
     }
 
     /// The best complete trial (the earliest on ties).
@@ -397,10 +451,7 @@ impl Study {
 
 /// Runs `change` on the stored record (None when the file does not exist yet) under an
 /// exclusive lock, and writes the result back atomically when it asks to.
-fn with_lock(
-    path: &Path,
-    change: impl FnOnce(Option<StudyRecord>) -> Result<(StudyRecord, bool), SearchError>,
-) -> Result<StudyRecord, SearchError> {
+fn with_lock(path: &Path, change: &mut StudyChange<'_>) -> Result<StudyRecord, SearchError> {
     let storage = |e: std::io::Error| SearchError::Storage(format!("{}: {e}", path.display()));
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(storage)?;

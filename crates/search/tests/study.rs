@@ -176,3 +176,48 @@ fn samples_follow_the_space() {
             .unwrap();
     }
 }
+
+/// A storage of our own, as a server database would be: the study's code does not change.
+#[derive(Debug, Clone, Default)]
+struct SharedMemory(std::sync::Arc<std::sync::Mutex<Option<sentiment_search::StudyRecord>>>);
+
+impl sentiment_search::StudyStorage for SharedMemory {
+    fn transact(
+        &self,
+        change: &mut sentiment_search::StudyChange<'_>,
+    ) -> Result<sentiment_search::StudyRecord, SearchError> {
+        let mut stored = self.0.lock().unwrap();
+        let (record, write) = change(stored.clone())?;
+        if write {
+            *stored = Some(record.clone());
+        }
+        Ok(record)
+    }
+
+    fn describe(&self) -> String {
+        "shared memory".into()
+    }
+}
+
+#[test]
+fn studies_run_on_any_storage() {
+    let storage = SharedMemory::default();
+    let open = || {
+        Study::with_storage(
+            Box::new(storage.clone()),
+            Direction::Minimize,
+            space(),
+            Sampler::Random,
+            1,
+        )
+        .unwrap()
+    };
+    let (mut a, mut b) = (open(), open());
+    let first = a.ask().unwrap();
+    let second = b.ask().unwrap();
+    assert_eq!((first.number, second.number), (0, 1));
+    a.tell(1, Outcome::Complete(2.0)).unwrap();
+    b.tell(0, Outcome::Complete(1.0)).unwrap();
+    a.refresh().unwrap();
+    assert_eq!(a.best_trial().unwrap().number, 0);
+}
