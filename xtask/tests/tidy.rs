@@ -50,7 +50,9 @@ fn library_sources_are_documented_and_complete() {
             if !text.trim_start().starts_with("//!") {
                 problems.push(format!("{}: no //! module doc", path.display()));
             }
-            if text.contains("todo!(") || text.contains("unimplemented!(") {
+            // Spelled in pieces so that this file does not trip its own rule.
+            let markers = [concat!("todo", "!("), concat!("unimplemented", "!(")];
+            if markers.iter().any(|m| text.contains(m)) {
                 problems.push(format!("{}: todo!/unimplemented!", path.display()));
             }
         });

@@ -18,6 +18,17 @@ fn offline() -> HubSettings {
     HubSettings::from_vars(|_| None)
 }
 
+fn classifier(
+    folder: &Path,
+) -> Result<roberta_burn::Loaded<RobertaForSequenceClassification>, ModelError> {
+    RobertaForSequenceClassification::from_pretrained(
+        folder.to_str().unwrap(),
+        &Device::flex(),
+        &offline(),
+        |_| {},
+    )
+}
+
 fn inputs(device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
     let ids = TensorData::new(vec![0i64, 10, 20, 30, 2, 1, 0, 40, 2, 1, 1, 1], [2, 6]);
     let mask = TensorData::new(vec![1i64, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0], [2, 6]);
@@ -30,13 +41,7 @@ fn inputs(device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
 #[test]
 fn saved_classifier_reloads_bit_for_bit_and_matches_the_committed_file() {
     let device = Device::flex();
-    let loaded = RobertaForSequenceClassification::from_pretrained(
-        fixtures().join("classifier").to_str().unwrap(),
-        &device,
-        &offline(),
-        |_| {},
-    )
-    .unwrap();
+    let loaded = classifier(&fixtures().join("classifier")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     loaded
         .model
@@ -48,13 +53,7 @@ fn saved_classifier_reloads_bit_for_bit_and_matches_the_committed_file() {
         Some(&["RobertaForSequenceClassification".to_string()][..])
     );
     assert_eq!(config.label_name(0), "negative");
-    let reloaded = RobertaForSequenceClassification::from_pretrained(
-        dir.path().to_str().unwrap(),
-        &device,
-        &offline(),
-        |_| {},
-    )
-    .unwrap();
+    let reloaded = classifier(dir.path()).unwrap();
     assert!(reloaded.report.newly_initialized.is_empty());
     assert!(reloaded.report.unused.is_empty());
     let (ids, mask) = inputs(&device);
@@ -124,13 +123,7 @@ fn a_fresh_model_saves_and_loads() {
     let model = RobertaForSequenceClassification::new(&config, &device);
     let dir = tempfile::tempdir().unwrap();
     model.save_pretrained(&config, dir.path()).unwrap();
-    let loaded = RobertaForSequenceClassification::from_pretrained(
-        dir.path().to_str().unwrap(),
-        &device,
-        &offline(),
-        |_| {},
-    )
-    .unwrap();
+    let loaded = classifier(dir.path()).unwrap();
     let (ids, mask) = inputs(&device);
     assert_eq!(
         model.forward(ids.clone(), mask.clone()).into_data(),
@@ -140,15 +133,8 @@ fn a_fresh_model_saves_and_loads() {
 
 #[test]
 fn bad_folders_get_clear_errors() {
-    let device = Device::flex();
     let empty = tempfile::tempdir().unwrap();
-    let err = RobertaForSequenceClassification::from_pretrained(
-        empty.path().to_str().unwrap(),
-        &device,
-        &offline(),
-        |_| {},
-    )
-    .unwrap_err();
+    let err = classifier(empty.path()).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
 
     // A config without weights.
@@ -157,13 +143,7 @@ fn bad_folders_get_clear_errors() {
         empty.path().join("config.json"),
     )
     .unwrap();
-    let err = RobertaForSequenceClassification::from_pretrained(
-        empty.path().to_str().unwrap(),
-        &device,
-        &offline(),
-        |_| {},
-    )
-    .unwrap_err();
+    let err = classifier(empty.path()).unwrap_err();
     assert!(matches!(err, ModelError::NoWeights { .. }), "{err}");
 
     // A truncated weight file.
@@ -173,13 +153,7 @@ fn bad_folders_get_clear_errors() {
         &bytes[..bytes.len() / 2],
     )
     .unwrap();
-    let err = RobertaForSequenceClassification::from_pretrained(
-        empty.path().to_str().unwrap(),
-        &device,
-        &offline(),
-        |_| {},
-    )
-    .unwrap_err();
+    let err = classifier(empty.path()).unwrap_err();
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 
     // An encoder that lacks layers the configuration has.
@@ -190,13 +164,7 @@ fn bad_folders_get_clear_errors() {
     config["num_hidden_layers"] = 3.into();
     std::fs::write(empty.path().join("config.json"), config.to_string()).unwrap();
     std::fs::write(empty.path().join("model.safetensors"), &bytes).unwrap();
-    let err = RobertaForSequenceClassification::from_pretrained(
-        empty.path().to_str().unwrap(),
-        &device,
-        &offline(),
-        |_| {},
-    )
-    .unwrap_err();
+    let err = classifier(empty.path()).unwrap_err();
     assert!(matches!(err, ModelError::MissingWeights { .. }), "{err}");
     assert!(
         err.to_string()
@@ -208,12 +176,6 @@ fn bad_folders_get_clear_errors() {
     config["num_hidden_layers"] = 2.into();
     config["num_attention_heads"] = 5.into();
     std::fs::write(empty.path().join("config.json"), config.to_string()).unwrap();
-    let err = RobertaForSequenceClassification::from_pretrained(
-        empty.path().to_str().unwrap(),
-        &device,
-        &offline(),
-        |_| {},
-    )
-    .unwrap_err();
+    let err = classifier(empty.path()).unwrap_err();
     assert!(err.to_string().contains("num_attention_heads"), "{err}");
 }
