@@ -2,6 +2,23 @@
 
 use std::process::Command;
 
+/// Prepares a stratified sample of the bundled data into `dir`.
+fn prepare_sample(dir: &str, rows: usize) {
+    let output = xtask(&[
+        "prepare",
+        "--quiet",
+        "--out",
+        dir,
+        "--sample",
+        &rows.to_string(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn xtask(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(args)
@@ -157,12 +174,7 @@ fn train_from_scratch_then_predict_with_the_best_model() {
     let data = work.path().join("data");
     let run = work.path().join("run");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
-    let prepared = xtask(&["prepare", "--quiet", "--out", data_s, "--sample", "1500"]);
-    assert!(
-        prepared.status.success(),
-        "{}",
-        String::from_utf8_lossy(&prepared.stderr)
-    );
+    prepare_sample(data_s, 1500);
     let trained = xtask(&[
         "train",
         "--data",
@@ -311,12 +323,7 @@ fn train_from_a_pretrained_hugging_face_folder() {
     let data = work.path().join("data");
     let run = work.path().join("run");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
-    let prepared = xtask(&["prepare", "--quiet", "--out", data_s, "--sample", "800"]);
-    assert!(
-        prepared.status.success(),
-        "{}",
-        String::from_utf8_lossy(&prepared.stderr)
-    );
+    prepare_sample(data_s, 800);
     // A masked-LM checkpoint made by transformers: the encoder is loaded, the head is new.
     let pretrained = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/model/mlm");
     let trained = xtask(&[
@@ -443,8 +450,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     let data = work.path().join("data");
     let run = work.path().join("run");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
-    let prepared = xtask(&["prepare", "--quiet", "--out", data_s, "--sample", "2000"]);
-    assert!(prepared.status.success());
+    prepare_sample(data_s, 2000);
     let args = [
         "train",
         "--data",
