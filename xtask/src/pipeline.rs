@@ -288,12 +288,10 @@ impl Pipeline {
                 self.args.trials,
                 serde_json::to_string(&trial.params)?
             );
-            let config = self.train_config(&trial.params, self.args.seed + trial.number as u64)?;
-            let run_dir = self
-                .args
-                .out
-                .join("trials")
-                .join(format!("trial_{}", trial.number));
+            // One seed for every trial, as the notebook's Trainer: trials differ by their
+            // parameters only, and the best one is the final run.
+            let config = self.train_config(&trial.params, self.args.seed)?;
+            let run_dir = self.trial_dir(trial.number);
             let mut hooks = TrialHooks {
                 study: &mut study,
                 number: trial.number,

@@ -267,6 +267,8 @@ fn pipeline_runs_end_to_end_and_resumes_from_its_outputs() {
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(stdout.contains("Best parameters"), "{stdout}");
     assert!(stdout.contains("test: accuracy"), "{stdout}");
+    // Trials share the seed, so the final run is the best trial's, whichever it is.
+    assert!(stdout.contains("final training: reusing trial"), "{stdout}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     for section in [
         "## Data",
