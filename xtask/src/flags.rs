@@ -414,6 +414,10 @@ pub struct PipelineArgs {
     /// Epochs of every trial and of the final run (the notebook: 3).
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
+    /// Devices to run trials on in parallel, one trial per device (GPU indices from
+    /// --device-index on; with the CPU backend the trials share the cores).
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
     /// Stop trials whose validation F1 after an epoch is below the median of the other
     /// trials' at that epoch (Optuna's MedianPruner; off by default, as in the notebook).
     #[arg(long)]

@@ -3,6 +3,7 @@
 //! pipeline resumes with the same command.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -24,7 +25,8 @@ pub struct Pipeline {
     args: PipelineArgs,
     input: PathBuf,
     data_dir: PathBuf,
-    device: Device,
+    /// One search worker per device; the first also runs the single-device stages.
+    devices: Vec<Device>,
     space: SearchSpace,
 }
 
@@ -72,7 +74,9 @@ impl TryFrom<PipelineArgs> for Pipeline {
             bail!("--trials and --epochs must be at least 1");
         }
         Ok(Self {
-            device: crate::device(args.backend, args.device_index)?,
+            devices: (0..args.devices.max(1))
+                .map(|i| crate::device(args.backend, args.device_index + i))
+                .collect::<Result<_>>()?,
             data_dir: args.out.join("data"),
             input,
             space,
@@ -183,6 +187,7 @@ impl Pipeline {
     /// One training run into `run_dir`, resumed if it was interrupted.
     fn run_training(
         &self,
+        device: &Device,
         config: &TrainConfig,
         run_dir: &Path,
         splits: &[TokenizedRows; 3],
@@ -193,7 +198,7 @@ impl Pipeline {
                 seed: config.seed,
                 ..self.start_options()
             },
-            &self.device,
+            device,
         )?;
         let resume = run_dir.join("checkpoints").exists();
         let outcome = sentiment_train::train(
@@ -207,11 +212,95 @@ impl Pipeline {
             },
             config,
             run_dir,
-            &self.device,
+            device,
             resume,
             hooks,
         )?;
         Ok(outcome)
+    }
+
+    /// One search worker: claims trials (a left-over running one first, else a new one while
+    /// the budget allows) and trains them on `device`, until none is left.
+    fn search_worker(
+        &self,
+        device: &Device,
+        mut study: Study,
+        claims: &Mutex<Claims>,
+        splits: &[TokenizedRows; 3],
+        quiet: bool,
+    ) -> Result<()> {
+        loop {
+            let trial = {
+                let mut claims = claims.lock().unwrap_or_else(|e| e.into_inner());
+                match claims.resumable.pop() {
+                    Some(t) => t,
+                    None if claims.asked < self.args.trials => {
+                        claims.asked += 1;
+                        study.ask()?
+                    }
+                    None => return Ok(()),
+                }
+            };
+            println!(
+                "[3/5] search: trial {}/{} {}",
+                trial.number + 1,
+                self.args.trials,
+                serde_json::to_string(&trial.params)?
+            );
+            // One seed for every trial, as the notebook's Trainer: trials differ by their
+            // parameters only, and the best one is the final run.
+            let config = self.train_config(&trial.params, self.args.seed)?;
+            let run_dir = self.trial_dir(trial.number);
+            let printer: Box<dyn FnMut(sentiment_train::Progress)> = if quiet {
+                Box::new(|_| {})
+            } else {
+                Box::new(progress_printer())
+            };
+            let mut hooks = TrialHooks {
+                study: &mut study,
+                number: trial.number,
+                prune: self.args.prune.then_some((
+                    self.args.prune_startup_trials,
+                    self.args.prune_warmup_epochs,
+                )),
+                printer,
+                pruned: false,
+                error: None,
+            };
+            let result = self.run_training(device, &config, &run_dir, splits, &mut hooks);
+            let (pruned, error) = (hooks.pruned, hooks.error.take());
+            if let Some(e) = error {
+                return Err(e.context("recording the trial's epochs in the study"));
+            }
+            match result {
+                Ok(outcome) if pruned => {
+                    println!(
+                        "      trial {} pruned after epoch {} (below the median of earlier trials)",
+                        trial.number,
+                        outcome.stopped_early.unwrap_or(0)
+                    );
+                    study.tell(trial.number, Outcome::Pruned)?;
+                }
+                Ok(outcome) => {
+                    let best = outcome.history[outcome.best_epoch - 1].f1;
+                    println!("      trial {}: validation F1 {best:.4}", trial.number);
+                    study.tell(trial.number, Outcome::Complete(best))?;
+                }
+                // Ctrl-C: the trial stays running and continues on the next run.
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<sentiment_train::TrainError>(),
+                        Some(sentiment_train::TrainError::Interrupted { .. })
+                    ) =>
+                {
+                    return Err(e.context("pipeline interrupted: run the same command to resume"));
+                }
+                Err(e) => {
+                    eprintln!("      trial {} failed: {e:#}", trial.number);
+                    study.tell(trial.number, Outcome::Fail)?;
+                }
+            }
+        }
     }
 
     /// Runs every stage and prints the summary.
@@ -223,7 +312,7 @@ impl Pipeline {
 
         // Stage 2: tokenizer and token files (cached by content).
         let data_dir = &self.data_dir;
-        let start = starting_point(&self.start_options(), &self.device)?;
+        let start = starting_point(&self.start_options(), &self.devices[0])?;
         let outcomes = tokenize_splits(
             data_dir,
             &start.tokenizer,
@@ -257,85 +346,46 @@ impl Pipeline {
             ..TpeConfig::default()
         });
         let study_path = self.args.out.join("study.json");
-        let mut study = Study::open(
-            &study_path,
-            Direction::Maximize,
-            self.space.clone(),
-            sampler,
-            self.args.seed,
-        )?;
-        loop {
-            let finished = study
+        let open = || {
+            Study::open(
+                &study_path,
+                Direction::Maximize,
+                self.space.clone(),
+                sampler,
+                self.args.seed,
+            )
+        };
+        let mut study = open()?;
+        // Trials a killed pipeline left running are continued, not asked again.
+        let claims = Mutex::new(Claims {
+            resumable: study
                 .trials()
                 .iter()
-                .filter(|t| t.state != TrialState::Running)
-                .count();
-            if finished >= self.args.trials {
-                break;
-            }
-            // A trial left running by a killed pipeline is continued, not asked again.
-            let trial = match study
-                .trials()
+                .filter(|t| t.state == TrialState::Running)
+                .cloned()
+                .collect(),
+            asked: study.trials().len(),
+        });
+        let parallel = self.devices.len() > 1;
+        let this = &self;
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = this
+                .devices
                 .iter()
-                .find(|t| t.state == TrialState::Running)
-            {
-                Some(t) => t.clone(),
-                None => study.ask()?,
-            };
-            println!(
-                "[3/5] search: trial {}/{} {}",
-                trial.number + 1,
-                self.args.trials,
-                serde_json::to_string(&trial.params)?
-            );
-            // One seed for every trial, as the notebook's Trainer: trials differ by their
-            // parameters only, and the best one is the final run.
-            let config = self.train_config(&trial.params, self.args.seed)?;
-            let run_dir = self.trial_dir(trial.number);
-            let mut hooks = TrialHooks {
-                study: &mut study,
-                number: trial.number,
-                prune: self.args.prune.then_some((
-                    self.args.prune_startup_trials,
-                    self.args.prune_warmup_epochs,
-                )),
-                printer: progress_printer(),
-                pruned: false,
-                error: None,
-            };
-            let result = self.run_training(&config, &run_dir, &splits, &mut hooks);
-            let (pruned, error) = (hooks.pruned, hooks.error.take());
-            if let Some(e) = error {
-                return Err(e.context("recording the trial's epochs in the study"));
+                .map(|device| {
+                    let study = open()?;
+                    let claims = &claims;
+                    let splits = &splits;
+                    Ok(scope
+                        .spawn(move || this.search_worker(device, study, claims, splits, parallel)))
+                })
+                .collect::<Result<_>>()?;
+            for worker in workers {
+                worker.join().expect("search workers do not panic")?;
             }
-            match result {
-                Ok(outcome) if pruned => {
-                    println!(
-                        "      pruned after epoch {} (below the median of earlier trials)",
-                        outcome.stopped_early.unwrap_or(0)
-                    );
-                    study.tell(trial.number, Outcome::Pruned)?;
-                }
-                Ok(outcome) => {
-                    let best = outcome.history[outcome.best_epoch - 1].f1;
-                    println!("      validation F1 {best:.4}");
-                    study.tell(trial.number, Outcome::Complete(best))?;
-                }
-                // Ctrl-C: the trial stays running and continues on the next run.
-                Err(e)
-                    if matches!(
-                        e.downcast_ref::<sentiment_train::TrainError>(),
-                        Some(sentiment_train::TrainError::Interrupted { .. })
-                    ) =>
-                {
-                    return Err(e.context("pipeline interrupted: run the same command to resume"));
-                }
-                Err(e) => {
-                    eprintln!("      trial {} failed: {e:#}", trial.number);
-                    study.tell(trial.number, Outcome::Fail)?;
-                }
-            }
-        }
+            Ok(())
+        })?;
+        study.refresh()?;
         std::fs::write(self.args.out.join("trials.csv"), study.trials_csv())?;
         let best = study
             .best_trial()
@@ -372,7 +422,13 @@ impl Pipeline {
                     "[4/5] final training with the best parameters into {}",
                     final_dir.display()
                 );
-                self.run_training(&config, &final_dir, &splits, &mut progress_printer())?
+                self.run_training(
+                    &self.devices[0],
+                    &config,
+                    &final_dir,
+                    &splits,
+                    &mut progress_printer(),
+                )?
             }
         };
         let best_model = self.args.out.join("best_model");
@@ -427,6 +483,14 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Which trials the search workers of this process may take.
+struct Claims {
+    /// Running trials left by an interrupted pipeline.
+    resumable: Vec<sentiment_search::Trial>,
+    /// Trials in the study, finished or not: new ones are asked while below the budget.
+    asked: usize,
 }
 
 /// A trial's hooks: progress on the terminal, each epoch's F1 into the study, and the median

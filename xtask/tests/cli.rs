@@ -554,3 +554,45 @@ fn pipeline_with_pruning_marks_trials() {
         "{stdout}"
     );
 }
+
+#[test]
+fn pipeline_runs_trials_in_parallel_one_per_device() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("run");
+    let output = xtask(&[
+        "pipeline",
+        "--out",
+        out.to_str().unwrap(),
+        "--sample",
+        "600",
+        "--trials",
+        "3",
+        "--epochs",
+        "1",
+        "--max-length",
+        "32",
+        "--vocab-size",
+        "400",
+        "--devices",
+        "2",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let study: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+    let trials = study["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 3, "exactly the budget, no trial asked twice");
+    let numbers: Vec<u64> = trials
+        .iter()
+        .map(|t| t["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [0, 1, 2]);
+    assert!(
+        trials.iter().all(|t| t["state"] == "complete"),
+        "{trials:?}"
+    );
+    assert!(out.join("report.html").exists());
+}
