@@ -76,18 +76,27 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             y
         );
     }
-    for i in 0..=4 {
-        let x = x0 + (x1 - x0) * i as f64 / 4.0;
+    // Whole-number axes (trials, epochs) get whole-number ticks.
+    let integral = points.iter().all(|p| p.0.fract() == 0.0);
+    let ticks: Vec<f64> = if integral {
+        let step = ((x1 - x0) / 5.0).ceil().max(1.0);
+        let mut t = Vec::new();
+        let mut x = x0;
+        while x <= x1 + 1e-9 {
+            t.push(x);
+            x += step;
+        }
+        t
+    } else {
+        (0..=4).map(|i| x0 + (x1 - x0) * f64::from(i) / 4.0).collect()
+    };
+    for x in ticks {
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
             sx(x),
             h - bottom + 16.0,
-            if (x - x.round()).abs() < 1e-9 {
-                format!("{x:.0}")
-            } else {
-                format!("{x:.2}")
-            }
+            if integral { format!("{x:.0}") } else { format!("{x:.2}") }
         );
     }
     let _ = writeln!(
