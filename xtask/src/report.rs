@@ -88,7 +88,9 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         }
         t
     } else {
-        (0..=4).map(|i| x0 + (x1 - x0) * f64::from(i) / 4.0).collect()
+        (0..=4)
+            .map(|i| x0 + (x1 - x0) * f64::from(i) / 4.0)
+            .collect()
     };
     for x in ticks {
         let _ = writeln!(
@@ -96,7 +98,11 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
             sx(x),
             h - bottom + 16.0,
-            if integral { format!("{x:.0}") } else { format!("{x:.2}") }
+            if integral {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.2}")
+            }
         );
     }
     let _ = writeln!(
@@ -284,6 +290,25 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             t.value.map(|v| format!("{v:.4}")).unwrap_or_default(),
             params.join(" | "),
             t.duration().unwrap_or(0.0)
+        );
+    }
+    if let Some(best) = input
+        .trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .max_by(|a, b| {
+            a.value
+                .unwrap_or(f64::MIN)
+                .total_cmp(&b.value.unwrap_or(f64::MIN))
+        })
+    {
+        let _ = writeln!(
+            md,
+            "\nBest parameters (trial {}, {} {:.4}): `{}`",
+            best.number,
+            input.objective,
+            best.value.unwrap_or(f64::NAN),
+            serde_json::to_string(&best.params).unwrap_or_default()
         );
     }
     md.push_str("\n![optimisation history](optimization_history.svg)\n\n");
