@@ -226,6 +226,8 @@ pub enum BackendFlag {
     Flex,
     /// WebGPU (Vulkan / Metal / DX12); needs `--features wgpu`.
     Wgpu,
+    /// libtorch: --device-index 0 is the CPU, N the CUDA GPU N-1; needs `--features tch`.
+    Tch,
 }
 
 /// Flags of `cargo xtask predict`.

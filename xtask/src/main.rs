@@ -85,6 +85,19 @@ pub fn device(backend: flags::BackendFlag, index: usize) -> anyhow::Result<burn:
             "this build has no wgpu backend: run `cargo xtask` with `--features wgpu`, e.g. \
              `cargo run --release -p xtask --features wgpu -- …`"
         ),
+        // burn-tch is deprecated upstream but still the way to run on libtorch.
+        #[cfg(feature = "tch")]
+        #[allow(deprecated)]
+        flags::BackendFlag::Tch => Ok(if index == 0 {
+            burn::tensor::Device::libtorch()
+        } else {
+            burn::tensor::Device::libtorch_cuda(index - 1)
+        }),
+        #[cfg(not(feature = "tch"))]
+        flags::BackendFlag::Tch => anyhow::bail!(
+            "this build has no tch backend: build with `--features tch` against PyTorch 2.9.0 \
+             (docs/model.md)"
+        ),
     }
 }
 
