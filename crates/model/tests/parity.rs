@@ -14,6 +14,17 @@ use serde_json::Value;
 /// Largest absolute difference allowed against the reference.
 const TOLERANCE: f32 = 1e-4;
 
+/// The backend under test: `flex`, or libtorch's CPU when built with `--features tch` and run
+/// with `ROBERTA_TEST_BACKEND=tch` (see docs/model.md).
+fn device() -> Device {
+    #[cfg(feature = "tch")]
+    if std::env::var("ROBERTA_TEST_BACKEND").as_deref() == Ok("tch") {
+        #[allow(deprecated)]
+        return Device::libtorch();
+    }
+    Device::flex()
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/model")
 }
@@ -68,7 +79,7 @@ fn check_classifier(folder: &Path) -> roberta_burn::LoadReport {
         r["batch"].as_u64().unwrap() as usize,
         r["seq"].as_u64().unwrap() as usize,
     );
-    let device = Device::flex();
+    let device = device();
     let loaded = RobertaForSequenceClassification::from_pretrained(
         folder.to_str().unwrap(),
         &device,
@@ -119,7 +130,7 @@ fn masked_lm_with_tied_decoder_matches_transformers() {
         r["batch"].as_u64().unwrap() as usize,
         r["seq"].as_u64().unwrap() as usize,
     );
-    let device = Device::flex();
+    let device = device();
     let loaded = RobertaForMaskedLM::from_pretrained(
         fixtures().join("mlm").to_str().unwrap(),
         &device,
@@ -138,7 +149,7 @@ fn masked_lm_with_tied_decoder_matches_transformers() {
 #[test]
 fn a_classifier_from_a_masked_lm_checkpoint_initialises_its_head() {
     // As fine-tuning roberta-base does: the lm_head is unused, the classifier is new.
-    let device = Device::flex();
+    let device = device();
     let loaded = RobertaForSequenceClassification::from_pretrained(
         fixtures().join("mlm").to_str().unwrap(),
         &device,
@@ -172,7 +183,7 @@ fn a_classifier_from_a_masked_lm_checkpoint_initialises_its_head() {
 
 #[test]
 fn a_wrongly_shaped_checkpoint_names_the_key_and_both_shapes() {
-    let device = Device::flex();
+    let device = device();
     let err = RobertaForSequenceClassification::from_pretrained(
         fixtures().join("classifier").to_str().unwrap(),
         &device,
