@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 
 import optuna
+from scipy.stats import mannwhitneyu
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -119,14 +120,22 @@ def main():
         "Optuna random": lambda fn, spec, seed: run_optuna(fn, spec, seed, 50, lambda s: optuna.samplers.RandomSampler(seed=s)),
     }
     print(f"optuna {optuna.__version__}; median over {args.seeds} seeds of the best value after 20 / 30 / 50 trials (lower is better)")
-    print("| problem | " + " | ".join(sides) + " |")
-    print("|---|" + "---|" * len(sides))
+    print("| problem | " + " | ".join(sides) + " | p (ours TPE worse than Optuna TPE), 20 / 30 / 50 |")
+    print("|---|" + "---|" * (len(sides) + 1))
     for name, (fn, spec) in PROBLEMS.items():
         cells = []
-        for side in sides.values():
+        bests = {}
+        for label, side in sides.items():
             runs = [side(fn, spec, seed) for seed in range(args.seeds)]
-            medians = [statistics.median(best_after(r, k) for r in runs) for k in (20, 30, 50)]
+            bests[label] = {k: [best_after(r, k) for r in runs] for k in (20, 30, 50)}
+            medians = [statistics.median(bests[label][k]) for k in (20, 30, 50)]
             cells.append(" / ".join(f"{m:.4g}" for m in medians))
+        # One-sided Mann-Whitney: small p means ours is significantly worse than Optuna's.
+        p_values = [
+            mannwhitneyu(bests["ours TPE"][k], bests["Optuna TPE"][k], alternative="greater").pvalue
+            for k in (20, 30, 50)
+        ]
+        cells.append(" / ".join(f"{p:.2f}" for p in p_values))
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
