@@ -505,6 +505,13 @@ struct StreamTotals {
     blank_lines: u64,
 }
 
+/// Rows read but not yet decoded: flushed as one parallel batch.
+#[derive(Default)]
+struct PendingRows {
+    rows: Vec<GoodRow>,
+    raw_texts: Vec<Vec<u8>>,
+}
+
 impl RowStream<'_> {
     fn run(
         &self,
@@ -515,10 +522,9 @@ impl RowStream<'_> {
         let path = self.config.input.as_path();
         let (mut reader, bytes) = open_records(path, self.gzip)?;
         let mut record = Record::default();
-        let mut rows: Vec<GoodRow> = Vec::with_capacity(BATCH_ROWS);
-        let mut raw_texts: Vec<Vec<u8>> = Vec::with_capacity(BATCH_ROWS);
+        let mut pending = PendingRows::default();
         let mut records_seen = 0u64;
-        let mut bad_rows = 0u64;
+        let bad_before: u64 = bad_counts.values().sum();
         let mut skip_header = self.layout.has_header;
 
         loop {
@@ -542,11 +548,13 @@ impl RowStream<'_> {
                 ReadOutcome::Record => {
                     match parse_label(self.layout, record.field(self.layout.label_index)) {
                         Ok(label_value) => {
-                            rows.push(GoodRow {
+                            pending.rows.push(GoodRow {
                                 line: record.line,
                                 label_value,
                             });
-                            raw_texts.push(record.field(self.layout.text_index).to_vec());
+                            pending
+                                .raw_texts
+                                .push(record.field(self.layout.text_index).to_vec());
                             None
                         }
                         Err(problem) => Some((record.line, problem)),
@@ -556,23 +564,11 @@ impl RowStream<'_> {
             records_seen += 1;
             if let Some((line, problem)) = problem {
                 // Earlier rows in the batch may hold an earlier error: report in line order.
-                self.flush(
-                    &mut rows,
-                    &mut raw_texts,
-                    bad_counts,
-                    &mut bad_rows,
-                    &mut on_batch,
-                )?;
-                self.bad_row(line, problem, bad_counts, &mut bad_rows)?;
+                self.flush(&mut pending, bad_counts, &mut on_batch)?;
+                self.bad_row(line, problem, bad_counts)?;
             }
-            if rows.len() >= BATCH_ROWS {
-                self.flush(
-                    &mut rows,
-                    &mut raw_texts,
-                    bad_counts,
-                    &mut bad_rows,
-                    &mut on_batch,
-                )?;
+            if pending.rows.len() >= BATCH_ROWS {
+                self.flush(&mut pending, bad_counts, &mut on_batch)?;
                 progress(Progress {
                     pass: self.pass,
                     rows: records_seen,
@@ -581,13 +577,7 @@ impl RowStream<'_> {
                 });
             }
         }
-        self.flush(
-            &mut rows,
-            &mut raw_texts,
-            bad_counts,
-            &mut bad_rows,
-            &mut on_batch,
-        )?;
+        self.flush(&mut pending, bad_counts, &mut on_batch)?;
         progress(Progress {
             pass: self.pass,
             rows: records_seen,
@@ -595,17 +585,17 @@ impl RowStream<'_> {
             total_bytes: self.total_bytes,
         });
         Ok(StreamTotals {
-            bad_rows,
+            bad_rows: bad_counts.values().sum::<u64>() - bad_before,
             blank_lines: reader.blank_lines(),
         })
     }
 
+    /// An error under `--on-bad-row error`; counted by reason under `skip`.
     fn bad_row(
         &self,
         line: u64,
         problem: BadRow,
         bad_counts: &mut BTreeMap<String, u64>,
-        bad_rows: &mut u64,
     ) -> Result<(), DataError> {
         match self.config.on_bad_row {
             BadRowPolicy::Error => Err(DataError::BadRow {
@@ -615,39 +605,37 @@ impl RowStream<'_> {
             }),
             BadRowPolicy::Skip => {
                 *bad_counts.entry(problem.reason_key().into()).or_default() += 1;
-                *bad_rows += 1;
                 Ok(())
             }
         }
     }
 
-    /// Decodes and normalises a batch in parallel, then hands the good rows on.
+    /// Decodes and normalises the pending rows in parallel, then hands the good ones on.
     fn flush(
         &self,
-        rows: &mut Vec<GoodRow>,
-        raw_texts: &mut Vec<Vec<u8>>,
+        pending: &mut PendingRows,
         bad_counts: &mut BTreeMap<String, u64>,
-        bad_rows: &mut u64,
         on_batch: &mut impl FnMut(&[GoodRow], Vec<String>) -> Result<(), DataError>,
     ) -> Result<(), DataError> {
-        if rows.is_empty() {
+        if pending.rows.is_empty() {
             return Ok(());
         }
         let normalization = self.config.normalization;
-        let decoded: Vec<Result<String, BadRow>> = raw_texts
+        let decoded: Vec<Result<String, BadRow>> = pending
+            .raw_texts
             .par_iter()
             .map(|bytes| decode_text(self.layout, bytes, &normalization))
             .collect();
-        raw_texts.clear();
-        let mut good_rows = Vec::with_capacity(rows.len());
-        let mut texts = Vec::with_capacity(rows.len());
-        for (row, text) in rows.drain(..).zip(decoded) {
+        pending.raw_texts.clear();
+        let mut good_rows = Vec::with_capacity(pending.rows.len());
+        let mut texts = Vec::with_capacity(pending.rows.len());
+        for (row, text) in pending.rows.drain(..).zip(decoded) {
             match text {
                 Ok(text) => {
                     good_rows.push(row);
                     texts.push(text);
                 }
-                Err(problem) => self.bad_row(row.line, problem, bad_counts, bad_rows)?,
+                Err(problem) => self.bad_row(row.line, problem, bad_counts)?,
             }
         }
         on_batch(&good_rows, texts)

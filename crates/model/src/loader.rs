@@ -268,6 +268,10 @@ pub fn load_weights<M: ModuleSnapshot>(
     let mut missing_everywhere: Option<BTreeSet<String>> = None;
     let mut unused: BTreeSet<String> = BTreeSet::new();
     for file in &files {
+        let unreadable = |e: &dyn std::fmt::Display| ModelError::BadWeights {
+            file: file.clone(),
+            detail: e.to_string(),
+        };
         let result = if file.extension().is_some_and(|e| e == "bin") {
             let mut store = PytorchStore::from_file(file)
                 .allow_partial(true)
@@ -275,12 +279,7 @@ pub fn load_weights<M: ModuleSnapshot>(
             for (from, to) in WEIGHT_NAMES {
                 store = store.with_key_remapping(from, *to);
             }
-            model
-                .load_from(&mut store)
-                .map_err(|e| ModelError::BadWeights {
-                    file: file.clone(),
-                    detail: e.to_string(),
-                })?
+            model.load_from(&mut store).map_err(|e| unreadable(&e))?
         } else {
             let keys = safetensors_keys(file)?;
             let mut store = SafetensorsStore::from_file(file)
@@ -293,12 +292,7 @@ pub fn load_weights<M: ModuleSnapshot>(
             if keys.contains("lm_head.decoder.bias") && !keys.contains("lm_head.bias") {
                 store = store.with_key_remapping(r"^lm_head\.decoder\.bias$", "lm_head.bias");
             }
-            model
-                .load_from(&mut store)
-                .map_err(|e| ModelError::BadWeights {
-                    file: file.clone(),
-                    detail: e.to_string(),
-                })?
+            model.load_from(&mut store).map_err(|e| unreadable(&e))?
         };
         check_errors(file, &result)?;
         loaded.extend(result.applied.iter().cloned());
