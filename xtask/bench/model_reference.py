@@ -1,7 +1,10 @@
-"""The Python reference for `cargo xtask bench model`: inference of a randomly initialised
-RobertaForSequenceClassification (transformers, PyTorch eager, fp32) on the CPU with the same
-threads as ours. Prints one JSON line. Run by the benchmark, never by tests.
+"""The Python reference for `cargo xtask bench model`: inference or training steps of a randomly
+initialised RobertaForSequenceClassification (transformers, PyTorch eager) on the CPU with the
+same threads as ours, or on a CUDA GPU; fp32, or bf16 / f16 autocast as the Trainer's
+`bf16=True` / `fp16=True` do. Prints one JSON line. Run by the benchmark, never by tests.
 """
+
+import contextlib
 
 import argparse
 import json
@@ -24,36 +27,51 @@ def main() -> None:
     parser.add_argument("--iters", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--train", action="store_true", help="time forward + backward + AdamW steps")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     config = RobertaConfig(max_position_embeddings=args.seq + 2, num_labels=2, **SHAPES[args.shape])
-    model = RobertaForSequenceClassification(config).eval()
+    model = RobertaForSequenceClassification(config).eval().to(device)
     ids = torch.randint(3, config.vocab_size, (args.batch, args.seq))
     ids[:, 0] = 0
     ids[:, -1] = 2
+    ids = ids.to(device)
     mask = torch.ones_like(ids)
+    half = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.dtype)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=half) if half is not None else contextlib.nullcontext()
+    )
+    # f16 needs loss scaling; bf16 and f32 do not.
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "f16")
     if args.train:
         model.train()
-        labels = torch.randint(0, 2, (args.batch,))
+        labels = torch.randint(0, 2, (args.batch,)).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
 
         def step():
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
+            with autocast:
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad()
             return loss.item()
 
-        step()
+        # Warm-up: allocator, cuBLAS handles and kernel selection.
+        for _ in range(3):
+            step()
         start = time.perf_counter()
         for _ in range(args.iters):
             step()
         elapsed = time.perf_counter() - start
         print(json.dumps({"samples_per_s": args.batch * args.iters / elapsed}))
         return
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         for _ in range(2):
             model(input_ids=ids, attention_mask=mask)
         start = time.perf_counter()

@@ -294,10 +294,10 @@ fn iterations(shape: crate::flags::ShapeFlag) -> usize {
 
 /// `bench model-worker`: times our inference in this process and prints one JSON line.
 pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
-    use burn::tensor::{Device, Int, Tensor, TensorData};
+    use burn::tensor::{Int, Tensor, TensorData};
     use rand::{Rng, SeedableRng};
     let config = shape_config(args.shape);
-    let device = Device::flex();
+    let device = crate::device_with_dtype(args.backend, args.device_index, args.dtype)?;
     let model = roberta_burn::RobertaForSequenceClassification::new(&config, &device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut ids: Vec<i64> = (0..BENCH_BATCH * BENCH_SEQ)
@@ -308,10 +308,11 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
         row[BENCH_SEQ - 1] = 2;
     }
     if args.train {
-        return train_worker(&config, ids, args.iters);
+        return train_worker(&config, ids, args.iters, device.autodiff());
     }
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BENCH_BATCH, BENCH_SEQ]), &device);
     let mask = Tensor::<2, Int>::ones([BENCH_BATCH, BENCH_SEQ], &device);
+    // `into_scalar` waits for the device, so GPU work is timed to its end.
     let run = || -> Result<f32> {
         let logits = model.forward(ids.clone(), mask.clone());
         Ok(logits.sum().into_scalar())
@@ -332,11 +333,15 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
 }
 
 /// Times training steps: forward, backward, global-norm clipping and AdamW, as the trainer does.
-fn train_worker(config: &roberta_burn::RobertaConfig, ids: Vec<i64>, iters: usize) -> Result<()> {
+fn train_worker(
+    config: &roberta_burn::RobertaConfig,
+    ids: Vec<i64>,
+    iters: usize,
+    device: burn::tensor::Device,
+) -> Result<()> {
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::optim::{AdamWConfig, GradientsParams};
-    use burn::tensor::{Device, Int, Tensor, TensorData};
-    let device = Device::flex().autodiff();
+    use burn::tensor::{Int, Tensor, TensorData};
     let mut model = roberta_burn::RobertaForSequenceClassification::new(config, &device);
     let mut optimizer = AdamWConfig::new()
         .with_epsilon(1e-8)
@@ -354,7 +359,10 @@ fn train_worker(config: &roberta_burn::RobertaConfig, ids: Vec<i64>, iters: usiz
         sentiment_train::clip_grad_norm(&model, &mut grads, 1.0);
         optimizer.step(2e-5, model, grads)
     };
-    model = step(model);
+    // Warm-up: allocation pools and, on GPU backends, kernel compilation and autotuning.
+    for _ in 0..3 {
+        model = step(model);
+    }
     let started = Instant::now();
     for _ in 0..iters {
         model = step(model);
@@ -389,12 +397,25 @@ fn tempfile_path(stem: &str) -> PathBuf {
     ))
 }
 
+/// A flag value as it is written on the command line.
+fn flag_name(value: impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
 /// `cargo xtask bench model`.
 pub struct BenchModel {
     shapes: Vec<crate::flags::ShapeFlag>,
     threads: Vec<usize>,
     python: PathBuf,
     train: bool,
+    backend: crate::flags::BackendFlag,
+    device_index: usize,
+    dtype: crate::flags::DTypeFlag,
+    iters: Option<usize>,
+    python_device: String,
 }
 
 impl From<crate::flags::BenchModelArgs> for BenchModel {
@@ -404,6 +425,11 @@ impl From<crate::flags::BenchModelArgs> for BenchModel {
             threads: args.threads,
             python: args.python,
             train: args.train,
+            backend: args.backend,
+            device_index: args.device_index,
+            dtype: args.dtype,
+            iters: args.iters,
+            python_device: args.python_device,
         }
     }
 }
@@ -418,19 +444,25 @@ impl BenchModel {
         } else {
             "inference"
         };
+        let (backend, dtype) = (flag_name(self.backend), flag_name(self.dtype));
         println!(
-            "{what}, batch {BENCH_BATCH}, length {BENCH_SEQ}, random weights, fp32; samples/s (peak RSS MiB)"
+            "{what}, batch {BENCH_BATCH}, length {BENCH_SEQ}, random weights, {dtype}; samples/s (peak RSS MiB)"
         );
-        println!("| shape | threads | ours (flex) | PyTorch eager | ratio ours / PyTorch |");
+        println!(
+            "| shape | threads | ours ({backend}) | PyTorch eager ({}) | ratio ours / PyTorch |",
+            self.python_device
+        );
         println!("|---|---|---|---|---|");
         for &shape in &self.shapes {
             for &threads in &self.threads {
-                let iters = if self.train {
-                    (iterations(shape) / 4).max(2)
-                } else {
-                    iterations(shape)
-                }
-                .to_string();
+                let iters = self
+                    .iters
+                    .unwrap_or(if self.train {
+                        (iterations(shape) / 4).max(2)
+                    } else {
+                        iterations(shape)
+                    })
+                    .to_string();
                 let train_flag: &[&str] = if self.train { &["--train"] } else { &[] };
                 let (ours_m, ours) = measure_json(
                     Command::new(&exe)
@@ -443,6 +475,8 @@ impl BenchModel {
                         ])
                         .arg(&iters)
                         .args(train_flag)
+                        .args(["--backend", &backend, "--dtype", &dtype, "--device-index"])
+                        .arg(self.device_index.to_string())
                         .env("RAYON_NUM_THREADS", threads.to_string()),
                 )?;
                 let (py_m, py) = measure_json(
@@ -451,6 +485,7 @@ impl BenchModel {
                         .args(train_flag)
                         .args(["--shape", shape_name(shape), "--iters", &iters, "--threads"])
                         .arg(threads.to_string())
+                        .args(["--device", &self.python_device, "--dtype", &dtype])
                         .env("OMP_NUM_THREADS", threads.to_string())
                         .env("OMP_WAIT_POLICY", "PASSIVE")
                         .stderr(std::process::Stdio::null()),

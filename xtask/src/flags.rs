@@ -37,6 +37,9 @@ pub enum Command {
     /// Classify texts with a fine-tuned RoBERTa (any Hugging Face
     /// RobertaForSequenceClassification folder or hub id, or one of our runs).
     Predict(PredictArgs),
+    /// Check a backend against the transformers / PyTorch references: the fixture models'
+    /// logits and six training steps (what the parity tests check on the default backend).
+    Parity(ParityArgs),
     /// Regenerate the bundled data fixtures (or check them with --check).
     Fixtures {
         /// Fail if a bundled fixture differs from what the generator makes.
@@ -65,6 +68,20 @@ pub enum BenchCommand {
     /// One timed side of `bench model` (run by it in a child process).
     #[command(hide = true)]
     ModelWorker(ModelWorkerArgs),
+}
+
+/// Flags of `cargo xtask parity`.
+#[derive(Debug, Args)]
+pub struct ParityArgs {
+    /// Backend to check.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
+    pub backend: BackendFlag,
+    /// GPU index for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    pub device_index: usize,
+    /// Float type (half precision gets a looser tolerance).
+    #[arg(long, value_enum, default_value_t = DTypeFlag::F32)]
+    pub dtype: DTypeFlag,
 }
 
 /// `--format`.
@@ -224,10 +241,27 @@ pub struct BenchTokenizeArgs {
 pub enum BackendFlag {
     /// Pure-Rust CPU backend (always built).
     Flex,
-    /// WebGPU (Vulkan / Metal / DX12); needs `--features wgpu`.
+    /// WebGPU on whichever graphics API the machine offers (WGSL shaders); needs
+    /// `--features wgpu`.
     Wgpu,
-    /// libtorch: --device-index 0 is the CPU, N the CUDA GPU N-1; needs `--features tch`.
+    /// WebGPU pinned to Vulkan with the SPIR-V compiler; needs `--features vulkan`.
+    Vulkan,
+    /// libtorch on the CPU; needs `--features tch`.
     Tch,
+    /// libtorch on CUDA GPU `--device-index`; needs `--features tch` built against a CUDA
+    /// PyTorch.
+    TchCuda,
+}
+
+/// `--dtype`: the float type of parameters and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DTypeFlag {
+    /// 32-bit floats (every backend).
+    F32,
+    /// bfloat16 (GPU backends that support it).
+    Bf16,
+    /// IEEE half precision (GPU backends that support it).
+    F16,
 }
 
 /// Flags of `cargo xtask predict`.
@@ -290,6 +324,21 @@ pub struct BenchModelArgs {
     /// Time training steps (forward, backward, clipping, AdamW) instead of inference.
     #[arg(long)]
     pub train: bool,
+    /// Our backend.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
+    pub backend: BackendFlag,
+    /// GPU index for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    pub device_index: usize,
+    /// Float type on both sides (PyTorch: autocast for bf16 / f16, as the Trainer does).
+    #[arg(long, value_enum, default_value_t = DTypeFlag::F32)]
+    pub dtype: DTypeFlag,
+    /// Timed iterations (default: a few seconds of CPU work per shape).
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// PyTorch's device: `cpu`, or `cuda` to compare with a GPU backend.
+    #[arg(long, default_value = "cpu")]
+    pub python_device: String,
 }
 
 /// Flags of the hidden `bench model-worker`.
@@ -304,6 +353,15 @@ pub struct ModelWorkerArgs {
     /// Time training steps instead of inference.
     #[arg(long)]
     pub train: bool,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
+    pub backend: BackendFlag,
+    /// GPU index for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    pub device_index: usize,
+    /// Float type.
+    #[arg(long, value_enum, default_value_t = DTypeFlag::F32)]
+    pub dtype: DTypeFlag,
 }
 
 /// `--metric`.
@@ -492,7 +550,8 @@ pub struct AskTellArgs {
     /// Random startup trials of TPE (Optuna's default 10).
     #[arg(long, default_value_t = 10)]
     pub startup_trials: usize,
-    /// Keep the study in this file (resumable, shareable) instead of in memory.
+    /// Keep the study in this file (resumable, shareable) instead of in memory: SQLite for
+    /// `.db` / `.sqlite` / `.sqlite3` (study "default"), else JSON.
     #[arg(long)]
     pub study: Option<PathBuf>,
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod fixtures;
 mod flags;
+mod parity;
 mod pipeline;
 mod predict;
 mod prepare;
@@ -40,6 +41,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
         },
         Command::Predict(args) => predict::Predict::try_from(args)?.run(),
         Command::Tokenize(args) => tokenize::Tokenize::from(args).run(),
+        Command::Parity(args) => parity::Parity::from(args).run(),
         Command::Fixtures { check } => fixtures::Fixtures { check }.run(),
         Command::Bench { command } => match command {
             BenchCommand::Prepare(args) => bench::BenchPrepare::from(args).run(),
@@ -71,40 +73,89 @@ pub fn checkpoint_on_ctrl_c() {
 
 /// The device for a `--backend` flag.
 pub fn device(backend: flags::BackendFlag, index: usize) -> anyhow::Result<burn::tensor::Device> {
-    match backend {
-        flags::BackendFlag::Flex => {
-            let _ = index;
-            Ok(burn::tensor::Device::flex())
-        }
-        #[cfg(feature = "wgpu")]
-        flags::BackendFlag::Wgpu => Ok(burn::tensor::Device::wgpu(
-            burn::tensor::DeviceKind::DiscreteGpu(index),
-        )),
-        #[cfg(not(feature = "wgpu"))]
-        flags::BackendFlag::Wgpu => anyhow::bail!(
-            "this build has no wgpu backend: run `cargo xtask` with `--features wgpu`, e.g. \
+    use flags::BackendFlag;
+    #[cfg(not(feature = "wgpu"))]
+    if matches!(backend, BackendFlag::Wgpu) {
+        anyhow::bail!(
+            "this build has no wgpu backend: build with `--features wgpu`, e.g. \
              `cargo run --release -p xtask --features wgpu -- …`"
-        ),
+        );
+    }
+    #[cfg(not(feature = "vulkan"))]
+    if matches!(backend, BackendFlag::Vulkan) {
+        anyhow::bail!(
+            "this build has no vulkan backend: build with `--features vulkan`, e.g. \
+             `cargo run --release -p xtask --features vulkan -- …`"
+        );
+    }
+    #[cfg(not(feature = "tch"))]
+    if matches!(backend, BackendFlag::Tch | BackendFlag::TchCuda) {
+        anyhow::bail!(
+            "this build has no tch backend: build with `--features tch` against the PyTorch \
+             that the tch crate expects (docs/model.md)"
+        );
+    }
+    let _ = index;
+    Ok(match backend {
+        BackendFlag::Flex => burn::tensor::Device::flex(),
+        #[cfg(feature = "wgpu")]
+        BackendFlag::Wgpu => {
+            burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index))
+        }
+        #[cfg(feature = "vulkan")]
+        BackendFlag::Vulkan => {
+            burn::tensor::Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index))
+        }
         // burn-tch is deprecated upstream but still the way to run on libtorch.
         #[cfg(feature = "tch")]
         #[allow(deprecated)]
-        flags::BackendFlag::Tch => Ok(if index == 0 {
-            burn::tensor::Device::libtorch()
-        } else {
-            burn::tensor::Device::libtorch_cuda(index - 1)
-        }),
-        #[cfg(not(feature = "tch"))]
-        flags::BackendFlag::Tch => anyhow::bail!(
-            "this build has no tch backend: build with `--features tch` against PyTorch 2.9.0 \
-             (docs/model.md)"
-        ),
-    }
+        BackendFlag::Tch => burn::tensor::Device::libtorch(),
+        #[cfg(feature = "tch")]
+        #[allow(deprecated)]
+        BackendFlag::TchCuda => burn::tensor::Device::libtorch_cuda(index),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("refused above"),
+    })
+}
+
+/// The device for `--backend` with its default float type set to `--dtype`.
+pub fn device_with_dtype(
+    backend: flags::BackendFlag,
+    index: usize,
+    dtype: flags::DTypeFlag,
+) -> anyhow::Result<burn::tensor::Device> {
+    use burn::tensor::FloatDType;
+    let mut device = device(backend, index)?;
+    let float = match dtype {
+        flags::DTypeFlag::F32 => return Ok(device),
+        flags::DTypeFlag::Bf16 => FloatDType::BF16,
+        flags::DTypeFlag::F16 => FloatDType::F16,
+    };
+    device
+        .configure(float)
+        .map_err(|e| anyhow::anyhow!("{backend:?} cannot compute in {dtype:?}: {e:?}"))?;
+    Ok(device)
 }
 
 /// The workspace root (the parent of `xtask/`), whatever the current directory.
+///
+/// A binary copied to another machine (a GPU box without a Rust toolchain) no longer finds the
+/// folder it was built in; it then uses the current directory or the nearest parent that holds
+/// `xtask/Cargo.toml`.
 pub fn project_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace root")
-        .to_path_buf()
+        .to_path_buf();
+    if built_in.join("xtask/Cargo.toml").is_file() {
+        return built_in;
+    }
+    std::env::current_dir()
+        .ok()
+        .and_then(|dir| {
+            dir.ancestors()
+                .find(|d| d.join("xtask/Cargo.toml").is_file())
+                .map(PathBuf::from)
+        })
+        .unwrap_or(built_in)
 }

@@ -345,7 +345,13 @@ impl Pipeline {
             n_startup_trials: startup,
             ..TpeConfig::default()
         });
-        let study_path = self.args.out.join("study.json");
+        // SQLite, queryable like Optuna's storage; a run folder from before keeps its JSON study.
+        let legacy = self.args.out.join("study.json");
+        let study_path = if legacy.exists() {
+            legacy
+        } else {
+            self.args.out.join("study.db")
+        };
         let open = || {
             Study::open(
                 &study_path,

@@ -2,7 +2,8 @@
 //! ([`TpeSampler`]: multivariate, 10 random startup trials, 24 candidates, γ = min(⌈0.1 n⌉, 25),
 //! Optuna's weights, prior and magic clip, constant liar), a [`RandomSampler`], and [`Study`]:
 //! trials with states, values and per-epoch intermediate values, a median pruner, a trials CSV,
-//! and a JSON file that resumes after a kill and that several worker processes can share.
+//! and storage that resumes after a kill and that several worker processes can share: an SQLite
+//! file (Optuna's table layout, the default) or a JSON file, behind the [`StudyStorage`] trait.
 //!
 //! ```
 //! use sentiment_search::{Direction, Outcome, Sampler, Study, TpeConfig, parse_space};
@@ -23,14 +24,16 @@ mod math;
 mod parzen;
 mod sampler;
 mod space;
+mod sqlite;
 mod study;
 
 pub use parzen::{Kernel, ParzenConfig, ParzenEstimator, default_weights};
 pub use sampler::{Params, RandomSampler, Sampler, TpeConfig, TpeSampler, default_gamma};
 pub use space::{Distribution, Param, SearchSpace, parse_space, snap, space_from_json};
+pub use sqlite::{SqliteStorage, is_sqlite_path};
 pub use study::{
-    Direction, JsonFileStorage, Outcome, STUDY_VERSION, Study, StudyChange, StudyRecord,
-    StudyStorage, Trial, TrialState,
+    DEFAULT_STUDY_NAME, Direction, JsonFileStorage, Outcome, STUDY_VERSION, Study, StudyChange,
+    StudyRecord, StudyStorage, Trial, TrialState,
 };
 
 /// Errors of a search.

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::SearchError;
 use crate::sampler::{Params, RandomSampler, Sampler, TpeSampler};
 use crate::space::SearchSpace;
+use crate::sqlite::{SqliteStorage, is_sqlite_path};
+
+/// The study name that [`Study::open`] uses in an SQLite file.
+pub const DEFAULT_STUDY_NAME: &str = "default";
 
 /// Version of the study file.
 pub const STUDY_VERSION: u32 = 1;
@@ -168,8 +172,10 @@ impl Study {
         }
     }
 
-    /// Opens the study file at `path` ([`JsonFileStorage`]), creating it if absent. An existing
-    /// study must have the same direction, space, sampler and seed: it then resumes.
+    /// Opens the study file at `path`, creating it if absent: SQLite for `.db`, `.sqlite` and
+    /// `.sqlite3` ([`SqliteStorage`], the study named [`DEFAULT_STUDY_NAME`]), else a JSON file
+    /// ([`JsonFileStorage`]). An existing study must have the same direction, space, sampler and
+    /// seed: it then resumes.
     pub fn open(
         path: &Path,
         direction: Direction,
@@ -177,13 +183,12 @@ impl Study {
         sampler: Sampler,
         seed: u64,
     ) -> Result<Self, SearchError> {
-        Self::with_storage(
-            Box::new(JsonFileStorage::new(path)),
-            direction,
-            space,
-            sampler,
-            seed,
-        )
+        let storage: Box<dyn StudyStorage> = if is_sqlite_path(path) {
+            Box::new(SqliteStorage::new(path, DEFAULT_STUDY_NAME))
+        } else {
+            Box::new(JsonFileStorage::new(path))
+        };
+        Self::with_storage(storage, direction, space, sampler, seed)
     }
 
     /// Opens (or creates) the study kept in `storage`.

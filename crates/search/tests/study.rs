@@ -48,9 +48,66 @@ fn tpe_beats_random_search_on_a_mixed_problem() {
 }
 
 #[test]
-fn a_study_file_resumes_and_is_shared_by_workers() {
+fn a_json_study_file_resumes_and_is_shared_by_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("study.json");
+    resumes_and_is_shared_by_workers(&dir.path().join("study.json"));
+}
+
+#[test]
+fn an_sqlite_study_resumes_is_shared_by_workers_and_can_be_queried() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("studies.db");
+    resumes_and_is_shared_by_workers(&path);
+    // The tables are Optuna's RDB layout, for users' own queries.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'"),
+        14
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM trials WHERE state = 'FAIL'"), 1);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM trial_params WHERE param_name = 'x'"),
+        15
+    );
+    let name: String = db
+        .query_row("SELECT study_name FROM studies", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name, sentiment_search::DEFAULT_STUDY_NAME);
+    // A second study in the same file is independent of the first.
+    let other = sentiment_search::SqliteStorage::new(&path, "second");
+    let mut second = Study::with_storage(
+        Box::new(other),
+        Direction::Maximize,
+        space(),
+        Sampler::Random,
+        1,
+    )
+    .unwrap();
+    let t = second.ask().unwrap();
+    second.report(t.number, 0, 0.5).unwrap();
+    second.tell(t.number, Outcome::Complete(1.0)).unwrap();
+    assert_eq!(count("SELECT COUNT(*) FROM studies"), 2);
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM trial_intermediate_values v JOIN studies s \
+             ON s.study_id = v.study_id WHERE s.study_name = 'second'"
+        ),
+        1
+    );
+    let reopened = Study::with_storage(
+        Box::new(sentiment_search::SqliteStorage::new(&path, "second")),
+        Direction::Maximize,
+        space(),
+        Sampler::Random,
+        1,
+    )
+    .unwrap();
+    assert_eq!(reopened.trials(), second.trials());
+}
+
+fn resumes_and_is_shared_by_workers(path: &std::path::Path) {
+    let path = path.to_path_buf();
     let sampler = Sampler::Tpe(TpeConfig {
         n_startup_trials: 3,
         ..TpeConfig::default()
