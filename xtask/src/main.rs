@@ -99,13 +99,9 @@ pub fn device(backend: flags::BackendFlag, index: usize) -> anyhow::Result<burn:
     Ok(match backend {
         BackendFlag::Flex => burn::tensor::Device::flex(),
         #[cfg(feature = "wgpu")]
-        BackendFlag::Wgpu => {
-            burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index))
-        }
+        BackendFlag::Wgpu => burn::tensor::Device::wgpu(wgpu_adapter(index)),
         #[cfg(feature = "vulkan")]
-        BackendFlag::Vulkan => {
-            burn::tensor::Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index))
-        }
+        BackendFlag::Vulkan => burn::tensor::Device::vulkan(wgpu_adapter(index)),
         // burn-tch is deprecated upstream but still the way to run on libtorch.
         #[cfg(feature = "tch")]
         #[allow(deprecated)]
@@ -116,6 +112,17 @@ pub fn device(backend: flags::BackendFlag, index: usize) -> anyhow::Result<burn:
         #[allow(unreachable_patterns)]
         _ => unreachable!("refused above"),
     })
+}
+
+/// The WebGPU adapter for `--device-index`: 0 is the best one found (a discrete GPU first;
+/// `CUBECL_WGPU_DEFAULT_DEVICE=Cpu` picks a software Vulkan such as lavapipe, for testing
+/// without a GPU), N > 0 the N-th discrete GPU.
+#[cfg(feature = "wgpu")]
+fn wgpu_adapter(index: usize) -> burn::tensor::DeviceKind {
+    match index {
+        0 => burn::tensor::DeviceKind::DefaultDevice,
+        n => burn::tensor::DeviceKind::DiscreteGpu(n),
+    }
 }
 
 /// The device for `--backend` with its default float type set to `--dtype`.

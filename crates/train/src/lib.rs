@@ -3,7 +3,8 @@
 //! warmup ([`LinearSchedule`]), clipping by the global gradient norm, batches reshuffled every
 //! epoch from the seed, evaluation every epoch with the metrics crate, a checkpoint every epoch
 //! with [`KeepBestCheckpoints`], the best model loaded at the end, evaluated on the test split and
-//! exported as a Hugging Face folder; and resume from the last checkpoint.
+//! exported as a Hugging Face folder; and resume from the last checkpoint. [`pretrain`] does
+//! masked-LM pre-training with RoBERTa's dynamic masking on the same machinery.
 //!
 //! Run folder:
 //! ```text
@@ -19,6 +20,7 @@
 mod checkpoints;
 mod clip;
 mod error;
+mod pretrain;
 mod schedule;
 mod trainer;
 
@@ -27,6 +29,10 @@ use std::path::Path;
 pub use checkpoints::KeepBestCheckpoints;
 pub use clip::{clip_grad_norm, global_grad_norm};
 pub use error::TrainError;
+pub use pretrain::{
+    MaskedBatch, MaskingConfig, MlmEvaluation, NOT_A_TARGET, PretrainConfig, PretrainEpoch,
+    PretrainOutcome, evaluate_mlm, mask_rng, mask_tokens, masked_lm_loss, pretrain,
+};
 pub use schedule::LinearSchedule;
 pub use trainer::{
     BestMetric, EpochMetrics, Evaluation, Progress, RUN_VERSION, TrainConfig, TrainData,

@@ -195,7 +195,7 @@ struct PartialEpoch {
 
 /// Set by [`request_stop`] (a Ctrl-C handler): the trainer saves a checkpoint at the next
 /// step boundary and returns [`TrainError::Interrupted`].
-static STOP: AtomicBool = AtomicBool::new(false);
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Asks a running [`train`] to checkpoint and stop. Async-signal-safe (one atomic store), so a
 /// SIGINT handler may call it.
@@ -205,7 +205,7 @@ pub fn request_stop() {
 
 /// A deterministic seed for the dropout masks of one optimizer step: a run resumed at any step
 /// draws the masks an uninterrupted run would.
-fn step_seed(seed: u64, step: usize) -> u64 {
+pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
     let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -280,11 +280,11 @@ pub struct TrainData<'a> {
     pub test: Option<&'a TokenizedRows>,
 }
 
-fn checkpoint_dir(run_dir: &Path, epoch: usize) -> PathBuf {
+pub(crate) fn checkpoint_dir(run_dir: &Path, epoch: usize) -> PathBuf {
     run_dir.join("checkpoints").join(format!("epoch-{epoch}"))
 }
 
-fn partial_dir(run_dir: &Path, epoch: usize) -> PathBuf {
+pub(crate) fn partial_dir(run_dir: &Path, epoch: usize) -> PathBuf {
     run_dir
         .join("checkpoints")
         .join(format!("epoch-{epoch}-partial"))
@@ -501,16 +501,15 @@ pub fn train(
                     seconds: earlier_seconds + started.elapsed().as_secs_f64(),
                 };
                 let dir = partial_dir(run_dir, epoch);
-                save_checkpoint(
-                    &model,
-                    &optimizer,
-                    &dir,
+                let state = CheckpointState {
+                    version: RUN_VERSION,
                     epoch,
                     step,
-                    &history,
-                    config,
-                    Some(progress),
-                )?;
+                    history: history.clone(),
+                    config: config.clone(),
+                    partial: Some(progress),
+                };
+                save_checkpoint(&model, &optimizer, &dir, &state)?;
                 log(
                     run_dir,
                     &format!("interrupted at step {step}; checkpoint {}", dir.display()),
@@ -568,9 +567,15 @@ pub fn train(
         };
         history.push(metrics);
         let dir = checkpoint_dir(run_dir, epoch);
-        save_checkpoint(
-            &model, &optimizer, &dir, epoch, step, &history, config, None,
-        )?;
+        let state = CheckpointState {
+            version: RUN_VERSION,
+            epoch,
+            step,
+            history: history.clone(),
+            config: config.clone(),
+            partial: None,
+        };
+        save_checkpoint(&model, &optimizer, &dir, &state)?;
         let stale = partial_dir(run_dir, epoch);
         if stale.exists() {
             std::fs::remove_dir_all(&stale).map_err(TrainError::io(&stale))?;
@@ -663,7 +668,7 @@ pub fn train(
 }
 
 /// Appends a time-stamped line to `run_dir/train.log`.
-fn log(run_dir: &Path, line: &str) -> Result<(), TrainError> {
+pub(crate) fn log(run_dir: &Path, line: &str) -> Result<(), TrainError> {
     use std::io::Write;
     let path = run_dir.join("train.log");
     let seconds = std::time::SystemTime::now()
@@ -677,7 +682,7 @@ fn log(run_dir: &Path, line: &str) -> Result<(), TrainError> {
         .map_err(TrainError::io(&path))
 }
 
-fn save_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), TrainError> {
+pub(crate) fn save_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), TrainError> {
     let mut json = serde_json::to_vec_pretty(value).expect("serialisable");
     json.push(b'\n');
     write_atomic(path, &json)
@@ -709,16 +714,11 @@ fn write_metrics(run_dir: &Path, history: &[EpochMetrics]) -> Result<(), TrainEr
 
 /// Writes a checkpoint folder under a temporary name, then renames it: a checkpoint directory
 /// with a `state.json` is always complete.
-#[allow(clippy::too_many_arguments)]
-fn save_checkpoint<M: Module>(
+pub(crate) fn save_checkpoint<M: Module, S: Serialize>(
     model: &M,
     optimizer: &impl OptimizerState,
     dir: &Path,
-    epoch: usize,
-    step: usize,
-    history: &[EpochMetrics],
-    config: &TrainConfig,
-    partial: Option<PartialEpoch>,
+    state: &S,
 ) -> Result<(), TrainError> {
     let name = dir
         .file_name()
@@ -738,17 +738,7 @@ fn save_checkpoint<M: Module>(
             detail: format!("{e:?}"),
         })?;
     optimizer.save_to(&temp.join("optimizer.bpk"))?;
-    save_json(
-        &temp.join("state.json"),
-        &CheckpointState {
-            version: RUN_VERSION,
-            epoch,
-            step,
-            history: history.to_vec(),
-            config: config.clone(),
-            partial,
-        },
-    )?;
+    save_json(&temp.join("state.json"), state)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(TrainError::io(dir))?;
     }
@@ -756,7 +746,7 @@ fn save_checkpoint<M: Module>(
 }
 
 /// Saving an optimizer's state (implemented for Burn's module optimizer).
-trait OptimizerState {
+pub(crate) trait OptimizerState {
     fn save_to(&self, path: &Path) -> Result<(), TrainError>;
 }
 
@@ -771,34 +761,45 @@ impl OptimizerState for burn::optim::ModuleOptimizer {
 
 /// The most advanced complete checkpoint of `run_dir` (folder and state), if any.
 fn latest_checkpoint(run_dir: &Path) -> Result<Option<(PathBuf, CheckpointState)>, TrainError> {
+    // Optimizer steps taken measure progress, partial or not.
+    latest_checkpoint_by(run_dir, |s: &CheckpointState| {
+        (s.version, s.step, s.partial.is_none())
+    })
+}
+
+/// The checkpoint of `run_dir` whose state ranks highest by `progress` (a state version first,
+/// then how far the run got), if any.
+pub(crate) fn latest_checkpoint_by<S: serde::de::DeserializeOwned>(
+    run_dir: &Path,
+    progress: impl Fn(&S) -> (u32, usize, bool),
+) -> Result<Option<(PathBuf, S)>, TrainError> {
     let dir = run_dir.join("checkpoints");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(None);
     };
-    let mut latest: Option<(PathBuf, CheckpointState)> = None;
-    // Optimizer steps taken measure progress, partial or not.
-    let progress = |s: &CheckpointState| (s.step, s.partial.is_none());
+    let mut latest: Option<(PathBuf, S)> = None;
     for entry in entries {
         let path = entry.map_err(TrainError::io(&dir))?.path();
         let state_path = path.join("state.json");
         let Ok(text) = std::fs::read_to_string(&state_path) else {
             continue;
         };
-        let state: CheckpointState =
-            serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
-                path: state_path.clone(),
-                detail: e.to_string(),
-            })?;
-        if state.version != RUN_VERSION {
+        let state: S = serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
+            path: state_path.clone(),
+            detail: e.to_string(),
+        })?;
+        let version = progress(&state).0;
+        if version != RUN_VERSION {
             return Err(TrainError::BadCheckpoint {
                 path: state_path,
-                detail: format!("version {} (expected {RUN_VERSION})", state.version),
+                detail: format!("version {version} (expected {RUN_VERSION})"),
             });
         }
-        if latest
-            .as_ref()
-            .is_none_or(|(_, l)| progress(&state) > progress(l))
-        {
+        let rank = |s: &S| {
+            let (_, step, complete) = progress(s);
+            (step, complete)
+        };
+        if latest.as_ref().is_none_or(|(_, l)| rank(&state) > rank(l)) {
             latest = Some((path, state));
         }
     }
