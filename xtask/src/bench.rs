@@ -17,6 +17,8 @@ pub struct Measurement {
     pub wall: Duration,
     /// Peak resident set size in bytes.
     pub peak_rss: u64,
+    /// User plus system CPU time.
+    pub cpu: Duration,
 }
 
 /// Runs `command` to completion and measures it (peak RSS from `wait4`, so per child).
@@ -40,9 +42,11 @@ pub fn measure(command: &mut Command) -> Result<Measurement> {
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("{command:?} failed with status {status}");
     }
+    let seconds = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Ok(Measurement {
         wall,
         peak_rss: usage.ru_maxrss as u64 * 1024,
+        cpu: seconds(usage.ru_utime) + seconds(usage.ru_stime),
     })
 }
 
@@ -50,7 +54,12 @@ fn median(mut runs: Vec<Measurement>) -> Measurement {
     runs.sort_by_key(|m| m.wall);
     let wall = runs[runs.len() / 2].wall;
     let peak_rss = runs.iter().map(|m| m.peak_rss).max().unwrap_or_default();
-    Measurement { wall, peak_rss }
+    let cpu = runs[runs.len() / 2].cpu;
+    Measurement {
+        wall,
+        peak_rss,
+        cpu,
+    }
 }
 
 /// `cargo xtask bench prepare`.
@@ -522,5 +531,110 @@ pub fn search(args: &crate::flags::BenchSearchArgs) -> Result<()> {
     if !status.success() {
         bail!("the search benchmark failed");
     }
+    Ok(())
+}
+
+/// `cargo xtask bench pretrain`: validation F1 after fine-tuning a tiny model from scratch,
+/// against pre-training it on the train split's texts first and fine-tuning for fewer epochs,
+/// at about the same CPU time.
+pub fn pretrain(args: &crate::flags::BenchPretrainArgs) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let work = &args.work_dir;
+    if work.exists() {
+        std::fs::remove_dir_all(work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    let path = |name: &str| work.join(name).to_string_lossy().into_owned();
+    let run = |what: &str, extra: &[&str]| -> Result<Measurement> {
+        println!("running {what}…");
+        measure(
+            Command::new(&exe)
+                .args(extra)
+                .stdout(std::process::Stdio::null()),
+        )
+    };
+    run("prepare", &["prepare", "--quiet", "--out", &path("data")])?;
+    let seed = args.seed.to_string();
+    let rate = format!("{:e}", args.learning_rate);
+    let fine_tune = |run_dir: &str, epochs: usize, pretrained: Option<&str>| {
+        let epochs = epochs.to_string();
+        let mut flags = vec![
+            "train",
+            "--data",
+            &path("data"),
+            "--run",
+            run_dir,
+            "--epochs",
+            &epochs,
+            "--learning-rate",
+            &rate,
+            "--seed",
+            &seed,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if let Some(model) = pretrained {
+            flags.extend(["--pretrained".into(), model.into()]);
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        run(&format!("fine-tuning into {run_dir}"), &flags)
+    };
+    let scratch = fine_tune(&path("scratch"), args.baseline_epochs, None)?;
+    let pretrain_epochs = args.pretrain_epochs.to_string();
+    let pre = run(
+        "pre-training",
+        &[
+            "pretrain",
+            "--input",
+            &path("data/train.parquet"),
+            "--out",
+            &path("pretrain"),
+            "--epochs",
+            &pretrain_epochs,
+            "--seed",
+            &seed,
+        ],
+    )?;
+    let tuned = fine_tune(
+        &path("tuned"),
+        args.finetune_epochs,
+        Some(&path("pretrain/model")),
+    )?;
+    let outcome = |run_dir: &str| -> Result<sentiment_train::TrainOutcome> {
+        let file = Path::new(run_dir).join("outcome.json");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let held_out: Vec<sentiment_train::PretrainEpoch> = serde_json::from_str(
+        &std::fs::read_to_string(work.join("pretrain/metrics.json"))
+            .context("reading the pre-training metrics")?,
+    )?;
+    let row = |name: &str, cpu: f64, o: &sentiment_train::TrainOutcome| {
+        let best = &o.history[o.best_epoch - 1];
+        let test = o.test.as_ref().map_or(f64::NAN, |t| t.report.binary.f1);
+        println!(
+            "| {name} | {cpu:.0} | {:.4} (epoch {}) | {test:.4} |",
+            best.f1, o.best_epoch
+        );
+    };
+    println!("| run | CPU seconds | best validation F1 | test F1 |");
+    println!("|---|---|---|---|");
+    let scratch_outcome = outcome(&path("scratch"))?;
+    row(
+        &format!("from scratch, {} epochs", args.baseline_epochs),
+        scratch.cpu.as_secs_f64(),
+        &scratch_outcome,
+    );
+    let tuned_outcome = outcome(&path("tuned"))?;
+    let last = held_out.last().context("no pre-training epoch")?;
+    row(
+        &format!(
+            "pre-trained {} epochs (held-out MLM loss {:.3}, accuracy {:.3}) + fine-tuned {}",
+            args.pretrain_epochs, last.eval_loss, last.eval_accuracy, args.finetune_epochs
+        ),
+        (pre.cpu + tuned.cpu).as_secs_f64(),
+        &tuned_outcome,
+    );
     Ok(())
 }

@@ -28,6 +28,10 @@ pub enum Command {
     /// Fine-tune a RoBERTa classifier on the prepared splits (from a pretrained folder or hub id,
     /// or from scratch), with per-epoch evaluation, keep-best checkpoints and a test evaluation.
     Train(TrainArgs),
+    /// Masked-LM pre-training (RoBERTa's dynamic masking) on the text column of a CSV or
+    /// Parquet file, into a Hugging Face folder that `train` and `pipeline --pretrained`
+    /// fine-tune.
+    Pretrain(PretrainArgs),
     /// Hyperparameter search tools.
     Search {
         /// Which tool.
@@ -65,9 +69,35 @@ pub enum BenchCommand {
     Model(BenchModelArgs),
     /// Our TPE against Optuna's (and random search) on test functions, through ask/tell.
     Search(BenchSearchArgs),
+    /// Validation F1 after fine-tuning with and without masked-LM pre-training, at about the
+    /// same CPU time, on the bundled sample.
+    Pretrain(BenchPretrainArgs),
     /// One timed side of `bench model` (run by it in a child process).
     #[command(hide = true)]
     ModelWorker(ModelWorkerArgs),
+}
+
+/// Flags of `cargo xtask bench pretrain`.
+#[derive(Debug, Args)]
+pub struct BenchPretrainArgs {
+    /// Work folder (cleared first).
+    #[arg(long, default_value = "target/bench/pretrain")]
+    pub work_dir: PathBuf,
+    /// Fine-tuning epochs of the run from scratch.
+    #[arg(long, default_value_t = 8)]
+    pub baseline_epochs: usize,
+    /// Pre-training epochs of the other run.
+    #[arg(long, default_value_t = 3)]
+    pub pretrain_epochs: usize,
+    /// Its fine-tuning epochs.
+    #[arg(long, default_value_t = 4)]
+    pub finetune_epochs: usize,
+    /// Fine-tuning learning rate of both runs.
+    #[arg(long, default_value_t = 5e-4)]
+    pub learning_rate: f64,
+    /// Seed of everything.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }
 
 /// Flags of `cargo xtask parity`.
@@ -431,6 +461,70 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Backend to train on.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
+    pub backend: BackendFlag,
+    /// GPU index for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    pub device_index: usize,
+}
+
+/// Flags of `cargo xtask pretrain`.
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// CSV (with a header, or raw Sentiment140) or Parquet file; labels are ignored. Default:
+    /// the bundled sample.
+    #[arg(long, default_value_os_t = crate::fixtures::data_fixtures_dir().join("sample.csv"))]
+    pub input: PathBuf,
+    /// The text column (of a file with a header).
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Run folder (checkpoints, metrics, tokenizer/, model/).
+    #[arg(long, default_value = "runs/pretrain")]
+    pub out: PathBuf,
+    /// Continue pre-training a Hugging Face folder or hub id (roberta-base).
+    #[arg(long, conflicts_with = "config")]
+    pub pretrained: Option<String>,
+    /// A fresh model: preset (tiny, small, base) or config.json.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Tokenizer folder or hub id (default: the pretrained model's, or one trained on the
+    /// training texts and kept in OUT/tokenizer).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Vocabulary of a tokenizer trained here.
+    #[arg(long, default_value_t = 8_000)]
+    pub vocab_size: usize,
+    /// Sequence length.
+    #[arg(long, default_value_t = 64)]
+    pub max_length: usize,
+    /// Share of the texts held out for the per-epoch masked-LM loss and accuracy.
+    #[arg(long, default_value_t = 0.05)]
+    pub holdout: f64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    pub learning_rate: f64,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Passes over the texts, each with fresh masks.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Global gradient-norm bound (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Seed of the held-out split, initialisation, batch order, masks and dropout.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Backend.
     #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
     pub backend: BackendFlag,
     /// GPU index for GPU backends.

@@ -8,6 +8,7 @@ mod parity;
 mod pipeline;
 mod predict;
 mod prepare;
+mod pretrain;
 mod report;
 mod search;
 mod synth;
@@ -39,6 +40,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
         Command::Search { command } => match command {
             SearchCommand::AskTell(args) => search::AskTell::from(args).run(),
         },
+        Command::Pretrain(args) => pretrain::Pretrain::try_from(args)?.run().map(drop),
         Command::Predict(args) => predict::Predict::try_from(args)?.run(),
         Command::Tokenize(args) => tokenize::Tokenize::from(args).run(),
         Command::Parity(args) => parity::Parity::from(args).run(),
@@ -49,6 +51,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
             BenchCommand::Model(args) => bench::BenchModel::from(args).run(),
             BenchCommand::ModelWorker(args) => bench::model_worker(&args),
             BenchCommand::Search(args) => bench::search(&args),
+            BenchCommand::Pretrain(args) => bench::pretrain(&args),
         },
     }
 }

@@ -357,6 +357,75 @@ fn train_from_a_pretrained_hugging_face_folder() {
 }
 
 #[test]
+fn pretrain_then_fine_tune_from_its_output() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let pre = work.path().join("pretrain");
+    let run = work.path().join("run");
+    let (data_s, pre_s, run_s) = (
+        data.to_str().unwrap(),
+        pre.to_str().unwrap(),
+        run.to_str().unwrap(),
+    );
+    prepare_sample(data_s, 600);
+    // The train split's texts (a Parquet file), labels ignored.
+    let pretrained = xtask(&[
+        "pretrain",
+        "--input",
+        data.join("train.parquet").to_str().unwrap(),
+        "--out",
+        pre_s,
+        "--epochs",
+        "2",
+        "--vocab-size",
+        "400",
+        "--max-length",
+        "24",
+        "--learning-rate",
+        "2e-3",
+    ]);
+    let stdout = String::from_utf8_lossy(&pretrained.stdout);
+    assert!(
+        pretrained.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&pretrained.stderr)
+    );
+    assert!(stdout.contains("| 2 |"), "{stdout}");
+    assert!(stdout.contains("held out"), "{stdout}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pre.join("model/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "RobertaForMaskedLM");
+    let model = pre.join("model");
+    let trained = xtask(&[
+        "train",
+        "--data",
+        data_s,
+        "--run",
+        run_s,
+        "--pretrained",
+        model.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--max-length",
+        "24",
+        "--learning-rate",
+        "1e-3",
+    ]);
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&trained.stdout);
+    assert!(stdout.contains("test: accuracy"), "{stdout}");
+    // The encoder came from pre-training: only the classification head is new.
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(stderr.contains("classifier.out_proj.weight"), "{stderr}");
+    assert!(!stderr.contains("roberta.encoder"), "{stderr}");
+}
+
+#[test]
 fn ask_tell_drives_a_study_over_json_lines() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;

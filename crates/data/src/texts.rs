@@ -11,7 +11,9 @@ use crate::csv_reader::{ReadOutcome, Record, RecordReader};
 use crate::{BadRow, DataError};
 
 /// Reads column `column` of a `.parquet` file or of a UTF-8 CSV with a header (any other
-/// extension), in file order. A malformed CSV row or a null is an error naming it.
+/// extension), in file order; a raw Sentiment140 CSV (no header, six fields, Windows-1252)
+/// gives its text field, as `prepare` reads it. A malformed CSV row or a null is an error
+/// naming it.
 pub fn read_text_column(path: &Path, column: &str) -> Result<Vec<String>, DataError> {
     if path.extension().is_some_and(|e| e == "parquet") {
         read_parquet_column(path, column)
@@ -43,6 +45,12 @@ fn read_csv_column(path: &Path, column: &str) -> Result<Vec<String>, DataError> 
             .map(|i| String::from_utf8_lossy(record.field(i)).trim().to_string())
             .collect(),
     };
+    let first: Vec<&[u8]> = (0..record.len()).map(|i| record.field(i)).collect();
+    if !names.iter().any(|n| n == column)
+        && crate::detect_format(&first, column, "\0") == Ok(crate::InputFormat::Raw)
+    {
+        return read_raw_texts(path, &mut reader, &mut record);
+    }
     let index = names
         .iter()
         .position(|n| n == column)
@@ -77,6 +85,40 @@ fn read_csv_column(path: &Path, column: &str) -> Result<Vec<String>, DataError> 
                 })?;
                 texts.push(text);
             }
+        }
+    }
+}
+
+/// The text field of a raw Sentiment140 file whose first record is in `record`.
+fn read_raw_texts<R: std::io::BufRead>(
+    path: &Path,
+    reader: &mut RecordReader<R>,
+    record: &mut Record,
+) -> Result<Vec<String>, DataError> {
+    use crate::format::{RAW_COLUMNS, RAW_TEXT};
+    let mut texts = Vec::new();
+    loop {
+        if record.len() != RAW_COLUMNS {
+            return Err(DataError::BadRow {
+                path: path.to_path_buf(),
+                line: record.line,
+                problem: BadRow::ColumnCount {
+                    expected: RAW_COLUMNS,
+                    found: record.len(),
+                },
+            });
+        }
+        texts.push(crate::decode_cp1252(record.field(RAW_TEXT)));
+        match reader.read_record(record).map_err(DataError::io(path))? {
+            ReadOutcome::End => return Ok(texts),
+            ReadOutcome::Malformed { line, error } => {
+                return Err(DataError::BadRow {
+                    path: path.to_path_buf(),
+                    line,
+                    problem: error.into(),
+                });
+            }
+            ReadOutcome::Record => {}
         }
     }
 }
@@ -121,6 +163,29 @@ fn read_parquet_column(path: &Path, column: &str) -> Result<Vec<String>, DataErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_text_of_a_raw_sentiment140_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("raw.csv");
+        let mut bytes = b"\"0\",\"1\",\"Mon\",\"NO_QUERY\",\"u\",\"caf\xe9 &amp; more\"\n".to_vec();
+        bytes.extend_from_slice(b"\"4\",\"2\",\"Mon\",\"NO_QUERY\",\"v\",\"fine\"\n");
+        std::fs::write(&csv, bytes).unwrap();
+        assert_eq!(
+            read_text_column(&csv, "text").unwrap(),
+            ["café &amp; more", "fine"]
+        );
+        std::fs::write(
+            &csv,
+            "\"0\",\"1\",\"Mon\",\"NO_QUERY\",\"u\",\"a\"\n\"4\",\"2\"\n",
+        )
+        .unwrap();
+        let err = read_text_column(&csv, "text").unwrap_err();
+        assert!(
+            err.to_string().contains("raw.csv:2: expected 6 columns"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn reads_csv_and_parquet_columns() {
