@@ -10,6 +10,8 @@ use burn::nn::{
     Linear, LinearConfig,
 };
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::RobertaConfig;
@@ -176,9 +178,19 @@ impl SelfAttention {
     /// - returns `[batch, seq, hidden]`
     fn forward(&self, x: Tensor<3>, padding: Tensor<4, Bool>) -> Tensor<3> {
         let [batch, seq, hidden] = x.dims();
+        // Without attention dropout (inference, or a model configured without it) the
+        // backend's fused scaled-dot-product attention computes the same thing in one op:
+        // no score tensor materialised per head on the CPU, flash attention on GPUs.
+        let fused = !x.device().is_autodiff() || self.dropout.prob == 0.0;
         let q = self.split_heads(self.query.forward(x.clone()));
         let k = self.split_heads(self.key.forward(x.clone()));
         let v = self.split_heads(self.value.forward(x));
+        if fused {
+            let mask = padding.expand([batch, self.num_heads, seq, seq]);
+            return attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+                .swap_dims(1, 2)
+                .reshape([batch, seq, hidden]);
+        }
         let scale = (self.head_dim as f64).sqrt().recip();
         let scores = q.matmul(k.swap_dims(2, 3)) * scale;
         let scores = scores.mask_fill(padding, MASKED_SCORE);
