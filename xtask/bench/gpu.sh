@@ -4,15 +4,18 @@
 # transformers / PyTorch references, training and inference throughput next to PyTorch eager on
 # the same GPU (fp32 and bf16), and a short pipeline run.
 #
-# Usage, from the repository root: xtask/bench/gpu.sh XTASK_BINARY[.xz] OUT_DIR [SECONDS]
+# Usage, from the repository root: xtask/bench/gpu.sh XTASK_BINARY[.xz] OUT_DIR [SECONDS] [MODE]
 #   XTASK_BINARY: `cargo build --release -p xtask --features vulkan,tch`, built against the
 #   machine's PyTorch (docs/BENCHMARKS.md says how), optionally xz-compressed. Vulkan's loader
 #   comes from .gl/*.deb when the machine lacks it. Steps run in order of importance, each with
 #   its own time limit, and are skipped once SECONDS (default 540) have passed; a failure does
-#   not stop the others. Everything goes to OUT_DIR/gpu.log.
+#   not stop the others. Everything goes to OUT_DIR/gpu.log. MODE `check` (the default) runs
+#   the whole check; `profile` splits training steps into parts (forward + backward, + clipping,
+#   + AdamW) on both backends, to see where the time goes.
 set -u
 out=$(realpath "$2")
 deadline=${3:-540}
+mode=${4:-check}
 log="$out/gpu.log"
 : >"$log"
 say() { echo "$@" | tee -a "$log"; }
@@ -55,16 +58,34 @@ step 30 "machine" bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.tot
     python3 -c "import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__, \"cuda\", torch.cuda.is_available())";
     ls /usr/local/nvidia/share/vulkan/icd.d/ 2>&1; ldd '"$xtask"' | grep -i "not found"'
 
-step 45 "parity tch-cuda f32" "$xtask" parity --backend tch-cuda
-tch_ok=$(grep -c "parity: all" "$log")
-step 90 "parity vulkan f32" "$xtask" parity --backend vulkan
-
-bench() { # bench LIMIT BACKEND DTYPE [--train]
+bench() { # bench LIMIT BACKEND DTYPE [FLAGS]
     local limit=$1 backend=$2 dtype=$3
     shift 3
     step "$limit" "bench $backend $dtype $*" "$xtask" bench model "$@" --shapes base \
         --threads 16 --backend "$backend" --dtype "$dtype" --iters 30 --python-device cuda --python python3
 }
+worker() { # worker LIMIT BACKEND PARTS: our side alone
+    step "$1" "worker $2 --parts $3" "$xtask" bench model-worker --shape base --iters 30 --train \
+        --backend "$2" --parts "$3"
+}
+if [ "$mode" = profile ]; then
+    step 60 "parity vulkan f32" "$xtask" parity --backend vulkan
+    bench 60 tch-cuda f32 --train
+    bench 90 vulkan f32 --train
+    for parts in forward-backward clip; do
+        worker 40 tch-cuda "$parts"
+        worker 60 vulkan "$parts"
+    done
+    bench 60 vulkan f32
+    bench 90 vulkan f16 --train
+    say "done after $SECONDS s"
+    exit 0
+fi
+
+step 45 "parity tch-cuda f32" "$xtask" parity --backend tch-cuda
+tch_ok=$(grep -c "parity: all" "$log")
+step 90 "parity vulkan f32" "$xtask" parity --backend vulkan
+
 bench 90 tch-cuda f32 --train
 bench 120 vulkan f32 --train
 
@@ -79,6 +100,4 @@ bench 60 tch-cuda bf16 --train
 bench 90 vulkan bf16 --train
 bench 60 tch-cuda f32
 bench 60 vulkan f32
-step 30 "parity tch-cuda bf16" "$xtask" parity --backend tch-cuda --dtype bf16
-step 30 "parity vulkan bf16" "$xtask" parity --backend vulkan --dtype bf16
 say "done after $SECONDS s"

@@ -317,7 +317,7 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
         row[BENCH_SEQ - 1] = 2;
     }
     if args.train {
-        return train_worker(&config, ids, args.iters, device.autodiff());
+        return train_worker(&config, ids, args.iters, device.autodiff(), args.parts);
     }
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BENCH_BATCH, BENCH_SEQ]), &device);
     let mask = Tensor::<2, Int>::ones([BENCH_BATCH, BENCH_SEQ], &device);
@@ -347,7 +347,9 @@ fn train_worker(
     ids: Vec<i64>,
     iters: usize,
     device: burn::tensor::Device,
+    parts: crate::flags::StepParts,
 ) -> Result<()> {
+    use crate::flags::StepParts;
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::optim::{AdamWConfig, GradientsParams};
     use burn::tensor::{Int, Tensor, TensorData};
@@ -365,7 +367,13 @@ fn train_worker(
         let loss = loss_fn.forward(model.forward(ids.clone(), mask.clone()), labels.clone());
         let _: f32 = loss.clone().into_scalar();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        if parts == StepParts::ForwardBackward {
+            return model;
+        }
         sentiment_train::clip_grad_norm(&model, &mut grads, 1.0);
+        if parts == StepParts::Clip {
+            return model;
+        }
         optimizer.step(2e-5, model, grads)
     };
     // Warm-up: allocation pools and, on GPU backends, kernel compilation and autotuning.

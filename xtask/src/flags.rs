@@ -109,9 +109,6 @@ pub struct ParityArgs {
     /// GPU index for GPU backends.
     #[arg(long, default_value_t = 0)]
     pub device_index: usize,
-    /// Float type (half precision gets a looser tolerance).
-    #[arg(long, value_enum, default_value_t = DTypeFlag::F32)]
-    pub dtype: DTypeFlag,
 }
 
 /// `--format`.
@@ -392,6 +389,20 @@ pub struct ModelWorkerArgs {
     /// Float type.
     #[arg(long, value_enum, default_value_t = DTypeFlag::F32)]
     pub dtype: DTypeFlag,
+    /// Parts of a training step to time, to see where its time goes.
+    #[arg(long, value_enum, default_value_t = StepParts::Full)]
+    pub parts: StepParts,
+}
+
+/// `--parts`: how much of a training step `bench model-worker --train` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StepParts {
+    /// Forward and backward only.
+    ForwardBackward,
+    /// Forward, backward and gradient clipping.
+    Clip,
+    /// Forward, backward, clipping and the AdamW step (what the trainer does).
+    Full,
 }
 
 /// `--metric`.

@@ -15,7 +15,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use roberta_burn::{HubSettings, Pretrained, RobertaForMaskedLM, RobertaForSequenceClassification};
 use serde_json::Value;
 
-use crate::flags::{DTypeFlag, ParityArgs};
+use crate::flags::{BackendFlag, ParityArgs};
 
 /// `cargo xtask parity`.
 pub struct Parity {
@@ -69,9 +69,7 @@ fn worst_abs(actual: &[f32], expected: &[f64]) -> f64 {
 }
 
 fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
-    // Half-precision results are widened on the device so that one reader serves every dtype.
-    t.cast(burn::tensor::FloatDType::F32)
-        .into_data()
+    t.into_data()
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("reading a result: {e:?}"))
 }
@@ -79,13 +77,13 @@ fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
 impl Parity {
     /// Runs every check and fails if one is outside its tolerance.
     pub fn run(&self) -> Result<()> {
-        let device =
-            crate::device_with_dtype(self.args.backend, self.args.device_index, self.args.dtype)?;
-        // f32 must match to the test suite's tolerance; half precision is reported with a
-        // tolerance that catches broken kernels, not rounding (bf16 keeps 8 bits of mantissa).
-        let (absolute, relative) = match self.args.dtype {
-            DTypeFlag::F32 => (1e-4, 1e-4),
-            DTypeFlag::Bf16 | DTypeFlag::F16 => (5e-2, 5e-2),
+        let device = crate::device(self.args.backend, self.args.device_index)?;
+        // The test suite's tolerance on the CPU backends. WebGPU's matmul and reduction
+        // kernels sum in another order, which six AdamW steps at a learning rate of 1e-3 grow
+        // to about 1.4e-4 in the logits (measured on an H100; docs/BENCHMARKS.md).
+        let (absolute, relative) = match self.args.backend {
+            BackendFlag::Wgpu | BackendFlag::Vulkan => (5e-4, 1e-4),
+            BackendFlag::Flex | BackendFlag::Tch | BackendFlag::TchCuda => (1e-4, 1e-4),
         };
         let model_ref = read(fixtures().join("model/reference.json"))?;
         let mut rows = self.inference(&device, &model_ref, absolute)?;
@@ -105,9 +103,8 @@ impl Parity {
             .collect();
         ensure!(
             failed.is_empty(),
-            "{:?} on {:?}: outside tolerance: {}",
+            "{:?}: outside tolerance: {}",
             self.args.backend,
-            self.args.dtype,
             failed.join(", ")
         );
         println!("parity: all {} checks within tolerance", rows.len());
@@ -137,7 +134,6 @@ impl Parity {
         let (ids, mask) = (tensor("input_ids"), tensor("attention_mask"));
         let hidden = classifier.roberta().forward(ids.clone(), mask.clone());
         let hidden: Vec<f32> = hidden
-            .cast(burn::tensor::FloatDType::F32)
             .into_data()
             .try_to_vec()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
