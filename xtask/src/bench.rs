@@ -560,7 +560,18 @@ pub fn pretrain(args: &crate::flags::BenchPretrainArgs) -> Result<()> {
                 .stdout(std::process::Stdio::null()),
         )
     };
-    run("prepare", &["prepare", "--quiet", "--out", &path("data")])?;
+    let mut prepare: Vec<String> = ["prepare", "--quiet", "--out"].map(String::from).to_vec();
+    prepare.push(path("data"));
+    if let Some(data) = &args.data {
+        prepare.extend(["--input".into(), data.to_string_lossy().into_owned()]);
+    }
+    if let Some(rows) = args.sample {
+        prepare.extend(["--sample".into(), rows.to_string()]);
+    }
+    run(
+        "prepare",
+        &prepare.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
     let seed = args.seed.to_string();
     let rate = format!("{:e}", args.learning_rate);
     let fine_tune = |run_dir: &str, epochs: usize, pretrained: Option<&str>| {

@@ -80,6 +80,12 @@ pub enum BenchCommand {
 /// Flags of `cargo xtask bench pretrain`.
 #[derive(Debug, Args)]
 pub struct BenchPretrainArgs {
+    /// Sentiment140 CSV (raw or cleaned). Default: the bundled sample.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Stratified sample of N rows of it.
+    #[arg(long)]
+    pub sample: Option<usize>,
     /// Work folder (cleared first).
     #[arg(long, default_value = "target/bench/pretrain")]
     pub work_dir: PathBuf,

@@ -604,7 +604,7 @@ fn pipeline_with_pruning_marks_trials() {
     );
     let trials = study_trials(&out);
     assert_eq!(trials.len(), 4);
-    for t in trials {
+    for t in &trials {
         assert!(
             ["complete", "pruned"].contains(&t["state"].as_str().unwrap()),
             "{t}"
@@ -661,21 +661,36 @@ fn pipeline_runs_trials_in_parallel_one_per_device() {
     assert!(out.join("report.html").exists());
 }
 
-/// The trials of a pipeline's study (`study.db`) as {"number", "state"} with Optuna's state
-/// names in lower case.
+/// The trials of a pipeline's study (`study.db`) as {"number", "state", "intermediate"}, with
+/// Optuna's state names in lower case and the intermediate values by step.
 fn study_trials(out: &Path) -> Vec<serde_json::Value> {
     let db = rusqlite::Connection::open(out.join("study.db")).unwrap();
     let mut query = db
         .prepare("SELECT number, state FROM trials ORDER BY number")
         .unwrap();
-    query
-        .query_map([], |r| {
-            Ok(serde_json::json!({
-                "number": r.get::<_, i64>(0)?,
-                "state": r.get::<_, String>(1)?.to_lowercase(),
-            }))
-        })
+    let mut steps = db
+        .prepare("SELECT step, intermediate_value FROM trial_intermediate_values WHERE number = ?1")
+        .unwrap();
+    let trials: Vec<(i64, String)> = query
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .map(Result::unwrap)
+        .collect();
+    trials
+        .into_iter()
+        .map(|(number, state)| {
+            let intermediate: serde_json::Map<String, serde_json::Value> = steps
+                .query_map([number], |r| {
+                    Ok((r.get::<_, i64>(0)?.to_string(), r.get::<_, f64>(1)?.into()))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            serde_json::json!({
+                "number": number,
+                "state": state.to_lowercase(),
+                "intermediate": intermediate,
+            })
+        })
         .collect()
 }

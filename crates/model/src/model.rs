@@ -189,10 +189,11 @@ impl SelfAttention {
             // The padding goes in as an additive bias, not as a boolean mask: burn-tch 0.22
             // hands Burn's mask (true = masked) to PyTorch, where true means "attend", and
             // falls back to the reference implementation when a bias is given.
-            let bias = padding
-                .float()
-                .mul_scalar(MASKED_SCORE)
-                .expand([batch, self.num_heads, seq, seq]);
+            let bias =
+                padding
+                    .float()
+                    .mul_scalar(MASKED_SCORE)
+                    .expand([batch, self.num_heads, seq, seq]);
             return attention(q, k, v, None, Some(bias), AttentionModuleOptions::default())
                 .swap_dims(1, 2)
                 .reshape([batch, seq, hidden]);

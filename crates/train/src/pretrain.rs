@@ -274,8 +274,19 @@ fn special_ids(special: SpecialTokenIds) -> Vec<i64> {
     .to_vec()
 }
 
-/// One masked batch of `rows` at `chunk`, as tensors: ids, attention, target positions,
-/// target ids.
+/// A masked batch on the device.
+struct MaskedTensors {
+    /// `[rows, seq]` ids with the masking applied.
+    ids: Tensor<2, Int>,
+    /// `[rows, seq]` attention mask.
+    mask: Tensor<2, Int>,
+    /// `[targets]` flat positions of the targets.
+    positions: Tensor<1, Int>,
+    /// `[targets]` original ids at those positions.
+    targets: Tensor<1, Int>,
+}
+
+/// One masked batch of `rows` at `chunk`, or None when it has no token to mask.
 fn masked_batch(
     rows: &TokenizedRows,
     chunk: &[usize],
@@ -283,12 +294,7 @@ fn masked_batch(
     config: &MaskingConfig,
     rng: &mut ChaCha8Rng,
     device: &Device,
-) -> Option<(
-    Tensor<2, Int>,
-    Tensor<2, Int>,
-    Tensor<1, Int>,
-    Tensor<1, Int>,
-)> {
+) -> Option<MaskedTensors> {
     let seq = rows.max_length;
     let mut ids = Vec::with_capacity(chunk.len() * seq);
     let mut attention = Vec::with_capacity(chunk.len() * seq);
@@ -323,15 +329,15 @@ fn masked_batch(
         .map(|&p| masked.labels[p as usize])
         .collect();
     let n = positions.len();
-    Some((
-        Tensor::from_data(
+    Some(MaskedTensors {
+        ids: Tensor::from_data(
             TensorData::new(masked.input_ids, [chunk.len(), seq]),
             device,
         ),
-        Tensor::from_data(TensorData::new(attention, [chunk.len(), seq]), device),
-        Tensor::from_data(TensorData::new(positions, [n]), device),
-        Tensor::from_data(TensorData::new(targets, [n]), device),
-    ))
+        mask: Tensor::from_data(TensorData::new(attention, [chunk.len(), seq]), device),
+        positions: Tensor::from_data(TensorData::new(positions, [n]), device),
+        targets: Tensor::from_data(TensorData::new(targets, [n]), device),
+    })
 }
 
 /// The masked-LM loss (mean cross-entropy over the labelled positions; labels
@@ -372,8 +378,12 @@ pub fn evaluate_mlm(
     let order: Vec<usize> = (0..rows.len()).collect();
     for (b, chunk) in order.chunks(config.eval_batch_size).enumerate() {
         let mut rng = mask_rng(config.seed, 0, b);
-        let Some((ids, mask, positions, wanted)) =
-            masked_batch(rows, chunk, tokenizer, &config.masking, &mut rng, device)
+        let Some(MaskedTensors {
+            ids,
+            mask,
+            positions,
+            targets: wanted,
+        }) = masked_batch(rows, chunk, tokenizer, &config.masking, &mut rng, device)
         else {
             continue;
         };
@@ -560,7 +570,12 @@ pub fn pretrain(
             autodiff.seed(step_seed(config.seed, step));
             let mut rng = mask_rng(config.seed, epoch, i);
             rate = schedule.rate(step);
-            if let Some((ids, mask, positions, targets)) = masked_batch(
+            if let Some(MaskedTensors {
+                ids,
+                mask,
+                positions,
+                targets,
+            }) = masked_batch(
                 train,
                 chunk,
                 tokenizer,
