@@ -30,8 +30,8 @@ use sentiment_tokenize::{RobertaTokenizer, SpecialTokenIds, TokenizedRows};
 use serde::{Deserialize, Serialize};
 
 use crate::trainer::{
-    STOP, checkpoint_dir, latest_checkpoint_by, log, partial_dir, save_checkpoint, save_json,
-    step_seed,
+    STOP, checkpoint_dir, different_settings, latest_checkpoint_by, load_checkpoint, log,
+    partial_dir, save_checkpoint, save_json, step_seed,
 };
 use crate::{LinearSchedule, Progress, RUN_VERSION, TrainError, clip_grad_norm, write_atomic};
 
@@ -492,26 +492,9 @@ pub fn pretrain(
     })?;
     if resume && let Some((dir, state)) = latest {
         if state.config != *config {
-            return Err(TrainError::InvalidSetting(format!(
-                "{}: the run was started with other settings; resume with the same ones or use \
-                 a new run folder",
-                run_dir.display()
-            )));
+            return Err(different_settings(run_dir));
         }
-        let model_path = dir.join("model.bpk");
-        model = model
-            .try_load_file(&model_path)
-            .map_err(|e| TrainError::BadCheckpoint {
-                path: model_path.clone(),
-                detail: format!("{e:?}"),
-            })?;
-        let optim_path = dir.join("optimizer.bpk");
-        optimizer = optimizer
-            .load(&optim_path)
-            .map_err(|e| TrainError::BadCheckpoint {
-                path: optim_path.clone(),
-                detail: format!("{e:?}"),
-            })?;
+        (model, optimizer) = load_checkpoint(model, optimizer, &dir)?;
         (step, history, partial) = (state.step, state.history, state.partial);
         start_epoch = state.epoch + usize::from(partial.is_none());
         log(

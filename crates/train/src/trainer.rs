@@ -425,26 +425,9 @@ pub fn train(
 
     if resume && let Some((dir, state)) = latest_checkpoint(run_dir)? {
         if state.config != *config {
-            return Err(TrainError::InvalidSetting(format!(
-                "{}: the run was started with other settings; resume with the same ones or use \
-                 a new run folder",
-                run_dir.display()
-            )));
+            return Err(different_settings(run_dir));
         }
-        let model_path = dir.join("model.bpk");
-        model = model
-            .try_load_file(&model_path)
-            .map_err(|e| TrainError::BadCheckpoint {
-                path: model_path.clone(),
-                detail: format!("{e:?}"),
-            })?;
-        let optim_path = dir.join("optimizer.bpk");
-        optimizer = optimizer
-            .load(&optim_path)
-            .map_err(|e| TrainError::BadCheckpoint {
-                path: optim_path.clone(),
-                detail: format!("{e:?}"),
-            })?;
+        (model, optimizer) = load_checkpoint(model, optimizer, &dir)?;
         step = state.step;
         history = state.history;
         partial = state.partial;
@@ -743,6 +726,38 @@ pub(crate) fn save_checkpoint<M: Module, S: Serialize>(
         std::fs::remove_dir_all(dir).map_err(TrainError::io(dir))?;
     }
     std::fs::rename(&temp, dir).map_err(TrainError::io(dir))
+}
+
+/// The error for resuming a run folder with other settings than it was started with.
+pub(crate) fn different_settings(run_dir: &Path) -> TrainError {
+    TrainError::InvalidSetting(format!(
+        "{}: the run was started with other settings; resume with the same ones or use a new \
+         run folder",
+        run_dir.display()
+    ))
+}
+
+/// Loads the model and optimizer state of the checkpoint folder `dir`.
+pub(crate) fn load_checkpoint<M: Module>(
+    model: M,
+    optimizer: burn::optim::ModuleOptimizer,
+    dir: &Path,
+) -> Result<(M, burn::optim::ModuleOptimizer), TrainError> {
+    let model_path = dir.join("model.bpk");
+    let model = model
+        .try_load_file(&model_path)
+        .map_err(|e| TrainError::BadCheckpoint {
+            path: model_path.clone(),
+            detail: format!("{e:?}"),
+        })?;
+    let optim_path = dir.join("optimizer.bpk");
+    let optimizer = optimizer
+        .load(&optim_path)
+        .map_err(|e| TrainError::BadCheckpoint {
+            path: optim_path.clone(),
+            detail: format!("{e:?}"),
+        })?;
+    Ok((model, optimizer))
 }
 
 /// Saving an optimizer's state (implemented for Burn's module optimizer).
