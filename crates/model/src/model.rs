@@ -19,6 +19,65 @@ use crate::RobertaConfig;
 /// Added to the attention scores of padded keys; `exp` of it is 0 in f32 and f16 alike.
 const MASKED_SCORE: f32 = -1.0e4;
 
+/// Burn's dropout, except that on the CPU backend (flex) the mask is drawn in parallel from a
+/// counter-based hash: flex draws every mask element from one ChaCha stream, serially, which
+/// took 12% of a training step on two threads (docs/BENCHMARKS.md). Each mask's seed comes from
+/// Burn's generator, so `Device::seed` still makes a run reproducible; other backends keep
+/// Burn's own dropout, whose masks are drawn on the device.
+fn apply_dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
+    let device = x.device();
+    let on_flex = matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        burn_dispatch::DispatchDevice::Flex(_)
+    );
+    if !on_flex {
+        return layer.forward(x);
+    }
+    if !layer.training.is_enabled() || !device.is_autodiff() || layer.prob == 0.0 {
+        return x;
+    }
+    let draw = Tensor::<1, Int>::random(
+        [2],
+        // 31 bits each: the default integer type may be i32.
+        burn::tensor::Distribution::Uniform(0.0, 2_147_483_647.0),
+        &device.clone().without_autodiff(),
+    );
+    let words: Vec<i64> = draw
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec()
+        .unwrap_or_default();
+    let seed = words.iter().fold(0u64, |acc, &w| (acc << 31) ^ w as u64);
+    let keep = 1.0 - layer.prob;
+    let scale = (1.0 / keep) as f32;
+    // An element is kept when the top 32 bits of its hash fall below keep * 2^32.
+    let threshold = (keep * 4_294_967_296.0) as u64;
+    let shape = x.shape();
+    let mask: Vec<f32> = {
+        use rayon::prelude::*;
+        (0..shape.num_elements())
+            .into_par_iter()
+            .with_min_len(1 << 14)
+            .map(|i| {
+                let i = i as u64;
+                if split_mix(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32 < threshold {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
+    x * Tensor::from_data(burn::tensor::TensorData::new(mask, shape), &device)
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit hash of a counter.
+fn split_mix(z: u64) -> u64 {
+    let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 fn linear(d_in: usize, d_out: usize, config: &RobertaConfig, device: &Device) -> Linear {
     // transformers' `_init_weights`: N(0, initializer_range) weights, zero biases.
     LinearConfig::new(d_in, d_out)
@@ -132,7 +191,7 @@ impl Embeddings {
         let x = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(positions)
             + self.token_type_embeddings.forward(token_types);
-        self.dropout.forward(self.layer_norm.forward(x))
+        apply_dropout(&self.dropout, self.layer_norm.forward(x))
     }
 
     /// The word embedding table `[vocab, hidden]` (tied to the masked-LM decoder).
@@ -201,7 +260,7 @@ impl SelfAttention {
         let scale = (self.head_dim as f64).sqrt().recip();
         let scores = q.matmul(k.swap_dims(2, 3)) * scale;
         let scores = scores.mask_fill(padding, MASKED_SCORE);
-        let probs = self.dropout.forward(softmax(scores, 3));
+        let probs = apply_dropout(&self.dropout, softmax(scores, 3));
         probs
             .matmul(v)
             .swap_dims(1, 2)
@@ -230,7 +289,7 @@ impl SelfOutput {
     }
 
     fn forward(&self, hidden: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
-        let x = self.dropout.forward(self.dense.forward(hidden));
+        let x = apply_dropout(&self.dropout, self.dense.forward(hidden));
         self.layer_norm.forward(x + residual)
     }
 }
@@ -385,9 +444,9 @@ impl RobertaForSequenceClassification {
         let [batch, _, width] = hidden.dims();
         let first = hidden.narrow(1, 0, 1).reshape([batch, width]);
         let head = &self.classifier;
-        let x = head.dropout.forward(first);
+        let x = apply_dropout(&head.dropout, first);
         let x = head.dense.forward(x).tanh();
-        let x = head.dropout.forward(x);
+        let x = apply_dropout(&head.dropout, x);
         head.out_proj.forward(x)
     }
 
@@ -474,5 +533,41 @@ impl RobertaForMaskedLM {
     /// The encoder.
     pub fn roberta(&self) -> &RobertaModel {
         &self.roberta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_dropout_drops_its_share_scales_the_rest_and_follows_the_seed() {
+        let device = Device::flex().autodiff();
+        let layer = DropoutConfig::new(0.1).init();
+        let draw = || {
+            let x = Tensor::<1>::ones([200_000], &device);
+            apply_dropout(&layer, x)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        device.seed(3);
+        let (first, second) = (draw(), draw());
+        device.seed(3);
+        assert_eq!(draw(), first, "the same seed gives the same mask");
+        assert_ne!(first, second, "every call draws a new mask");
+        let dropped = first.iter().filter(|&&v| v == 0.0).count() as f64 / first.len() as f64;
+        assert!((dropped - 0.1).abs() < 0.003, "dropped {dropped}");
+        let kept = 1.0 / 0.9f32;
+        assert!(first.iter().all(|&v| v == 0.0 || (v - kept).abs() < 1e-6));
+        // Not training (no autodiff): the identity.
+        let plain = Tensor::<1>::ones([10], &Device::flex());
+        assert_eq!(
+            apply_dropout(&layer, plain)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
+            vec![1.0; 10]
+        );
     }
 }
