@@ -12,7 +12,7 @@ use burn::nn::{
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::RobertaConfig;
 
@@ -233,9 +233,10 @@ impl SelfAttention {
 
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]`
-    /// - `padding`: `[batch, 1, 1, seq]`, true on padded keys
+    /// - `key_bias`: `[batch, 1, 1, seq]`, added to the scores: 0 on real keys, [`MASKED_SCORE`]
+    ///   on padded ones
     /// - returns `[batch, seq, hidden]`
-    fn forward(&self, x: Tensor<3>, padding: Tensor<4, Bool>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
         let [batch, seq, hidden] = x.dims();
         // Without attention dropout (inference, or a model configured without it) the
         // backend's fused scaled-dot-product attention computes the same thing in one op:
@@ -245,21 +246,16 @@ impl SelfAttention {
         let k = self.split_heads(self.key.forward(x.clone()));
         let v = self.split_heads(self.value.forward(x));
         if fused {
-            // The padding goes in as an additive bias, not as a boolean mask: burn-tch 0.22
-            // hands Burn's mask (true = masked) to PyTorch, where true means "attend", and
-            // falls back to the reference implementation when a bias is given.
-            let bias =
-                padding
-                    .float()
-                    .mul_scalar(MASKED_SCORE)
-                    .expand([batch, self.num_heads, seq, seq]);
+            // An additive bias rather than a boolean mask: burn-tch 0.22 hands Burn's mask
+            // (true = masked) to PyTorch, where true means "attend", and falls back to the
+            // reference implementation when a bias is given.
+            let bias = key_bias.expand([batch, self.num_heads, seq, seq]);
             return attention(q, k, v, None, Some(bias), AttentionModuleOptions::default())
                 .swap_dims(1, 2)
                 .reshape([batch, seq, hidden]);
         }
         let scale = (self.head_dim as f64).sqrt().recip();
-        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        let scores = scores.mask_fill(padding, MASKED_SCORE);
+        let scores = q.matmul(k.swap_dims(2, 3)) * scale + key_bias;
         let probs = apply_dropout(&self.dropout, softmax(scores, 3));
         probs
             .matmul(v)
@@ -342,8 +338,8 @@ impl Layer {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, padding: Tensor<4, Bool>) -> Tensor<3> {
-        let attended = self.attention.self_attention.forward(x.clone(), padding);
+    fn forward(&self, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
+        let attended = self.attention.self_attention.forward(x.clone(), key_bias);
         let x = self.attention.output.forward(attended, x);
         let inner = self.intermediate.forward(x.clone());
         self.output.forward(inner, x)
@@ -384,10 +380,15 @@ impl RobertaModel {
     /// - returns `[batch, seq, hidden]`
     pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
         let [batch, seq] = attention_mask.dims();
-        let padding = attention_mask.equal_elem(0).reshape([batch, 1, 1, seq]);
+        // transformers' extended attention mask, made once for all layers.
+        let key_bias = attention_mask
+            .equal_elem(0)
+            .float()
+            .mul_scalar(MASKED_SCORE)
+            .reshape([batch, 1, 1, seq]);
         let mut x = self.embeddings.forward(input_ids);
         for layer in &self.encoder.layer {
-            x = layer.forward(x, padding.clone());
+            x = layer.forward(x, key_bias.clone());
         }
         x
     }
