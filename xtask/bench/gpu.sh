@@ -11,7 +11,8 @@
 #   its own time limit, and are skipped once SECONDS (default 540) have passed; a failure does
 #   not stop the others. Everything goes to OUT_DIR/gpu.log. MODE `check` (the default) runs
 #   the whole check; `profile` splits training steps into parts (forward + backward, + clipping,
-#   + AdamW) on both backends, to see where the time goes.
+#   + AdamW; Burn's per-tensor AdamW against the trainer's FlatAdamW) on both backends, to see
+#   where the time goes.
 set -u
 out=$(realpath "$2")
 deadline=${3:-540}
@@ -64,17 +65,19 @@ bench() { # bench LIMIT BACKEND DTYPE [FLAGS]
     step "$limit" "bench $backend $dtype $*" "$xtask" bench model "$@" --shapes base \
         --threads 16 --backend "$backend" --dtype "$dtype" --iters 30 --python-device cuda --python python3
 }
-worker() { # worker LIMIT BACKEND PARTS: our side alone
-    step "$1" "worker $2 --parts $3" "$xtask" bench model-worker --shape base --iters 30 --train \
-        --backend "$2" --parts "$3"
+worker() { # worker LIMIT BACKEND PARTS OPTIMIZER: our side alone
+    step "$1" "worker $2 --parts $3 --optimizer $4" "$xtask" bench model-worker --shape base \
+        --iters 30 --train --backend "$2" --parts "$3" --optimizer "$4"
 }
 if [ "$mode" = profile ]; then
     step 60 "parity vulkan f32" "$xtask" parity --backend vulkan
     bench 60 tch-cuda f32 --train
     bench 90 vulkan f32 --train
-    for parts in forward-backward clip; do
-        worker 40 tch-cuda "$parts"
-        worker 60 vulkan "$parts"
+    for backend in tch-cuda vulkan; do
+        worker 40 "$backend" forward-backward flat
+        worker 40 "$backend" clip burn
+        worker 40 "$backend" full burn
+        worker 40 "$backend" full flat
     done
     bench 60 vulkan f32
     bench 90 vulkan f16 --train
@@ -87,6 +90,7 @@ tch_ok=$(grep -c "parity: all" "$log")
 step 90 "parity vulkan f32" "$xtask" parity --backend vulkan
 
 bench 90 tch-cuda f32 --train
+worker 40 tch-cuda full burn # the per-tensor AdamW FlatAdamW replaced, for the ratio
 bench 120 vulkan f32 --train
 
 run_dir=$(mktemp -d)

@@ -317,7 +317,7 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
         row[BENCH_SEQ - 1] = 2;
     }
     if args.train {
-        return train_worker(&config, ids, args.iters, device.autodiff(), args.parts);
+        return train_worker(&config, ids, args, device.autodiff());
     }
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BENCH_BATCH, BENCH_SEQ]), &device);
     let mask = Tensor::<2, Int>::ones([BENCH_BATCH, BENCH_SEQ], &device);
@@ -341,48 +341,59 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Times training steps: forward, backward, global-norm clipping and AdamW, as the trainer does.
+/// Times training steps: forward, backward, global-norm clipping and AdamW, as the trainer does
+/// (or the parts `args.parts` names, with the optimizer `args.optimizer` names).
 fn train_worker(
     config: &roberta_burn::RobertaConfig,
     ids: Vec<i64>,
-    iters: usize,
+    args: &crate::flags::ModelWorkerArgs,
     device: burn::tensor::Device,
-    parts: crate::flags::StepParts,
 ) -> Result<()> {
-    use crate::flags::StepParts;
+    use crate::flags::{OptimizerFlag, StepParts};
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::optim::{AdamWConfig, GradientsParams};
     use burn::tensor::{Int, Tensor, TensorData};
+    let (parts, iters) = (args.parts, args.iters);
+    if parts == StepParts::Clip && args.optimizer == OptimizerFlag::Flat {
+        bail!("--parts clip needs --optimizer burn: the flat optimizer clips inside its step");
+    }
     let mut model = roberta_burn::RobertaForSequenceClassification::new(config, &device);
-    let mut optimizer = AdamWConfig::new()
+    let mut burn_adamw = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(0.0)
         .init();
+    let mut flat_adamw = sentiment_train::FlatAdamW::new(sentiment_train::AdamWSettings {
+        max_grad_norm: 1.0,
+        ..Default::default()
+    });
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BENCH_BATCH, BENCH_SEQ]), &device);
     let mask = Tensor::<2, Int>::ones([BENCH_BATCH, BENCH_SEQ], &device);
     let labels: Vec<i64> = (0..BENCH_BATCH as i64).map(|i| i % 2).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [BENCH_BATCH]), &device);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut step = |model: roberta_burn::RobertaForSequenceClassification| {
+    let mut step = |model: roberta_burn::RobertaForSequenceClassification| -> Result<_> {
         let loss = loss_fn.forward(model.forward(ids.clone(), mask.clone()), labels.clone());
         let _: f32 = loss.clone().into_scalar();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         if parts == StepParts::ForwardBackward {
-            return model;
+            return Ok(model);
+        }
+        if args.optimizer == OptimizerFlag::Flat {
+            return Ok(flat_adamw.step(2e-5, model, grads)?.0);
         }
         sentiment_train::clip_grad_norm(&model, &mut grads, 1.0);
         if parts == StepParts::Clip {
-            return model;
+            return Ok(model);
         }
-        optimizer.step(2e-5, model, grads)
+        Ok(burn_adamw.step(2e-5, model, grads))
     };
     // Warm-up: allocation pools and, on GPU backends, kernel compilation and autotuning.
     for _ in 0..3 {
-        model = step(model);
+        model = step(model)?;
     }
     let started = Instant::now();
     for _ in 0..iters {
-        model = step(model);
+        model = step(model)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     drop(model);

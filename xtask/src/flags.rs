@@ -398,6 +398,19 @@ pub struct ModelWorkerArgs {
     /// Parts of a training step to time, to see where its time goes.
     #[arg(long, value_enum, default_value_t = StepParts::Full)]
     pub parts: StepParts,
+    /// The optimizer of a training step.
+    #[arg(long, value_enum, default_value_t = OptimizerFlag::Flat)]
+    pub optimizer: OptimizerFlag,
+}
+
+/// `--optimizer`: which AdamW `bench model-worker --train` steps with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerFlag {
+    /// `sentiment_train::FlatAdamW`, clipping included (what the trainer uses).
+    Flat,
+    /// Burn's per-tensor `AdamW` after `sentiment_train::clip_grad_norm` (the trainer's until
+    /// run version 2).
+    Burn,
 }
 
 /// `--parts`: how much of a training step `bench model-worker --train` times.
@@ -405,7 +418,8 @@ pub struct ModelWorkerArgs {
 pub enum StepParts {
     /// Forward and backward only.
     ForwardBackward,
-    /// Forward, backward and gradient clipping.
+    /// Forward, backward and gradient clipping (with `--optimizer burn`; the flat optimizer
+    /// clips inside its step).
     Clip,
     /// Forward, backward, clipping and the AdamW step (what the trainer does).
     Full,

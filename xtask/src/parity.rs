@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use roberta_burn::{HubSettings, Pretrained, RobertaForMaskedLM, RobertaForSequenceClassification};
 use serde_json::Value;
@@ -217,10 +217,11 @@ impl Parity {
             },
         )?
         .model;
-        let mut optimizer = AdamWConfig::new()
-            .with_epsilon(1e-8)
-            .with_weight_decay(0.01)
-            .init();
+        let mut optimizer = sentiment_train::FlatAdamW::new(sentiment_train::AdamWSettings {
+            weight_decay: 0.01,
+            max_grad_norm: 0.5,
+            ..Default::default()
+        });
         let schedule = sentiment_train::LinearSchedule {
             peak: 1e-3,
             warmup_steps: 2,
@@ -234,11 +235,12 @@ impl Parity {
             let (x, m, y) = rows(if step % 2 == 0 { &[0, 1] } else { &[2, 3] });
             let loss = loss_fn.forward(model.forward(x, m), y);
             let value = f64::from(loss.clone().into_scalar::<f32>());
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            let norm = sentiment_train::clip_grad_norm(&model, &mut grads, 0.5);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let report;
+            (model, report) = optimizer.step(schedule.rate(step), model, grads)?;
+            let norm = report.grad_norm;
             worst_loss = worst_loss.max((value - want_losses[step]).abs() / want_losses[step]);
             worst_norm = worst_norm.max((norm - want_norms[step]).abs() / want_norms[step]);
-            model = optimizer.step(schedule.rate(step), model, grads);
         }
         let plain = device.clone().without_autodiff();
         let all = |data: &[i64]| {

@@ -17,6 +17,7 @@
 //! train.log                  what happened when: start, resume, epochs, interruption, end
 //! ```
 
+mod adamw;
 mod checkpoints;
 mod clip;
 mod error;
@@ -26,6 +27,7 @@ mod trainer;
 
 use std::path::Path;
 
+pub use adamw::{AdamWSettings, FlatAdamW, FlatSlot, FlatStep};
 pub use checkpoints::KeepBestCheckpoints;
 pub use clip::{clip_grad_norm, global_grad_norm};
 pub use error::TrainError;

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -33,7 +33,9 @@ use crate::trainer::{
     STOP, checkpoint_dir, different_settings, latest_checkpoint_by, load_checkpoint, log,
     partial_dir, save_checkpoint, save_json, step_seed,
 };
-use crate::{LinearSchedule, Progress, RUN_VERSION, TrainError, clip_grad_norm, write_atomic};
+use crate::{
+    AdamWSettings, FlatAdamW, LinearSchedule, Progress, RUN_VERSION, TrainError, write_atomic,
+};
 
 /// Label of a position that is not a prediction target (transformers' `-100`).
 pub const NOT_A_TARGET: i64 = -100;
@@ -475,12 +477,13 @@ pub fn pretrain(
         total_steps: steps_per_epoch * config.epochs,
     };
     let autodiff = device.clone().autodiff();
-    let mut optimizer = AdamWConfig::new()
-        .with_beta_1(config.adam_beta1 as f32)
-        .with_beta_2(config.adam_beta2 as f32)
-        .with_epsilon(config.adam_epsilon as f32)
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
+    let mut optimizer = FlatAdamW::new(AdamWSettings {
+        beta1: config.adam_beta1,
+        beta2: config.adam_beta2,
+        epsilon: config.adam_epsilon,
+        weight_decay: config.weight_decay,
+        max_grad_norm: config.max_grad_norm,
+    });
     let mut model = model.to_device(&autodiff).train();
     let (mut step, mut start_epoch) = (0usize, 1usize);
     let mut history: Vec<PretrainEpoch> = Vec::new();
@@ -494,7 +497,7 @@ pub fn pretrain(
         if state.config != *config {
             return Err(different_settings(run_dir));
         }
-        (model, optimizer) = load_checkpoint(model, optimizer, &dir)?;
+        (model, optimizer) = load_checkpoint(model, optimizer, &dir, device)?;
         (step, history, partial) = (state.step, state.history, state.partial);
         start_epoch = state.epoch + usize::from(partial.is_none());
         log(
@@ -573,11 +576,8 @@ pub fn pretrain(
                     return Err(TrainError::Diverged { epoch, step });
                 }
                 loss_sum += value;
-                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-                if config.max_grad_norm > 0.0 {
-                    clip_grad_norm(&model, &mut grads, config.max_grad_norm);
-                }
-                model = optimizer.step(rate, model, grads);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                (model, _) = optimizer.step(rate, model, grads)?;
             }
             step += 1;
             on_step(Progress {

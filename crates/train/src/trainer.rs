@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -16,11 +16,13 @@ use sentiment_metrics::{ConfusionMatrix, log_loss_from_logits};
 use sentiment_tokenize::{RobertaTokenizer, TokenizedRows};
 use serde::{Deserialize, Serialize};
 
-use crate::clip::clip_grad_norm;
-use crate::{KeepBestCheckpoints, LinearSchedule, TrainError, write_atomic};
+use crate::{
+    AdamWSettings, FlatAdamW, KeepBestCheckpoints, LinearSchedule, TrainError, write_atomic,
+};
 
-/// Version of the files a run folder holds.
-pub const RUN_VERSION: u32 = 1;
+/// Version of the files a run folder holds (2: the optimizer state is [`FlatAdamW`]'s flat
+/// moments, `optimizer.bpk` + `optimizer.json`, instead of Burn's per-tensor record).
+pub const RUN_VERSION: u32 = 2;
 
 /// The metric that picks the best checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,12 +411,13 @@ pub fn train(
         total_steps: steps_per_epoch * config.epochs,
     };
     let autodiff = device.clone().autodiff();
-    let mut optimizer = AdamWConfig::new()
-        .with_beta_1(config.adam_beta1 as f32)
-        .with_beta_2(config.adam_beta2 as f32)
-        .with_epsilon(config.adam_epsilon as f32)
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
+    let mut optimizer = FlatAdamW::new(AdamWSettings {
+        beta1: config.adam_beta1,
+        beta2: config.adam_beta2,
+        epsilon: config.adam_epsilon,
+        weight_decay: config.weight_decay,
+        max_grad_norm: config.max_grad_norm,
+    });
     let mut model = model.to_device(&autodiff).train();
     let mut history: Vec<EpochMetrics> = Vec::new();
     let mut step = 0usize;
@@ -427,7 +430,7 @@ pub fn train(
         if state.config != *config {
             return Err(different_settings(run_dir));
         }
-        (model, optimizer) = load_checkpoint(model, optimizer, &dir)?;
+        (model, optimizer) = load_checkpoint(model, optimizer, &dir, device)?;
         step = state.step;
         history = state.history;
         partial = state.partial;
@@ -508,12 +511,9 @@ pub fn train(
                 return Err(TrainError::Diverged { epoch, step });
             }
             loss_sum += loss_value;
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            if config.max_grad_norm > 0.0 {
-                clip_grad_norm(&model, &mut grads, config.max_grad_norm);
-            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
             rate = schedule.rate(step);
-            model = optimizer.step(rate, model, grads);
+            (model, _) = optimizer.step(rate, model, grads)?;
             step += 1;
             hooks.on_step(Progress {
                 epoch,
@@ -699,7 +699,7 @@ fn write_metrics(run_dir: &Path, history: &[EpochMetrics]) -> Result<(), TrainEr
 /// with a `state.json` is always complete.
 pub(crate) fn save_checkpoint<M: Module, S: Serialize>(
     model: &M,
-    optimizer: &impl OptimizerState,
+    optimizer: &FlatAdamW,
     dir: &Path,
     state: &S,
 ) -> Result<(), TrainError> {
@@ -720,7 +720,7 @@ pub(crate) fn save_checkpoint<M: Module, S: Serialize>(
             path: model_path.clone(),
             detail: format!("{e:?}"),
         })?;
-    optimizer.save_to(&temp.join("optimizer.bpk"))?;
+    optimizer.save(&temp.join("optimizer.bpk"))?;
     save_json(&temp.join("state.json"), state)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(TrainError::io(dir))?;
@@ -737,12 +737,14 @@ pub(crate) fn different_settings(run_dir: &Path) -> TrainError {
     ))
 }
 
-/// Loads the model and optimizer state of the checkpoint folder `dir`.
+/// Loads the model and optimizer state of the checkpoint folder `dir`; the moments go onto
+/// `device`, the plain device the run trains on.
 pub(crate) fn load_checkpoint<M: Module>(
     model: M,
-    optimizer: burn::optim::ModuleOptimizer,
+    optimizer: FlatAdamW,
     dir: &Path,
-) -> Result<(M, burn::optim::ModuleOptimizer), TrainError> {
+    device: &Device,
+) -> Result<(M, FlatAdamW), TrainError> {
     let model_path = dir.join("model.bpk");
     let model = model
         .try_load_file(&model_path)
@@ -750,28 +752,8 @@ pub(crate) fn load_checkpoint<M: Module>(
             path: model_path.clone(),
             detail: format!("{e:?}"),
         })?;
-    let optim_path = dir.join("optimizer.bpk");
-    let optimizer = optimizer
-        .load(&optim_path)
-        .map_err(|e| TrainError::BadCheckpoint {
-            path: optim_path.clone(),
-            detail: format!("{e:?}"),
-        })?;
+    let optimizer = optimizer.load(&dir.join("optimizer.bpk"), device)?;
     Ok((model, optimizer))
-}
-
-/// Saving an optimizer's state (implemented for Burn's module optimizer).
-pub(crate) trait OptimizerState {
-    fn save_to(&self, path: &Path) -> Result<(), TrainError>;
-}
-
-impl OptimizerState for burn::optim::ModuleOptimizer {
-    fn save_to(&self, path: &Path) -> Result<(), TrainError> {
-        self.save(path).map_err(|e| TrainError::BadCheckpoint {
-            path: path.to_path_buf(),
-            detail: format!("{e:?}"),
-        })
-    }
 }
 
 /// The most advanced complete checkpoint of `run_dir` (folder and state), if any.

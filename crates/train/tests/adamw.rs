@@ -1,0 +1,187 @@
+//! [`FlatAdamW`]: the same updates as Burn's per-tensor AdamW with global-norm clipping (which
+//! `tests/parity.rs` checks against PyTorch), a save / load that continues bit for bit, and
+//! refusals that name what changed.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use roberta_burn::{RobertaConfig, RobertaForSequenceClassification};
+use sentiment_train::{AdamWSettings, FlatAdamW, TrainError, clip_grad_norm};
+
+const SETTINGS: AdamWSettings = AdamWSettings {
+    beta1: 0.9,
+    beta2: 0.98,
+    epsilon: 1e-6,
+    weight_decay: 0.01,
+    max_grad_norm: 0.3,
+};
+
+fn model(device: &Device, vocab: usize) -> RobertaForSequenceClassification {
+    device.seed(11);
+    let mut config = RobertaConfig::preset("tiny", vocab).unwrap();
+    config.hidden_dropout_prob = 0.0;
+    config.attention_probs_dropout_prob = 0.0;
+    config.classifier_dropout = Some(0.0);
+    RobertaForSequenceClassification::new(&config, device)
+}
+
+/// The gradients of the cross-entropy on a fixed batch that changes with `step`.
+fn gradients(
+    model: &RobertaForSequenceClassification,
+    step: usize,
+    device: &Device,
+) -> GradientsParams {
+    let ids: Vec<i64> = (0..4 * 8)
+        .map(|i| ((i * 7 + step * 13) % 90 + 5) as i64)
+        .collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [4, 8]), device);
+    let mask = Tensor::<2, Int>::ones([4, 8], device);
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 1, 0], [4]), device);
+    let loss = CrossEntropyLossConfig::new()
+        .init(device)
+        .forward(model.forward(ids, mask), labels);
+    GradientsParams::from_grads(loss.backward(), model)
+}
+
+/// Every parameter's values, in visiting order.
+fn weights(model: &RobertaForSequenceClassification) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0
+                .extend(param.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
+
+fn rate(step: usize) -> f64 {
+    1e-3 * (1.0 - step as f64 / 10.0)
+}
+
+#[test]
+fn equals_burns_adamw_with_global_norm_clipping() {
+    let device = Device::flex().autodiff();
+    let mut ours = model(&device, 100);
+    let mut theirs = ours.clone();
+    let mut flat = FlatAdamW::new(SETTINGS);
+    let mut burn = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.98)
+        .with_epsilon(1e-6)
+        .with_weight_decay(0.01)
+        .init();
+    for step in 0..5 {
+        let report;
+        (ours, report) = flat
+            .step(rate(step), ours.clone(), gradients(&ours, step, &device))
+            .unwrap();
+        let mut grads = gradients(&theirs, step, &device);
+        let norm = clip_grad_norm(&theirs, &mut grads, 0.3);
+        theirs = burn.step(rate(step), theirs, grads);
+        let flat_norm = report.grad_norm;
+        assert!(
+            (flat_norm - norm).abs() <= 1e-5 * norm,
+            "step {step}: {flat_norm} vs {norm}"
+        );
+        assert!(norm > 0.3, "clipping is exercised");
+    }
+    assert_eq!(flat.steps(), 5);
+    let (a, b) = (weights(&ours), weights(&theirs));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    let moved = a
+        .iter()
+        .zip(weights(&model(&device, 100)).iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved > 1e-3, "the weights moved ({moved})");
+    assert!(worst < 1e-6, "flat and per-tensor AdamW differ by {worst}");
+}
+
+#[test]
+fn a_saved_optimizer_continues_bit_for_bit() {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("optimizer.bpk");
+    let mut straight = model(&device, 100);
+    let mut optimizer = FlatAdamW::new(SETTINGS);
+    // Saving before any step writes the settings only, and loads back as a fresh optimizer.
+    optimizer.save(&path).unwrap();
+    assert!(!path.exists());
+    let fresh = FlatAdamW::new(SETTINGS)
+        .load(&path, &Device::flex())
+        .unwrap();
+    assert_eq!(fresh.steps(), 0);
+
+    for step in 0..3 {
+        (straight, _) = optimizer
+            .step(
+                rate(step),
+                straight.clone(),
+                gradients(&straight, step, &device),
+            )
+            .unwrap();
+    }
+    optimizer.save(&path).unwrap();
+    let mut resumed = straight.clone();
+    let mut reloaded = FlatAdamW::new(SETTINGS)
+        .load(&path, &Device::flex())
+        .unwrap();
+    assert_eq!(reloaded.steps(), 3);
+    for step in 3..5 {
+        (straight, _) = optimizer
+            .step(
+                rate(step),
+                straight.clone(),
+                gradients(&straight, step, &device),
+            )
+            .unwrap();
+        (resumed, _) = reloaded
+            .step(
+                rate(step),
+                resumed.clone(),
+                gradients(&resumed, step, &device),
+            )
+            .unwrap();
+    }
+    assert_eq!(weights(&straight), weights(&resumed));
+
+    let other = AdamWSettings {
+        weight_decay: 0.0,
+        ..SETTINGS
+    };
+    let error = FlatAdamW::new(other)
+        .load(&path, &Device::flex())
+        .unwrap_err();
+    assert!(
+        matches!(error, TrainError::BadCheckpoint { .. })
+            && error.to_string().contains("optimizer.json"),
+        "{error}"
+    );
+}
+
+#[test]
+fn another_parameter_layout_is_refused_by_name() {
+    let device = Device::flex().autodiff();
+    let first = model(&device, 100);
+    let mut optimizer = FlatAdamW::new(SETTINGS);
+    optimizer
+        .step(1e-3, first.clone(), gradients(&first, 0, &device))
+        .unwrap();
+    let bigger = model(&device, 120);
+    let error = optimizer
+        .step(1e-3, bigger.clone(), gradients(&bigger, 0, &device))
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("word_embeddings.weight") && text.contains("[120, 64]"),
+        "{text}"
+    );
+}
