@@ -278,6 +278,7 @@ const BENCH_SEQ: usize = 64;
 fn shape_config(shape: crate::flags::ShapeFlag) -> roberta_burn::RobertaConfig {
     use crate::flags::ShapeFlag;
     let (name, vocab) = match shape {
+        ShapeFlag::Tiny => ("tiny", 1_000),
         ShapeFlag::Small => ("small", 8_000),
         ShapeFlag::Base => ("base", 50_265),
     };
@@ -288,6 +289,7 @@ fn shape_config(shape: crate::flags::ShapeFlag) -> roberta_burn::RobertaConfig {
 
 fn shape_name(shape: crate::flags::ShapeFlag) -> &'static str {
     match shape {
+        crate::flags::ShapeFlag::Tiny => "tiny",
         crate::flags::ShapeFlag::Small => "small",
         crate::flags::ShapeFlag::Base => "base",
     }
@@ -296,6 +298,7 @@ fn shape_name(shape: crate::flags::ShapeFlag) -> &'static str {
 /// Timed iterations per shape, enough for a few seconds of work on one core.
 fn iterations(shape: crate::flags::ShapeFlag) -> usize {
     match shape {
+        crate::flags::ShapeFlag::Tiny => 200,
         crate::flags::ShapeFlag::Small => 20,
         crate::flags::ShapeFlag::Base => 3,
     }

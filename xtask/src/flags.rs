@@ -336,6 +336,10 @@ pub struct PredictArgs {
 /// Model shapes of the benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ShapeFlag {
+    /// Hidden 64, 2 layers, 2 heads, FFN 256, vocabulary 1,000: so little arithmetic that a
+    /// step's time is the per-operation overhead (dispatch, autodiff bookkeeping), which is what
+    /// bounds a GPU step when its kernels are small.
+    Tiny,
     /// Hidden 256, 4 layers, 4 heads, FFN 1024, vocabulary 8,000.
     Small,
     /// roberta-base: 768, 12, 12, 3,072, vocabulary 50,265.

@@ -31,6 +31,7 @@
 mod config;
 mod error;
 mod hub;
+mod layer_norm;
 mod loader;
 mod model;
 

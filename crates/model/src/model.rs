@@ -12,7 +12,7 @@ use burn::nn::{
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 
 use crate::RobertaConfig;
 
@@ -109,6 +109,19 @@ fn layer_norm(config: &RobertaConfig, device: &Device) -> LayerNorm {
         .init(device)
 }
 
+/// `norm` applied to `x` as one operation with a closed-form backward pass
+/// ([`crate::layer_norm`]); half-precision inputs go through Burn's layer norm, which accumulates
+/// in f32.
+fn normalize<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) -> Tensor<D> {
+    let beta = norm.beta.as_ref().map(|b| b.val());
+    match (x.dtype(), beta) {
+        (DType::F32 | DType::F64, Some(beta)) => {
+            crate::layer_norm::layer_norm(x, norm.gamma.val(), beta, epsilon)
+        }
+        _ => norm.forward(x),
+    }
+}
+
 fn dropout(p: f64) -> Dropout {
     DropoutConfig::new(p).init()
 }
@@ -148,6 +161,7 @@ pub struct Embeddings {
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
+    layer_norm_eps: f64,
     dropout: Dropout,
     pad_token_id: usize,
 }
@@ -169,6 +183,7 @@ impl Embeddings {
             ),
             token_type_embeddings: embedding(config.type_vocab_size, config, None, device),
             layer_norm: layer_norm(config, device),
+            layer_norm_eps: config.layer_norm_eps,
             dropout: dropout(config.hidden_dropout_prob),
             pad_token_id: config.pad_token_id,
         }
@@ -191,7 +206,10 @@ impl Embeddings {
         let x = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(positions)
             + self.token_type_embeddings.forward(token_types);
-        apply_dropout(&self.dropout, self.layer_norm.forward(x))
+        apply_dropout(
+            &self.dropout,
+            normalize(&self.layer_norm, x, self.layer_norm_eps),
+        )
     }
 
     /// The word embedding table `[vocab, hidden]` (tied to the masked-LM decoder).
@@ -269,6 +287,7 @@ impl SelfAttention {
 pub struct SelfOutput {
     dense: Linear,
     layer_norm: LayerNorm,
+    layer_norm_eps: f64,
     dropout: Dropout,
 }
 
@@ -280,13 +299,14 @@ impl SelfOutput {
         Self {
             dense: linear(d_input, config.hidden_size, config, device),
             layer_norm: layer_norm(config, device),
+            layer_norm_eps: config.layer_norm_eps,
             dropout: dropout(config.hidden_dropout_prob),
         }
     }
 
     fn forward(&self, hidden: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let x = apply_dropout(&self.dropout, self.dense.forward(hidden));
-        self.layer_norm.forward(x + residual)
+        normalize(&self.layer_norm, x + residual, self.layer_norm_eps)
     }
 }
 
@@ -462,6 +482,7 @@ impl RobertaForSequenceClassification {
 pub struct LmHead {
     dense: Linear,
     layer_norm: LayerNorm,
+    layer_norm_eps: f64,
     bias: Param<Tensor<1>>,
 }
 
@@ -481,6 +502,7 @@ impl RobertaForMaskedLM {
             lm_head: LmHead {
                 dense: linear(config.hidden_size, config.hidden_size, config, device),
                 layer_norm: layer_norm(config, device),
+                layer_norm_eps: config.layer_norm_eps,
                 bias: Param::from_tensor(Tensor::zeros([config.vocab_size], device)),
             },
         }
@@ -522,7 +544,11 @@ impl RobertaForMaskedLM {
     /// `RobertaLMHead` on hidden states `[n, hidden]`: `[n, vocab]`.
     fn vocabulary_logits(&self, hidden: Tensor<2>) -> Tensor<2> {
         let head = &self.lm_head;
-        let x = head.layer_norm.forward(gelu(head.dense.forward(hidden)));
+        let x = normalize(
+            &head.layer_norm,
+            gelu(head.dense.forward(hidden)),
+            head.layer_norm_eps,
+        );
         let decoder = self
             .roberta
             .embeddings()

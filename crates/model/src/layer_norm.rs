@@ -1,0 +1,300 @@
+//! Layer normalisation as one differentiable operation with a hand-written backward pass.
+//!
+//! Burn 0.22 composes `layer_norm` from nine element-wise and reduction operations, and its
+//! autodiff differentiates each of them, broadcasts included: some thirty operations per layer
+//! norm and step, 25 layer norms in roberta-base. On a GPU, where a training step is bounded by
+//! how many operations are launched, that is a large part of the gap to PyTorch, whose layer norm
+//! is one kernel forward and one backward. Here the forward keeps the row statistics and the
+//! backward applies the closed form
+//! ```text
+//! x̂ = (x − μ)·r,  r = 1/√(σ² + ε)
+//! ∂β = Σ_rows g,  ∂γ = Σ_rows g·x̂,  ∂x = r·(gγ − mean(gγ) − x̂·mean(gγ·x̂))
+//! ```
+//! On libtorch both directions are PyTorch's own `native_layer_norm` kernels; elsewhere they are
+//! composed from the backend's operations ([`LayerNormKernels`]' default bodies).
+
+// burn-tch is deprecated upstream, and still the fastest GPU backend here (docs/BENCHMARKS.md).
+#![cfg_attr(feature = "tch", allow(deprecated))]
+
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
+use burn::tensor::{Shape, Tensor};
+
+/// The forward and backward kernels of a layer norm over the last dimension, per backend.
+pub trait LayerNormKernels: Backend {
+    /// `(y, mean, rstd)`: the normalised, scaled and shifted `x` (the backend's own layer
+    /// norm, a single kernel on the CPU backend), and each row's mean and reciprocal standard
+    /// deviation, shaped like `x` with a last dimension of 1.
+    fn layer_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let last = x.shape().num_dims() - 1;
+        let mean = Self::float_mean_dim(x.clone(), last);
+        let centered = Self::float_sub(x.clone(), mean.clone());
+        let variance = Self::float_mean_dim(Self::float_mul(centered.clone(), centered), last);
+        let rstd = Self::float_recip(Self::float_sqrt(Self::float_add_scalar(
+            variance,
+            epsilon.into(),
+        )));
+        let y = Self::layer_norm(x, gamma, Some(beta), epsilon);
+        (y, mean, rstd)
+    }
+
+    /// `(∂x, ∂γ, ∂β)` from the output gradient `grad` and what the forward kept.
+    fn layer_norm_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = x.shape();
+        let rank = shape.num_dims();
+        let width = shape[rank - 1];
+        let rows = shape.num_elements() / width;
+        let normalized = Self::float_mul(Self::float_sub(x, mean), rstd.clone());
+        let per_row = |t: FloatTensor<Self>| {
+            let summed = Self::float_sum_dim(Self::float_reshape(t, Shape::new([rows, width])), 0);
+            Self::float_reshape(summed, Shape::new([width]))
+        };
+        let grad_beta = per_row(grad.clone());
+        let grad_gamma = per_row(Self::float_mul(grad.clone(), normalized.clone()));
+        let scaled = Self::float_mul(grad, broadcastable::<Self>(gamma, rank));
+        let mean_scaled = Self::float_mean_dim(scaled.clone(), rank - 1);
+        let mean_projection = Self::float_mean_dim(
+            Self::float_mul(scaled.clone(), normalized.clone()),
+            rank - 1,
+        );
+        let grad_x = Self::float_mul(
+            Self::float_sub(
+                Self::float_sub(scaled, mean_scaled),
+                Self::float_mul(normalized, mean_projection),
+            ),
+            rstd,
+        );
+        (grad_x, grad_gamma, grad_beta)
+    }
+}
+
+/// `[width]` reshaped to `[1, …, 1, width]` for broadcasting against a rank-`rank` tensor.
+fn broadcastable<B: Backend>(vector: FloatTensor<B>, rank: usize) -> FloatTensor<B> {
+    let width = vector.shape().num_elements();
+    let mut dims = vec![1; rank];
+    dims[rank - 1] = width;
+    B::float_reshape(vector, Shape::from(dims))
+}
+
+/// The differentiable operation, routed to the device's backend. Every backend this crate can
+/// be built with must be listed: dispatch panics on an unlisted one.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(any(feature = "wgpu", feature = "vulkan")),
+    Fusion: cfg(any(feature = "wgpu", feature = "vulkan")),
+    LibTorch: cfg(feature = "tch"),
+    Autodiff,
+)]
+pub trait FusedLayerNorm: Backend {
+    /// Layer norm over the last dimension of `x` with scale `gamma` and shift `beta`. Off the
+    /// autodiff graph this is the backend's own layer norm.
+    #[fusion(default)]
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        Self::layer_norm(x, gamma, Some(beta), epsilon)
+    }
+}
+
+#[cfg(feature = "flex")]
+impl LayerNormKernels for burn::backend::Flex {}
+#[cfg(feature = "flex")]
+impl FusedLayerNorm for burn::backend::Flex {}
+
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+impl LayerNormKernels for burn_cubecl::CubeBackend {}
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+impl FusedLayerNorm for burn_cubecl::CubeBackend {}
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+impl<B: burn::backend::fusion::FusionBackend> LayerNormKernels
+    for burn::backend::fusion::Fusion<B>
+{
+}
+
+#[cfg(feature = "tch")]
+impl FusedLayerNorm for burn_tch::LibTorch {}
+
+/// On libtorch the forward pass is PyTorch's `native_layer_norm`, one kernel that also returns
+/// the row statistics; tch exposes no `native_layer_norm_backward`, so the backward pass is the
+/// closed form composed from libtorch operations.
+#[cfg(feature = "tch")]
+impl LayerNormKernels for burn_tch::LibTorch {
+    fn layer_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let width = *x.tensor.size().last().expect("a tensor of rank at least 1");
+        let (y, mean, rstd) =
+            x.tensor
+                .native_layer_norm([width], Some(&gamma.tensor), Some(&beta.tensor), epsilon);
+        (
+            burn_tch::TchTensor::new(y),
+            burn_tch::TchTensor::new(mean),
+            burn_tch::TchTensor::new(rstd),
+        )
+    }
+}
+
+/// The backward step: the three parents are `x`, `γ` and `β`.
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl<B: Backend + LayerNormKernels> Backward<B, 3> for LayerNormBackward {
+    /// `x`, `γ`, the row means and reciprocal standard deviations.
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, mean, rstd) = ops.state;
+        let (grad_x, grad_gamma, grad_beta) = B::layer_norm_backward(grad, x, gamma, mean, rstd);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, grad_x);
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<B>(node.id, grad_gamma);
+        }
+        if let Some(node) = node_beta {
+            grads.register::<B>(node.id, grad_beta);
+        }
+    }
+}
+
+impl<B: Backend + LayerNormKernels, C: CheckpointStrategy> FusedLayerNorm for Autodiff<B, C> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        match LayerNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
+                let (y, mean, rstd) =
+                    B::layer_norm_forward(x.clone(), gamma.clone(), beta.into_primitive(), epsilon);
+                prep.finish((x, gamma, mean, rstd), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::layer_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                Some(beta.into_primitive()),
+                epsilon,
+            )),
+        }
+    }
+}
+
+/// Layer norm over the last dimension of `x` (`[..., width]`) with scale and shift `[width]`:
+/// one operation with a closed-form backward pass (see the module documentation).
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedLayerNorm>::fused_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Param;
+    use burn::nn::LayerNormConfig;
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    /// Value and gradients (of a weighted sum, so that every output matters differently) of
+    /// the fused operation and of Burn's composed `LayerNorm`.
+    #[test]
+    fn equals_burns_layer_norm_forward_and_backward() {
+        // Inputs from a formula, not Burn's generator: tests in this binary run in parallel
+        // and another one reseeds the shared generator.
+        let device = Device::flex().autodiff();
+        let wave = |n: usize, phase: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (i as f32 * 0.37 + phase).sin() * 2.0 + 0.5)
+                .collect()
+        };
+        let x = Tensor::<3>::from_data(TensorData::new(wave(160, 0.1), [2, 5, 16]), &device);
+        let weights = Tensor::<3>::from_data(TensorData::new(wave(160, 1.3), [2, 5, 16]), &device);
+        let mut norm = LayerNormConfig::new(16).with_epsilon(1e-5).init(&device);
+        norm.gamma = Param::from_tensor(Tensor::from_data(
+            TensorData::new(wave(16, 2.0), [16]),
+            &device,
+        ));
+        norm.beta = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(wave(16, 0.7), [16]),
+            &device,
+        )));
+        let beta = norm.beta.as_ref().unwrap();
+
+        let run = |fused: bool| {
+            let x = x.clone().detach().require_grad();
+            let y = if fused {
+                super::layer_norm(x.clone(), norm.gamma.val(), beta.val(), 1e-5)
+            } else {
+                norm.forward(x.clone())
+            };
+            let grads = (y.clone() * weights.clone()).sum().backward();
+            let values = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+            let vector = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+            (
+                values(y.inner()),
+                values(x.grad(&grads).unwrap()),
+                vector(norm.gamma.val().grad(&grads).unwrap()),
+                vector(beta.val().grad(&grads).unwrap()),
+            )
+        };
+        let (fused, composed) = (run(true), run(false));
+        for (name, a, b) in [
+            ("output", &fused.0, &composed.0),
+            ("∂x", &fused.1, &composed.1),
+            ("∂γ", &fused.2, &composed.2),
+            ("∂β", &fused.3, &composed.3),
+        ] {
+            assert_eq!(a.len(), b.len(), "{name}");
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            let scale = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+            assert!(scale > 1e-3, "{name}: a trivial reference");
+            assert!(worst <= 1e-5 * scale.max(1.0), "{name} differs by {worst}");
+        }
+    }
+}
