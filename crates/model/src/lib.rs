@@ -30,8 +30,8 @@
 
 mod config;
 mod error;
+mod fused;
 mod hub;
-mod layer_norm;
 mod loader;
 mod model;
 

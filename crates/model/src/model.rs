@@ -9,7 +9,7 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig,
 };
-use burn::tensor::activation::{gelu, gelu_approximate, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Device, Int, Tensor};
@@ -110,13 +110,13 @@ fn layer_norm(config: &RobertaConfig, device: &Device) -> LayerNorm {
 }
 
 /// `norm` applied to `x` as one operation with a closed-form backward pass
-/// ([`crate::layer_norm`]); half-precision inputs go through Burn's layer norm, which accumulates
+/// ([`crate::fused`]); half-precision inputs go through Burn's layer norm, which accumulates
 /// in f32.
 fn normalize<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) -> Tensor<D> {
     let beta = norm.beta.as_ref().map(|b| b.val());
     match (x.dtype(), beta) {
         (DType::F32 | DType::F64, Some(beta)) => {
-            crate::layer_norm::layer_norm(x, norm.gamma.val(), beta, epsilon)
+            crate::fused::layer_norm(x, norm.gamma.val(), beta, epsilon)
         }
         _ => norm.forward(x),
     }
@@ -274,7 +274,7 @@ impl SelfAttention {
         }
         let scale = (self.head_dim as f64).sqrt().recip();
         let scores = q.matmul(k.swap_dims(2, 3)) * scale + key_bias;
-        let probs = apply_dropout(&self.dropout, softmax(scores, 3));
+        let probs = apply_dropout(&self.dropout, crate::fused::softmax(scores, 3));
         probs
             .matmul(v)
             .swap_dims(1, 2)

@@ -1,17 +1,20 @@
-//! Layer normalisation as one differentiable operation with a hand-written backward pass.
+//! Layer normalisation and softmax as single differentiable operations with hand-written
+//! backward passes.
 //!
-//! Burn 0.22 composes `layer_norm` from nine element-wise and reduction operations, and its
-//! autodiff differentiates each of them, broadcasts included: some thirty operations per layer
-//! norm and step, 25 layer norms in roberta-base. On a GPU, where a training step is bounded by
-//! how many operations are launched, that is a large part of the gap to PyTorch, whose layer norm
-//! is one kernel forward and one backward. Here the forward keeps the row statistics and the
-//! backward applies the closed form
+//! Under autodiff, Burn 0.22 composes `layer_norm` from nine element-wise and reduction
+//! operations and `softmax` from five, and differentiates each of them, broadcasts included: some
+//! thirty operations per layer norm and fifteen per softmax and step (25 layer norms and 12
+//! softmaxes in roberta-base). On a GPU, where a training step is bounded by how many operations
+//! are launched, that is a large part of the gap to PyTorch, whose layer norm and softmax are one
+//! kernel each way. Here the forward pass is the backend's own operation (one kernel on the CPU
+//! backend and on libtorch, where `native_layer_norm` also returns the row statistics) and the
+//! backward pass is the closed form:
 //! ```text
-//! x̂ = (x − μ)·r,  r = 1/√(σ² + ε)
-//! ∂β = Σ_rows g,  ∂γ = Σ_rows g·x̂,  ∂x = r·(gγ − mean(gγ) − x̂·mean(gγ·x̂))
+//! layer norm:  x̂ = (x − μ)·r,  r = 1/√(σ² + ε)
+//!              ∂β = Σ_rows g,  ∂γ = Σ_rows g·x̂,  ∂x = r·(gγ − mean(gγ) − x̂·mean(gγ·x̂))
+//! softmax:     ∂x = y·(g − Σ g·y)
 //! ```
-//! On libtorch both directions are PyTorch's own `native_layer_norm` kernels; elsewhere they are
-//! composed from the backend's operations ([`LayerNormKernels`]' default bodies).
+//! composed from the backend's operations ([`FusedKernels`]' default bodies).
 
 // burn-tch is deprecated upstream, and still the fastest GPU backend here (docs/BENCHMARKS.md).
 #![cfg_attr(feature = "tch", allow(deprecated))]
@@ -26,8 +29,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::{Shape, Tensor};
 
-/// The forward and backward kernels of a layer norm over the last dimension, per backend.
-pub trait LayerNormKernels: Backend {
+/// The forward and backward kernels of the fused operations, per backend.
+pub trait FusedKernels: Backend {
     /// `(y, mean, rstd)`: the normalised, scaled and shifted `x` (the backend's own layer
     /// norm, a single kernel on the CPU backend), and each row's mean and reciprocal standard
     /// deviation, shaped like `x` with a last dimension of 1.
@@ -83,6 +86,16 @@ pub trait LayerNormKernels: Backend {
         );
         (grad_x, grad_gamma, grad_beta)
     }
+
+    /// `∂x` of `y = softmax(x)` along `dim` from the output gradient `grad` and `y`.
+    fn softmax_backward(
+        grad: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        dim: usize,
+    ) -> FloatTensor<Self> {
+        let projection = Self::float_sum_dim(Self::float_mul(grad.clone(), y.clone()), dim);
+        Self::float_mul(y, Self::float_sub(grad, projection))
+    }
 }
 
 /// `[width]` reshaped to `[1, …, 1, width]` for broadcasting against a rank-`rank` tensor.
@@ -93,7 +106,7 @@ fn broadcastable<B: Backend>(vector: FloatTensor<B>, rank: usize) -> FloatTensor
     B::float_reshape(vector, Shape::from(dims))
 }
 
-/// The differentiable operation, routed to the device's backend. Every backend this crate can
+/// The differentiable operations, routed to the device's backend. Every backend this crate can
 /// be built with must be listed: dispatch panics on an unlisted one.
 #[backend_extension(
     Flex: cfg(feature = "flex"),
@@ -102,7 +115,7 @@ fn broadcastable<B: Backend>(vector: FloatTensor<B>, rank: usize) -> FloatTensor
     LibTorch: cfg(feature = "tch"),
     Autodiff,
 )]
-pub trait FusedLayerNorm: Backend {
+pub trait FusedOps: Backend {
     /// Layer norm over the last dimension of `x` with scale `gamma` and shift `beta`. Off the
     /// autodiff graph this is the backend's own layer norm.
     #[fusion(default)]
@@ -114,31 +127,34 @@ pub trait FusedLayerNorm: Backend {
     ) -> FloatTensor<Self> {
         Self::layer_norm(x, gamma, Some(beta), epsilon)
     }
+
+    /// Softmax along `dim`. Off the autodiff graph this is the backend's own softmax.
+    #[fusion(default)]
+    fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        <Self as burn::backend::ops::ActivationOps<Self>>::softmax(x, dim)
+    }
 }
 
 #[cfg(feature = "flex")]
-impl LayerNormKernels for burn::backend::Flex {}
+impl FusedKernels for burn::backend::Flex {}
 #[cfg(feature = "flex")]
-impl FusedLayerNorm for burn::backend::Flex {}
+impl FusedOps for burn::backend::Flex {}
 
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
-impl LayerNormKernels for burn_cubecl::CubeBackend {}
+impl FusedKernels for burn_cubecl::CubeBackend {}
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
-impl FusedLayerNorm for burn_cubecl::CubeBackend {}
+impl FusedOps for burn_cubecl::CubeBackend {}
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
-impl<B: burn::backend::fusion::FusionBackend> LayerNormKernels
-    for burn::backend::fusion::Fusion<B>
-{
-}
+impl<B: burn::backend::fusion::FusionBackend> FusedKernels for burn::backend::fusion::Fusion<B> {}
 
 #[cfg(feature = "tch")]
-impl FusedLayerNorm for burn_tch::LibTorch {}
+impl FusedOps for burn_tch::LibTorch {}
 
 /// On libtorch the forward pass is PyTorch's `native_layer_norm`, one kernel that also returns
 /// the row statistics; tch exposes no `native_layer_norm_backward`, so the backward pass is the
 /// closed form composed from libtorch operations.
 #[cfg(feature = "tch")]
-impl LayerNormKernels for burn_tch::LibTorch {
+impl FusedKernels for burn_tch::LibTorch {
     fn layer_norm_forward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -157,11 +173,11 @@ impl LayerNormKernels for burn_tch::LibTorch {
     }
 }
 
-/// The backward step: the three parents are `x`, `γ` and `β`.
+/// The layer-norm backward step: the three parents are `x`, `γ` and `β`.
 #[derive(Debug)]
 struct LayerNormBackward;
 
-impl<B: Backend + LayerNormKernels> Backward<B, 3> for LayerNormBackward {
+impl<B: Backend + FusedKernels> Backward<B, 3> for LayerNormBackward {
     /// `x`, `γ`, the row means and reciprocal standard deviations.
     type State = (
         FloatTensor<B>,
@@ -187,7 +203,7 @@ impl<B: Backend + LayerNormKernels> Backward<B, 3> for LayerNormBackward {
     }
 }
 
-impl<B: Backend + LayerNormKernels, C: CheckpointStrategy> FusedLayerNorm for Autodiff<B, C> {
+impl<B: Backend + FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -213,6 +229,50 @@ impl<B: Backend + LayerNormKernels, C: CheckpointStrategy> FusedLayerNorm for Au
             )),
         }
     }
+
+    fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        match SoftmaxBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y =
+                    <B as burn::backend::ops::ActivationOps<B>>::softmax(x.into_primitive(), dim);
+                prep.finish((y.clone(), dim), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                <B as burn::backend::ops::ActivationOps<B>>::softmax(x.into_primitive(), dim),
+            ),
+        }
+    }
+}
+
+/// The softmax backward step: its output and dimension are all it needs.
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl<B: Backend + FusedKernels> Backward<B, 1> for SoftmaxBackward {
+    /// The softmax output and the dimension it normalises.
+    type State = (FloatTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (y, dim) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::softmax_backward(grad, y, dim));
+        }
+    }
+}
+
+/// Softmax of `x` along `dim`: one operation with a closed-form backward pass (see the module
+/// documentation).
+pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(
+        x.into_dispatch(),
+        dim,
+    ))
 }
 
 /// Layer norm over the last dimension of `x` (`[..., width]`) with scale and shift `[width]`:
@@ -223,7 +283,7 @@ pub fn layer_norm<const D: usize>(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as FusedLayerNorm>::fused_layer_norm(
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
@@ -295,6 +355,50 @@ mod tests {
             let scale = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
             assert!(scale > 1e-3, "{name}: a trivial reference");
             assert!(worst <= 1e-5 * scale.max(1.0), "{name} differs by {worst}");
+        }
+    }
+
+    /// Value and gradient of the fused softmax and of Burn's composed one, along an inner and
+    /// the last dimension.
+    #[test]
+    fn equals_burns_softmax_forward_and_backward() {
+        let device = Device::flex().autodiff();
+        let wave = |n: usize, phase: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (i as f32 * 0.61 + phase).sin() * 3.0)
+                .collect()
+        };
+        let x = Tensor::<3>::from_data(TensorData::new(wave(120, 0.2), [2, 6, 10]), &device);
+        let weights = Tensor::<3>::from_data(TensorData::new(wave(120, 0.9), [2, 6, 10]), &device);
+        for dim in [1, 2] {
+            let run = |fused: bool| {
+                let x = x.clone().detach().require_grad();
+                let y = if fused {
+                    super::softmax(x.clone(), dim)
+                } else {
+                    burn::tensor::activation::softmax(x.clone(), dim)
+                };
+                let grads = (y.clone() * weights.clone()).sum().backward();
+                let values = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+                (values(y.inner()), values(x.grad(&grads).unwrap()))
+            };
+            let (fused, composed) = (run(true), run(false));
+            for (name, a, b) in [
+                ("output", &fused.0, &composed.0),
+                ("∂x", &fused.1, &composed.1),
+            ] {
+                let worst = a
+                    .iter()
+                    .zip(b)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0f32, f32::max);
+                let scale = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+                assert!(scale > 1e-2, "dim {dim}, {name}: a trivial reference");
+                assert!(
+                    worst <= 1e-6 * scale.max(1.0),
+                    "dim {dim}, {name} differs by {worst}"
+                );
+            }
         }
     }
 }
