@@ -271,8 +271,7 @@ impl BenchTokenize {
     }
 }
 
-/// Batch and sequence length of the model benchmarks (the notebook's training shape).
-const BENCH_BATCH: usize = 32;
+/// Sequence length of the model benchmarks (the notebook's; `--batch` defaults to its 32).
 const BENCH_SEQ: usize = 64;
 
 fn shape_config(shape: crate::flags::ShapeFlag) -> roberta_burn::RobertaConfig {
@@ -312,7 +311,7 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
     let device = crate::device_with_dtype(args.backend, args.device_index, args.dtype)?;
     let model = roberta_burn::RobertaForSequenceClassification::new(&config, &device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut ids: Vec<i64> = (0..BENCH_BATCH * BENCH_SEQ)
+    let mut ids: Vec<i64> = (0..args.batch * BENCH_SEQ)
         .map(|_| rng.random_range(3..config.vocab_size as i64))
         .collect();
     for row in ids.chunks_mut(BENCH_SEQ) {
@@ -322,8 +321,8 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
     if args.train {
         return train_worker(&config, ids, args, device.autodiff());
     }
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BENCH_BATCH, BENCH_SEQ]), &device);
-    let mask = Tensor::<2, Int>::ones([BENCH_BATCH, BENCH_SEQ], &device);
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [args.batch, BENCH_SEQ]), &device);
+    let mask = Tensor::<2, Int>::ones([args.batch, BENCH_SEQ], &device);
     // `into_scalar` waits for the device, so GPU work is timed to its end.
     let run = || -> Result<f32> {
         let logits = model.forward(ids.clone(), mask.clone());
@@ -339,7 +338,7 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({ "samples_per_s": (BENCH_BATCH * args.iters) as f64 / elapsed })
+        serde_json::json!({ "samples_per_s": (args.batch * args.iters) as f64 / elapsed })
     );
     Ok(())
 }
@@ -369,10 +368,10 @@ fn train_worker(
         max_grad_norm: 1.0,
         ..Default::default()
     });
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BENCH_BATCH, BENCH_SEQ]), &device);
-    let mask = Tensor::<2, Int>::ones([BENCH_BATCH, BENCH_SEQ], &device);
-    let labels: Vec<i64> = (0..BENCH_BATCH as i64).map(|i| i % 2).collect();
-    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [BENCH_BATCH]), &device);
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [args.batch, BENCH_SEQ]), &device);
+    let mask = Tensor::<2, Int>::ones([args.batch, BENCH_SEQ], &device);
+    let labels: Vec<i64> = (0..args.batch as i64).map(|i| i % 2).collect();
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [args.batch]), &device);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut step = |model: roberta_burn::RobertaForSequenceClassification| -> Result<_> {
         let loss = loss_fn.forward(model.forward(ids.clone(), mask.clone()), labels.clone());
@@ -402,7 +401,7 @@ fn train_worker(
     drop(model);
     println!(
         "{}",
-        serde_json::json!({ "samples_per_s": (BENCH_BATCH * iters) as f64 / elapsed })
+        serde_json::json!({ "samples_per_s": (args.batch * iters) as f64 / elapsed })
     );
     Ok(())
 }
@@ -447,6 +446,7 @@ pub struct BenchModel {
     dtype: crate::flags::DTypeFlag,
     iters: Option<usize>,
     python_device: String,
+    batch: usize,
 }
 
 impl From<crate::flags::BenchModelArgs> for BenchModel {
@@ -461,6 +461,7 @@ impl From<crate::flags::BenchModelArgs> for BenchModel {
             dtype: args.dtype,
             iters: args.iters,
             python_device: args.python_device,
+            batch: args.batch,
         }
     }
 }
@@ -477,7 +478,8 @@ impl BenchModel {
         };
         let (backend, dtype) = (flag_name(self.backend), flag_name(self.dtype));
         println!(
-            "{what}, batch {BENCH_BATCH}, length {BENCH_SEQ}, random weights, {dtype}; samples/s (peak RSS MiB)"
+            "{what}, batch {}, length {BENCH_SEQ}, random weights, {dtype}; samples/s (peak RSS MiB)",
+            self.batch
         );
         println!(
             "| shape | threads | ours ({backend}) | PyTorch eager ({}) | ratio ours / PyTorch |",
@@ -506,6 +508,7 @@ impl BenchModel {
                         ])
                         .arg(&iters)
                         .args(train_flag)
+                        .args(["--batch", &self.batch.to_string()])
                         .args(["--backend", &backend, "--dtype", &dtype, "--device-index"])
                         .arg(self.device_index.to_string())
                         .env("RAYON_NUM_THREADS", threads.to_string()),
@@ -514,7 +517,8 @@ impl BenchModel {
                     Command::new(&self.python)
                         .arg(&script)
                         .args(train_flag)
-                        .args(["--shape", shape_name(shape), "--iters", &iters, "--threads"])
+                        .args(["--shape", shape_name(shape), "--iters", &iters])
+                        .args(["--batch", &self.batch.to_string(), "--threads"])
                         .arg(threads.to_string())
                         .args(["--device", &self.python_device, "--dtype", &dtype])
                         .env("OMP_NUM_THREADS", threads.to_string())

@@ -376,6 +376,10 @@ pub struct BenchModelArgs {
     /// PyTorch's device: `cpu`, or `cuda` to compare with a GPU backend.
     #[arg(long, default_value = "cpu")]
     pub python_device: String,
+    /// Sequences per step (the notebook's 32). Small batches of the tiny shape make a step's
+    /// time the per-operation overhead, the regime of a GPU.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
 }
 
 /// Flags of the hidden `bench model-worker`.
@@ -405,6 +409,9 @@ pub struct ModelWorkerArgs {
     /// The optimizer of a training step.
     #[arg(long, value_enum, default_value_t = OptimizerFlag::Flat)]
     pub optimizer: OptimizerFlag,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
 }
 
 /// `--optimizer`: which AdamW `bench model-worker --train` steps with.
