@@ -297,18 +297,40 @@ mod tests {
     use burn::nn::LayerNormConfig;
     use burn::tensor::{Device, Tensor, TensorData};
 
+    /// `n` values of a shifted sine: inputs from a formula, not Burn's generator, because tests
+    /// in this binary run in parallel and another one reseeds the shared generator.
+    fn wave(n: usize, phase: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.37 + phase).sin() * 2.0 + 0.5)
+            .collect()
+    }
+
+    /// Asserts that `got` equals `want` within `tolerance` relative to `want`'s largest
+    /// magnitude (at least 1), and that `want` is not trivially small.
+    fn assert_close(name: &str, got: &[f32], want: &[f32], tolerance: f32) {
+        assert_eq!(got.len(), want.len(), "{name}");
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        let scale = want.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        assert!(scale > 1e-2, "{name}: a trivial reference");
+        assert!(
+            worst <= tolerance * scale.max(1.0),
+            "{name} differs by {worst}"
+        );
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
     /// Value and gradients (of a weighted sum, so that every output matters differently) of
     /// the fused operation and of Burn's composed `LayerNorm`.
     #[test]
     fn equals_burns_layer_norm_forward_and_backward() {
-        // Inputs from a formula, not Burn's generator: tests in this binary run in parallel
-        // and another one reseeds the shared generator.
         let device = Device::flex().autodiff();
-        let wave = |n: usize, phase: f32| -> Vec<f32> {
-            (0..n)
-                .map(|i| (i as f32 * 0.37 + phase).sin() * 2.0 + 0.5)
-                .collect()
-        };
         let x = Tensor::<3>::from_data(TensorData::new(wave(160, 0.1), [2, 5, 16]), &device);
         let weights = Tensor::<3>::from_data(TensorData::new(wave(160, 1.3), [2, 5, 16]), &device);
         let mut norm = LayerNormConfig::new(16).with_epsilon(1e-5).init(&device);
@@ -330,31 +352,16 @@ mod tests {
                 norm.forward(x.clone())
             };
             let grads = (y.clone() * weights.clone()).sum().backward();
-            let values = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
-            let vector = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
-            (
+            [
                 values(y.inner()),
                 values(x.grad(&grads).unwrap()),
-                vector(norm.gamma.val().grad(&grads).unwrap()),
-                vector(beta.val().grad(&grads).unwrap()),
-            )
+                values(norm.gamma.val().grad(&grads).unwrap()),
+                values(beta.val().grad(&grads).unwrap()),
+            ]
         };
         let (fused, composed) = (run(true), run(false));
-        for (name, a, b) in [
-            ("output", &fused.0, &composed.0),
-            ("∂x", &fused.1, &composed.1),
-            ("∂γ", &fused.2, &composed.2),
-            ("∂β", &fused.3, &composed.3),
-        ] {
-            assert_eq!(a.len(), b.len(), "{name}");
-            let worst = a
-                .iter()
-                .zip(b)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0f32, f32::max);
-            let scale = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-            assert!(scale > 1e-3, "{name}: a trivial reference");
-            assert!(worst <= 1e-5 * scale.max(1.0), "{name} differs by {worst}");
+        for (i, name) in ["output", "∂x", "∂γ", "∂β"].into_iter().enumerate() {
+            assert_close(name, &fused[i], &composed[i], 1e-5);
         }
     }
 
@@ -363,11 +370,6 @@ mod tests {
     #[test]
     fn equals_burns_softmax_forward_and_backward() {
         let device = Device::flex().autodiff();
-        let wave = |n: usize, phase: f32| -> Vec<f32> {
-            (0..n)
-                .map(|i| (i as f32 * 0.61 + phase).sin() * 3.0)
-                .collect()
-        };
         let x = Tensor::<3>::from_data(TensorData::new(wave(120, 0.2), [2, 6, 10]), &device);
         let weights = Tensor::<3>::from_data(TensorData::new(wave(120, 0.9), [2, 6, 10]), &device);
         for dim in [1, 2] {
@@ -379,26 +381,11 @@ mod tests {
                     burn::tensor::activation::softmax(x.clone(), dim)
                 };
                 let grads = (y.clone() * weights.clone()).sum().backward();
-                let values = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
-                (values(y.inner()), values(x.grad(&grads).unwrap()))
+                [values(y.inner()), values(x.grad(&grads).unwrap())]
             };
             let (fused, composed) = (run(true), run(false));
-            for (name, a, b) in [
-                ("output", &fused.0, &composed.0),
-                ("∂x", &fused.1, &composed.1),
-            ] {
-                let worst = a
-                    .iter()
-                    .zip(b)
-                    .map(|(p, q)| (p - q).abs())
-                    .fold(0.0f32, f32::max);
-                let scale = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-                assert!(scale > 1e-2, "dim {dim}, {name}: a trivial reference");
-                assert!(
-                    worst <= 1e-6 * scale.max(1.0),
-                    "dim {dim}, {name} differs by {worst}"
-                );
-            }
+            assert_close(&format!("dim {dim}, output"), &fused[0], &composed[0], 1e-6);
+            assert_close(&format!("dim {dim}, ∂x"), &fused[1], &composed[1], 1e-6);
         }
     }
 }

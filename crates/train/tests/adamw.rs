@@ -105,6 +105,20 @@ fn equals_burns_adamw_with_global_norm_clipping() {
     assert!(worst < 1e-6, "flat and per-tensor AdamW differ by {worst}");
 }
 
+/// `optimizer`'s steps `steps` on `model`.
+fn take_steps(
+    optimizer: &mut FlatAdamW,
+    mut model: RobertaForSequenceClassification,
+    steps: std::ops::Range<usize>,
+    device: &Device,
+) -> RobertaForSequenceClassification {
+    for step in steps {
+        let grads = gradients(&model, step, device);
+        (model, _) = optimizer.step(rate(step), model, grads).unwrap();
+    }
+    model
+}
+
 #[test]
 fn a_saved_optimizer_continues_bit_for_bit() {
     let device = Device::flex().autodiff();
@@ -120,37 +134,15 @@ fn a_saved_optimizer_continues_bit_for_bit() {
         .unwrap();
     assert_eq!(fresh.steps(), 0);
 
-    for step in 0..3 {
-        (straight, _) = optimizer
-            .step(
-                rate(step),
-                straight.clone(),
-                gradients(&straight, step, &device),
-            )
-            .unwrap();
-    }
+    straight = take_steps(&mut optimizer, straight, 0..3, &device);
     optimizer.save(&path).unwrap();
-    let mut resumed = straight.clone();
+    let resumed = straight.clone();
     let mut reloaded = FlatAdamW::new(SETTINGS)
         .load(&path, &Device::flex())
         .unwrap();
     assert_eq!(reloaded.steps(), 3);
-    for step in 3..5 {
-        (straight, _) = optimizer
-            .step(
-                rate(step),
-                straight.clone(),
-                gradients(&straight, step, &device),
-            )
-            .unwrap();
-        (resumed, _) = reloaded
-            .step(
-                rate(step),
-                resumed.clone(),
-                gradients(&resumed, step, &device),
-            )
-            .unwrap();
-    }
+    straight = take_steps(&mut optimizer, straight, 3..5, &device);
+    let resumed = take_steps(&mut reloaded, resumed, 3..5, &device);
     assert_eq!(weights(&straight), weights(&resumed));
 
     let other = AdamWSettings {
