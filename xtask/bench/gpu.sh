@@ -11,8 +11,9 @@
 #   its own time limit, and are skipped once SECONDS (default 540) have passed; a failure does
 #   not stop the others. Everything goes to OUT_DIR/gpu.log. MODE `check` (the default) runs
 #   the whole check; `profile` splits training steps into parts (forward + backward, + clipping,
-#   + AdamW; Burn's per-tensor AdamW against the trainer's FlatAdamW) on both backends, to see
-#   where the time goes.
+#   + AdamW; Burn's per-tensor AdamW against the trainer's FlatAdamW; Burn's composed layer norm
+#   and softmax against the model's fused ones) on both backends, and times a launch-bound tiny
+#   model next to PyTorch, to see where the time goes.
 set -u
 out=$(realpath "$2")
 deadline=${3:-540}
@@ -65,9 +66,12 @@ bench() { # bench LIMIT BACKEND DTYPE [FLAGS]
     step "$limit" "bench $backend $dtype $*" "$xtask" bench model "$@" --shapes base \
         --threads 16 --backend "$backend" --dtype "$dtype" --iters 30 --python-device cuda --python python3
 }
-worker() { # worker LIMIT BACKEND PARTS OPTIMIZER: our side alone
-    step "$1" "worker $2 --parts $3 --optimizer $4" "$xtask" bench model-worker --shape base \
-        --iters 30 --train --backend "$2" --parts "$3" --optimizer "$4"
+worker() { # worker LIMIT BACKEND PARTS OPTIMIZER [FLAGS]: our side alone
+    local limit=$1 backend=$2 parts=$3 optimizer=$4
+    shift 4
+    step "$limit" "worker $backend --parts $parts --optimizer $optimizer $*" "$xtask" bench \
+        model-worker --shape base --iters 30 --train --backend "$backend" --parts "$parts" \
+        --optimizer "$optimizer" "$@"
 }
 if [ "$mode" = profile ]; then
     step 60 "parity vulkan f32" "$xtask" parity --backend vulkan
@@ -75,10 +79,14 @@ if [ "$mode" = profile ]; then
     bench 90 vulkan f32 --train
     for backend in tch-cuda vulkan; do
         worker 40 "$backend" forward-backward flat
+        worker 40 "$backend" forward-backward flat --composed-ops
         worker 40 "$backend" clip burn
         worker 40 "$backend" full burn
         worker 40 "$backend" full flat
     done
+    # Launch-bound: a tiny model, one sequence per step; the per-operation cost against PyTorch's.
+    step 60 "bench tch-cuda tiny batch 1" "$xtask" bench model --shapes tiny --batch 1 --train \
+        --threads 16 --backend tch-cuda --iters 200 --python-device cuda --python python3
     bench 60 vulkan f32
     bench 90 vulkan f16 --train
     say "done after $SECONDS s"
@@ -91,6 +99,7 @@ step 90 "parity vulkan f32" "$xtask" parity --backend vulkan
 
 bench 90 tch-cuda f32 --train
 worker 40 tch-cuda full burn # the per-tensor AdamW FlatAdamW replaced, for the ratio
+worker 40 tch-cuda full flat --composed-ops # Burn's layer norm and softmax, for the ratio
 bench 120 vulkan f32 --train
 
 run_dir=$(mktemp -d)

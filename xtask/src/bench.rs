@@ -308,6 +308,7 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
     use burn::tensor::{Int, Tensor, TensorData};
     use rand::{Rng, SeedableRng};
     let config = shape_config(args.shape);
+    roberta_burn::set_fused_ops(!args.composed_ops);
     let device = crate::device_with_dtype(args.backend, args.device_index, args.dtype)?;
     let model = roberta_burn::RobertaForSequenceClassification::new(&config, &device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);

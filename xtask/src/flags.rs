@@ -412,6 +412,9 @@ pub struct ModelWorkerArgs {
     /// Sequences per step.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Burn's composed layer norm and softmax instead of the model's fused operations (A/B).
+    #[arg(long)]
+    pub composed_ops: bool,
 }
 
 /// `--optimizer`: which AdamW `bench model-worker --train` steps with.

@@ -28,6 +28,17 @@ use burn::backend::autodiff::{
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::{Shape, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether [`layer_norm`] and [`softmax`] use the fused operations (the default) or Burn's
+/// composed ones.
+static FUSED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused layer norm and softmax on (the default) or off, process-wide: off, the model
+/// runs Burn's composed operations, for A/B benchmarks (`bench model-worker --composed-ops`).
+pub fn set_fused_ops(enabled: bool) {
+    FUSED.store(enabled, Ordering::Relaxed);
+}
 
 /// The forward and backward kernels of the fused operations, per backend.
 pub trait FusedKernels: Backend {
@@ -269,6 +280,9 @@ impl<B: Backend + FusedKernels> Backward<B, 1> for SoftmaxBackward {
 /// Softmax of `x` along `dim`: one operation with a closed-form backward pass (see the module
 /// documentation).
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    if !FUSED.load(Ordering::Relaxed) {
+        return burn::tensor::activation::softmax(x, dim);
+    }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(
         x.into_dispatch(),
         dim,
@@ -283,6 +297,9 @@ pub fn layer_norm<const D: usize>(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> Tensor<D> {
+    if !FUSED.load(Ordering::Relaxed) {
+        return burn::tensor::module::layer_norm(x, gamma, Some(beta), epsilon);
+    }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
         x.into_dispatch(),
         gamma.into_dispatch(),

@@ -37,6 +37,7 @@ mod model;
 
 pub use config::RobertaConfig;
 pub use error::ModelError;
+pub use fused::set_fused_ops;
 pub use hub::{HubSettings, resolve_pretrained};
 pub use loader::{
     CONFIG_FILE, LoadReport, Loaded, PYTORCH_FILE, Pretrained, SAFETENSORS_FILE,
