@@ -512,7 +512,10 @@ impl BenchModel {
                         .args(["--batch", &self.batch.to_string()])
                         .args(["--backend", &backend, "--dtype", &dtype, "--device-index"])
                         .arg(self.device_index.to_string())
-                        .env("RAYON_NUM_THREADS", threads.to_string()),
+                        .env("RAYON_NUM_THREADS", threads.to_string())
+                        // libtorch's own pool, for `--backend tch`: the same count as PyTorch's.
+                        .env("OMP_NUM_THREADS", threads.to_string())
+                        .env("OMP_WAIT_POLICY", "PASSIVE"),
                 )?;
                 let (py_m, py) = measure_json(
                     Command::new(&self.python)
