@@ -69,7 +69,7 @@ bench() { # bench LIMIT BACKEND DTYPE [FLAGS]
 worker() { # worker LIMIT BACKEND PARTS OPTIMIZER [FLAGS]: our side alone
     local limit=$1 backend=$2 parts=$3 optimizer=$4
     shift 4
-    step "$limit" "worker $backend --parts $parts --optimizer $optimizer $*" "$xtask" bench \
+    step "$limit" "worker $backend --parts $parts --optimizer $optimizer${*:+ $*}" "$xtask" bench \
         model-worker --shape base --iters 30 --train --backend "$backend" --parts "$parts" \
         --optimizer "$optimizer" "$@"
 }
