@@ -27,7 +27,7 @@ use burn::backend::autodiff::{
 };
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
-use burn::tensor::{Shape, Tensor};
+use burn::tensor::{Distribution, Shape, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether [`layer_norm`] and [`softmax`] use the fused operations (the default) or Burn's
@@ -107,6 +107,35 @@ pub trait FusedKernels: Backend {
         let projection = Self::float_sum_dim(Self::float_mul(grad.clone(), y.clone()), dim);
         Self::float_mul(y, Self::float_sub(grad, projection))
     }
+
+    /// `(y, saved)`: `x` with each element zeroed with probability `prob` and the others scaled
+    /// by `1 / (1 − prob)`, and what [`dropout_backward`](Self::dropout_backward) needs.
+    fn dropout_forward(x: FloatTensor<Self>, prob: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        dropout_with_mask::<Self>(x, prob)
+    }
+
+    /// `∂x` of the dropout that saved `saved`.
+    fn dropout_backward(
+        grad: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        _prob: f64,
+    ) -> FloatTensor<Self> {
+        Self::float_mul(grad, saved)
+    }
+}
+
+/// Dropout from the backend's operations: a Bernoulli mask scaled by `1 / (1 − prob)` (what
+/// Burn's `Dropout` draws), the output and that scaled mask.
+fn dropout_with_mask<B: Backend>(x: FloatTensor<B>, prob: f64) -> (FloatTensor<B>, FloatTensor<B>) {
+    let keep = 1.0 - prob;
+    let mask = B::float_random(
+        x.shape(),
+        Distribution::Bernoulli(keep),
+        &x.device(),
+        x.dtype().into(),
+    );
+    let scaled = B::float_mul_scalar(mask, (1.0 / keep).into());
+    (B::float_mul(x, scaled.clone()), scaled)
 }
 
 /// `[width]` reshaped to `[1, …, 1, width]` for broadcasting against a rank-`rank` tensor.
@@ -143,6 +172,12 @@ pub trait FusedOps: Backend {
     #[fusion(default)]
     fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         <Self as burn::backend::ops::ActivationOps<Self>>::softmax(x, dim)
+    }
+
+    /// Dropout with probability `prob` (training only: the caller decides when it applies).
+    #[fusion(default)]
+    fn fused_dropout(x: FloatTensor<Self>, prob: f64) -> FloatTensor<Self> {
+        dropout_with_mask::<Self>(x, prob).0
     }
 }
 
@@ -181,6 +216,24 @@ impl FusedKernels for burn_tch::LibTorch {
             burn_tch::TchTensor::new(mean),
             burn_tch::TchTensor::new(rstd),
         )
+    }
+
+    /// PyTorch's fused dropout kernel; its boolean mask is what the backward pass keeps.
+    fn dropout_forward(x: FloatTensor<Self>, prob: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (y, mask) = x.tensor.native_dropout(prob, true);
+        (burn_tch::TchTensor::new(y), burn_tch::TchTensor::new(mask))
+    }
+
+    fn dropout_backward(
+        grad: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        prob: f64,
+    ) -> FloatTensor<Self> {
+        burn_tch::TchTensor::new(tch::Tensor::native_dropout_backward(
+            &grad.tensor,
+            &mask.tensor,
+            1.0 / (1.0 - prob),
+        ))
     }
 }
 
@@ -257,6 +310,38 @@ impl<B: Backend + FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, 
             ),
         }
     }
+
+    fn fused_dropout(x: FloatTensor<Self>, prob: f64) -> FloatTensor<Self> {
+        match DropoutBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (y, saved) = B::dropout_forward(x.into_primitive(), prob);
+                prep.finish((saved, prob), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::dropout_forward(x.into_primitive(), prob).0),
+        }
+    }
+}
+
+/// The dropout backward step: the saved mask and the probability.
+#[derive(Debug)]
+struct DropoutBackward;
+
+impl<B: Backend + FusedKernels> Backward<B, 1> for DropoutBackward {
+    /// What the forward kernel saved (the scaled mask, or libtorch's boolean mask) and `prob`.
+    type State = (FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (saved, prob) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::dropout_backward(grad, saved, prob));
+        }
+    }
 }
 
 /// The softmax backward step: its output and dimension are all it needs.
@@ -275,6 +360,22 @@ impl<B: Backend + FusedKernels> Backward<B, 1> for SoftmaxBackward {
             grads.register::<B>(node.id, B::softmax_backward(grad, y, dim));
         }
     }
+}
+
+/// Dropout of `x` with probability `prob`, always applied (the caller checks training mode):
+/// one operation whose backward pass multiplies by the saved mask; on libtorch, PyTorch's fused
+/// `native_dropout` kernels.
+pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
+    if !FUSED.load(Ordering::Relaxed) {
+        // Burn's `Dropout`, step for step.
+        let keep = 1.0 - prob;
+        let mask = x.random_like(burn::tensor::Distribution::Bernoulli(keep));
+        return x * mask * (1.0 / keep);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_dropout(
+        x.into_dispatch(),
+        prob,
+    ))
 }
 
 /// Softmax of `x` along `dim`: one operation with a closed-form backward pass (see the module
@@ -380,6 +481,41 @@ mod tests {
         for (i, name) in ["output", "∂x", "∂γ", "∂β"].into_iter().enumerate() {
             assert_close(name, &fused[i], &composed[i], 1e-5);
         }
+    }
+
+    /// The fused dropout (through the backend's operations, as on every backend but libtorch)
+    /// drops its share, scales the rest, and passes the gradient through the same mask.
+    #[test]
+    fn dropout_drops_its_share_and_its_gradient_follows_the_mask() {
+        let _generator = crate::GENERATOR_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let device = Device::flex().autodiff();
+        let x = Tensor::<1>::from_data(TensorData::new(wave(100_000, 0.3), [100_000]), &device)
+            .require_grad();
+        let y = super::dropout(x.clone(), 0.2);
+        let grads = y.clone().sum().backward();
+        let (inputs, outputs, gradient) = (
+            values(x.clone().inner()),
+            values(y.inner()),
+            values(x.grad(&grads).unwrap()),
+        );
+        let kept = 1.0 / 0.8f32;
+        let mut dropped = 0;
+        for ((input, output), grad) in inputs.iter().zip(&outputs).zip(&gradient) {
+            if *grad == 0.0 {
+                dropped += 1;
+                assert_eq!(*output, 0.0);
+            } else {
+                assert!((grad - kept).abs() < 1e-6, "gradient {grad}");
+                assert!(
+                    (output - input * kept).abs() < 1e-5,
+                    "{output} from {input}"
+                );
+            }
+        }
+        let share = dropped as f64 / inputs.len() as f64;
+        assert!((share - 0.2).abs() < 0.01, "dropped {share}");
     }
 
     /// Value and gradient of the fused softmax and of Burn's composed one, along an inner and

@@ -38,6 +38,11 @@ mod model;
 pub use config::RobertaConfig;
 pub use error::ModelError;
 pub use fused::set_fused_ops;
+
+/// Held by the unit tests that draw from Burn's generator: it is one per process and tests run
+/// in parallel, so a test that seeds it and expects a sequence must not meet another's draws.
+#[cfg(test)]
+pub(crate) static GENERATOR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub use hub::{HubSettings, resolve_pretrained};
 pub use loader::{
     CONFIG_FILE, LoadReport, Loaded, PYTORCH_FILE, Pretrained, SAFETENSORS_FILE,

@@ -19,22 +19,24 @@ use crate::RobertaConfig;
 /// Added to the attention scores of padded keys; `exp` of it is 0 in f32 and f16 alike.
 const MASKED_SCORE: f32 = -1.0e4;
 
-/// Burn's dropout, except that on the CPU backend (flex) the mask is drawn in parallel from a
-/// counter-based hash: flex draws every mask element from one ChaCha stream, serially, which
-/// took 12% of a training step on two threads (docs/BENCHMARKS.md). Each mask's seed comes from
-/// Burn's generator, so `Device::seed` still makes a run reproducible; other backends keep
-/// Burn's own dropout, whose masks are drawn on the device.
+/// Dropout where `layer` is in training mode on an autodiff device (where Burn's `Dropout`
+/// applies), the identity elsewhere. On the CPU backend (flex) the mask is drawn in parallel
+/// from a counter-based hash: flex draws every mask element from one ChaCha stream, serially,
+/// which took 12% of a training step on two threads (docs/BENCHMARKS.md); each mask's seed comes
+/// from Burn's generator, so `Device::seed` still makes a run reproducible. Other backends use
+/// the fused dropout operation ([`crate::fused::dropout`]: PyTorch's `native_dropout` on
+/// libtorch, seeded by `Device::seed` too), whose masks are drawn on the device.
 fn apply_dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
+    if !layer.training.is_enabled() || !device.is_autodiff() || layer.prob == 0.0 {
+        return x;
+    }
     let on_flex = matches!(
         device.clone().without_autodiff().as_dispatch(),
         burn_dispatch::DispatchDevice::Flex(_)
     );
     if !on_flex {
-        return layer.forward(x);
-    }
-    if !layer.training.is_enabled() || !device.is_autodiff() || layer.prob == 0.0 {
-        return x;
+        return crate::fused::dropout(x, layer.prob);
     }
     let draw = Tensor::<1, Int>::random(
         [2],
@@ -569,6 +571,9 @@ mod tests {
 
     #[test]
     fn cpu_dropout_drops_its_share_scales_the_rest_and_follows_the_seed() {
+        let _generator = crate::GENERATOR_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let device = Device::flex().autodiff();
         let layer = DropoutConfig::new(0.1).init();
         let draw = || {
