@@ -99,7 +99,7 @@ step 90 "parity vulkan f32" "$xtask" parity --backend vulkan
 
 bench 90 tch-cuda f32 --train
 worker 40 tch-cuda full burn # the per-tensor AdamW FlatAdamW replaced, for the ratio
-worker 40 tch-cuda full flat --composed-ops # Burn's layer norm and softmax, for the ratio
+worker 40 tch-cuda full flat --composed-ops # Burn's layer norm, softmax and dropout, for the ratio
 bench 120 vulkan f32 --train
 
 run_dir=$(mktemp -d)

@@ -412,7 +412,8 @@ pub struct ModelWorkerArgs {
     /// Sequences per step.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Burn's composed layer norm and softmax instead of the model's fused operations (A/B).
+    /// Burn's composed layer norm, softmax and dropout instead of the model's fused operations
+    /// (A/B).
     #[arg(long)]
     pub composed_ops: bool,
 }

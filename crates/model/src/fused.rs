@@ -1,20 +1,23 @@
-//! Layer normalisation and softmax as single differentiable operations with hand-written
-//! backward passes.
+//! Layer normalisation, softmax and dropout as single differentiable operations with
+//! hand-written backward passes.
 //!
 //! Under autodiff, Burn 0.22 composes `layer_norm` from nine element-wise and reduction
 //! operations and `softmax` from five, and differentiates each of them, broadcasts included: some
 //! thirty operations per layer norm and fifteen per softmax and step (25 layer norms and 12
-//! softmaxes in roberta-base). On a GPU, where a training step is bounded by how many operations
-//! are launched, that is a large part of the gap to PyTorch, whose layer norm and softmax are one
-//! kernel each way. Here the forward pass is the backend's own operation (one kernel on the CPU
-//! backend and on libtorch, where `native_layer_norm` also returns the row statistics) and the
-//! backward pass is the closed form:
+//! softmaxes in roberta-base); its `Dropout` takes five per step (37 in roberta-base). On a GPU,
+//! where a training step is bounded by how many operations are launched, that is a large part of
+//! the gap to PyTorch, whose layer norm, softmax and dropout are one kernel each way. Here the
+//! forward pass is the backend's own operation (one kernel on the CPU backend and on libtorch,
+//! where `native_layer_norm` also returns the row statistics and `native_dropout` the mask) and
+//! the backward pass is the closed form:
 //! ```text
 //! layer norm:  x̂ = (x − μ)·r,  r = 1/√(σ² + ε)
 //!              ∂β = Σ_rows g,  ∂γ = Σ_rows g·x̂,  ∂x = r·(gγ − mean(gγ) − x̂·mean(gγ·x̂))
 //! softmax:     ∂x = y·(g − Σ g·y)
+//! dropout:     ∂x = g·m/(1 − p)   (m the mask)
 //! ```
-//! composed from the backend's operations ([`FusedKernels`]' default bodies).
+//! composed from the backend's operations ([`FusedKernels`]' default bodies), or on libtorch
+//! `native_dropout_backward`.
 
 // burn-tch is deprecated upstream, and still the fastest GPU backend here (docs/BENCHMARKS.md).
 #![cfg_attr(feature = "tch", allow(deprecated))]
@@ -30,12 +33,13 @@ use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::{Distribution, Shape, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Whether [`layer_norm`] and [`softmax`] use the fused operations (the default) or Burn's
-/// composed ones.
+/// Whether [`layer_norm`], [`softmax`] and [`dropout`] use the fused operations (the default)
+/// or Burn's composed ones.
 static FUSED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the fused layer norm and softmax on (the default) or off, process-wide: off, the model
-/// runs Burn's composed operations, for A/B benchmarks (`bench model-worker --composed-ops`).
+/// Turns the fused layer norm, softmax and dropout on (the default) or off, process-wide: off,
+/// the model runs Burn's composed operations, for A/B benchmarks (`bench model-worker
+/// --composed-ops`).
 pub fn set_fused_ops(enabled: bool) {
     FUSED.store(enabled, Ordering::Relaxed);
 }
