@@ -26,7 +26,7 @@ use burn::backend::autodiff::{
     Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
     grads::Gradients,
-    ops::{Backward, Ops, OpsKind},
+    ops::{Backward, Ops, OpsKind, unary},
 };
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
@@ -339,12 +339,10 @@ impl<B: Backend + FusedKernels> Backward<B, 1> for DropoutBackward {
     type State = (FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
         let (saved, prob) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::dropout_backward(grad, saved, prob));
-        }
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::dropout_backward(grad, saved, prob)
+        });
     }
 }
 
@@ -357,12 +355,10 @@ impl<B: Backend + FusedKernels> Backward<B, 1> for SoftmaxBackward {
     type State = (FloatTensor<B>, usize);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
         let (y, dim) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::softmax_backward(grad, y, dim));
-        }
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::softmax_backward(grad, y, dim)
+        });
     }
 }
 
