@@ -33,18 +33,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// glibc hands freed blocks above 128 KiB (and the top of the heap) back to the kernel, so a
-/// training step, which frees and allocates the same activation buffers again and again, spends
-/// a tenth of its time in page faults (measured with perf on the flex backend). Keeping them
-/// (blocks up to glibc's 32 MiB limit; the heap top never trimmed) removes that; peak memory is
-/// what the step needs anyway.
+/// mimalloc instead of glibc's allocator. glibc maps every block above 32 MiB (its limit for
+/// the heap) afresh from the kernel and unmaps it when freed, so a roberta-base training step,
+/// whose embedding gradients and optimizer buffers are hundreds of MiB, spent nearly half its
+/// time in the kernel zeroing and faulting pages in (docs/BENCHMARKS.md: 1.8x faster with
+/// mimalloc keeping freed memory). Smaller buffers were already kept, through glibc's
+/// `mallopt`, before this replaced it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc v3's `mi_option_purge_delay`: its position in `mi_option_e` (mimalloc.h of the
+/// pinned libmimalloc-sys), for which the crate has no constant.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Tells mimalloc never to return freed memory to the kernel (its default returns it after
+/// 10 ms, which still cost a roberta-base step a fifth of its time in page faults): a training
+/// process's footprint is its peak anyway. `MIMALLOC_PURGE_DELAY` in the environment is
+/// overridden.
 fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
+    // SAFETY: sets an allocator option (an integer in mimalloc's option table); called before
+    // any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
 fn run(xtask: Xtask) -> anyhow::Result<()> {
