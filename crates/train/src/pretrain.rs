@@ -9,7 +9,7 @@
 //! ```text
 //! pretrain_config.json       settings and model configuration
 //! metrics.json, metrics.csv  one row per epoch
-//! checkpoints/epoch-N/       the latest epoch (model.bpk, optimizer.bpk, state.json)
+//! checkpoints/epoch-N/       the latest epoch (model.bpk, optimizer.bpk + .json, state.json)
 //! model/                     config.json, model.safetensors, tokenizer files
 //! train.log                  start, resume, epochs, interruption, end
 //! ```
