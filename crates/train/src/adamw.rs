@@ -222,26 +222,28 @@ impl FlatAdamW {
             }
         };
 
-        let mut pieces = HashMap::with_capacity(ids.len());
-        let mut offset = 0;
-        if update_per_tensor(&delta.device()) {
+        // Each parameter's range in the flat buffers, in visiting order.
+        let ranges = slots.iter().scan(0, |offset, slot| {
+            let range = *offset..*offset + slot.len();
+            *offset = range.end;
+            Some(range)
+        });
+        let pieces: HashMap<ParamId, Tensor<1>> = if update_per_tensor(&delta.device()) {
             // The CPU backend copies a view that does not start its buffer before most
             // operations, so slices of one flat result would be copied at every use in the next
             // forward and backward pass: give each parameter a buffer of its own instead.
-            for ((id, slot), param) in ids.into_iter().zip(&slots).zip(params) {
-                let len = slot.len();
-                let update = delta.clone().slice(offset..offset + len);
-                pieces.insert(id, decayed(param) - update);
-                offset += len;
-            }
+            ids.into_iter()
+                .zip(params)
+                .zip(ranges)
+                .map(|((id, param), range)| (id, decayed(param) - delta.clone().slice(range)))
+                .collect()
         } else {
             let flat = decayed(Tensor::cat(params, 0)) - delta;
-            for (id, slot) in ids.into_iter().zip(&slots) {
-                let len = slot.len();
-                pieces.insert(id, flat.clone().slice(offset..offset + len));
-                offset += len;
-            }
-        }
+            ids.into_iter()
+                .zip(ranges)
+                .map(|(id, range)| (id, flat.clone().slice(range)))
+                .collect()
+        };
         let module = module.map(&mut Scatter { pieces });
         self.state = Some(FlatState {
             steps,
