@@ -10,10 +10,11 @@
 #   comes from .gl/*.deb when the machine lacks it. Steps run in order of importance, each with
 #   its own time limit, and are skipped once SECONDS (default 540) have passed; a failure does
 #   not stop the others. Everything goes to OUT_DIR/gpu.log. MODE `check` (the default) runs
-#   the whole check; `profile` splits training steps into parts (forward + backward, + clipping,
-#   + AdamW; Burn's per-tensor AdamW against the trainer's FlatAdamW; Burn's composed layer norm
-#   and softmax against the model's fused ones) on both backends, and times a launch-bound tiny
-#   model next to PyTorch, to see where the time goes.
+#   the whole check, `tch` its libtorch part only (with A/B rows: the composed attention, Burn's
+#   composed operations, the step without its optimizer); `profile` looks at where a tch-cuda
+#   training step's time goes, next to PyTorch's: batch 32 and 64, the GPU's utilisation and
+#   the CPU time while each side trains, PyTorch's kernels per step, and a launch-bound tiny
+#   model.
 set -u
 out=$(realpath "$2")
 deadline=${3:-540}
@@ -73,34 +74,48 @@ worker() { # worker LIMIT BACKEND PARTS OPTIMIZER [FLAGS]: our side alone
         model-worker --shape base --iters 30 --train --backend "$backend" --parts "$parts" \
         --optimizer "$optimizer" "$@"
 }
+# Runs a command with the GPU's utilisation sampled every 100 ms: the mean, the CPU time the
+# command took against its wall time (a step bounded by launching kernels keeps a core busy and
+# the GPU partly idle).
+sampled() { # sampled LIMIT NAME COMMAND...
+    local limit=$1 name=$2
+    shift 2
+    nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 100 >/tmp/util.txt &
+    local sampler=$!
+    TIMEFORMAT="cpu: %U s user, %S s system, %R s wall"
+    step "$limit" "$name (GPU utilisation sampled)" bash -c 'time "$@"' _ "$@"
+    kill "$sampler"
+    say "GPU utilisation: mean $(awk '{ s += $1; n++ } END { printf "%.0f%% over %d samples", s / n, n }' /tmp/util.txt)"
+}
 if [ "$mode" = profile ]; then
-    step 60 "parity vulkan f32" "$xtask" parity --backend vulkan
     bench 60 tch-cuda f32 --train
-    bench 90 vulkan f32 --train
-    for backend in tch-cuda vulkan; do
-        worker 40 "$backend" forward-backward flat
-        worker 40 "$backend" forward-backward flat --composed-ops
-        worker 40 "$backend" clip burn
-        worker 40 "$backend" full burn
-        worker 40 "$backend" full flat
-    done
+    bench 60 tch-cuda f32 --train --batch 64
+    sampled 40 "ours, training" "$xtask" bench model-worker --shape base --iters 60 --train \
+        --backend tch-cuda --parts full --optimizer flat
+    sampled 60 "PyTorch, training" python3 xtask/bench/model_reference.py --shape base --iters 60 \
+        --threads 16 --train --device cuda
+    worker 40 tch-cuda forward-backward flat
+    worker 40 tch-cuda full flat --composed-ops
+    step 60 "PyTorch's kernels" python3 xtask/bench/model_reference.py --shape base --iters 5 \
+        --threads 16 --train --device cuda --profile
     # Launch-bound: a tiny model, one sequence per step; the per-operation cost against PyTorch's.
     step 60 "bench tch-cuda tiny batch 1" "$xtask" bench model --shapes tiny --batch 1 --train \
         --threads 16 --backend tch-cuda --iters 200 --python-device cuda --python python3
-    bench 60 vulkan f32
-    bench 90 vulkan f16 --train
     say "done after $SECONDS s"
     exit 0
 fi
 
 step 45 "parity tch-cuda f32" "$xtask" parity --backend tch-cuda
 tch_ok=$(grep -c "parity: all" "$log")
-step 90 "parity vulkan f32" "$xtask" parity --backend vulkan
+[ "$mode" = tch ] || step 90 "parity vulkan f32" "$xtask" parity --backend vulkan
 
 bench 90 tch-cuda f32 --train
-worker 40 tch-cuda full burn # the per-tensor AdamW FlatAdamW replaced, for the ratio
-worker 40 tch-cuda full flat --composed-ops # Burn's layer norm, softmax and dropout, for the ratio
-bench 120 vulkan f32 --train
+worker 40 tch-cuda forward-backward flat # the step without the optimizer
+worker 40 tch-cuda full flat --composed-attention # attention from Burn's operations, for the ratio
+worker 40 tch-cuda full flat --composed-ops # Burn's linear, layer norm, softmax and dropout, for the ratio
+sampled 40 "ours, training" "$xtask" bench model-worker --shape base --iters 60 --train \
+    --backend tch-cuda --parts full --optimizer flat
+[ "$mode" = tch ] || bench 120 vulkan f32 --train
 
 run_dir=$(mktemp -d)
 backend=tch-cuda
@@ -110,7 +125,9 @@ step 120 "pipeline on $backend (small model, 3 trials, 2 epochs)" "$xtask" pipel
 cp "$run_dir/pipeline/report.md" "$out/pipeline-report.md" 2>/dev/null
 
 bench 60 tch-cuda bf16 --train
-bench 90 vulkan bf16 --train
+[ "$mode" = tch ] || bench 90 vulkan bf16 --train
 bench 60 tch-cuda f32
-bench 60 vulkan f32
+bench 60 tch-cuda f32 --train --batch 64
+bench 60 tch-cuda f32 --train # again: PyTorch's side varies by several per cent between runs
+[ "$mode" = tch ] || bench 60 vulkan f32
 say "done after $SECONDS s"

@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="time forward + backward + AdamW steps")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
+    parser.add_argument(
+        "--profile", action="store_true", help="after timing, print each training step's kernels (CUDA only)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -70,6 +73,8 @@ def main() -> None:
         for _ in range(args.iters):
             step()
         elapsed = time.perf_counter() - start
+        if args.profile:
+            profile_steps(step)
         print(json.dumps({"samples_per_s": args.batch * args.iters / elapsed}))
         return
     with torch.inference_mode(), autocast:
@@ -80,6 +85,20 @@ def main() -> None:
             model(input_ids=ids, attention_mask=mask).logits.sum().item()
         elapsed = time.perf_counter() - start
     print(json.dumps({"samples_per_s": args.batch * args.iters / elapsed}))
+
+
+def profile_steps(step, steps: int = 5) -> None:
+    """Kernels launched and GPU time per training step, and the kernels taking the most time:
+    whether a step is bounded by the GPU's arithmetic or by launching kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_us = sum(e.device_time for e in kernels)
+    print(f"profile: {len(kernels) / steps:.0f} kernels and {busy_us / steps / 1000:.2f} ms of GPU time per step")
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

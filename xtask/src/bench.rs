@@ -309,6 +309,7 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
     use rand::{Rng, SeedableRng};
     let config = shape_config(args.shape);
     roberta_burn::set_fused_ops(!args.composed_ops);
+    roberta_burn::set_fused_attention(!args.composed_attention);
     let device = crate::device_with_dtype(args.backend, args.device_index, args.dtype)?;
     let model = roberta_burn::RobertaForSequenceClassification::new(&config, &device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -376,19 +377,23 @@ fn train_worker(
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut step = |model: roberta_burn::RobertaForSequenceClassification| -> Result<_> {
         let loss = loss_fn.forward(model.forward(ids.clone(), mask.clone()), labels.clone());
-        let _: f32 = loss.clone().into_scalar();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if parts == StepParts::ForwardBackward {
-            return Ok(model);
-        }
-        if args.optimizer == OptimizerFlag::Flat {
-            return Ok(flat_adamw.step(2e-5, model, grads)?.0);
-        }
-        sentiment_train::clip_grad_norm(&model, &mut grads, 1.0);
-        if parts == StepParts::Clip {
-            return Ok(model);
-        }
-        Ok(burn_adamw.step(2e-5, model, grads))
+        // As the trainer does: the loss is read once the step is queued, which on a GPU waits
+        // for the step to finish (PyTorch's side reads it at the same point).
+        let model = if parts == StepParts::ForwardBackward {
+            model
+        } else if args.optimizer == OptimizerFlag::Flat {
+            flat_adamw.step(2e-5, model, grads)?.0
+        } else {
+            sentiment_train::clip_grad_norm(&model, &mut grads, 1.0);
+            if parts == StepParts::Clip {
+                model
+            } else {
+                burn_adamw.step(2e-5, model, grads)
+            }
+        };
+        let _: f32 = loss.into_scalar();
+        Ok(model)
     };
     // Warm-up: allocation pools and, on GPU backends, kernel compilation and autotuning.
     for _ in 0..3 {

@@ -412,10 +412,13 @@ pub struct ModelWorkerArgs {
     /// Sequences per step.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Burn's composed layer norm, softmax and dropout instead of the model's fused operations
+    /// Burn's linear, layer norm, softmax and dropout instead of the model's fused operations
     /// (A/B).
     #[arg(long)]
     pub composed_ops: bool,
+    /// Attention composed from Burn's operations instead of libtorch's fused kernel (A/B).
+    #[arg(long)]
+    pub composed_attention: bool,
 }
 
 /// `--optimizer`: which AdamW `bench model-worker --train` steps with.

@@ -238,7 +238,7 @@ impl Parity {
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let report;
             (model, report) = optimizer.step(schedule.rate(step), model, grads)?;
-            let norm = report.grad_norm;
+            let norm = report.grad_norm();
             worst_loss = worst_loss.max((value - want_losses[step]).abs() / want_losses[step]);
             worst_norm = worst_norm.max((norm - want_norms[step]).abs() / want_norms[step]);
         }

@@ -17,7 +17,14 @@
 //! dropout:     ∂x = g·m/(1 − p)   (m the mask)
 //! ```
 //! composed from the backend's operations ([`FusedKernels`]' default bodies), or on libtorch
-//! `native_dropout_backward`.
+//! `native_dropout_backward` and, on CUDA, PyTorch's batch-norm backward kernels for the layer
+//! norm.
+//!
+//! On libtorch two more operations are PyTorch's kernels: [`linear`] (`addmm` forward, two GEMMs
+//! and a sum backward) and [`attention`] (on CUDA the memory-efficient attention kernel with
+//! dropout inside, as transformers trains; its flash attention on the CPU without dropout; and
+//! `scaled_dot_product_attention` off the autodiff graph). Other backends keep Burn's `Linear`
+//! and the composed attention in the model.
 
 // burn-tch is deprecated upstream, and still the fastest GPU backend here (docs/BENCHMARKS.md).
 #![cfg_attr(feature = "tch", allow(deprecated))]
@@ -42,6 +49,35 @@ static FUSED: AtomicBool = AtomicBool::new(true);
 /// --composed-ops`).
 pub fn set_fused_ops(enabled: bool) {
     FUSED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether [`attention`] may run (the default); see [`set_fused_attention`].
+static FUSED_ATTENTION: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused attention on libtorch on (the default) or off, process-wide: off, attention
+/// is composed from Burn's operations (matmul, softmax, dropout), for A/B benchmarks (`bench
+/// model-worker --composed-attention`).
+pub fn set_fused_attention(enabled: bool) {
+    FUSED_ATTENTION.store(enabled, Ordering::Relaxed);
+}
+
+/// What the backward pass of a fused attention needs, as its forward kernel left it.
+#[derive(Debug, Clone)]
+// Only libtorch's kernels fill and read it.
+#[cfg_attr(not(feature = "tch"), allow(dead_code))]
+pub struct AttentionSaved<B: Backend> {
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    /// The additive bias in the layout the kernel took.
+    bias: FloatTensor<B>,
+    output: FloatTensor<B>,
+    logsumexp: FloatTensor<B>,
+    /// The dropout generator's state the kernel drew its mask from (CUDA: philox seed and
+    /// offset); empty without dropout.
+    generator: Vec<FloatTensor<B>>,
+    dropout: f64,
+    scale: f64,
 }
 
 /// The forward and backward kernels of the fused operations, per backend.
@@ -75,31 +111,7 @@ pub trait FusedKernels: Backend {
         mean: FloatTensor<Self>,
         rstd: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let shape = x.shape();
-        let rank = shape.num_dims();
-        let width = shape[rank - 1];
-        let rows = shape.num_elements() / width;
-        let normalized = Self::float_mul(Self::float_sub(x, mean), rstd.clone());
-        let per_row = |t: FloatTensor<Self>| {
-            let summed = Self::float_sum_dim(Self::float_reshape(t, Shape::new([rows, width])), 0);
-            Self::float_reshape(summed, Shape::new([width]))
-        };
-        let grad_beta = per_row(grad.clone());
-        let grad_gamma = per_row(Self::float_mul(grad.clone(), normalized.clone()));
-        let scaled = Self::float_mul(grad, broadcastable::<Self>(gamma, rank));
-        let mean_scaled = Self::float_mean_dim(scaled.clone(), rank - 1);
-        let mean_projection = Self::float_mean_dim(
-            Self::float_mul(scaled.clone(), normalized.clone()),
-            rank - 1,
-        );
-        let grad_x = Self::float_mul(
-            Self::float_sub(
-                Self::float_sub(scaled, mean_scaled),
-                Self::float_mul(normalized, mean_projection),
-            ),
-            rstd,
-        );
-        (grad_x, grad_gamma, grad_beta)
+        layer_norm_backward_composed::<Self>(grad, x, gamma, mean, rstd)
     }
 
     /// `∂x` of `y = softmax(x)` along `dim` from the output gradient `grad` and `y`.
@@ -126,6 +138,83 @@ pub trait FusedKernels: Backend {
     ) -> FloatTensor<Self> {
         Self::float_mul(grad, saved)
     }
+
+    /// `x·w + b` over the last dimension of `x` (`w`: `[in, out]`).
+    fn linear_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::linear(x, weight, Some(bias))
+    }
+
+    /// `(∂x, ∂w, ∂b)` of [`linear_forward`](Self::linear_forward).
+    fn linear_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        (
+            Self::linear_x_backward(weight, grad.clone()),
+            Self::linear_weight_backward(x, grad.clone()),
+            Self::linear_bias_backward(grad),
+        )
+    }
+
+    /// `(output, saved)`: `softmax(q·kᵀ·scale + bias)` with dropout on the probabilities, times
+    /// `v`, as one kernel, with what its backward pass needs. Only backends for which
+    /// [`attention_available`] says so implement it: the model composes attention elsewhere.
+    fn attention_forward(
+        _query: FloatTensor<Self>,
+        _key: FloatTensor<Self>,
+        _value: FloatTensor<Self>,
+        _bias: FloatTensor<Self>,
+        _dropout: f64,
+        _scale: f64,
+    ) -> (FloatTensor<Self>, AttentionSaved<Self>) {
+        unreachable!("fused attention on a backend without the kernel (see attention_available)")
+    }
+
+    /// `(∂q, ∂k, ∂v)` of the fused attention that saved `saved`.
+    fn attention_backward(
+        _grad: FloatTensor<Self>,
+        _saved: AttentionSaved<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        unreachable!("fused attention on a backend without the kernel (see attention_available)")
+    }
+}
+
+/// The layer-norm backward pass (module documentation) from the backend's operations.
+fn layer_norm_backward_composed<B: Backend>(
+    grad: FloatTensor<B>,
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let shape = x.shape();
+    let rank = shape.num_dims();
+    let width = shape[rank - 1];
+    let rows = shape.num_elements() / width;
+    let normalized = B::float_mul(B::float_sub(x, mean), rstd.clone());
+    let per_row = |t: FloatTensor<B>| {
+        let summed = B::float_sum_dim(B::float_reshape(t, Shape::new([rows, width])), 0);
+        B::float_reshape(summed, Shape::new([width]))
+    };
+    let grad_beta = per_row(grad.clone());
+    let grad_gamma = per_row(B::float_mul(grad.clone(), normalized.clone()));
+    let scaled = B::float_mul(grad, broadcastable::<B>(gamma, rank));
+    let mean_scaled = B::float_mean_dim(scaled.clone(), rank - 1);
+    let mean_projection =
+        B::float_mean_dim(B::float_mul(scaled.clone(), normalized.clone()), rank - 1);
+    let grad_x = B::float_mul(
+        B::float_sub(
+            B::float_sub(scaled, mean_scaled),
+            B::float_mul(normalized, mean_projection),
+        ),
+        rstd,
+    );
+    (grad_x, grad_gamma, grad_beta)
 }
 
 /// Dropout from the backend's operations: a Bernoulli mask scaled by `1 / (1 − prob)` (what
@@ -183,6 +272,51 @@ pub trait FusedOps: Backend {
     fn fused_dropout(x: FloatTensor<Self>, prob: f64) -> FloatTensor<Self> {
         dropout_with_mask::<Self>(x, prob).0
     }
+
+    /// `x·w + b` over the last dimension of `x` (`w`: `[in, out]`, Burn's layout).
+    #[fusion(default)]
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::linear(x, weight, Some(bias))
+    }
+
+    /// Scaled dot-product attention of `[batch, heads, seq, head_dim]` queries, keys and
+    /// values with an additive `bias` broadcastable to the scores, and dropout on the
+    /// probabilities. Off the autodiff graph without dropout this is Burn's attention (the
+    /// model calls it only where [`attention_available`] says so).
+    #[fusion(default)]
+    fn fused_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        dropout: f64,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        assert!(
+            dropout == 0.0,
+            "attention dropout needs a backend with fused attention"
+        );
+        let shape = query.shape();
+        let bias = Self::float_expand(
+            bias,
+            Shape::new([shape[0], shape[1], shape[2], key.shape()[2]]),
+        );
+        Self::attention(
+            query,
+            key,
+            value,
+            None,
+            Some(bias),
+            burn::backend::ops::AttentionModuleOptions {
+                scale: Some(scale),
+                ..Default::default()
+            },
+        )
+    }
 }
 
 #[cfg(feature = "flex")]
@@ -197,8 +331,59 @@ impl FusedOps for burn_cubecl::CubeBackend {}
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
 impl<B: burn::backend::fusion::FusionBackend> FusedKernels for burn::backend::fusion::Fusion<B> {}
 
+/// Off the autodiff graph, PyTorch's `scaled_dot_product_attention`, which takes an additive
+/// bias as it is (burn-tch's `attention` composes the attention from its parts when given one).
 #[cfg(feature = "tch")]
-impl FusedOps for burn_tch::LibTorch {}
+impl FusedOps for burn_tch::LibTorch {
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as FusedKernels>::linear_forward(x, weight, bias)
+    }
+
+    fn fused_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        dropout: f64,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let bias = bias.tensor.to_kind(query.tensor.kind());
+        burn_tch::TchTensor::new(tch::Tensor::scaled_dot_product_attention(
+            &query.tensor,
+            &key.tensor,
+            &value.tensor,
+            Some(bias),
+            dropout,
+            false,
+            Some(scale),
+            false,
+        ))
+    }
+}
+
+/// The bias as PyTorch's memory-efficient attention kernel takes it (`preprocess_mask` in
+/// ATen's `sdp_utils`): expanded to `[batch, heads, queries, keys]`, materialised, its rows
+/// padded to a multiple of 16 elements.
+#[cfg(feature = "tch")]
+fn efficient_attention_bias(bias: &tch::Tensor, query: &tch::Tensor, keys: i64) -> tch::Tensor {
+    let size = query.size();
+    let (batch, heads, queries) = (size[0], size[1], size[2]);
+    let bias = bias
+        .to_kind(query.kind())
+        .expand([batch, heads, queries, keys], false);
+    let padded_keys = (keys + 15) / 16 * 16;
+    let buffer = tch::Tensor::zeros(
+        [batch, heads, queries, padded_keys],
+        (query.kind(), query.device()),
+    );
+    let mut view = buffer.narrow(3, 0, keys);
+    view.copy_(&bias);
+    view
+}
 
 /// On libtorch the forward pass is PyTorch's `native_layer_norm`, one kernel that also returns
 /// the row statistics; tch exposes no `native_layer_norm_backward`, so the backward pass is the
@@ -222,6 +407,57 @@ impl FusedKernels for burn_tch::LibTorch {
         )
     }
 
+    /// On CUDA, PyTorch's batch-norm backward kernels, which are the layer norm's with the
+    /// roles of rows and columns chosen by the view (tch exposes no `native_layer_norm_backward`):
+    /// `[rows, width]` as a batch of `rows` samples with `width` channels gives ∂β and ∂γ from
+    /// the normalised input in one reduction, and `[1, rows, width]` as one sample with `rows`
+    /// channels gives ∂x from the row statistics in two kernels; six passes over the
+    /// activations where the composed form takes thirteen. Elsewhere (ATen has these kernels on
+    /// CUDA only) the composed form.
+    fn layer_norm_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        if !x.tensor.device().is_cuda() {
+            return layer_norm_backward_composed::<Self>(grad, x, gamma, mean, rstd);
+        }
+        let size = x.tensor.size();
+        let width = size[size.len() - 1];
+        let rows = x.tensor.numel() as i64 / width;
+        let options = (x.tensor.kind(), x.tensor.device());
+        let none = None::<&tch::Tensor>;
+        let grad = grad.tensor.reshape([rows, width]);
+        let x = x.tensor.reshape([rows, width]);
+        let (mean, rstd) = (mean.tensor.reshape([rows]), rstd.tensor.reshape([rows]));
+        // x̂ = (x − μ)·r, then per column: Σ g = ∂β and Σ g·(x̂ − 0)·1 = ∂γ.
+        let normalized = (&x - mean.unsqueeze(1)) * rstd.unsqueeze(1);
+        let (grad_beta, grad_gamma, _, _) = normalized.batch_norm_backward_reduce(
+            &grad,
+            &tch::Tensor::zeros([width], options),
+            &tch::Tensor::ones([width], options),
+            none,
+            true,
+            false,
+            false,
+        );
+        // ∂x = r·(dy − mean(dy) − (x − μ)·r²·mean(dy·(x − μ))) with dy = g·γ, per row.
+        let scaled = (&grad * &gamma.tensor).reshape([1, rows, width]);
+        let x = x.reshape([1, rows, width]);
+        let (sum_dy, sum_dy_xmu, _, _) =
+            x.batch_norm_backward_reduce(&scaled, &mean, &rstd, none, true, false, false);
+        let count = tch::Tensor::full([1], width, (tch::Kind::Int, x.device()));
+        let grad_x =
+            x.batch_norm_backward_elemt(&scaled, &mean, &rstd, none, &sum_dy, &sum_dy_xmu, &count);
+        (
+            burn_tch::TchTensor::new(grad_x.reshape(size)),
+            burn_tch::TchTensor::new(grad_gamma),
+            burn_tch::TchTensor::new(grad_beta),
+        )
+    }
+
     /// PyTorch's fused dropout kernel; its boolean mask is what the backward pass keeps.
     fn dropout_forward(x: FloatTensor<Self>, prob: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (y, mask) = x.tensor.native_dropout(prob, true);
@@ -238,6 +474,155 @@ impl FusedKernels for burn_tch::LibTorch {
             &mask.tensor,
             1.0 / (1.0 - prob),
         ))
+    }
+
+    /// PyTorch's `addmm` on the rows of `x`: one GEMM with the bias in its epilogue, where
+    /// Burn's `linear` runs a GEMM batched over the leading dimension and a separate addition.
+    fn linear_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let mut size = x.tensor.size();
+        let width = *size.last().expect("a tensor of rank at least 1");
+        let rows = x.tensor.reshape([-1, width]);
+        let y = bias.tensor.addmm(&rows, &weight.tensor);
+        *size.last_mut().expect("rank checked") = weight.tensor.size()[1];
+        burn_tch::TchTensor::new(y.reshape(size))
+    }
+
+    fn linear_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let size = x.tensor.size();
+        let (d_in, d_out) = (size[size.len() - 1], weight.tensor.size()[1]);
+        let grad = grad.tensor.reshape([-1, d_out]);
+        let rows = x.tensor.reshape([-1, d_in]);
+        let grad_x = grad.mm(&weight.tensor.tr()).reshape(size);
+        let grad_weight = rows.tr().mm(&grad);
+        let grad_bias = grad.sum_dim_intlist([0i64].as_slice(), false, grad.kind());
+        (
+            burn_tch::TchTensor::new(grad_x),
+            burn_tch::TchTensor::new(grad_weight),
+            burn_tch::TchTensor::new(grad_bias),
+        )
+    }
+
+    /// On CUDA, PyTorch's memory-efficient attention (what `scaled_dot_product_attention`
+    /// picks for transformers' training step), dropout inside the kernel; on the CPU, its flash
+    /// attention, which has no dropout ([`attention_available`] keeps dropout off the CPU).
+    fn attention_forward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        dropout: f64,
+        scale: f64,
+    ) -> (FloatTensor<Self>, AttentionSaved<Self>) {
+        use burn_tch::TchTensor;
+        let (q, k, v) = (&query.tensor, &key.tensor, &value.tensor);
+        let (output, logsumexp, bias, generator) = if q.device().is_cuda() {
+            let bias = efficient_attention_bias(&bias.tensor, q, k.size()[2]);
+            let (output, logsumexp, seed, offset) =
+                tch::Tensor::internal_scaled_dot_product_efficient_attention(
+                    q,
+                    k,
+                    v,
+                    Some(&bias),
+                    true,
+                    dropout,
+                    false,
+                    Some(scale),
+                );
+            let generator = vec![TchTensor::new(seed), TchTensor::new(offset)];
+            (output, logsumexp, bias, generator)
+        } else {
+            assert!(
+                dropout == 0.0,
+                "no attention dropout in PyTorch's CPU kernel"
+            );
+            let bias = bias.tensor.to_kind(q.kind());
+            let (output, logsumexp) =
+                tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
+                    q,
+                    k,
+                    v,
+                    0.0,
+                    false,
+                    Some(&bias),
+                    Some(scale),
+                );
+            (output, logsumexp, bias, Vec::new())
+        };
+        let output = TchTensor::new(output);
+        let saved = AttentionSaved {
+            query,
+            key,
+            value,
+            bias: TchTensor::new(bias),
+            output: output.clone(),
+            logsumexp: TchTensor::new(logsumexp),
+            generator,
+            dropout,
+            scale,
+        };
+        (output, saved)
+    }
+
+    /// ATen's `_scaled_dot_product_efficient_attention_backward_cuda` (the kernel works on
+    /// `[batch, seq, heads, head_dim]`), or the CPU flash attention's backward.
+    fn attention_backward(
+        grad: FloatTensor<Self>,
+        saved: AttentionSaved<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        use burn_tch::TchTensor;
+        let (q, k, v) = (&saved.query.tensor, &saved.key.tensor, &saved.value.tensor);
+        let (grad_q, grad_k, grad_v) = if let [seed, offset] = saved.generator.as_slice() {
+            let seq = |t: &tch::Tensor| t.transpose(1, 2);
+            let (grad_q, grad_k, grad_v, _) = tch::Tensor::internal_efficient_attention_backward(
+                &seq(&grad.tensor).contiguous(),
+                &seq(q),
+                &seq(k),
+                &seq(v),
+                Some(&saved.bias.tensor),
+                &seq(&saved.output.tensor),
+                None::<&tch::Tensor>,
+                None::<&tch::Tensor>,
+                q.size()[2],
+                k.size()[2],
+                &saved.logsumexp.tensor,
+                saved.dropout,
+                &seed.tensor,
+                &offset.tensor,
+                0, // no causal mask
+                false,
+                Some(saved.scale),
+                None::<i64>,
+                None::<i64>,
+                false,
+            );
+            (seq(&grad_q), seq(&grad_k), seq(&grad_v))
+        } else {
+            tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
+                &grad.tensor.contiguous(),
+                q,
+                k,
+                v,
+                &saved.output.tensor,
+                &saved.logsumexp.tensor,
+                0.0,
+                false,
+                Some(&saved.bias.tensor),
+                Some(saved.scale),
+            )
+        };
+        (
+            TchTensor::new(grad_q),
+            TchTensor::new(grad_k),
+            TchTensor::new(grad_v),
+        )
     }
 }
 
@@ -271,7 +656,65 @@ impl<B: Backend + FusedKernels> Backward<B, 3> for LayerNormBackward {
     }
 }
 
-impl<B: Backend + FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+impl<B: Backend + FusedKernels + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match LinearBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight) = (x.into_primitive(), weight.into_primitive());
+                let y = B::linear_forward(x.clone(), weight.clone(), bias.into_primitive());
+                prep.finish((x, weight), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::linear_forward(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+            )),
+        }
+    }
+
+    fn fused_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        dropout: f64,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        match AttentionBackward
+            .prepare::<C>([query.node(), key.node(), value.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (output, saved) = B::attention_forward(
+                    query.into_primitive(),
+                    key.into_primitive(),
+                    value.into_primitive(),
+                    bias.into_primitive(),
+                    dropout,
+                    scale,
+                );
+                prep.finish(saved, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(
+                query.into_primitive(),
+                key.into_primitive(),
+                value.into_primitive(),
+                bias.into_primitive(),
+                dropout,
+                scale,
+            )),
+        }
+    }
+
     fn fused_layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -330,6 +773,55 @@ impl<B: Backend + FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, 
     }
 }
 
+/// The linear layer's backward step: the parents are `x`, `w` and `b`.
+#[derive(Debug)]
+struct LinearBackward;
+
+impl<B: Backend + FusedKernels> Backward<B, 3> for LinearBackward {
+    /// `x` and `w`.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight) = ops.state;
+        let (grad_x, grad_weight, grad_bias) = B::linear_backward(grad, x, weight);
+        for (node, grad) in [
+            (node_x, grad_x),
+            (node_weight, grad_weight),
+            (node_bias, grad_bias),
+        ] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// The fused attention's backward step: the parents are the queries, keys and values (the bias
+/// comes from the attention mask and has no gradient).
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<B: Backend + FusedKernels> Backward<B, 3> for AttentionBackward {
+    type State = AttentionSaved<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_query, node_key, node_value] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (grad_query, grad_key, grad_value) = B::attention_backward(grad, ops.state);
+        for (node, grad) in [
+            (node_query, grad_query),
+            (node_key, grad_key),
+            (node_value, grad_value),
+        ] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 /// The dropout backward step: the saved mask and the probability.
 #[derive(Debug)]
 struct DropoutBackward;
@@ -375,6 +867,80 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_dropout(
         x.into_dispatch(),
         prob,
+    ))
+}
+
+/// `layer` applied to `x`: on libtorch as one operation (PyTorch's `addmm` forward, two GEMMs and
+/// a sum backward), elsewhere Burn's `Linear`, which those backends run well.
+pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
+    let (Some(bias), true) = (&layer.bias, on_libtorch(&x.device())) else {
+        return layer.forward(x);
+    };
+    if !FUSED.load(Ordering::Relaxed) {
+        return layer.forward(x);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_linear(
+        x.into_dispatch(),
+        layer.weight.val().into_dispatch(),
+        bias.val().into_dispatch(),
+    ))
+}
+
+/// Whether `device` (or the device under its autodiff wrapper) is a libtorch one.
+fn on_libtorch(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "tch")]
+    return matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        burn_dispatch::DispatchDevice::LibTorch(_)
+    );
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// Whether [`attention`] runs on `device` with attention dropout `dropout`: on libtorch, on CUDA
+/// (PyTorch's memory-efficient kernel, dropout included, for head sizes that are a multiple of
+/// 8) or without dropout (its CPU flash attention; and off the autodiff graph, its
+/// `scaled_dot_product_attention`). Elsewhere the model composes attention from Burn's
+/// operations.
+pub fn attention_available(device: &burn::tensor::Device, dropout: f64, head_dim: usize) -> bool {
+    if !FUSED_ATTENTION.load(Ordering::Relaxed) {
+        return false;
+    }
+    match device.clone().without_autodiff().as_dispatch() {
+        #[cfg(feature = "tch")]
+        burn_dispatch::DispatchDevice::LibTorch(device) => {
+            dropout == 0.0
+                || (matches!(device, burn_tch::LibTorchDevice::Cuda(_)) && head_dim % 8 == 0)
+        }
+        _ => {
+            let _ = (dropout, head_dim);
+            false
+        }
+    }
+}
+
+/// Scaled dot-product attention as one differentiable operation: `softmax(q·kᵀ·scale + bias)`
+/// with dropout `dropout` on the probabilities, times `v`. `query`, `key`, `value`:
+/// `[batch, heads, seq, head_dim]`; `bias`: broadcastable to `[batch, heads, seq, seq]`. Call
+/// only where [`attention_available`] says so.
+pub fn attention(
+    query: Tensor<4>,
+    key: Tensor<4>,
+    value: Tensor<4>,
+    bias: Tensor<4>,
+    dropout: f64,
+    scale: f64,
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(
+        query.into_dispatch(),
+        key.into_dispatch(),
+        value.into_dispatch(),
+        bias.into_dispatch(),
+        dropout,
+        scale,
     ))
 }
 
@@ -539,6 +1105,105 @@ mod tests {
             let (fused, composed) = (run(true), run(false));
             assert_close(&format!("dim {dim}, output"), &fused[0], &composed[0], 1e-6);
             assert_close(&format!("dim {dim}, ∂x"), &fused[1], &composed[1], 1e-6);
+        }
+    }
+
+    /// libtorch's linear (`addmm` forward, two GEMMs and a sum backward) against Burn's
+    /// `Linear`, on libtorch's CPU device (needs the `tch` feature and libtorch).
+    #[cfg(feature = "tch")]
+    #[test]
+    fn libtorch_linear_equals_burns() {
+        use burn::nn::LinearConfig;
+        let device = Device::libtorch().autodiff();
+        let x = Tensor::<3>::from_data(TensorData::new(wave(160, 0.1), [2, 5, 16]), &device);
+        let weights = Tensor::<3>::from_data(TensorData::new(wave(120, 1.3), [2, 5, 12]), &device);
+        let mut layer = LinearConfig::new(16, 12).init(&device);
+        layer.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(wave(192, 2.0), [16, 12]),
+            &device,
+        ));
+        layer.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(wave(12, 0.7), [12]),
+            &device,
+        )));
+        let bias = layer.bias.as_ref().unwrap();
+        let run = |fused: bool| {
+            let x = x.clone().detach().require_grad();
+            let y = if fused {
+                super::linear(&layer, x.clone())
+            } else {
+                layer.forward(x.clone())
+            };
+            let grads = (y.clone() * weights.clone()).sum().backward();
+            [
+                values(y.inner()),
+                values(x.grad(&grads).unwrap()),
+                values(layer.weight.val().grad(&grads).unwrap()),
+                values(bias.val().grad(&grads).unwrap()),
+            ]
+        };
+        let (fused, composed) = (run(true), run(false));
+        for (i, name) in ["output", "∂x", "∂w", "∂b"].into_iter().enumerate() {
+            assert_close(name, &fused[i], &composed[i], 1e-5);
+        }
+    }
+
+    /// libtorch's attention (its CPU flash attention under autodiff, `scaled_dot_product_
+    /// attention` off it) against attention composed from Burn's operations, with a padded key
+    /// masked by the bias (needs the `tch` feature and libtorch).
+    #[cfg(feature = "tch")]
+    #[test]
+    fn libtorch_attention_equals_composed() {
+        let shape = [2, 3, 5, 8];
+        for device in [Device::libtorch().autodiff(), Device::libtorch()] {
+            assert!(super::attention_available(&device, 0.0, 8));
+            let tensor = |phase: f32| {
+                Tensor::<4>::from_data(TensorData::new(wave(240, phase), shape), &device)
+            };
+            let (q, k, v, weights) = (tensor(0.1), tensor(0.8), tensor(1.9), tensor(2.6));
+            // The second sequence's last key is padding.
+            let bias = Tensor::<4>::from_data(
+                TensorData::new(
+                    vec![0.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0e4],
+                    [2, 1, 1, 5],
+                ),
+                &device,
+            );
+            let scale = 8f64.sqrt().recip();
+            let tracked = device.is_autodiff();
+            let run = |fused: bool| {
+                let (q, k, v) = if tracked {
+                    (
+                        q.clone().require_grad(),
+                        k.clone().require_grad(),
+                        v.clone().require_grad(),
+                    )
+                } else {
+                    (q.clone(), k.clone(), v.clone())
+                };
+                let y = if fused {
+                    super::attention(q.clone(), k.clone(), v.clone(), bias.clone(), 0.0, scale)
+                } else {
+                    let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * scale + bias.clone();
+                    burn::tensor::activation::softmax(scores, 3).matmul(v.clone())
+                };
+                let mut out = vec![values(y.clone().inner())];
+                if tracked {
+                    let grads = (y * weights.clone()).sum().backward();
+                    for t in [q, k, v] {
+                        out.push(values(t.grad(&grads).unwrap()));
+                    }
+                }
+                out
+            };
+            let (fused, composed) = (run(true), run(false));
+            for (i, name) in ["output", "∂q", "∂k", "∂v"]
+                .iter()
+                .enumerate()
+                .take(fused.len())
+            {
+                assert_close(name, &fused[i], &composed[i], 1e-5);
+            }
         }
     }
 }

@@ -258,29 +258,40 @@ impl SelfAttention {
     /// - returns `[batch, seq, hidden]`
     fn forward(&self, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
         let [batch, seq, hidden] = x.dims();
-        // Without attention dropout (inference, or a model configured without it) the
-        // backend's fused scaled-dot-product attention computes the same thing in one op:
-        // no score tensor materialised per head on the CPU, flash attention on GPUs.
-        let fused = !x.device().is_autodiff() || self.dropout.prob == 0.0;
-        let q = self.split_heads(self.query.forward(x.clone()));
-        let k = self.split_heads(self.key.forward(x.clone()));
-        let v = self.split_heads(self.value.forward(x));
-        if fused {
-            // An additive bias rather than a boolean mask: burn-tch 0.22 hands Burn's mask
-            // (true = masked) to PyTorch, where true means "attend", and falls back to the
-            // reference implementation when a bias is given.
-            let bias = key_bias.expand([batch, self.num_heads, seq, seq]);
-            return attention(q, k, v, None, Some(bias), AttentionModuleOptions::default())
-                .swap_dims(1, 2)
-                .reshape([batch, seq, hidden]);
-        }
+        let device = x.device();
+        let dropout = if self.dropout.training.is_enabled() && device.is_autodiff() {
+            self.dropout.prob
+        } else {
+            0.0
+        };
         let scale = (self.head_dim as f64).sqrt().recip();
+        let q = self.split_heads(crate::fused::linear(&self.query, x.clone()));
+        let k = self.split_heads(crate::fused::linear(&self.key, x.clone()));
+        let v = self.split_heads(crate::fused::linear(&self.value, x));
+        let merge_heads = |heads: Tensor<4>| heads.swap_dims(1, 2).reshape([batch, seq, hidden]);
+        if crate::fused::attention_available(&device, dropout, self.head_dim) {
+            // libtorch: one kernel each way, dropout included on CUDA (as transformers' SDPA).
+            return merge_heads(crate::fused::attention(q, k, v, key_bias, dropout, scale));
+        }
+        if dropout == 0.0 {
+            // Without attention dropout (inference, or a model configured without it) the
+            // backend's fused scaled-dot-product attention computes the same thing in one op:
+            // no score tensor materialised per head on the CPU, flash attention on GPUs. An
+            // additive bias rather than a boolean mask: burn-tch 0.22 hands Burn's mask (true =
+            // masked) to PyTorch, where true means "attend".
+            let bias = key_bias.expand([batch, self.num_heads, seq, seq]);
+            return merge_heads(attention(
+                q,
+                k,
+                v,
+                None,
+                Some(bias),
+                AttentionModuleOptions::default(),
+            ));
+        }
         let scores = q.matmul(k.swap_dims(2, 3)) * scale + key_bias;
         let probs = apply_dropout(&self.dropout, crate::fused::softmax(scores, 3));
-        probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden])
+        merge_heads(probs.matmul(v))
     }
 }
 
@@ -307,7 +318,7 @@ impl SelfOutput {
     }
 
     fn forward(&self, hidden: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
-        let x = apply_dropout(&self.dropout, self.dense.forward(hidden));
+        let x = apply_dropout(&self.dropout, crate::fused::linear(&self.dense, hidden));
         normalize(&self.layer_norm, x + residual, self.layer_norm_eps)
     }
 }
@@ -328,7 +339,7 @@ pub struct Intermediate {
 
 impl Intermediate {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.dense.forward(x);
+        let x = crate::fused::linear(&self.dense, x);
         if self.approximate_gelu {
             gelu_approximate(x)
         } else {
@@ -468,9 +479,9 @@ impl RobertaForSequenceClassification {
         let first = hidden.narrow(1, 0, 1).reshape([batch, width]);
         let head = &self.classifier;
         let x = apply_dropout(&head.dropout, first);
-        let x = head.dense.forward(x).tanh();
+        let x = crate::fused::linear(&head.dense, x).tanh();
         let x = apply_dropout(&head.dropout, x);
-        head.out_proj.forward(x)
+        crate::fused::linear(&head.out_proj, x)
     }
 
     /// The encoder.
@@ -548,7 +559,7 @@ impl RobertaForMaskedLM {
         let head = &self.lm_head;
         let x = normalize(
             &head.layer_norm,
-            gelu(head.dense.forward(hidden)),
+            gelu(crate::fused::linear(&head.dense, hidden)),
             head.layer_norm_eps,
         );
         let decoder = self

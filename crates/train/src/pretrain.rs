@@ -571,13 +571,14 @@ pub fn pretrain(
             ) {
                 let logits = model.forward_at(ids, mask, positions);
                 let loss = loss_fn.forward(logits, targets);
-                let value = f64::from(loss.clone().into_scalar::<f32>());
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                (model, _) = optimizer.step(rate, model, grads)?;
+                // Read once the step is queued (see the fine-tuning loop).
+                let value = f64::from(loss.into_scalar::<f32>());
                 if !value.is_finite() {
                     return Err(TrainError::Diverged { epoch, step });
                 }
                 loss_sum += value;
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                (model, _) = optimizer.step(rate, model, grads)?;
             }
             step += 1;
             on_step(Progress {

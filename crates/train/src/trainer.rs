@@ -506,14 +506,16 @@ pub fn train(
             let (ids, mask, labels) = batch(data.train, chunk, &autodiff);
             let logits = model.forward(ids, mask);
             let loss = loss_fn.forward(logits, labels);
-            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            rate = schedule.rate(step);
+            (model, _) = optimizer.step(rate, model, grads)?;
+            // Read once the whole step is queued: on a GPU, a read before the backward pass
+            // would drain the device's queue in the middle of every step.
+            let loss_value = f64::from(loss.into_scalar::<f32>());
             if !loss_value.is_finite() {
                 return Err(TrainError::Diverged { epoch, step });
             }
             loss_sum += loss_value;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            rate = schedule.rate(step);
-            (model, _) = optimizer.step(rate, model, grads)?;
             step += 1;
             hooks.on_step(Progress {
                 epoch,

@@ -64,10 +64,32 @@ fn rate(step: usize) -> f64 {
 
 #[test]
 fn equals_burns_adamw_with_global_norm_clipping() {
-    let device = Device::flex().autodiff();
+    equals_burns_adamw_on(&Device::flex().autodiff(), FlatAdamW::new(SETTINGS));
+}
+
+/// The GPU backends' code paths (norm and clipping factor on the device, parameters sliced
+/// from one flat result), run on the CPU.
+#[test]
+fn gpu_code_paths_equal_burns_adamw() {
+    equals_burns_adamw_on(
+        &Device::flex().autodiff(),
+        FlatAdamW::new(SETTINGS).with_gpu_code_paths(),
+    );
+}
+
+/// libtorch's path (PyTorch's in-place operations on the flat buffers), on libtorch's CPU
+/// device: needs the `tch` feature and libtorch, so not part of the default test run.
+#[cfg(feature = "tch")]
+#[test]
+#[allow(deprecated)] // burn-tch is deprecated upstream, and still the fastest GPU backend here.
+fn libtorch_path_equals_burns_adamw() {
+    equals_burns_adamw_on(&Device::libtorch().autodiff(), FlatAdamW::new(SETTINGS));
+}
+
+fn equals_burns_adamw_on(device: &Device, mut flat: FlatAdamW) {
+    let device = device.clone();
     let mut ours = model(&device, 100);
     let mut theirs = ours.clone();
-    let mut flat = FlatAdamW::new(SETTINGS);
     let mut burn = AdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.98)
@@ -82,7 +104,7 @@ fn equals_burns_adamw_with_global_norm_clipping() {
         let mut grads = gradients(&theirs, step, &device);
         let norm = clip_grad_norm(&theirs, &mut grads, 0.3);
         theirs = burn.step(rate(step), theirs, grads);
-        let flat_norm = report.grad_norm;
+        let flat_norm = report.grad_norm();
         assert!(
             (flat_norm - norm).abs() <= 1e-5 * norm,
             "step {step}: {flat_norm} vs {norm}"

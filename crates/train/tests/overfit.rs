@@ -33,7 +33,7 @@ fn adamw_overfits_one_batch() {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let step;
         (model, step) = optim.step(1e-3, model, grads).unwrap();
-        let norm = step.grad_norm;
+        let norm = step.grad_norm();
         assert!(norm.is_finite() && norm > 0.0);
     }
     assert!(first.unwrap() > 0.6, "starts near ln 2");

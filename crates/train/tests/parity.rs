@@ -112,7 +112,7 @@ fn six_steps_match_pytorch_adamw_with_schedule_and_clipping() {
         let rate = schedule.rate(step);
         let report;
         (model, report) = optimizer.step(rate, model, grads).unwrap();
-        let norm = report.grad_norm;
+        let norm = report.grad_norm();
         assert!(
             (rate - want_rates[step]).abs() < 1e-12,
             "step {step}: rate {rate}"
