@@ -30,7 +30,7 @@
 #![cfg_attr(feature = "tch", allow(deprecated))]
 
 use burn::backend::autodiff::{
-    Autodiff,
+    Autodiff, NodeId,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
     grads::Gradients,
     ops::{Backward, Ops, OpsKind, unary},
@@ -640,18 +640,26 @@ impl<B: Backend + FusedKernels> Backward<B, 3> for LayerNormBackward {
     );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (x, gamma, mean, rstd) = ops.state;
         let (grad_x, grad_gamma, grad_beta) = B::layer_norm_backward(grad, x, gamma, mean, rstd);
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, grad_x);
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<B>(node.id, grad_gamma);
-        }
-        if let Some(node) = node_beta {
-            grads.register::<B>(node.id, grad_beta);
+        register::<B, 3>(
+            grads,
+            ops.parents.map(|node| node.map(|n| n.id)),
+            [grad_x, grad_gamma, grad_beta],
+        );
+    }
+}
+
+/// Registers each gradient with its parent, for the parents the graph tracks.
+fn register<B: Backend, const N: usize>(
+    grads: &mut Gradients,
+    parents: [Option<NodeId>; N],
+    values: [FloatTensor<B>; N],
+) {
+    for (parent, value) in parents.into_iter().zip(values) {
+        if let Some(id) = parent {
+            grads.register::<B>(id, value);
         }
     }
 }
@@ -782,19 +790,14 @@ impl<B: Backend + FusedKernels> Backward<B, 3> for LinearBackward {
     type State = (FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (x, weight) = ops.state;
         let (grad_x, grad_weight, grad_bias) = B::linear_backward(grad, x, weight);
-        for (node, grad) in [
-            (node_x, grad_x),
-            (node_weight, grad_weight),
-            (node_bias, grad_bias),
-        ] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register::<B, 3>(
+            grads,
+            ops.parents.map(|node| node.map(|n| n.id)),
+            [grad_x, grad_weight, grad_bias],
+        );
     }
 }
 
@@ -807,18 +810,13 @@ impl<B: Backend + FusedKernels> Backward<B, 3> for AttentionBackward {
     type State = AttentionSaved<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_query, node_key, node_value] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (grad_query, grad_key, grad_value) = B::attention_backward(grad, ops.state);
-        for (node, grad) in [
-            (node_query, grad_query),
-            (node_key, grad_key),
-            (node_value, grad_value),
-        ] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register::<B, 3>(
+            grads,
+            ops.parents.map(|node| node.map(|n| n.id)),
+            [grad_query, grad_key, grad_value],
+        );
     }
 }
 
@@ -913,7 +911,8 @@ pub fn attention_available(device: &burn::tensor::Device, dropout: f64, head_dim
         #[cfg(feature = "tch")]
         burn_dispatch::DispatchDevice::LibTorch(device) => {
             dropout == 0.0
-                || (matches!(device, burn_tch::LibTorchDevice::Cuda(_)) && head_dim % 8 == 0)
+                || (matches!(device, burn_tch::LibTorchDevice::Cuda(_))
+                    && head_dim.is_multiple_of(8))
         }
         _ => {
             let _ = (dropout, head_dim);
