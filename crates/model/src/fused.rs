@@ -365,6 +365,21 @@ impl FusedOps for burn_tch::LibTorch {
     }
 }
 
+/// Three libtorch results as Burn's tensors.
+#[cfg(feature = "tch")]
+fn wrap_three(
+    a: tch::Tensor,
+    b: tch::Tensor,
+    c: tch::Tensor,
+) -> (
+    burn_tch::TchTensor,
+    burn_tch::TchTensor,
+    burn_tch::TchTensor,
+) {
+    use burn_tch::TchTensor;
+    (TchTensor::new(a), TchTensor::new(b), TchTensor::new(c))
+}
+
 /// The bias as PyTorch's memory-efficient attention kernel takes it (`preprocess_mask` in
 /// ATen's `sdp_utils`): expanded to `[batch, heads, queries, keys]`, materialised, its rows
 /// padded to a multiple of 16 elements.
@@ -400,11 +415,7 @@ impl FusedKernels for burn_tch::LibTorch {
         let (y, mean, rstd) =
             x.tensor
                 .native_layer_norm([width], Some(&gamma.tensor), Some(&beta.tensor), epsilon);
-        (
-            burn_tch::TchTensor::new(y),
-            burn_tch::TchTensor::new(mean),
-            burn_tch::TchTensor::new(rstd),
-        )
+        wrap_three(y, mean, rstd)
     }
 
     /// On CUDA, PyTorch's batch-norm backward kernels, which are the layer norm's with the
@@ -451,11 +462,7 @@ impl FusedKernels for burn_tch::LibTorch {
         let count = tch::Tensor::full([1], width, (tch::Kind::Int, x.device()));
         let grad_x =
             x.batch_norm_backward_elemt(&scaled, &mean, &rstd, none, &sum_dy, &sum_dy_xmu, &count);
-        (
-            burn_tch::TchTensor::new(grad_x.reshape(size)),
-            burn_tch::TchTensor::new(grad_gamma),
-            burn_tch::TchTensor::new(grad_beta),
-        )
+        wrap_three(grad_x.reshape(size), grad_gamma, grad_beta)
     }
 
     /// PyTorch's fused dropout kernel; its boolean mask is what the backward pass keeps.
@@ -503,11 +510,7 @@ impl FusedKernels for burn_tch::LibTorch {
         let grad_x = grad.mm(&weight.tensor.tr()).reshape(size);
         let grad_weight = rows.tr().mm(&grad);
         let grad_bias = grad.sum_dim_intlist([0i64].as_slice(), false, grad.kind());
-        (
-            burn_tch::TchTensor::new(grad_x),
-            burn_tch::TchTensor::new(grad_weight),
-            burn_tch::TchTensor::new(grad_bias),
-        )
+        wrap_three(grad_x, grad_weight, grad_bias)
     }
 
     /// On CUDA, PyTorch's memory-efficient attention (what `scaled_dot_product_attention`
@@ -577,7 +580,6 @@ impl FusedKernels for burn_tch::LibTorch {
         grad: FloatTensor<Self>,
         saved: AttentionSaved<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        use burn_tch::TchTensor;
         let (q, k, v) = (&saved.query.tensor, &saved.key.tensor, &saved.value.tensor);
         let (grad_q, grad_k, grad_v) = if let [seed, offset] = saved.generator.as_slice() {
             let seq = |t: &tch::Tensor| t.transpose(1, 2);
@@ -618,11 +620,7 @@ impl FusedKernels for burn_tch::LibTorch {
                 Some(saved.scale),
             )
         };
-        (
-            TchTensor::new(grad_q),
-            TchTensor::new(grad_k),
-            TchTensor::new(grad_v),
-        )
+        wrap_three(grad_q, grad_k, grad_v)
     }
 }
 
