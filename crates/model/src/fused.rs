@@ -869,7 +869,7 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
 /// `layer` applied to `x`: on libtorch as one operation (PyTorch's `addmm` forward, two GEMMs and
 /// a sum backward), elsewhere Burn's `Linear`, which those backends run well.
 pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
-    let (Some(bias), true) = (&layer.bias, on_libtorch(&x.device())) else {
+    let (Some(bias), true) = (&layer.bias, is_libtorch(&x.device())) else {
         return layer.forward(x);
     };
     if !FUSED.load(Ordering::Relaxed) {
@@ -882,8 +882,8 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
     ))
 }
 
-/// Whether `device` (or the device under its autodiff wrapper) is a libtorch one.
-fn on_libtorch(device: &burn::tensor::Device) -> bool {
+/// Whether `device` (or the device under its autodiff wrapper) is a libtorch one (CPU or CUDA).
+pub fn is_libtorch(device: &burn::tensor::Device) -> bool {
     #[cfg(feature = "tch")]
     return matches!(
         device.clone().without_autodiff().as_dispatch(),

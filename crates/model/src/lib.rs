@@ -37,7 +37,7 @@ mod model;
 
 pub use config::RobertaConfig;
 pub use error::ModelError;
-pub use fused::{set_fused_attention, set_fused_ops};
+pub use fused::{is_libtorch, set_fused_attention, set_fused_ops};
 
 /// Held by the unit tests that draw from Burn's generator: it is one per process and tests run
 /// in parallel, so a test that seeds it and expects a sequence must not meet another's draws.

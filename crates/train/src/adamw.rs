@@ -202,7 +202,7 @@ impl FlatAdamW {
         let steps = self.steps() + 1;
         let device = gradient.device();
         #[cfg(feature = "tch")]
-        if libtorch::is_libtorch(&device) {
+        if roberta_burn::is_libtorch(&device) {
             let moments = self.state.take().map(|s| (s.moment_1, s.moment_2));
             let update = libtorch::step(&self.settings, lr, steps, gradient, params, moments);
             let pieces = ids
@@ -530,18 +530,10 @@ mod libtorch {
     // burn-tch is deprecated upstream, and still the fastest GPU backend here.
     #![allow(deprecated)]
 
-    use burn::tensor::{Device, Tensor};
+    use burn::tensor::Tensor;
     use burn_tch::{LibTorch, TchTensor};
 
     use super::AdamWSettings;
-
-    /// Whether `device` is a libtorch one (CPU or CUDA).
-    pub(super) fn is_libtorch(device: &Device) -> bool {
-        matches!(
-            device.clone().without_autodiff().as_dispatch(),
-            burn_dispatch::DispatchDevice::LibTorch(_)
-        )
-    }
 
     /// The step's results: the updated flat parameters, the moments and the norm before
     /// clipping (shape `[1]`).
