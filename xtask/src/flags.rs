@@ -170,6 +170,20 @@ pub struct PrepareArgs {
     /// Output folder for train/validation/test.parquet and manifest.json.
     #[arg(long, default_value = "data/prepared")]
     pub out: PathBuf,
+    /// How the input is read, sampled and split.
+    #[command(flatten)]
+    pub data: DataOptions,
+    /// Seed of the sample and the split.
+    #[arg(long, default_value_t = 734)]
+    pub seed: u64,
+    /// Print only errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// How a CSV is read, sampled and split: the options `prepare` and `pipeline` share.
+#[derive(Debug, Clone, Args)]
+pub struct DataOptions {
     /// Input layout.
     #[arg(long, value_enum, default_value_t = FormatFlag::Auto)]
     pub format: FormatFlag,
@@ -194,18 +208,17 @@ pub struct PrepareArgs {
     /// Keep a stratified sample of N rows (the notebook used 10000).
     #[arg(long)]
     pub sample: Option<usize>,
-    /// Seed of the sample and the split.
-    #[arg(long, default_value_t = 734)]
-    pub seed: u64,
-    /// Train, validation and test ratios.
-    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.7, 0.15, 0.15])]
+    /// Train, validation and test ratios, comma-separated: `--ratios 0.7,0.15,0.15`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        default_values_t = [0.7, 0.15, 0.15]
+    )]
     pub ratios: Vec<f64>,
     /// What to do with a malformed row.
     #[arg(long, value_enum, default_value_t = BadRowFlag::Error)]
     pub on_bad_row: BadRowFlag,
-    /// Print only errors.
-    #[arg(long, short)]
-    pub quiet: bool,
 }
 
 /// Flags of `cargo xtask bench prepare`.
@@ -507,8 +520,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2)]
     pub save_total_limit: usize,
     /// Continue the run in --run from its last checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Replace a run already in --run (deleting it) instead of refusing.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Backend to train on.
     #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
     pub backend: BackendFlag,
@@ -571,8 +587,11 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Continue the run in --out from its last checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Replace a run already in --out (deleting it) instead of refusing.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Backend.
     #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
     pub backend: BackendFlag,
@@ -587,12 +606,16 @@ pub struct PipelineArgs {
     /// Sentiment140 CSV (raw or cleaned, optionally .gz). Default: the bundled sample.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Stratified sample of N rows (the notebook: 10000).
-    #[arg(long)]
-    pub sample: Option<usize>,
+    /// How the CSV is read, sampled (`--sample 10000`, as the notebook) and split.
+    #[command(flatten)]
+    pub data_options: DataOptions,
     /// Run folder.
     #[arg(long, default_value = "runs/pipeline")]
     pub out: PathBuf,
+    /// Discard a study in the run folder that other settings made (its trials would be
+    /// retrained), instead of refusing.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Pretrained Hugging Face folder or hub id (roberta-base). Default: train from scratch.
     #[arg(long)]
     pub pretrained: Option<String>,

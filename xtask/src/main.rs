@@ -9,7 +9,6 @@ mod pipeline;
 mod predict;
 mod prepare;
 mod pretrain;
-mod report;
 mod search;
 mod synth;
 mod tokenize;
@@ -25,12 +24,47 @@ fn main() -> std::process::ExitCode {
     keep_freed_memory();
     match run(Xtask::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) if interrupted(&error).is_some() => {
+            // Ctrl-C is not a failure: say where the work is and how to go on, and exit as a
+            // shell expects of a process ended by SIGINT (128 + 2).
+            let checkpoint = interrupted(&error).unwrap_or_default();
+            let mut command = std::env::args().skip(1).collect::<Vec<_>>();
+            let pipeline = command.first().is_some_and(|c| c == "pipeline");
+            if !pipeline && !command.iter().any(|a| a == "--resume") {
+                command.push("--resume".into());
+            }
+            eprintln!(
+                "interrupted: checkpoint saved in {checkpoint}\nresume with: cargo xtask {}",
+                command.join(" ")
+            );
+            std::process::ExitCode::from(130)
+        }
         Err(error) => {
             // `{:#}` prints the whole context chain on one line, without a backtrace.
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The checkpoint folder of a run stopped by Ctrl-C, if that is what `error` is.
+fn interrupted(error: &anyhow::Error) -> Option<String> {
+    error.chain().find_map(|cause| {
+        let train = cause
+            .downcast_ref::<sentiment_train::TrainError>()
+            .or_else(
+                || match cause.downcast_ref::<sentiment_pipeline::PipelineError>() {
+                    Some(sentiment_pipeline::PipelineError::Train(e)) => Some(e),
+                    _ => None,
+                },
+            )?;
+        match train {
+            sentiment_train::TrainError::Interrupted { checkpoint } => {
+                Some(checkpoint.display().to_string())
+            }
+            _ => None,
+        }
+    })
 }
 
 /// mimalloc instead of glibc's allocator. glibc maps every block above 32 MiB (its limit for
@@ -58,7 +92,7 @@ fn keep_freed_memory() {
 
 fn run(xtask: Xtask) -> anyhow::Result<()> {
     match xtask.command {
-        Command::Prepare(args) => prepare::Prepare::from(args).run(),
+        Command::Prepare(args) => prepare::Prepare::try_from(args)?.run(),
         Command::Pipeline(args) => pipeline::Pipeline::try_from(args)?.run(),
         Command::Train(args) => train::Train::try_from(args)?.run(),
         Command::Search { command } => match command {
@@ -80,9 +114,15 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
     }
 }
 
+/// The process's Ctrl-C token, set before the handler is installed, so the handler only reads
+/// it (an atomic load) and requests the stop (an atomic store).
+static CTRL_C: std::sync::OnceLock<sentiment_train::StopToken> = std::sync::OnceLock::new();
+
 extern "C" fn on_sigint(_: libc::c_int) {
-    // One atomic store: async-signal-safe. The trainer checkpoints at the next step.
-    sentiment_train::request_stop();
+    // Atomic operations only: async-signal-safe. The runs checkpoint at the next step.
+    if let Some(token) = CTRL_C.get() {
+        token.request();
+    }
     // A second Ctrl-C ends the process at once.
     // SAFETY: restoring the default disposition is async-signal-safe.
     unsafe {
@@ -90,12 +130,15 @@ extern "C" fn on_sigint(_: libc::c_int) {
     }
 }
 
-/// Makes the first Ctrl-C save a checkpoint and stop training cleanly.
-pub fn checkpoint_on_ctrl_c() {
+/// Makes the first Ctrl-C save a checkpoint and stop training cleanly: returns the token the
+/// runs of this process are handed, which the handler requests.
+pub fn checkpoint_on_ctrl_c() -> sentiment_train::StopToken {
+    let token = CTRL_C.get_or_init(sentiment_train::StopToken::new).clone();
     // SAFETY: installs a handler that only performs async-signal-safe operations.
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
     }
+    token
 }
 
 /// The device for a `--backend` flag.

@@ -2,13 +2,15 @@
 
 use std::io::{IsTerminal, Write};
 
-use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
 use sentiment_data::{
     BadRowPolicy, InputFormat, Manifest, Normalization, PrepareConfig, Progress, SplitRatios,
     TextEncoding,
 };
 
-use crate::flags::{BadRowFlag, EncodingFlag, FormatFlag, NormalizeFlag, PrepareArgs};
+use crate::flags::{BadRowFlag, DataOptions, EncodingFlag, FormatFlag, NormalizeFlag, PrepareArgs};
 
 /// A resolved prepare command.
 pub struct Prepare {
@@ -16,42 +18,60 @@ pub struct Prepare {
     quiet: bool,
 }
 
-impl From<PrepareArgs> for Prepare {
-    fn from(args: PrepareArgs) -> Self {
-        let mut config = PrepareConfig::new(
+impl TryFrom<PrepareArgs> for Prepare {
+    type Error = anyhow::Error;
+
+    fn try_from(args: PrepareArgs) -> Result<Self> {
+        let config = args.data.config(
             args.input
                 .unwrap_or_else(|| crate::fixtures::data_fixtures_dir().join("sample.csv")),
             args.out,
-        );
-        config.format = match args.format {
+            args.seed,
+        )?;
+        Ok(Prepare {
+            config,
+            quiet: args.quiet,
+        })
+    }
+}
+
+impl DataOptions {
+    /// The preparation of `input` into `out` with these options and `seed`.
+    pub fn config(&self, input: PathBuf, out: PathBuf, seed: u64) -> Result<PrepareConfig> {
+        let mut config = PrepareConfig::new(input, out);
+        config.format = match self.format {
             FormatFlag::Auto => None,
             FormatFlag::Raw => Some(InputFormat::Raw),
             FormatFlag::Cleaned => Some(InputFormat::Cleaned),
         };
-        config.encoding = args.encoding.map(|e| match e {
+        config.encoding = self.encoding.map(|e| match e {
             EncodingFlag::Cp1252 => TextEncoding::Cp1252,
             EncodingFlag::Utf8 => TextEncoding::Utf8,
         });
-        config.text_column = args.text_column;
-        config.label_column = args.label_column;
-        config.keep_neutral = args.keep_neutral;
-        config.normalization = normalization(&args.normalize);
-        config.dedup = args.dedup;
-        config.sample = args.sample;
-        config.seed = args.seed;
-        config.ratios = SplitRatios {
-            train: args.ratios[0],
-            validation: args.ratios[1],
-            test: args.ratios[2],
+        config.text_column = self.text_column.clone();
+        config.label_column = self.label_column.clone();
+        config.keep_neutral = self.keep_neutral;
+        config.normalization = normalization(&self.normalize);
+        config.dedup = self.dedup;
+        config.sample = self.sample;
+        config.seed = seed;
+        let [train, validation, test] = self.ratios[..] else {
+            bail!(
+                "--ratios takes three comma-separated fractions (train,validation,test), e.g. \
+                 --ratios 0.7,0.15,0.15; got {} value(s)",
+                self.ratios.len()
+            );
         };
-        config.on_bad_row = match args.on_bad_row {
+        config.ratios = SplitRatios {
+            train,
+            validation,
+            test,
+        };
+        config.on_bad_row = match self.on_bad_row {
             BadRowFlag::Error => BadRowPolicy::Error,
             BadRowFlag::Skip => BadRowPolicy::Skip,
         };
-        Prepare {
-            config,
-            quiet: args.quiet,
-        }
+        Ok(config)
     }
 }
 

@@ -30,8 +30,11 @@ impl TryFrom<PretrainArgs> for Pretrain {
             batch_size: args.batch_size,
             epochs: args.epochs,
             warmup_steps: args.warmup_steps,
-            weight_decay: args.weight_decay,
-            max_grad_norm: args.max_grad_norm,
+            optimizer: sentiment_train::AdamWSettings {
+                weight_decay: args.weight_decay,
+                max_grad_norm: args.max_grad_norm,
+                ..PretrainConfig::default().optimizer
+            },
             seed: args.seed,
             ..PretrainConfig::default()
         };
@@ -130,8 +133,9 @@ impl Pretrain {
 
     /// Reads, splits, tokenizes, pre-trains, prints the per-epoch table.
     pub fn run(self) -> Result<PretrainOutcome> {
-        crate::checkpoint_on_ctrl_c();
+        let stop = crate::checkpoint_on_ctrl_c();
         let a = &self.args;
+        crate::train::replace_run(&a.out, "pretrain_config.json", a.overwrite)?;
         let mut texts = sentiment_data::read_text_column(&a.input, &a.text_column)
             .with_context(|| format!("reading the texts of {}", a.input.display()))?;
         let total = texts.len();
@@ -182,6 +186,7 @@ impl Pretrain {
             &a.out,
             &self.device,
             a.resume,
+            &stop,
             &mut crate::train::progress_printer(),
         )
         .with_context(|| format!("pre-training into {}", a.out.display()))?;

@@ -4,14 +4,10 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::tensor::Device;
-use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
-use sentiment_data::Manifest;
-use sentiment_tokenize::{
-    BpeTrainingConfig, HubSettings, RobertaTokenizer, read_tokenized, token_files, tokenize_splits,
-    train_on_split,
-};
+use sentiment_pipeline::{StartOptions, starting_point};
+use sentiment_tokenize::{read_tokenized, token_files, tokenize_splits};
 use sentiment_train::{BestMetric, Progress, TrainConfig, TrainData, TrainOutcome};
 
 use crate::flags::{MetricFlag, TrainArgs};
@@ -38,8 +34,11 @@ impl TryFrom<TrainArgs> for Train {
             batch_size: args.batch_size,
             epochs: args.epochs,
             warmup_steps: args.warmup_steps,
-            weight_decay: args.weight_decay,
-            max_grad_norm: args.max_grad_norm,
+            optimizer: sentiment_train::AdamWSettings {
+                weight_decay: args.weight_decay,
+                max_grad_norm: args.max_grad_norm,
+                ..TrainConfig::default().optimizer
+            },
             seed: args.seed,
             metric_for_best: match args.metric {
                 MetricFlag::F1 => BestMetric::F1,
@@ -58,128 +57,14 @@ impl TryFrom<TrainArgs> for Train {
     }
 }
 
-/// The model a run starts from, with its configuration and tokenizer.
-pub struct Start {
-    /// The classifier (pretrained encoder, or fresh).
-    pub model: RobertaForSequenceClassification,
-    /// Its configuration, with the data's classes.
-    pub config: RobertaConfig,
-    /// The tokenizer the splits are encoded with.
-    pub tokenizer: RobertaTokenizer,
-    /// Where the tokenizer came from.
-    pub tokenizer_origin: String,
-}
-
-/// Where a run starts from.
-pub struct StartOptions<'a> {
-    /// The prepared data folder.
-    pub data: &'a std::path::Path,
-    /// Pretrained folder or hub id.
-    pub pretrained: Option<&'a str>,
-    /// Preset or config file when training from scratch.
-    pub fresh_config: &'a str,
-    /// Tokenizer folder or hub id.
-    pub tokenizer: Option<&'a str>,
-    /// Vocabulary of a tokenizer trained here.
-    pub vocab_size: usize,
-    /// Sequence length.
-    pub max_length: usize,
-    /// Seed of the fresh initialisation.
-    pub seed: u64,
-}
-
-/// Loads or creates the tokenizer and the model for the prepared data.
-pub fn starting_point(options: &StartOptions<'_>, device: &Device) -> Result<Start> {
-    let StartOptions {
-        data,
-        pretrained,
-        fresh_config,
-        tokenizer,
-        vocab_size,
-        max_length,
-        seed,
-    } = *options;
-    let manifest = Manifest::load(data).context("reading the prepared data's manifest")?;
-    let labels: Vec<String> = manifest.classes.iter().map(|c| c.name.clone()).collect();
-    let hub = HubSettings::from_env();
-    let tokenizer_name = tokenizer.or(pretrained);
-    let (tokenizer, origin) = match tokenizer_name {
-        Some(name) => (
-            RobertaTokenizer::from_pretrained(name, max_length, &hub)
-                .with_context(|| format!("loading tokenizer {name}"))?,
-            name.to_string(),
-        ),
-        None => {
-            let training = BpeTrainingConfig {
-                vocab_size,
-                min_frequency: 2,
-            };
-            let (tokenizer, _) = train_on_split(data, &training, max_length)?;
-            let origin = data.join(sentiment_tokenize::TRAINED_TOKENIZER_DIR);
-            (tokenizer, origin.display().to_string())
-        }
-    };
-    device.seed(seed);
-    let (model, config) = match pretrained {
-        Some(name) => {
-            let model_hub = roberta_burn::HubSettings {
-                cache_dir: hub.cache_dir.clone(),
-                offline: hub.offline,
-            };
-            let loaded =
-                RobertaForSequenceClassification::from_pretrained(name, device, &model_hub, |c| {
-                    *c = c.clone().with_labels(&labels)
-                })
-                .with_context(|| format!("loading pretrained model {name}"))?;
-            if !loaded.report.newly_initialized.is_empty() {
-                eprintln!(
-                    "note: newly initialised (not in the checkpoint): {}",
-                    loaded.report.newly_initialized.join(", ")
-                );
-            }
-            if !loaded.report.unused.is_empty() {
-                eprintln!(
-                    "note: checkpoint weights not used by a classifier: {}",
-                    loaded.report.unused.join(", ")
-                );
-            }
-            (loaded.model, loaded.config)
-        }
-        None => {
-            let config = match fresh_config {
-                "tiny" | "small" | "base" => {
-                    let mut c = RobertaConfig::preset(fresh_config, tokenizer.vocab_size())?;
-                    c.pad_token_id = tokenizer.special_tokens().pad as usize;
-                    c.bos_token_id = tokenizer.special_tokens().bos as usize;
-                    c.eos_token_id = tokenizer.special_tokens().eos as usize;
-                    c
-                }
-                file => RobertaConfig::load(file.as_ref())?,
-            }
-            .with_labels(&labels);
-            config
-                .validate()
-                .map_err(|e| anyhow::anyhow!("model configuration: {e}"))?;
-            (
-                RobertaForSequenceClassification::new(&config, device),
-                config,
-            )
-        }
-    };
-    if tokenizer.vocab_size() > config.vocab_size {
-        bail!(
-            "the tokenizer has {} tokens, more than the model's vocabulary of {}",
-            tokenizer.vocab_size(),
-            config.vocab_size
-        );
+/// With `--overwrite`, deletes the run in `dir` (a folder holding `config_file`) so that a
+/// fresh one can start there; a folder that holds no run is left alone.
+pub fn replace_run(dir: &std::path::Path, config_file: &str, overwrite: bool) -> Result<()> {
+    if overwrite && dir.join(config_file).exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        eprintln!("removed the run in {} (--overwrite)", dir.display());
     }
-    config.check_sequence_length(max_length)?;
-    Ok(Start {
-        model,
-        config,
-        tokenizer,
-        tokenizer_origin: origin,
-    })
+    Ok(())
 }
 
 /// A terminal progress line: epoch, bar, loss, samples/s, ETA.
@@ -253,8 +138,9 @@ pub fn print_outcome(outcome: &TrainOutcome) {
 impl Train {
     /// Tokenizes (cached), builds the model, trains, prints the results.
     pub fn run(self) -> Result<()> {
-        crate::checkpoint_on_ctrl_c();
+        let stop = crate::checkpoint_on_ctrl_c();
         let a = &self.args;
+        replace_run(&a.run, "train_config.json", a.overwrite)?;
         let start = starting_point(
             &StartOptions {
                 data: &a.data,
@@ -267,6 +153,9 @@ impl Train {
             },
             &self.device,
         )?;
+        for note in &start.notes {
+            eprintln!("note: {note}");
+        }
         tokenize_splits(
             &a.data,
             &start.tokenizer,
@@ -306,6 +195,7 @@ impl Train {
             &a.run,
             &self.device,
             a.resume,
+            &stop,
             &mut progress_printer(),
         )
         .with_context(|| format!("training into {}", a.run.display()))?;

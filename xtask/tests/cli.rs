@@ -234,7 +234,7 @@ fn train_from_scratch_then_predict_with_the_best_model() {
         "0",
     ]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("batch sizes"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("batch_size"));
 }
 
 #[test]
@@ -559,7 +559,17 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
         // The run finished before the signal landed: nothing to resume.
         return;
     }
-    assert!(stderr.contains("interrupted; checkpoint saved"), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: checkpoint saved in"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("resume with: cargo xtask train"),
+        "{stderr}"
+    );
+    assert!(stderr.trim_end().ends_with("--resume"), "{stderr}");
+    assert!(!stderr.contains("error:"), "{stderr}");
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
     let mut resume = args.to_vec();
     resume.push("--resume");
     let resumed = xtask(&resume);

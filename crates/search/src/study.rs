@@ -191,6 +191,32 @@ impl Study {
         Self::with_storage(storage, direction, space, sampler, seed)
     }
 
+    /// The study at `path` as stored, whatever it was created with; None when there is none.
+    /// Nothing is created or changed.
+    pub fn read(path: &Path) -> Result<Option<StudyRecord>, SearchError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let storage: Box<dyn StudyStorage> = if is_sqlite_path(path) {
+            Box::new(SqliteStorage::new(path, DEFAULT_STUDY_NAME))
+        } else {
+            Box::new(JsonFileStorage::new(path))
+        };
+        let mut found = true;
+        let record = storage.transact(&mut |stored| match stored {
+            Some(stored) => Ok((stored, false)),
+            None => {
+                found = false;
+                Err(SearchError::Mismatch("no study".into()))
+            }
+        });
+        match record {
+            Ok(record) => Ok(Some(record)),
+            Err(_) if !found => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens (or creates) the study kept in `storage`.
     pub fn with_storage(
         storage: Box<dyn StudyStorage>,
@@ -427,30 +453,41 @@ impl Study {
     /// end, duration, then one `params_<name>` column per parameter.
     pub fn trials_csv(&self) -> String {
         let names: Vec<&String> = self.record.space.keys().collect();
-        let mut csv = String::from("number,value,state,datetime_start,datetime_complete,duration");
-        for n in &names {
-            csv.push_str(&format!(",params_{n}"));
-        }
-        csv.push('\n');
+        // csv::Writer quotes what needs quoting: a categorical choice may hold a comma.
+        let mut csv = csv::Writer::from_writer(Vec::new());
+        let mut header: Vec<String> = [
+            "number",
+            "value",
+            "state",
+            "datetime_start",
+            "datetime_complete",
+            "duration",
+        ]
+        .map(String::from)
+        .to_vec();
+        header.extend(names.iter().map(|n| format!("params_{n}")));
+        csv.write_record(&header).expect("writing to memory");
         for t in &self.record.trials {
-            let value = t.value.map(|v| v.to_string()).unwrap_or_default();
             let state = serde_json::to_value(t.state).expect("state serialises");
-            csv.push_str(&format!(
-                "{},{},{},{:.3},{},{}",
-                t.number,
-                value,
-                state.as_str().unwrap_or_default(),
-                t.started,
+            let mut row = vec![
+                t.number.to_string(),
+                t.value.map(|v| v.to_string()).unwrap_or_default(),
+                state.as_str().unwrap_or_default().to_string(),
+                format!("{:.3}", t.started),
                 t.finished.map(|f| format!("{f:.3}")).unwrap_or_default(),
-                t.duration().map(|d| format!("{d:.3}")).unwrap_or_default()
-            ));
+                t.duration().map(|d| format!("{d:.3}")).unwrap_or_default(),
+            ];
             for n in &names {
-                let v = t.params.get(*n).map(|v| v.to_string()).unwrap_or_default();
-                csv.push_str(&format!(",{}", v.trim_matches('"')));
+                row.push(match t.params.get(*n) {
+                    Some(serde_json::Value::String(text)) => text.clone(),
+                    Some(v) => v.to_string(),
+                    None => String::new(),
+                });
             }
-            csv.push('\n');
+            csv.write_record(&row).expect("writing to memory");
         }
-        csv
+        String::from_utf8(csv.into_inner().expect("writing to memory"))
+            .expect("the fields are UTF-8")
     }
 }
 

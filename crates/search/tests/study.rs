@@ -278,3 +278,33 @@ fn studies_run_on_any_storage() {
     a.refresh().unwrap();
     assert_eq!(a.best_trial().unwrap().number, 0);
 }
+
+#[test]
+fn trials_csv_quotes_a_choice_that_holds_a_comma() {
+    let space = sentiment_search::parse_space(["optim=cat:adamw,sgd"]).unwrap();
+    let mut space = space;
+    if let Some(sentiment_search::Distribution::Categorical { choices }) = space.get_mut("optim") {
+        choices[0] = serde_json::json!("adamw, fused");
+    }
+    let mut study = Study::in_memory(Direction::Maximize, space, Sampler::Random, 3);
+    let mut asked = Vec::new();
+    for _ in 0..6 {
+        let t = study.ask().unwrap();
+        study.tell(t.number, Outcome::Complete(0.5)).unwrap();
+        asked.push(t.params["optim"].as_str().unwrap().to_string());
+    }
+    let csv = study.trials_csv();
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let column = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "params_optim")
+        .unwrap();
+    let read: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap()[column].to_string())
+        .collect();
+    assert_eq!(read, asked);
+    assert!(asked.iter().any(|a| a.contains(',')), "{asked:?}");
+}

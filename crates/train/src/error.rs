@@ -43,6 +43,25 @@ pub enum TrainError {
         /// The mid-epoch checkpoint folder.
         checkpoint: PathBuf,
     },
+    /// A fresh run was asked into a folder that holds one.
+    #[error(
+        "{run_dir} already holds a run ({config_file}): --resume continues it, --overwrite \
+         replaces it"
+    )]
+    RunExists {
+        /// The run folder.
+        run_dir: PathBuf,
+        /// The configuration file that marks it as a run.
+        config_file: String,
+    },
+    /// A resume was asked of a folder that holds no run.
+    #[error("{run_dir}: nothing to resume (no {config_file}): start without --resume")]
+    NothingToResume {
+        /// The run folder.
+        run_dir: PathBuf,
+        /// The configuration file a run would have written.
+        config_file: String,
+    },
     /// The backend failed to return data.
     #[error("backend error: {0}")]
     Backend(String),

@@ -22,6 +22,7 @@ mod checkpoints;
 mod clip;
 mod error;
 mod pretrain;
+mod run;
 mod schedule;
 mod trainer;
 
@@ -35,10 +36,11 @@ pub use pretrain::{
     MaskedBatch, MaskingConfig, MlmEvaluation, NOT_A_TARGET, PretrainConfig, PretrainEpoch,
     PretrainOutcome, evaluate_mlm, mask_rng, mask_tokens, masked_lm_loss, pretrain,
 };
+pub use run::{RUN_VERSION, StopToken, TrainHooks};
 pub use schedule::LinearSchedule;
 pub use trainer::{
-    BestMetric, EpochMetrics, Evaluation, Progress, RUN_VERSION, TrainConfig, TrainData,
-    TrainHooks, TrainOutcome, evaluate, request_stop, train,
+    BestMetric, EpochMetrics, Evaluation, Progress, TrainConfig, TrainData, TrainOutcome, evaluate,
+    train,
 };
 
 /// Writes a file atomically (temporary sibling, then rename).

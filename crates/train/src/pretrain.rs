@@ -15,27 +15,22 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use roberta_burn::{Pretrained, RobertaConfig, RobertaForMaskedLM};
 use sentiment_tokenize::{RobertaTokenizer, SpecialTokenIds, TokenizedRows};
 use serde::{Deserialize, Serialize};
 
-use crate::trainer::{
-    STOP, checkpoint_dir, different_settings, latest_checkpoint_by, load_checkpoint, log,
-    partial_dir, save_checkpoint, save_json, step_seed,
+use crate::run::{
+    EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log, run_epochs,
+    save_json,
 };
-use crate::{
-    AdamWSettings, FlatAdamW, LinearSchedule, Progress, RUN_VERSION, TrainError, write_atomic,
-};
+use crate::trainer::validate_schedule;
+use crate::{AdamWSettings, TrainError};
 
 /// Label of a position that is not a prediction target (transformers' `-100`).
 pub const NOT_A_TARGET: i64 = -100;
@@ -141,16 +136,10 @@ pub struct PretrainConfig {
     pub epochs: usize,
     /// Steps of linear warmup.
     pub warmup_steps: usize,
-    /// AdamW decoupled weight decay (0.01, as RoBERTa).
-    pub weight_decay: f64,
-    /// AdamW β1.
-    pub adam_beta1: f64,
-    /// AdamW β2 (0.98, as RoBERTa's pre-training).
-    pub adam_beta2: f64,
-    /// AdamW ε (1e-6, as RoBERTa's pre-training).
-    pub adam_epsilon: f64,
-    /// Global gradient-norm clip (0 = off).
-    pub max_grad_norm: f64,
+    /// AdamW as RoBERTa's pre-training set it: weight decay 0.01, β2 0.98, ε 1e-6, clipping at
+    /// 1.0 (flattened: the JSON keeps the Trainer's `adam_beta1`, … keys).
+    #[serde(flatten)]
+    pub optimizer: AdamWSettings,
     /// Sequences per evaluation batch.
     pub eval_batch_size: usize,
     /// Seed of the batch order, masks and dropout.
@@ -166,11 +155,13 @@ impl Default for PretrainConfig {
             batch_size: 32,
             epochs: 1,
             warmup_steps: 0,
-            weight_decay: 0.01,
-            adam_beta1: 0.9,
-            adam_beta2: 0.98,
-            adam_epsilon: 1e-6,
-            max_grad_norm: 1.0,
+            optimizer: AdamWSettings {
+                beta1: 0.9,
+                beta2: 0.98,
+                epsilon: 1e-6,
+                weight_decay: 0.01,
+                max_grad_norm: 1.0,
+            },
             eval_batch_size: 64,
             seed: 42,
             masking: MaskingConfig::default(),
@@ -182,15 +173,13 @@ impl PretrainConfig {
     /// Refuses settings that cannot run, naming the setting.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |what: &str| Err(TrainError::InvalidSetting(what.to_string()));
-        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad("learning_rate must be a positive number");
-        }
-        if self.batch_size == 0 || self.eval_batch_size == 0 {
-            return bad("batch_size and eval_batch_size must be at least 1");
-        }
-        if self.epochs == 0 {
-            return bad("epochs must be at least 1");
-        }
+        validate_schedule(
+            self.learning_rate,
+            self.batch_size,
+            self.eval_batch_size,
+            self.epochs,
+        )?;
+        self.optimizer.validate()?;
         let m = &self.masking;
         if !(m.mlm_probability > 0.0 && m.mlm_probability <= 1.0) {
             return bad("masking.mlm_probability must be in (0, 1]");
@@ -244,23 +233,6 @@ pub struct PretrainOutcome {
     pub history: Vec<PretrainEpoch>,
     /// The final model as a Hugging Face `RobertaForMaskedLM` folder with its tokenizer.
     pub model_dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-struct PartialPass {
-    batches_done: usize,
-    loss_sum: f64,
-    seconds: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct PretrainState {
-    version: u32,
-    epoch: usize,
-    step: usize,
-    history: Vec<PretrainEpoch>,
-    config: PretrainConfig,
-    partial: Option<PartialPass>,
 }
 
 /// Special token ids as model inputs.
@@ -417,31 +389,94 @@ pub fn evaluate_mlm(
     })
 }
 
-fn write_pretrain_metrics(run_dir: &Path, history: &[PretrainEpoch]) -> Result<(), TrainError> {
-    save_json(&run_dir.join("metrics.json"), history)?;
-    let mut csv = String::from(
-        "epoch,step,train_loss,eval_loss,eval_accuracy,learning_rate,train_samples_per_second,seconds\n",
-    );
-    for m in history {
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
-            m.epoch,
-            m.step,
-            m.train_loss,
-            m.eval_loss,
-            m.eval_accuracy,
-            m.learning_rate,
-            m.train_samples_per_second,
-            m.seconds
-        ));
+/// Masked-LM pre-training as a [`Task`] of the shared loop: a fresh mask per batch and epoch,
+/// the held-out evaluation with fixed masks, only the latest checkpoint kept.
+struct Pretraining<'a> {
+    train: &'a TokenizedRows,
+    validation: &'a TokenizedRows,
+    tokenizer: &'a RobertaTokenizer,
+    config: &'a PretrainConfig,
+    device: &'a Device,
+}
+
+impl Task for Pretraining<'_> {
+    type Model = RobertaForMaskedLM;
+    type Evaluation = MlmEvaluation;
+    type Epoch = PretrainEpoch;
+
+    fn loss(
+        &self,
+        model: &Self::Model,
+        rows: &[usize],
+        epoch: usize,
+        batch: usize,
+        device: &Device,
+    ) -> Option<Tensor<1>> {
+        let mut rng = mask_rng(self.config.seed, epoch, batch);
+        let MaskedTensors {
+            ids,
+            mask,
+            positions,
+            targets,
+        } = masked_batch(
+            self.train,
+            rows,
+            self.tokenizer,
+            &self.config.masking,
+            &mut rng,
+            device,
+        )?;
+        let logits = model.forward_at(ids, mask, positions);
+        Some(
+            CrossEntropyLossConfig::new()
+                .init(device)
+                .forward(logits, targets),
+        )
     }
-    write_atomic(&run_dir.join("metrics.csv"), csv.as_bytes())
+
+    fn evaluate(&self, model: &Self::Model) -> Result<MlmEvaluation, TrainError> {
+        evaluate_mlm(
+            model,
+            self.validation,
+            self.tokenizer,
+            self.config,
+            self.device,
+        )
+    }
+
+    fn record(&self, summary: EpochSummary, eval: MlmEvaluation) -> PretrainEpoch {
+        PretrainEpoch {
+            epoch: summary.epoch,
+            step: summary.step,
+            train_loss: summary.train_loss,
+            eval_loss: eval.loss,
+            eval_accuracy: eval.accuracy,
+            learning_rate: summary.learning_rate,
+            train_samples_per_second: summary.train_samples_per_second,
+            seconds: summary.seconds,
+        }
+    }
+
+    fn prune_checkpoints(
+        &self,
+        run_dir: &Path,
+        history: &[PretrainEpoch],
+    ) -> Result<(), TrainError> {
+        // Only the latest epoch is kept: pre-training resumes from it and exports it.
+        let epoch = history.last().map_or(0, |e| e.epoch);
+        if epoch > 1 {
+            let dir = checkpoint_dir(run_dir, epoch - 1);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(TrainError::io(&dir))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Pre-trains `model` on `train` (labels ignored), evaluating on `validation` after every
-/// epoch, in `run_dir`; with `resume`, continues from the latest checkpoint there. Ctrl-C
-/// ([`crate::request_stop`]) saves a mid-epoch checkpoint and returns
-/// [`TrainError::Interrupted`].
+/// epoch, in `run_dir`; with `resume`, continues from the latest checkpoint there. A request on
+/// `stop` saves a mid-epoch checkpoint and returns [`TrainError::Interrupted`].
 #[allow(clippy::too_many_arguments)]
 pub fn pretrain(
     model: RobertaForMaskedLM,
@@ -453,7 +488,8 @@ pub fn pretrain(
     run_dir: &Path,
     device: &Device,
     resume: bool,
-    on_step: &mut dyn FnMut(Progress),
+    stop: &StopToken,
+    hooks: &mut dyn TrainHooks<PretrainEpoch>,
 ) -> Result<PretrainOutcome, TrainError> {
     config.validate()?;
     if train.is_empty() || validation.is_empty() {
@@ -470,171 +506,46 @@ pub fn pretrain(
     }
     model_config.check_sequence_length(train.max_length)?;
     std::fs::create_dir_all(run_dir).map_err(TrainError::io(run_dir))?;
-    let steps_per_epoch = train.len().div_ceil(config.batch_size);
-    let schedule = LinearSchedule {
-        peak: config.learning_rate,
-        warmup_steps: config.warmup_steps,
-        total_steps: steps_per_epoch * config.epochs,
+    let task = Pretraining {
+        train,
+        validation,
+        tokenizer,
+        config,
+        device,
     };
-    let autodiff = device.clone().autodiff();
-    let mut optimizer = FlatAdamW::new(AdamWSettings {
-        beta1: config.adam_beta1,
-        beta2: config.adam_beta2,
-        epsilon: config.adam_epsilon,
-        weight_decay: config.weight_decay,
-        max_grad_norm: config.max_grad_norm,
-    });
-    let mut model = model.to_device(&autodiff).train();
-    let (mut step, mut start_epoch) = (0usize, 1usize);
-    let mut history: Vec<PretrainEpoch> = Vec::new();
-    let mut partial: Option<PartialPass> = None;
-    STOP.store(false, Ordering::SeqCst);
-
-    let latest = latest_checkpoint_by(run_dir, |s: &PretrainState| {
-        (s.version, s.step, s.partial.is_none())
-    })?;
-    if resume && let Some((dir, state)) = latest {
-        if state.config != *config {
-            return Err(different_settings(run_dir));
-        }
-        (model, optimizer) = load_checkpoint(model, optimizer, &dir, device)?;
-        (step, history, partial) = (state.step, state.history, state.partial);
-        start_epoch = state.epoch + usize::from(partial.is_none());
-        log(
-            run_dir,
-            &format!("resumed pre-training at step {step} from {}", dir.display()),
-        )?;
-    } else {
-        save_json(
-            &run_dir.join("pretrain_config.json"),
-            &(config, model_config),
-        )?;
-        log(
-            run_dir,
-            &format!(
-                "pre-training started: {} rows, {} held out, {steps_per_epoch} steps per epoch",
-                train.len(),
-                validation.len()
-            ),
-        )?;
-    }
-
-    let loss_fn = CrossEntropyLossConfig::new().init(&autodiff);
-    for epoch in start_epoch..=config.epochs {
-        let started = Instant::now();
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        let mut shuffle = ChaCha8Rng::seed_from_u64(config.seed);
-        shuffle.set_stream(epoch as u64);
-        order.shuffle(&mut shuffle);
-        let resumed = partial.take();
-        let skip = resumed.map_or(0, |p| p.batches_done);
-        let mut loss_sum = resumed.map_or(0.0, |p| p.loss_sum);
-        let earlier_seconds = resumed.map_or(0.0, |p| p.seconds);
-        let mut rate = schedule.rate(step);
-        for (i, chunk) in order.chunks(config.batch_size).enumerate().skip(skip) {
-            if STOP.load(Ordering::SeqCst) {
-                let dir = partial_dir(run_dir, epoch);
-                let state = PretrainState {
-                    version: RUN_VERSION,
-                    epoch,
-                    step,
-                    history: history.clone(),
-                    config: config.clone(),
-                    partial: Some(PartialPass {
-                        batches_done: i,
-                        loss_sum,
-                        seconds: earlier_seconds + started.elapsed().as_secs_f64(),
-                    }),
-                };
-                save_checkpoint(&model, &optimizer, &dir, &state)?;
-                log(
-                    run_dir,
-                    &format!("interrupted at step {step}; checkpoint {}", dir.display()),
-                )?;
-                return Err(TrainError::Interrupted { checkpoint: dir });
-            }
-            autodiff.seed(step_seed(config.seed, step));
-            let mut rng = mask_rng(config.seed, epoch, i);
-            rate = schedule.rate(step);
-            if let Some(MaskedTensors {
-                ids,
-                mask,
-                positions,
-                targets,
-            }) = masked_batch(
-                train,
-                chunk,
-                tokenizer,
-                &config.masking,
-                &mut rng,
-                &autodiff,
-            ) {
-                let logits = model.forward_at(ids, mask, positions);
-                let loss = loss_fn.forward(logits, targets);
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                (model, _) = optimizer.step(rate, model, grads)?;
-                // Read once the step is queued (see the fine-tuning loop).
-                let value = f64::from(loss.into_scalar::<f32>());
-                if !value.is_finite() {
-                    return Err(TrainError::Diverged { epoch, step });
-                }
-                loss_sum += value;
-            }
-            step += 1;
-            on_step(Progress {
-                epoch,
-                epochs: config.epochs,
-                step_in_epoch: i + 1,
-                steps_per_epoch,
-                loss: loss_sum / (i + 1) as f64,
-                samples_per_second: ((i + 1 - skip) * config.batch_size).min(order.len()) as f64
-                    / started.elapsed().as_secs_f64().max(1e-9),
-                elapsed_seconds: started.elapsed().as_secs_f64(),
-            });
-        }
-        let train_seconds = earlier_seconds + started.elapsed().as_secs_f64();
-        let eval = evaluate_mlm(&model.valid(), validation, tokenizer, config, device)?;
-        history.push(PretrainEpoch {
-            epoch,
-            step,
-            train_loss: loss_sum / steps_per_epoch as f64,
-            eval_loss: eval.loss,
-            eval_accuracy: eval.accuracy,
-            learning_rate: rate,
-            train_samples_per_second: train.len() as f64 / train_seconds.max(1e-9),
-            seconds: earlier_seconds + started.elapsed().as_secs_f64(),
-        });
-        // Only the latest epoch is kept: pre-training resumes from it and exports it.
-        let state = PretrainState {
-            version: RUN_VERSION,
-            epoch,
-            step,
-            history: history.clone(),
-            config: config.clone(),
-            partial: None,
-        };
-        save_checkpoint(&model, &optimizer, &checkpoint_dir(run_dir, epoch), &state)?;
-        let mut stale = vec![partial_dir(run_dir, epoch)];
-        if epoch > 1 {
-            stale.push(checkpoint_dir(run_dir, epoch - 1));
-        }
-        for dir in stale.into_iter().filter(|d| d.exists()) {
-            std::fs::remove_dir_all(&dir).map_err(TrainError::io(&dir))?;
-        }
-        write_pretrain_metrics(run_dir, &history)?;
-        log(
-            run_dir,
-            &format!(
-                "epoch {epoch}: {}",
-                serde_json::to_string(&history[history.len() - 1]).expect("serialisable")
-            ),
-        )?;
-    }
+    let settings = LoopSettings {
+        config,
+        config_file: "pretrain_config.json",
+        model_config,
+        rows: train.len(),
+        batch_size: config.batch_size,
+        epochs: config.epochs,
+        seed: config.seed,
+        learning_rate: config.learning_rate,
+        warmup_steps: config.warmup_steps,
+        optimizer: config.optimizer,
+        start_line: format!(
+            "pre-training started: {} rows, {} held out, {} steps per epoch",
+            train.len(),
+            validation.len(),
+            train.len().div_ceil(config.batch_size)
+        ),
+    };
+    let model = model.to_device(&device.clone().autodiff()).train();
+    let finished = run_epochs(
+        &task, model, &settings, run_dir, device, resume, stop, hooks,
+    )?;
 
     let model_dir = run_dir.join("model");
-    model.valid().save_pretrained(model_config, &model_dir)?;
+    finished
+        .model
+        .valid()
+        .save_pretrained(model_config, &model_dir)?;
     tokenizer.save(&model_dir)?;
-    let outcome = PretrainOutcome { history, model_dir };
+    let outcome = PretrainOutcome {
+        history: finished.history,
+        model_dir,
+    };
     save_json(&run_dir.join("outcome.json"), &outcome)?;
     log(run_dir, "pre-training finished")?;
     Ok(outcome)

@@ -14,8 +14,8 @@ use roberta_burn::{
 use sentiment_data::{PrepareConfig, prepare};
 use sentiment_tokenize::{BpeTrainingConfig, read_tokenized, tokenize_splits, train_on_split};
 use sentiment_train::{
-    AdamWSettings, FlatAdamW, MaskingConfig, NOT_A_TARGET, PretrainConfig, TrainError, mask_rng,
-    mask_tokens, masked_lm_loss, pretrain,
+    AdamWSettings, FlatAdamW, MaskingConfig, NOT_A_TARGET, PretrainConfig, StopToken, TrainError,
+    mask_rng, mask_tokens, masked_lm_loss, pretrain,
 };
 
 /// Burn's random generator is global to the process (see tests/training.rs).
@@ -230,6 +230,7 @@ fn pretraining_runs_resumes_and_its_output_fine_tunes() {
         device.seed(11);
         let model = RobertaForMaskedLM::new(&model_config, &device);
         let mut steps = 0;
+        let stop = StopToken::new();
         pretrain(
             model,
             &model_config,
@@ -240,10 +241,11 @@ fn pretraining_runs_resumes_and_its_output_fine_tunes() {
             dir,
             &device,
             resume,
-            &mut |_| {
+            &stop,
+            &mut |_: sentiment_train::Progress| {
                 steps += 1;
                 if Some(steps) == stop_at {
-                    sentiment_train::request_stop();
+                    stop.request();
                 }
             },
         )
@@ -293,4 +295,31 @@ fn pretraining_runs_resumes_and_its_output_fine_tunes() {
     assert_eq!(classifier.report.newly_initialized.len(), 4);
     assert!(outcome.model_dir.join("tokenizer.json").exists());
     assert!(whole.path().join("metrics.csv").exists());
+}
+
+#[test]
+fn pretraining_checks_the_optimizer_settings_as_fine_tuning_does() {
+    for (optimizer, needle) in [
+        (
+            AdamWSettings {
+                beta2: 1.5,
+                ..PretrainConfig::default().optimizer
+            },
+            "adam_beta2 1.5 must be in [0, 1)",
+        ),
+        (
+            AdamWSettings {
+                epsilon: 0.0,
+                ..PretrainConfig::default().optimizer
+            },
+            "adam_epsilon 0 must be finite and positive",
+        ),
+    ] {
+        let config = PretrainConfig {
+            optimizer,
+            ..PretrainConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
 }

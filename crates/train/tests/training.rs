@@ -9,7 +9,7 @@ use sentiment_data::{PrepareConfig, prepare};
 use sentiment_tokenize::{
     BpeTrainingConfig, TokenizedRows, read_tokenized, tokenize_splits, train_on_split,
 };
-use sentiment_train::{TrainConfig, TrainData, TrainError, train};
+use sentiment_train::{StopToken, TrainConfig, TrainData, TrainError, train};
 
 /// Burn's random generator is global to the process: tests that seed it and draw from it
 /// (initialisation, dropout) must not run at the same time, or each changes the other's draws.
@@ -92,7 +92,7 @@ fn run(
     dir: &Path,
     resume: bool,
 ) -> Result<sentiment_train::TrainOutcome, TrainError> {
-    run_with(p, config, dir, resume, &mut |_| {})
+    run_with(p, config, dir, resume, &StopToken::new(), &mut |_| {})
 }
 
 fn run_with(
@@ -100,6 +100,7 @@ fn run_with(
     config: &TrainConfig,
     dir: &Path,
     resume: bool,
+    stop: &StopToken,
     progress: &mut dyn FnMut(sentiment_train::Progress),
 ) -> Result<sentiment_train::TrainOutcome, TrainError> {
     let device = Device::flex();
@@ -120,6 +121,7 @@ fn run_with(
         dir,
         &device,
         resume,
+        stop,
         &mut &mut *progress,
     )
 }
@@ -130,6 +132,18 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
     let p = prepared(2_000);
     let run_a = tempfile::tempdir().unwrap();
     let outcome = run(&p, &quick(), run_a.path(), false).unwrap();
+    // A fresh run into a folder that holds one is refused, nothing overwritten; so is a resume
+    // of a folder that holds none.
+    let metrics = std::fs::read(run_a.path().join("metrics.json")).unwrap();
+    let err = run(&p, &quick(), run_a.path(), false).unwrap_err();
+    assert!(matches!(err, TrainError::RunExists { .. }), "{err}");
+    assert!(err.to_string().contains("--overwrite"), "{err}");
+    assert_eq!(
+        std::fs::read(run_a.path().join("metrics.json")).unwrap(),
+        metrics
+    );
+    let err = run(&p, &quick(), &run_a.path().join("missing"), true).unwrap_err();
+    assert!(matches!(err, TrainError::NothingToResume { .. }), "{err}");
     assert_eq!(outcome.history.len(), 2);
     let steps = p.train.len().div_ceil(16);
     assert_eq!(outcome.history[1].step, 2 * steps);
@@ -190,9 +204,10 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
 
     // Ctrl-C mid-epoch saves a partial checkpoint; resuming from it ends the same way too.
     let run_c = tempfile::tempdir().unwrap();
-    let err = run_with(&p, &quick(), run_c.path(), false, &mut |progress| {
+    let stop = StopToken::new();
+    let err = run_with(&p, &quick(), run_c.path(), false, &stop, &mut |progress| {
         if progress.epoch == 2 && progress.step_in_epoch == 10 {
-            sentiment_train::request_stop();
+            stop.request();
         }
     })
     .unwrap_err();
@@ -203,9 +218,17 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
             .join("checkpoints/epoch-2-partial/state.json")
             .exists()
     );
+    let before = |name: &str| std::fs::read_to_string(run_c.path().join(name)).unwrap();
+    let (json_before, csv_before) = (before("metrics.json"), before("metrics.csv"));
     let resumed = run(&p, &quick(), run_c.path(), true).unwrap();
     assert_eq!(quality(&resumed.history), quality(&outcome.history));
     assert!(!run_c.path().join("checkpoints/epoch-2-partial").exists());
+    // Epoch 1's record went through the checkpoint's JSON and back: written again, its every
+    // float has the same digits (the timings included, which no other run reproduces).
+    let (json_after, csv_after) = (before("metrics.json"), before("metrics.csv"));
+    let first_record = |json: &str| json[..json.find("\n  }").expect("a record")].to_string();
+    assert_eq!(first_record(&json_after), first_record(&json_before));
+    assert_eq!(csv_after.lines().nth(1), csv_before.lines().nth(1));
 
     // Resuming with other settings is refused, nothing overwritten.
     let other = TrainConfig {
@@ -213,7 +236,12 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
         ..quick()
     };
     let err = run(&p, &other, run_b.path(), true).unwrap_err();
-    assert!(err.to_string().contains("other settings"), "{err}");
+    // Each differing setting is named with both values.
+    assert!(
+        err.to_string()
+            .contains("learning_rate = 0.002 (the run has 0.0005)"),
+        "{err}"
+    );
 
     // A corrupt checkpoint is an error naming the file.
     let model_file = run_b.path().join("checkpoints/epoch-2/model.bpk");
@@ -234,21 +262,21 @@ fn bad_settings_and_data_are_refused() {
                 batch_size: 0,
                 ..quick()
             },
-            "batch sizes",
+            "batch_size",
         ),
         (
             TrainConfig {
                 learning_rate: 0.0,
                 ..quick()
             },
-            "learning rate",
+            "learning_rate 0 must be finite and positive",
         ),
         (
             TrainConfig {
-                learning_rate: f64::NAN,
+                learning_rate: f64::INFINITY,
                 ..quick()
             },
-            "learning rate",
+            "learning_rate inf must be finite and positive",
         ),
         (
             TrainConfig {
@@ -256,6 +284,48 @@ fn bad_settings_and_data_are_refused() {
                 ..quick()
             },
             "epochs",
+        ),
+        // Every float setting must be finite and in range: a NaN weight decay was once saved
+        // as `null`, and the run's own resume then failed.
+        (
+            TrainConfig {
+                optimizer: sentiment_train::AdamWSettings {
+                    weight_decay: f64::NAN,
+                    ..quick().optimizer
+                },
+                ..quick()
+            },
+            "weight_decay NaN must be finite and >= 0",
+        ),
+        (
+            TrainConfig {
+                optimizer: sentiment_train::AdamWSettings {
+                    beta2: 1.0,
+                    ..quick().optimizer
+                },
+                ..quick()
+            },
+            "adam_beta2 1 must be in [0, 1)",
+        ),
+        (
+            TrainConfig {
+                optimizer: sentiment_train::AdamWSettings {
+                    epsilon: f64::INFINITY,
+                    ..quick().optimizer
+                },
+                ..quick()
+            },
+            "adam_epsilon inf must be finite and positive",
+        ),
+        (
+            TrainConfig {
+                optimizer: sentiment_train::AdamWSettings {
+                    max_grad_norm: -1.0,
+                    ..quick().optimizer
+                },
+                ..quick()
+            },
+            "max_grad_norm -1 must be finite and >= 0",
         ),
     ] {
         let err = run(&p, &config, dir.path(), false).unwrap_err();
@@ -279,7 +349,8 @@ fn bad_settings_and_data_are_refused() {
         dir.path(),
         &device,
         false,
-        &mut |_| {},
+        &StopToken::new(),
+        &mut |_: sentiment_train::Progress| {},
     )
     .unwrap_err();
     assert!(err.to_string().contains("one class only"), "{err}");
@@ -321,6 +392,7 @@ fn an_epoch_hook_can_stop_the_run_early() {
         dir.path(),
         &device,
         false,
+        &StopToken::new(),
         &mut hook,
     )
     .unwrap();

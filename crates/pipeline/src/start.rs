@@ -1,0 +1,140 @@
+//! Where a run starts from: the tokenizer (pretrained, or a byte-level BPE trained on the
+//! train split and cached next to it) and the classifier (a pretrained encoder with a fresh
+//! head, or a fresh model from a preset or a `config.json`), checked against each other.
+
+use burn::tensor::Device;
+use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
+use sentiment_data::Manifest;
+use sentiment_tokenize::{BpeTrainingConfig, HubSettings, RobertaTokenizer, train_on_split};
+
+use crate::PipelineError;
+
+/// The model a run starts from, with its configuration and tokenizer.
+pub struct Start {
+    /// The classifier (pretrained encoder, or fresh).
+    pub model: RobertaForSequenceClassification,
+    /// Its configuration, with the data's classes.
+    pub config: RobertaConfig,
+    /// The tokenizer the splits are encoded with.
+    pub tokenizer: RobertaTokenizer,
+    /// Where the tokenizer came from.
+    pub tokenizer_origin: String,
+    /// What a user should know about the loading (weights newly initialised or unused).
+    pub notes: Vec<String>,
+}
+
+/// Where a run starts from.
+pub struct StartOptions<'a> {
+    /// The prepared data folder.
+    pub data: &'a std::path::Path,
+    /// Pretrained folder or hub id.
+    pub pretrained: Option<&'a str>,
+    /// Preset or config file when training from scratch.
+    pub fresh_config: &'a str,
+    /// Tokenizer folder or hub id.
+    pub tokenizer: Option<&'a str>,
+    /// Vocabulary of a tokenizer trained here.
+    pub vocab_size: usize,
+    /// Sequence length.
+    pub max_length: usize,
+    /// Seed of the fresh initialisation.
+    pub seed: u64,
+}
+
+/// Loads or creates the tokenizer and the model for the prepared data.
+pub fn starting_point(options: &StartOptions<'_>, device: &Device) -> Result<Start, PipelineError> {
+    let StartOptions {
+        data,
+        pretrained,
+        fresh_config,
+        tokenizer,
+        vocab_size,
+        max_length,
+        seed,
+    } = *options;
+    let manifest = Manifest::load(data)?;
+    let labels: Vec<String> = manifest.classes.iter().map(|c| c.name.clone()).collect();
+    let hub = HubSettings::from_env();
+    let tokenizer_name = tokenizer.or(pretrained);
+    let mut notes = Vec::new();
+    let (tokenizer, origin) = match tokenizer_name {
+        Some(name) => (
+            RobertaTokenizer::from_pretrained(name, max_length, &hub)
+                .map_err(PipelineError::stage(format!("loading tokenizer {name}")))?,
+            name.to_string(),
+        ),
+        None => {
+            let training = BpeTrainingConfig {
+                vocab_size,
+                min_frequency: 2,
+            };
+            let (tokenizer, _) = train_on_split(data, &training, max_length)?;
+            let origin = data.join(sentiment_tokenize::TRAINED_TOKENIZER_DIR);
+            (tokenizer, origin.display().to_string())
+        }
+    };
+    device.seed(seed);
+    let (model, config) = match pretrained {
+        Some(name) => {
+            let model_hub = roberta_burn::HubSettings {
+                cache_dir: hub.cache_dir.clone(),
+                offline: hub.offline,
+            };
+            let loaded =
+                RobertaForSequenceClassification::from_pretrained(name, device, &model_hub, |c| {
+                    *c = c.clone().with_labels(&labels)
+                })
+                .map_err(PipelineError::stage(format!(
+                    "loading pretrained model {name}"
+                )))?;
+            if !loaded.report.newly_initialized.is_empty() {
+                notes.push(format!(
+                    "newly initialised (not in the checkpoint): {}",
+                    loaded.report.newly_initialized.join(", ")
+                ));
+            }
+            if !loaded.report.unused.is_empty() {
+                notes.push(format!(
+                    "checkpoint weights not used by a classifier: {}",
+                    loaded.report.unused.join(", ")
+                ));
+            }
+            (loaded.model, loaded.config)
+        }
+        None => {
+            let config = match fresh_config {
+                "tiny" | "small" | "base" => {
+                    let mut c = RobertaConfig::preset(fresh_config, tokenizer.vocab_size())?;
+                    c.pad_token_id = tokenizer.special_tokens().pad as usize;
+                    c.bos_token_id = tokenizer.special_tokens().bos as usize;
+                    c.eos_token_id = tokenizer.special_tokens().eos as usize;
+                    c
+                }
+                file => RobertaConfig::load(file.as_ref())?,
+            }
+            .with_labels(&labels);
+            config
+                .validate()
+                .map_err(|e| PipelineError::InvalidSetting(format!("model configuration: {e}")))?;
+            (
+                RobertaForSequenceClassification::new(&config, device),
+                config,
+            )
+        }
+    };
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(PipelineError::InvalidSetting(format!(
+            "the tokenizer has {} tokens, more than the model's vocabulary of {}",
+            tokenizer.vocab_size(),
+            config.vocab_size
+        )));
+    }
+    config.check_sequence_length(max_length)?;
+    Ok(Start {
+        model,
+        config,
+        tokenizer,
+        tokenizer_origin: origin,
+        notes,
+    })
+}

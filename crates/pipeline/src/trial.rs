@@ -1,0 +1,138 @@
+//! One trial of the search: its parameters as a [`TrainConfig`], and the hooks that report
+//! each epoch to the study and let the median pruner stop it.
+
+use std::collections::BTreeMap;
+
+use sentiment_search::Study;
+use sentiment_train::{BestMetric, EpochMetrics, Progress, TrainConfig, TrainHooks};
+
+use crate::PipelineError;
+
+/// The parameters the trainer takes from a trial, by their `TrainingArguments` names.
+pub const TRIAL_PARAMETERS: [&str; 4] = [
+    "learning_rate",
+    "batch_size",
+    "warmup_steps",
+    "weight_decay",
+];
+
+/// The training settings of a trial with `params`, `epochs` and `seed`: the Trainer's defaults
+/// (best by F1, two checkpoints kept), then the trial's parameters.
+pub fn trial_config(
+    params: &BTreeMap<String, serde_json::Value>,
+    epochs: usize,
+    seed: u64,
+) -> Result<TrainConfig, PipelineError> {
+    let mut config = TrainConfig {
+        epochs,
+        seed,
+        metric_for_best: BestMetric::F1,
+        save_total_limit: 2,
+        ..TrainConfig::default()
+    };
+    for (name, value) in params {
+        let number = value.as_f64().ok_or_else(|| {
+            PipelineError::InvalidSetting(format!("parameter {name} = {value} is not a number"))
+        })?;
+        match name.as_str() {
+            "learning_rate" => config.learning_rate = number,
+            "batch_size" => config.batch_size = number as usize,
+            "warmup_steps" => config.warmup_steps = number as usize,
+            "weight_decay" => config.optimizer.weight_decay = number,
+            other => {
+                return Err(PipelineError::InvalidSetting(format!(
+                    "parameter `{other}` is not one the trainer takes ({})",
+                    TRIAL_PARAMETERS.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// The median pruner's settings (Optuna's `MedianPruner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PruneSettings {
+    /// Complete trials needed before any is pruned.
+    pub startup_trials: usize,
+    /// Epochs of every trial that are never pruned.
+    pub warmup_epochs: usize,
+}
+
+/// A trial's hooks: progress to the caller's printer, each epoch's F1 into the study, and the
+/// median pruner's decision when pruning is on.
+pub(crate) struct TrialHooks<'a> {
+    pub study: &'a mut Study,
+    pub number: usize,
+    pub prune: Option<PruneSettings>,
+    pub printer: Box<dyn FnMut(Progress) + 'a>,
+    /// Set when the pruner stopped the trial.
+    pub pruned: bool,
+    /// A failure to record an epoch in the study (the run stops at once).
+    pub error: Option<PipelineError>,
+}
+
+impl TrainHooks for TrialHooks<'_> {
+    fn on_step(&mut self, progress: Progress) {
+        (self.printer)(progress);
+    }
+
+    fn on_epoch(&mut self, metrics: &EpochMetrics) -> bool {
+        if let Err(e) = self.study.report(self.number, metrics.epoch, metrics.f1) {
+            self.error = Some(e.into());
+            return false;
+        }
+        if let Some(prune) = self.prune
+            && self.study.median_prunes(
+                self.number,
+                metrics.epoch,
+                prune.startup_trials,
+                prune.warmup_epochs,
+            )
+        {
+            self.pruned = true;
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trial_sets_its_parameters_over_the_trainer_defaults() {
+        let params: BTreeMap<String, serde_json::Value> = serde_json::from_str(
+            r#"{"learning_rate": 0.001, "batch_size": 16, "warmup_steps": 3, "weight_decay": 0.01}"#,
+        )
+        .unwrap();
+        let config = trial_config(&params, 3, 7).unwrap();
+        assert_eq!(config.learning_rate, 0.001);
+        assert_eq!(config.batch_size, 16);
+        assert_eq!(config.warmup_steps, 3);
+        assert_eq!(config.optimizer.weight_decay, 0.01);
+        assert_eq!((config.epochs, config.seed), (3, 7));
+        // Untouched settings keep the Trainer's defaults.
+        assert_eq!(config.optimizer.max_grad_norm, 1.0);
+        assert_eq!(
+            config.eval_batch_size,
+            TrainConfig::default().eval_batch_size
+        );
+    }
+
+    #[test]
+    fn an_unknown_or_non_numeric_parameter_is_refused() {
+        let unknown: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(r#"{"dropout": 0.1}"#).unwrap();
+        let err = trial_config(&unknown, 1, 0).unwrap_err().to_string();
+        assert!(err.contains("`dropout`"), "{err}");
+        let text: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(r#"{"batch_size": "large"}"#).unwrap();
+        let err = trial_config(&text, 1, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("batch_size") && err.contains("not a number"),
+            "{err}"
+        );
+    }
+}

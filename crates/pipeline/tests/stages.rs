@@ -1,0 +1,198 @@
+//! A changed input or setting is never silently mixed with old results: the pipeline refuses
+//! before writing anything, names what changed as flags, and with `overwrite` retrains every
+//! trial, so that the report's figures all come from one run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use burn::tensor::Device;
+use sentiment_pipeline::{Observer, Pipeline, PipelineConfig, PipelineError};
+use sentiment_train::{Progress, StopToken};
+
+/// Collects the pipeline's messages.
+#[derive(Default)]
+struct Messages(Mutex<Vec<String>>);
+
+impl Observer for Messages {
+    fn message(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_string());
+    }
+
+    fn progress(&self) -> Box<dyn FnMut(Progress) + '_> {
+        Box::new(|_| {})
+    }
+}
+
+impl Messages {
+    fn all(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+fn sample_csv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sentiment140/sample.csv")
+}
+
+fn config(out: &Path, sample: usize, epochs: usize) -> PipelineConfig {
+    let mut prepare = sentiment_data::PrepareConfig::new(sample_csv(), out.join("data"));
+    prepare.sample = Some(sample);
+    PipelineConfig {
+        out: out.to_path_buf(),
+        prepare,
+        pretrained: None,
+        model_config: "tiny".into(),
+        tokenizer: None,
+        vocab_size: 400,
+        max_length: 32,
+        trials: 2,
+        startup_trials: Some(1),
+        epochs,
+        prune: None,
+        space: PipelineConfig::default_space(false),
+        seed: 734,
+        overwrite: false,
+        command: "test".into(),
+    }
+}
+
+fn run(
+    config: PipelineConfig,
+) -> (
+    Result<sentiment_pipeline::PipelineOutcome, PipelineError>,
+    String,
+) {
+    let messages = Messages::default();
+    let result = Pipeline::new(config, vec![Device::flex()])
+        .and_then(|p| p.run(&StopToken::new(), &messages));
+    (result, messages.all())
+}
+
+/// The test split's row count in the report's data table.
+fn report_test_rows(out: &Path) -> u64 {
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("| test | "))
+        .expect("the data table has a test row");
+    line.split('|').nth(2).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn changed_data_or_epochs_never_mix_with_the_old_trials() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    let (first, _) = run(config(&out, 400, 1));
+    let first = first.unwrap();
+    let matrix_total = |o: &sentiment_pipeline::PipelineOutcome| -> u64 {
+        o.outcome
+            .test
+            .as_ref()
+            .unwrap()
+            .report
+            .confusion_matrix
+            .iter()
+            .flatten()
+            .sum()
+    };
+    assert_eq!(report_test_rows(&out), matrix_total(&first));
+    let manifest = std::fs::read(out.join("data/manifest.json")).unwrap();
+
+    // Another sample: refused before anything is written, with the flag that changed.
+    let (second, _) = run(config(&out, 300, 1));
+    let err = second.unwrap_err();
+    assert!(matches!(err, PipelineError::Refused(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("data changed: --sample 300 (was 400)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trials (0-1)") && text.contains("--overwrite"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("data/manifest.json")).unwrap(),
+        manifest
+    );
+
+    // More epochs: the trials were trained for fewer, so they are not reused either.
+    let (third, _) = run(config(&out, 400, 2));
+    let text = third.unwrap_err().to_string();
+    assert!(text.contains("--epochs 2 (was 1)"), "{text}");
+
+    // With overwrite the data is prepared again and every trial retrained: the report's data
+    // table and its confusion matrix describe the same test split.
+    let mut again = config(&out, 300, 1);
+    again.overwrite = true;
+    let (fourth, messages) = run(again);
+    let fourth = fourth.unwrap();
+    assert!(
+        messages.contains("data changed: --sample 300 (was 400); trials 0-1 will be retrained"),
+        "{messages}"
+    );
+    assert!(messages.contains("[3/5] search: trial 0"), "{messages}");
+    assert!(!messages.contains("prepare: reusing"), "{messages}");
+    assert_eq!(report_test_rows(&out), matrix_total(&fourth));
+    assert_ne!(matrix_total(&fourth), matrix_total(&first));
+
+    // The same settings again reuse every stage.
+    let (fifth, messages) = run(config(&out, 300, 1));
+    fifth.unwrap();
+    assert!(messages.contains("prepare: reusing"), "{messages}");
+    assert!(!messages.contains("search: trial"), "{messages}");
+}
+
+#[test]
+fn a_changed_input_file_is_prepared_again() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    let input = work.path().join("tweets.csv");
+    std::fs::copy(sample_csv(), &input).unwrap();
+    let mut settings = config(&out, 300, 1);
+    settings.prepare.input = input.clone();
+    settings.trials = 1;
+    let (first, _) = run(settings.clone());
+    first.unwrap();
+    // Same path, same size, other content: the old prepare cache keyed on path and size.
+    let mut bytes = std::fs::read(&input).unwrap();
+    let (a, b) = (bytes.iter().position(|&c| c == b'\n').unwrap(), bytes.len());
+    let line = bytes[..=a].to_vec();
+    bytes.drain(..=a);
+    bytes.extend_from_slice(&line);
+    assert_eq!(bytes.len(), b);
+    std::fs::write(&input, bytes).unwrap();
+    let (second, _) = run(settings.clone());
+    let err = second.unwrap_err().to_string();
+    assert!(err.contains("the file's content changed"), "{err}");
+    settings.overwrite = true;
+    let (third, messages) = run(settings);
+    third.unwrap();
+    assert!(
+        messages.contains("the file's content changed"),
+        "{messages}"
+    );
+    assert!(
+        messages.contains("trials 0 will be retrained"),
+        "{messages}"
+    );
+}
+
+#[test]
+fn an_empty_space_and_unknown_parameters_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let mut settings = config(work.path(), 300, 1);
+    settings.space.clear();
+    let err = Pipeline::new(settings.clone(), vec![Device::flex()])
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("search space is empty"), "{err}");
+    settings.space = sentiment_search::parse_space(["dropout=float:0.0:0.3"]).unwrap();
+    let err = Pipeline::new(settings.clone(), vec![Device::flex()])
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("`dropout`"), "{err}");
+    settings.space = PipelineConfig::default_space(false);
+    let err = Pipeline::new(settings, vec![]).err().unwrap();
+    assert!(err.to_string().contains("--devices"), "{err}");
+    assert!(!work.path().join("data").exists(), "nothing written");
+}

@@ -1,0 +1,571 @@
+//! The one epoch loop that fine-tuning ([`crate::train`]) and masked-LM pre-training
+//! ([`crate::pretrain`]) share: seeded batch order, per-step dropout seeds, AdamW with the linear
+//! schedule and clipping, divergence checks, a checkpoint every epoch, a mid-epoch checkpoint on
+//! a stop request, exact resume, metrics files, the run log and the hooks.
+//!
+//! What differs between the two is a [`Task`]: the loss of one batch, the evaluation after an
+//! epoch, the epoch's record, and which checkpoints to keep. A new kind of training implements
+//! `Task` and gets everything else.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{AdamWSettings, FlatAdamW, LinearSchedule, Progress, TrainError, write_atomic};
+
+/// Version of the files a run folder holds (2: the optimizer state is [`FlatAdamW`]'s flat
+/// moments, `optimizer.bpk` + `optimizer.json`, instead of Burn's per-tensor record).
+pub const RUN_VERSION: u32 = 2;
+
+/// A request to stop a run, shared between whoever asks (a Ctrl-C handler, a pipeline worker)
+/// and the runs it should reach. The run saves a checkpoint at the next step boundary and
+/// returns [`TrainError::Interrupted`]. Each caller owns its token, so one run's stop never
+/// reaches, or is cleared by, a run that was handed another token.
+#[derive(Debug, Clone, Default)]
+pub struct StopToken(Arc<AtomicBool>);
+
+impl StopToken {
+    /// A token no one has requested yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the runs holding this token to checkpoint and stop. One atomic store:
+    /// async-signal-safe, so a SIGINT handler may call it.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Callbacks of a run: progress after every step, and a say after every epoch. `E` is the
+/// epoch's record ([`crate::EpochMetrics`] for fine-tuning, [`crate::PretrainEpoch`] for
+/// pre-training).
+pub trait TrainHooks<E = crate::EpochMetrics> {
+    /// After every optimizer step.
+    fn on_step(&mut self, progress: Progress) {
+        let _ = progress;
+    }
+
+    /// After every epoch's evaluation and checkpoint; returning false ends the run there (a
+    /// pruner's decision), which then finishes as usual with the best epoch so far.
+    fn on_epoch(&mut self, record: &E) -> bool {
+        let _ = record;
+        true
+    }
+}
+
+/// A plain progress closure is a set of hooks that never stops the run.
+impl<E, F: FnMut(Progress)> TrainHooks<E> for F {
+    fn on_step(&mut self, progress: Progress) {
+        self(progress);
+    }
+}
+
+/// The loop's own numbers for an epoch, handed to [`Task::record`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EpochSummary {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Optimizer steps so far.
+    pub step: usize,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Learning rate of the epoch's last step.
+    pub learning_rate: f64,
+    /// Training samples per second over the epoch.
+    pub train_samples_per_second: f64,
+    /// Wall time of the epoch, evaluation included.
+    pub seconds: f64,
+}
+
+/// What one kind of training adds to the shared loop.
+pub(crate) trait Task {
+    /// The model being trained.
+    type Model: Module;
+    /// The held-out evaluation after an epoch.
+    type Evaluation;
+    /// One row of the run's metrics: what an epoch produced.
+    type Epoch: Clone + Serialize + DeserializeOwned;
+
+    /// The loss of training batch `batch` (0-based within `epoch`) of the rows at `rows`, on
+    /// `device` (the autodiff device); None when the batch has nothing to learn from (the step
+    /// is counted, but no update is made).
+    fn loss(
+        &self,
+        model: &Self::Model,
+        rows: &[usize],
+        epoch: usize,
+        batch: usize,
+        device: &Device,
+    ) -> Option<Tensor<1>>;
+
+    /// Evaluates `model` (in validation mode) on the held-out rows.
+    fn evaluate(&self, model: &Self::Model) -> Result<Self::Evaluation, TrainError>;
+
+    /// The epoch's record from the loop's numbers and the evaluation.
+    fn record(&self, summary: EpochSummary, evaluation: Self::Evaluation) -> Self::Epoch;
+
+    /// Deletes the epoch checkpoints no longer needed once `history`'s last epoch is saved.
+    fn prune_checkpoints(&self, run_dir: &Path, history: &[Self::Epoch]) -> Result<(), TrainError>;
+}
+
+/// The settings the loop itself uses, taken from a task's configuration.
+pub(crate) struct LoopSettings<'a, C> {
+    /// The whole configuration: saved with every checkpoint, compared on resume.
+    pub config: &'a C,
+    /// The file (in the run folder) that records the configuration and the model's.
+    pub config_file: &'a str,
+    /// The model's configuration, saved next to `config`.
+    pub model_config: &'a roberta_burn::RobertaConfig,
+    /// Training rows.
+    pub rows: usize,
+    /// Rows per step.
+    pub batch_size: usize,
+    /// Passes over the rows.
+    pub epochs: usize,
+    /// Seed of the batch order and dropout.
+    pub seed: u64,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Linear warmup steps.
+    pub warmup_steps: usize,
+    /// AdamW's settings.
+    pub optimizer: AdamWSettings,
+    /// The line logged when a fresh run starts.
+    pub start_line: String,
+}
+
+/// What [`run_epochs`] leaves: the model after its last step, every epoch's record, and the
+/// epoch after which a hook stopped the run, if one did.
+pub(crate) struct Finished<M, E> {
+    /// The model after the last step (still on the autodiff device).
+    pub model: M,
+    /// Every epoch's record, in order.
+    pub history: Vec<E>,
+    /// The epoch after which a hook ended the run.
+    pub stopped_early: Option<usize>,
+}
+
+/// `checkpoints/epoch-N/state.json`: where training stands after epoch N.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunState<E, C> {
+    version: u32,
+    /// The last completed epoch, or for a partial checkpoint the epoch in progress.
+    epoch: usize,
+    step: usize,
+    history: Vec<E>,
+    config: C,
+    /// Set on a checkpoint taken mid-epoch (on a stop request): how far the epoch got.
+    #[serde(default)]
+    partial: Option<PartialEpoch>,
+}
+
+/// A checkpoint folder and the state it holds.
+type Checkpoint<E, C> = (PathBuf, RunState<E, C>);
+
+/// Progress inside an interrupted epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct PartialEpoch {
+    batches_done: usize,
+    loss_sum: f64,
+    seconds: f64,
+}
+
+/// A deterministic seed for the dropout masks of one optimizer step: a run resumed at any step
+/// draws the masks an uninterrupted run would.
+pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The folder of the checkpoint taken after `epoch`.
+pub(crate) fn checkpoint_dir(run_dir: &Path, epoch: usize) -> PathBuf {
+    run_dir.join("checkpoints").join(format!("epoch-{epoch}"))
+}
+
+fn partial_dir(run_dir: &Path, epoch: usize) -> PathBuf {
+    run_dir
+        .join("checkpoints")
+        .join(format!("epoch-{epoch}-partial"))
+}
+
+/// Trains `model` (already on the autodiff device, in training mode) for the epochs `settings`
+/// ask, resuming from the latest checkpoint in `run_dir` when `resume` is set.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_epochs<T, C>(
+    task: &T,
+    model: T::Model,
+    settings: &LoopSettings<'_, C>,
+    run_dir: &Path,
+    device: &Device,
+    resume: bool,
+    stop: &StopToken,
+    hooks: &mut dyn TrainHooks<T::Epoch>,
+) -> Result<Finished<T::Model, T::Epoch>, TrainError>
+where
+    T: Task,
+    C: Clone + PartialEq + Serialize + DeserializeOwned,
+{
+    let steps_per_epoch = settings.rows.div_ceil(settings.batch_size);
+    let schedule = LinearSchedule {
+        peak: settings.learning_rate,
+        warmup_steps: settings.warmup_steps,
+        total_steps: steps_per_epoch * settings.epochs,
+    };
+    let autodiff = device.clone().autodiff();
+    let mut model = model;
+    let mut optimizer = FlatAdamW::new(settings.optimizer);
+    let mut history: Vec<T::Epoch> = Vec::new();
+    let (mut step, mut start_epoch) = (0usize, 1usize);
+    let mut partial: Option<PartialEpoch> = None;
+
+    // A fresh run never overwrites one, and a resume never silently starts afresh.
+    let config_path = run_dir.join(settings.config_file);
+    match (resume, config_path.exists()) {
+        (true, false) => {
+            return Err(TrainError::NothingToResume {
+                run_dir: run_dir.to_path_buf(),
+                config_file: settings.config_file.into(),
+            });
+        }
+        (false, true) => {
+            return Err(TrainError::RunExists {
+                run_dir: run_dir.to_path_buf(),
+                config_file: settings.config_file.into(),
+            });
+        }
+        _ => {}
+    }
+    let latest = if resume {
+        latest_checkpoint::<T::Epoch, C>(run_dir)?
+    } else {
+        None
+    };
+    if let Some((dir, state)) = latest {
+        if state.config != *settings.config {
+            return Err(different_settings(run_dir, &state.config, settings.config));
+        }
+        (model, optimizer) = load_checkpoint(model, optimizer, &dir, device)?;
+        (step, history, partial) = (state.step, state.history, state.partial);
+        start_epoch = state.epoch + usize::from(partial.is_none());
+        log(
+            run_dir,
+            &format!(
+                "resumed at step {step} (epoch {start_epoch}) from {}",
+                dir.display()
+            ),
+        )?;
+    } else {
+        if resume {
+            // Killed before its first checkpoint: it starts afresh, with the same settings.
+            let saved = std::fs::read_to_string(&config_path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<(C, serde_json::Value)>(&t).ok());
+            if let Some((saved, _)) = saved
+                && saved != *settings.config
+            {
+                return Err(different_settings(run_dir, &saved, settings.config));
+            }
+        }
+        save_json(&config_path, &(settings.config, settings.model_config))?;
+        log(run_dir, &settings.start_line)?;
+    }
+
+    let mut stopped_early = None;
+    for epoch in start_epoch..=settings.epochs {
+        let started = Instant::now();
+        // Batch order, masks and dropout depend on (seed, epoch, step) only, so a resumed run
+        // sees the same data in the same order as an uninterrupted one.
+        let mut order: Vec<usize> = (0..settings.rows).collect();
+        let mut shuffle = ChaCha8Rng::seed_from_u64(settings.seed);
+        shuffle.set_stream(epoch as u64);
+        order.shuffle(&mut shuffle);
+        // An interrupted epoch continues where it stopped.
+        let resumed = partial.take();
+        let skip = resumed.map_or(0, |p| p.batches_done);
+        let mut loss_sum = resumed.map_or(0.0, |p| p.loss_sum);
+        let earlier_seconds = resumed.map_or(0.0, |p| p.seconds);
+        let mut rate = schedule.rate(step);
+        for (i, chunk) in order.chunks(settings.batch_size).enumerate().skip(skip) {
+            if stop.is_requested() {
+                let dir = partial_dir(run_dir, epoch);
+                let state = RunState {
+                    version: RUN_VERSION,
+                    epoch,
+                    step,
+                    history: history.clone(),
+                    config: settings.config.clone(),
+                    partial: Some(PartialEpoch {
+                        batches_done: i,
+                        loss_sum,
+                        seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+                    }),
+                };
+                save_checkpoint(&model, &optimizer, &dir, &state)?;
+                log(
+                    run_dir,
+                    &format!("interrupted at step {step}; checkpoint {}", dir.display()),
+                )?;
+                return Err(TrainError::Interrupted { checkpoint: dir });
+            }
+            autodiff.seed(step_seed(settings.seed, step));
+            rate = schedule.rate(step);
+            let mut step_loss = None;
+            if let Some(loss) = task.loss(&model, chunk, epoch, i, &autodiff) {
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                (model, _) = optimizer.step(rate, model, grads)?;
+                // Read once the whole step is queued: on a GPU, a read before the backward
+                // pass would drain the device's queue in the middle of every step.
+                let value = f64::from(loss.into_scalar::<f32>());
+                if !value.is_finite() {
+                    return Err(TrainError::Diverged { epoch, step });
+                }
+                loss_sum += value;
+                step_loss = Some(value);
+            }
+            step += 1;
+            hooks.on_step(Progress {
+                epoch,
+                epochs: settings.epochs,
+                step_in_epoch: i + 1,
+                steps_per_epoch,
+                loss: step_loss.unwrap_or(f64::NAN),
+                samples_per_second: ((i + 1 - skip) * settings.batch_size).min(order.len()) as f64
+                    / started.elapsed().as_secs_f64().max(1e-9),
+                elapsed_seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        let train_seconds = earlier_seconds + started.elapsed().as_secs_f64();
+        let evaluation = task.evaluate(&model.valid())?;
+        let record = task.record(
+            EpochSummary {
+                epoch,
+                step,
+                train_loss: loss_sum / steps_per_epoch as f64,
+                learning_rate: rate,
+                train_samples_per_second: settings.rows as f64 / train_seconds.max(1e-9),
+                seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+            },
+            evaluation,
+        );
+        history.push(record);
+        let state = RunState {
+            version: RUN_VERSION,
+            epoch,
+            step,
+            history: history.clone(),
+            config: settings.config.clone(),
+            partial: None,
+        };
+        save_checkpoint(&model, &optimizer, &checkpoint_dir(run_dir, epoch), &state)?;
+        let stale = partial_dir(run_dir, epoch);
+        if stale.exists() {
+            std::fs::remove_dir_all(&stale).map_err(TrainError::io(&stale))?;
+        }
+        write_metrics(run_dir, &history)?;
+        let last = &history[history.len() - 1];
+        log(
+            run_dir,
+            &format!(
+                "epoch {epoch}: {}",
+                serde_json::to_string(last).expect("serialisable")
+            ),
+        )?;
+        task.prune_checkpoints(run_dir, &history)?;
+        if !hooks.on_epoch(last) && epoch < settings.epochs {
+            stopped_early = Some(epoch);
+            log(
+                run_dir,
+                &format!("stopped after epoch {epoch} by a hook (pruned)"),
+            )?;
+            break;
+        }
+    }
+    Ok(Finished {
+        model,
+        history,
+        stopped_early,
+    })
+}
+
+/// Appends a time-stamped line to `run_dir/train.log`.
+pub(crate) fn log(run_dir: &Path, line: &str) -> Result<(), TrainError> {
+    use std::io::Write;
+    let path = run_dir.join("train.log");
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "[{seconds:.3}] {line}"))
+        .map_err(TrainError::io(&path))
+}
+
+/// Writes `value` as pretty JSON, atomically.
+pub(crate) fn save_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let mut json = serde_json::to_vec_pretty(value).expect("serialisable");
+    json.push(b'\n');
+    write_atomic(path, &json)
+}
+
+/// Writes `metrics.json` and `metrics.csv` (a header from the record's field names, one row per
+/// epoch), each atomically.
+fn write_metrics<E: Serialize>(run_dir: &Path, history: &[E]) -> Result<(), TrainError> {
+    save_json(&run_dir.join("metrics.json"), history)?;
+    let path = run_dir.join("metrics.csv");
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    for record in history {
+        csv.serialize(record).map_err(|e| TrainError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+    }
+    let bytes = csv.into_inner().map_err(|e| TrainError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    write_atomic(&path, &bytes)
+}
+
+/// Writes a checkpoint folder under a temporary name, then renames it: a checkpoint directory
+/// with a `state.json` is always complete.
+fn save_checkpoint<M: Module, S: Serialize>(
+    model: &M,
+    optimizer: &FlatAdamW,
+    dir: &Path,
+    state: &S,
+) -> Result<(), TrainError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    if temp.exists() {
+        std::fs::remove_dir_all(&temp).map_err(TrainError::io(&temp))?;
+    }
+    std::fs::create_dir_all(&temp).map_err(TrainError::io(&temp))?;
+    let model_path = temp.join("model.bpk");
+    model
+        .clone()
+        .save_file(&model_path)
+        .map_err(|e| TrainError::BadCheckpoint {
+            path: model_path.clone(),
+            detail: format!("{e:?}"),
+        })?;
+    optimizer.save(&temp.join("optimizer.bpk"))?;
+    save_json(&temp.join("state.json"), state)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(TrainError::io(dir))?;
+    }
+    std::fs::rename(&temp, dir).map_err(TrainError::io(dir))
+}
+
+/// The error for resuming a run folder with other settings than it was started with: names
+/// every setting that differs, with both values.
+fn different_settings<C: Serialize>(run_dir: &Path, saved: &C, asked: &C) -> TrainError {
+    let as_object = |c: &C| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (saved, asked) = (as_object(saved), as_object(asked));
+    let differences: Vec<String> = saved
+        .iter()
+        .filter(|&(key, value)| asked.get(key) != Some(value))
+        .map(|(key, value)| {
+            let now = asked
+                .get(key)
+                .map_or_else(|| "unset".to_string(), ToString::to_string);
+            format!("{key} = {now} (the run has {value})")
+        })
+        .collect();
+    TrainError::InvalidSetting(format!(
+        "{}: the run was started with other settings: {}; resume with the run's settings or \
+         use a new run folder",
+        run_dir.display(),
+        if differences.is_empty() {
+            "the configuration differs".to_string()
+        } else {
+            differences.join(", ")
+        }
+    ))
+}
+
+/// Loads the model and optimizer state of the checkpoint folder `dir`; the moments go onto
+/// `device`, the plain device the run trains on.
+fn load_checkpoint<M: Module>(
+    model: M,
+    optimizer: FlatAdamW,
+    dir: &Path,
+    device: &Device,
+) -> Result<(M, FlatAdamW), TrainError> {
+    let model_path = dir.join("model.bpk");
+    let model = model
+        .try_load_file(&model_path)
+        .map_err(|e| TrainError::BadCheckpoint {
+            path: model_path.clone(),
+            detail: format!("{e:?}"),
+        })?;
+    let optimizer = optimizer.load(&dir.join("optimizer.bpk"), device)?;
+    Ok((model, optimizer))
+}
+
+/// The most advanced checkpoint of `run_dir` (folder and state), if any: the most optimizer
+/// steps, a complete epoch before a partial one at the same step.
+fn latest_checkpoint<E: DeserializeOwned, C: DeserializeOwned>(
+    run_dir: &Path,
+) -> Result<Option<Checkpoint<E, C>>, TrainError> {
+    let dir = run_dir.join("checkpoints");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(None);
+    };
+    let mut latest: Option<Checkpoint<E, C>> = None;
+    for entry in entries {
+        let path = entry.map_err(TrainError::io(&dir))?.path();
+        let state_path = path.join("state.json");
+        let Ok(text) = std::fs::read_to_string(&state_path) else {
+            continue;
+        };
+        // The version first, so an old layout is named as such rather than as a parse error.
+        let version = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
+        if version != Some(u64::from(RUN_VERSION)) {
+            return Err(TrainError::BadCheckpoint {
+                path: state_path,
+                detail: format!(
+                    "version {} (expected {RUN_VERSION})",
+                    version.map_or_else(|| "missing".to_string(), |v| v.to_string())
+                ),
+            });
+        }
+        let state: RunState<E, C> =
+            serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
+                path: state_path.clone(),
+                detail: e.to_string(),
+            })?;
+        let rank = |s: &RunState<E, C>| (s.step, s.partial.is_none());
+        if latest.as_ref().is_none_or(|(_, l)| rank(&state) > rank(l)) {
+            latest = Some((path, state));
+        }
+    }
+    Ok(latest)
+}
