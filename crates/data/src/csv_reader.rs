@@ -4,14 +4,24 @@
 //! line numbers for field-level problems; Sentiment140 users need both ("line 51,203: unterminated
 //! quoted field"), and a way to skip one malformed line and carry on with the next. Hence this small
 //! reader: quoted fields may hold commas, doubled quotes and newlines; `\r\n` endings are accepted.
+//!
+//! A record that needs more lines is parsed on from where it stopped, never from its first byte
+//! again, and a quoted field may span at most [`MAX_RECORD_LINES`] lines: a stray quote in a
+//! cleaned file costs a bounded look-ahead, not a parse of the rest of the file as one growing
+//! record, again and again.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
 
+/// Lines one record may span: a quoted field still open after this many is reported as
+/// unterminated at the line where it opened (a tweet is one line; a cleaned file's texts
+/// rarely hold more than a few newlines).
+pub const MAX_RECORD_LINES: usize = 1000;
+
 /// Why a record could not be parsed as CSV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyntaxError {
-    /// A quoted field was still open at the end of the file.
+    /// A quoted field was still open at the end of the file, or after [`MAX_RECORD_LINES`].
     UnterminatedQuote,
     /// A closing quote was followed by something other than a comma or the end of the record.
     TextAfterClosingQuote,
@@ -44,6 +54,10 @@ impl Record {
 
     fn clear(&mut self) {
         self.len = 0;
+    }
+
+    fn last_field(&mut self) -> &mut Vec<u8> {
+        &mut self.fields[self.len - 1]
     }
 
     fn push_field(&mut self) -> &mut Vec<u8> {
@@ -88,7 +102,9 @@ pub struct RecordReader<R> {
 
 enum Parse {
     Complete,
-    NeedMore,
+    /// The last field is a quoted one still open: parsing resumes at this offset once more
+    /// lines are appended.
+    NeedMore(usize),
     Error(SyntaxError),
 }
 
@@ -160,8 +176,9 @@ impl<R: BufRead> RecordReader<R> {
         };
         // Line boundaries inside `pending`, to push back all but the first on error.
         let mut extra_lines: Vec<(u64, usize)> = Vec::new();
+        let mut resume = None;
         loop {
-            match parse_record(pending, record) {
+            match parse_record(pending, record, resume) {
                 Parse::Complete => {
                     record.line = first_line;
                     return Ok(ReadOutcome::Record);
@@ -173,9 +190,15 @@ impl<R: BufRead> RecordReader<R> {
                         error,
                     });
                 }
-                Parse::NeedMore => {
+                Parse::NeedMore(at) => {
+                    resume = Some(at);
                     let start = pending.len();
-                    match self.next_physical_line(pending)? {
+                    let next = if extra_lines.len() + 1 >= MAX_RECORD_LINES {
+                        None
+                    } else {
+                        self.next_physical_line(pending)?
+                    };
+                    match next {
                         Some(line) => extra_lines.push((line, start)),
                         None => {
                             self.push_back_extra(pending, &extra_lines);
@@ -207,22 +230,36 @@ fn trim_line_end(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-/// Parses `bytes` (one or more physical lines) as one record.
-fn parse_record(bytes: &[u8], record: &mut Record) -> Parse {
+/// Parses `bytes` (one or more physical lines) as one record; with `resume`, continues the
+/// open quoted field that an earlier call on a prefix of `bytes` stopped in, at that offset.
+fn parse_record(bytes: &[u8], record: &mut Record, resume: Option<usize>) -> Parse {
     let bytes = if bytes.ends_with(b"\n") {
         &bytes[..bytes.len() - 1]
     } else {
         bytes
     };
-    record.clear();
-    let mut i = 0;
+    let (mut i, mut open_quote) = match resume {
+        Some(at) => (at, true),
+        None => {
+            record.clear();
+            (0, false)
+        }
+    };
     loop {
-        let field = record.push_field();
-        if bytes.get(i) == Some(&b'"') {
-            i += 1;
+        let quoted = if open_quote {
+            open_quote = false;
+            true
+        } else {
+            record.push_field();
+            let quoted = bytes.get(i) == Some(&b'"');
+            i += usize::from(quoted);
+            quoted
+        };
+        let field = record.last_field();
+        if quoted {
             loop {
                 match memchr_quote(&bytes[i..]) {
-                    None => return Parse::NeedMore,
+                    None => return Parse::NeedMore(i),
                     Some(offset) => {
                         field.extend_from_slice(&bytes[i..i + offset]);
                         i += offset + 1;
@@ -333,5 +370,76 @@ mod tests {
         while reader.read_record(&mut record).unwrap() != ReadOutcome::End {}
         assert_eq!(reader.blank_lines(), 2);
         assert_eq!(reader.bytes_read(), input.len() as u64);
+    }
+
+    #[test]
+    fn a_quote_that_never_closes_is_bounded_and_named_at_its_line() {
+        // A stray quote on line 2 of a long file: reported there after MAX_RECORD_LINES, and
+        // every later line is read as its own record.
+        let mut input = String::from("a,b\n\"stray,x\n");
+        for i in 0..2 * MAX_RECORD_LINES {
+            input.push_str(&format!("{i},t\n"));
+        }
+        let parsed = read_all(&input);
+        assert_eq!(parsed[0], ok(1, &["a", "b"]));
+        assert_eq!(parsed[1], Err((2, SyntaxError::UnterminatedQuote)));
+        assert_eq!(parsed.len(), 2 + 2 * MAX_RECORD_LINES);
+        assert_eq!(parsed[2], ok(3, &["0", "t"]));
+        let last = 2 * MAX_RECORD_LINES - 1;
+        assert_eq!(
+            parsed[parsed.len() - 1],
+            ok(2 + 2 * MAX_RECORD_LINES as u64, &[&last.to_string(), "t"])
+        );
+    }
+
+    #[test]
+    fn a_field_spanning_many_lines_is_parsed_on_not_again() {
+        // Within the bound, a long multi-line field parses to the same bytes as written.
+        let text: String = (0..MAX_RECORD_LINES - 1)
+            .map(|i| format!("l{i}\n"))
+            .collect();
+        let input = format!("\"{text}\",end\nnext\n");
+        let parsed = read_all(&input);
+        assert_eq!(
+            parsed,
+            vec![
+                ok(1, &[&text, "end"]),
+                ok(MAX_RECORD_LINES as u64 + 1, &["next"])
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        /// On well-formed input (written by the `csv` crate), every record, field and starting
+        /// line equals what the `csv` crate reads back.
+        #[test]
+        fn reads_what_the_csv_crate_reads(
+            rows in proptest::collection::vec(
+                proptest::collection::vec("[a-c ,\"\n\r]{0,6}", 1..4),
+                1..12,
+            )
+        ) {
+            let mut writer = csv::WriterBuilder::new().flexible(true).from_writer(Vec::new());
+            for row in &rows {
+                writer.write_record(row).unwrap();
+            }
+            let bytes = writer.into_inner().unwrap();
+            let text = String::from_utf8(bytes.clone()).unwrap();
+            let mut expected = Vec::new();
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(bytes.as_slice());
+            let mut record = csv::ByteRecord::new();
+            while reader.read_byte_record(&mut record).unwrap() {
+                let line = record.position().unwrap().line();
+                let fields: Vec<String> = record
+                    .iter()
+                    .map(|f| String::from_utf8(f.to_vec()).unwrap())
+                    .collect();
+                expected.push(Ok((line, fields)));
+            }
+            proptest::prop_assert_eq!(read_all(&text), expected);
+        }
     }
 }

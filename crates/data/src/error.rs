@@ -57,7 +57,12 @@ impl fmt::Display for BadRow {
                 write!(f, "expected {expected} columns, found {found}")
             }
             BadRow::UnknownLabel(label) => write!(f, "unknown label {label:?}"),
-            BadRow::UnterminatedQuote => write!(f, "unterminated quoted field"),
+            BadRow::UnterminatedQuote => write!(
+                f,
+                "unterminated quoted field (the quote opened on this line is not closed before \
+                 the end of the file or within {} lines)",
+                crate::csv_reader::MAX_RECORD_LINES
+            ),
             BadRow::TextAfterClosingQuote => {
                 write!(f, "text after a closing quote (a stray or unescaped `\"`)")
             }

@@ -33,7 +33,7 @@ mod texts;
 use std::io::Write;
 use std::path::Path;
 
-pub use csv_reader::{ReadOutcome, Record, RecordReader, SyntaxError};
+pub use csv_reader::{MAX_RECORD_LINES, ReadOutcome, Record, RecordReader, SyntaxError};
 pub use error::{BadRow, DataError};
 pub use format::{InputFormat, TextEncoding, decode_cp1252, detect_format, encode_cp1252};
 pub use manifest::{
