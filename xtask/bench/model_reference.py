@@ -33,6 +33,17 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="after timing, print each training step's kernels (CUDA only)"
     )
+    parser.add_argument(
+        "--lengths-file",
+        help="a JSON list of row lengths: one timed pass over such rows instead of --iters copies of one full batch",
+    )
+    parser.add_argument(
+        "--padding",
+        choices=["fixed", "dynamic"],
+        default="dynamic",
+        help="with --lengths-file: every batch padded to --seq in a shuffled order (the notebook), or the "
+        "Trainer's LengthGroupedSampler with DataCollatorWithPadding(pad_to_multiple_of=8)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -44,6 +55,16 @@ def main() -> None:
     ids[:, -1] = 2
     ids = ids.to(device)
     mask = torch.ones_like(ids)
+    labels = torch.randint(0, 2, (args.batch,)).to(device)
+    # (ids, mask, labels) per batch: warm-up batches, then the timed ones, and the timed rows.
+    warmup_n = 3 if args.train else 2
+    if args.lengths_file:
+        with open(args.lengths_file) as f:
+            lengths = json.load(f)
+        timed = length_batches(lengths, args, config.vocab_size, device)
+        warmup, rows = timed[:warmup_n], len(lengths)
+    else:
+        warmup, timed, rows = [(ids, mask, labels)] * warmup_n, [(ids, mask, labels)] * args.iters, args.batch * args.iters
     half = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.dtype)
     autocast = (
         torch.autocast(device_type=device.type, dtype=half) if half is not None else contextlib.nullcontext()
@@ -52,12 +73,12 @@ def main() -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "f16")
     if args.train:
         model.train()
-        labels = torch.randint(0, 2, (args.batch,)).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8, weight_decay=0.0)
 
-        def step():
+        def step(batch=(ids, mask, labels)):
+            batch_ids, batch_mask, batch_labels = batch
             with autocast:
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss = model(input_ids=batch_ids, attention_mask=batch_mask, labels=batch_labels).loss
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -67,24 +88,67 @@ def main() -> None:
             return loss.item()
 
         # Warm-up: allocator, cuBLAS handles and kernel selection.
-        for _ in range(3):
-            step()
+        for batch in warmup:
+            step(batch)
         start = time.perf_counter()
-        for _ in range(args.iters):
-            step()
+        for batch in timed:
+            step(batch)
         elapsed = time.perf_counter() - start
         if args.profile:
             profile_steps(step)
-        print(json.dumps({"samples_per_s": args.batch * args.iters / elapsed}))
+        print(json.dumps({"samples_per_s": rows / elapsed}))
         return
     with torch.inference_mode(), autocast:
-        for _ in range(2):
-            model(input_ids=ids, attention_mask=mask)
+        for batch_ids, batch_mask, _ in warmup:
+            model(input_ids=batch_ids, attention_mask=batch_mask)
         start = time.perf_counter()
-        for _ in range(args.iters):
-            model(input_ids=ids, attention_mask=mask).logits.sum().item()
+        for batch_ids, batch_mask, _ in timed:
+            model(input_ids=batch_ids, attention_mask=batch_mask).logits.sum().item()
         elapsed = time.perf_counter() - start
-    print(json.dumps({"samples_per_s": args.batch * args.iters / elapsed}))
+    print(json.dumps({"samples_per_s": rows / elapsed}))
+
+
+def length_batches(lengths, args, vocab_size, device):
+    """Random rows of the given lengths (`<s> … </s>`), batched as the notebook did (a seeded
+    shuffle, every batch padded to --seq) or as the Trainer does with `group_by_length=True`
+    and `DataCollatorWithPadding(pad_to_multiple_of=8)`: transformers' own sampler and collator."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    generator = torch.Generator().manual_seed(0)
+    features = []
+    for r, length in enumerate(lengths):
+        length = max(2, min(length, args.seq))
+        row = torch.randint(3, vocab_size, (length,), generator=generator)
+        row[0], row[-1] = 0, 2
+        features.append({"input_ids": row.tolist(), "attention_mask": [1] * length, "labels": r % 2})
+    if args.padding == "dynamic":
+        order = list(LengthGroupedSampler(args.batch, lengths=lengths, generator=generator))
+        # Only the pad id matters to the collator: RoBERTa's <pad> is 1.
+        vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")), pad_token="<pad>"
+        )
+        collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+    else:
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        pad = {"input_ids": 1, "attention_mask": 0}
+
+        def collate(batch):
+            out = {
+                key: torch.tensor([f[key] + [pad[key]] * (args.seq - len(f[key])) for f in batch])
+                for key in ("input_ids", "attention_mask")
+            }
+            out["labels"] = torch.tensor([f["labels"] for f in batch])
+            return out
+
+    batches = []
+    for k in range(0, len(order), args.batch):
+        batch = collate([features[i] for i in order[k : k + args.batch]])
+        batches.append(tuple(batch[key].to(device) for key in ("input_ids", "attention_mask", "labels")))
+    return batches
 
 
 def profile_steps(step, steps: int = 5) -> None:

@@ -84,6 +84,7 @@ impl From<BenchPrepareArgs> for BenchPrepare {
 impl BenchPrepare {
     /// Generates the input (once), times both sides alternately, prints a Markdown table.
     pub fn run(&self) -> Result<()> {
+        print_cpu();
         std::fs::create_dir_all(&self.work_dir)?;
         let input = self
             .work_dir
@@ -186,6 +187,7 @@ impl BenchTokenize {
     /// Generates tweets and a tokenizer (once), then times both sides on the same threads.
     pub fn run(&self) -> Result<()> {
         use sentiment_tokenize::{BpeTrainingConfig, RobertaTokenizer};
+        print_cpu();
         std::fs::create_dir_all(&self.work_dir)?;
         let texts_path = self.work_dir.join(format!("tweets_{}.txt", self.rows));
         let tokenizer_dir = self.work_dir.join("tokenizer");
@@ -305,59 +307,147 @@ fn iterations(shape: crate::flags::ShapeFlag) -> usize {
 
 /// `bench model-worker`: times our inference in this process and prints one JSON line.
 pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
-    use burn::tensor::{Int, Tensor, TensorData};
-    use rand::{Rng, SeedableRng};
     let config = shape_config(args.shape);
     roberta_burn::set_fused_ops(!args.composed_ops);
     roberta_burn::set_fused_attention(!args.composed_attention);
-    let device = crate::device_with_dtype(args.backend, args.device_index, args.dtype)?;
-    let model = roberta_burn::RobertaForSequenceClassification::new(&config, &device);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut ids: Vec<i64> = (0..args.batch * BENCH_SEQ)
-        .map(|_| rng.random_range(3..config.vocab_size as i64))
-        .collect();
-    for row in ids.chunks_mut(BENCH_SEQ) {
-        row[0] = 0;
-        row[BENCH_SEQ - 1] = 2;
-    }
+    let device =
+        crate::device_with_dtype(args.device.backend, args.device.device_index, args.dtype)?;
     if args.train {
-        return train_worker(&config, ids, args, device.autodiff());
+        let device = device.autodiff();
+        let batches = worker_batches(&config, args, 3, &device)?;
+        return train_worker(&config, &batches, args, device);
     }
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [args.batch, BENCH_SEQ]), &device);
-    let mask = Tensor::<2, Int>::ones([args.batch, BENCH_SEQ], &device);
+    let model = roberta_burn::RobertaForSequenceClassification::new(&config, &device);
+    let batches = worker_batches(&config, args, 2, &device)?;
     // `into_scalar` waits for the device, so GPU work is timed to its end.
-    let run = || -> Result<f32> {
-        let logits = model.forward(ids.clone(), mask.clone());
+    let run = |batch: &BenchBatch| -> Result<f32> {
+        let logits = model.forward(batch.ids.clone(), batch.mask.clone());
         Ok(logits.sum().into_scalar())
     };
-    for _ in 0..2 {
-        run()?;
+    for batch in &batches.warmup {
+        run(batch)?;
     }
     let started = Instant::now();
-    for _ in 0..args.iters {
-        run()?;
+    for batch in &batches.timed {
+        run(batch)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({ "samples_per_s": (args.batch * args.iters) as f64 / elapsed })
+        serde_json::json!({ "samples_per_s": batches.rows as f64 / elapsed })
     );
     Ok(())
+}
+
+/// One batch of a worker, on its device.
+#[derive(Clone)]
+struct BenchBatch {
+    ids: burn::tensor::Tensor<2, burn::tensor::Int>,
+    mask: burn::tensor::Tensor<2, burn::tensor::Int>,
+    labels: burn::tensor::Tensor<1, burn::tensor::Int>,
+}
+
+/// What a worker runs: warm-up batches, then the timed ones, which hold `rows` rows in all.
+struct WorkerBatches {
+    warmup: Vec<BenchBatch>,
+    timed: Vec<BenchBatch>,
+    rows: usize,
+}
+
+/// Random token rows for a worker. Without `--lengths-file`: one full batch of 64-token rows,
+/// `warmup` then `--iters` times. With it: one pass over rows of those lengths (`<s> … </s>`
+/// then `<pad>`), in a seeded shuffled order padded to 64 (`--padding fixed`), or length-grouped
+/// and padded to each batch's longest row rounded up to 8 (`--padding dynamic`), through the
+/// same functions the trainer uses.
+fn worker_batches(
+    config: &roberta_burn::RobertaConfig,
+    args: &crate::flags::ModelWorkerArgs,
+    warmup: usize,
+    device: &burn::tensor::Device,
+) -> Result<WorkerBatches> {
+    use burn::tensor::{Int, Tensor, TensorData};
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    use sentiment_tokenize::{Padding, gather_rows, group_by_length};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let vocab = config.vocab_size as u32;
+    let tensors = |ids: Vec<i64>, mask: Vec<i64>, rows: usize, width: usize| BenchBatch {
+        ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, width]), device),
+        mask: Tensor::<2, Int>::from_data(TensorData::new(mask, [rows, width]), device),
+        labels: Tensor::<1, Int>::from_data(
+            TensorData::new((0..rows as i64).map(|i| i % 2).collect::<Vec<_>>(), [rows]),
+            device,
+        ),
+    };
+    let Some(path) = &args.lengths_file else {
+        let mut ids: Vec<i64> = (0..args.batch * BENCH_SEQ)
+            .map(|_| i64::from(rng.random_range(3..vocab)))
+            .collect();
+        for row in ids.chunks_mut(BENCH_SEQ) {
+            row[0] = 0;
+            row[BENCH_SEQ - 1] = 2;
+        }
+        let batch = tensors(ids, vec![1; args.batch * BENCH_SEQ], args.batch, BENCH_SEQ);
+        return Ok(WorkerBatches {
+            warmup: vec![batch.clone(); warmup],
+            timed: vec![batch; args.iters],
+            rows: args.batch * args.iters,
+        });
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lengths: Vec<usize> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON list of lengths", path.display()))?;
+    let n = lengths.len();
+    let mut input_ids = vec![1u32; n * BENCH_SEQ];
+    let mut attention = vec![0u8; n * BENCH_SEQ];
+    for (r, &length) in lengths.iter().enumerate() {
+        let length = length.clamp(2, BENCH_SEQ);
+        for j in 0..length {
+            input_ids[r * BENCH_SEQ + j] = match j {
+                0 => 0,
+                j if j == length - 1 => 2,
+                _ => rng.random_range(3..vocab),
+            };
+            attention[r * BENCH_SEQ + j] = 1;
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    let padding = match args.padding {
+        crate::flags::PaddingFlag::Fixed => Padding::FIXED,
+        crate::flags::PaddingFlag::Dynamic => {
+            order = group_by_length(&order, &lengths, args.batch);
+            Padding::default()
+        }
+    };
+    let batches: Vec<BenchBatch> = order
+        .chunks(args.batch)
+        .map(|rows| {
+            let width = padding.width(rows.iter().map(|&i| lengths[i]), BENCH_SEQ);
+            let (ids, mask) = gather_rows(&input_ids, &attention, BENCH_SEQ, rows, width);
+            tensors(ids, mask, rows.len(), width)
+        })
+        .collect();
+    Ok(WorkerBatches {
+        warmup: batches.iter().take(warmup).cloned().collect(),
+        timed: batches,
+        rows: n,
+    })
 }
 
 /// Times training steps: forward, backward, global-norm clipping and AdamW, as the trainer does
 /// (or the parts `args.parts` names, with the optimizer `args.optimizer` names).
 fn train_worker(
     config: &roberta_burn::RobertaConfig,
-    ids: Vec<i64>,
+    batches: &WorkerBatches,
     args: &crate::flags::ModelWorkerArgs,
     device: burn::tensor::Device,
 ) -> Result<()> {
     use crate::flags::{OptimizerFlag, StepParts};
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::optim::{AdamWConfig, GradientsParams};
-    use burn::tensor::{Int, Tensor, TensorData};
-    let (parts, iters) = (args.parts, args.iters);
+    let parts = args.parts;
     if parts == StepParts::Clip && args.optimizer == OptimizerFlag::Flat {
         bail!("--parts clip needs --optimizer burn: the flat optimizer clips inside its step");
     }
@@ -370,44 +460,44 @@ fn train_worker(
         max_grad_norm: 1.0,
         ..Default::default()
     });
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [args.batch, BENCH_SEQ]), &device);
-    let mask = Tensor::<2, Int>::ones([args.batch, BENCH_SEQ], &device);
-    let labels: Vec<i64> = (0..args.batch as i64).map(|i| i % 2).collect();
-    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [args.batch]), &device);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut step = |model: roberta_burn::RobertaForSequenceClassification| -> Result<_> {
-        let loss = loss_fn.forward(model.forward(ids.clone(), mask.clone()), labels.clone());
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        // As the trainer does: the loss is read once the step is queued, which on a GPU waits
-        // for the step to finish (PyTorch's side reads it at the same point).
-        let model = if parts == StepParts::ForwardBackward {
-            model
-        } else if args.optimizer == OptimizerFlag::Flat {
-            flat_adamw.step(2e-5, model, grads)?.0
-        } else {
-            sentiment_train::clip_grad_norm(&model, &mut grads, 1.0);
-            if parts == StepParts::Clip {
+    let mut step =
+        |model: roberta_burn::RobertaForSequenceClassification, batch: &BenchBatch| -> Result<_> {
+            let loss = loss_fn.forward(
+                model.forward(batch.ids.clone(), batch.mask.clone()),
+                batch.labels.clone(),
+            );
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            // As the trainer does: the loss is read once the step is queued, which on a GPU waits
+            // for the step to finish (PyTorch's side reads it at the same point).
+            let model = if parts == StepParts::ForwardBackward {
                 model
+            } else if args.optimizer == OptimizerFlag::Flat {
+                flat_adamw.step(2e-5, model, grads)?.0
             } else {
-                burn_adamw.step(2e-5, model, grads)
-            }
+                sentiment_train::clip_grad_norm(&model, &mut grads, 1.0);
+                if parts == StepParts::Clip {
+                    model
+                } else {
+                    burn_adamw.step(2e-5, model, grads)
+                }
+            };
+            let _: f32 = loss.into_scalar();
+            Ok(model)
         };
-        let _: f32 = loss.into_scalar();
-        Ok(model)
-    };
     // Warm-up: allocation pools and, on GPU backends, kernel compilation and autotuning.
-    for _ in 0..3 {
-        model = step(model)?;
+    for batch in &batches.warmup {
+        model = step(model, batch)?;
     }
     let started = Instant::now();
-    for _ in 0..iters {
-        model = step(model)?;
+    for batch in &batches.timed {
+        model = step(model, batch)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     drop(model);
     println!(
         "{}",
-        serde_json::json!({ "samples_per_s": (args.batch * iters) as f64 / elapsed })
+        serde_json::json!({ "samples_per_s": batches.rows as f64 / elapsed })
     );
     Ok(())
 }
@@ -453,6 +543,7 @@ pub struct BenchModel {
     iters: Option<usize>,
     python_device: String,
     batch: usize,
+    lengths: crate::flags::LengthsFlag,
 }
 
 impl From<crate::flags::BenchModelArgs> for BenchModel {
@@ -462,12 +553,13 @@ impl From<crate::flags::BenchModelArgs> for BenchModel {
             threads: args.threads,
             python: args.python,
             train: args.train,
-            backend: args.backend,
-            device_index: args.device_index,
+            backend: args.device.backend,
+            device_index: args.device.device_index,
             dtype: args.dtype,
             iters: args.iters,
             python_device: args.python_device,
             batch: args.batch,
+            lengths: args.lengths,
         }
     }
 }
@@ -475,6 +567,10 @@ impl From<crate::flags::BenchModelArgs> for BenchModel {
 impl BenchModel {
     /// Times ours and PyTorch's inference back to back per shape and thread count.
     pub fn run(&self) -> Result<()> {
+        print_cpu();
+        if self.lengths == crate::flags::LengthsFlag::Tweets {
+            return self.run_tweet_lengths();
+        }
         let exe = std::env::current_exe()?;
         let script = crate::project_root().join("xtask/bench/model_reference.py");
         let what = if self.train {
@@ -552,8 +648,159 @@ impl BenchModel {
     }
 }
 
+impl BenchModel {
+    /// `--lengths tweets`: rows of real tweets' lengths, fixed and dynamic padding on both
+    /// sides, one pass over the same rows each (the Python side batches them with
+    /// transformers' own `LengthGroupedSampler` and `DataCollatorWithPadding`).
+    fn run_tweet_lengths(&self) -> Result<()> {
+        let exe = std::env::current_exe()?;
+        let script = crate::project_root().join("xtask/bench/model_reference.py");
+        let what = if self.train {
+            "training steps (forward, backward, clipping, AdamW)"
+        } else {
+            "inference"
+        };
+        let (backend, dtype) = (flag_name(self.backend), flag_name(self.dtype));
+        println!(
+            "{what}, batch {}, real tweets' lengths (mean 32 of {BENCH_SEQ} tokens), random \
+             weights, {dtype}; samples/s (peak RSS MiB); fixed: padded to {BENCH_SEQ} in a \
+             shuffled order (the notebook); dynamic: length-grouped, padded to each batch's \
+             longest rounded up to 8",
+            self.batch
+        );
+        println!(
+            "| shape | threads | ours fixed | ours dynamic | PyTorch fixed (notebook) | PyTorch \
+             dynamic | ours dynamic / ours fixed | ours / PyTorch, dynamic | ours dynamic / \
+             notebook |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        let train_flag: &[&str] = if self.train { &["--train"] } else { &[] };
+        for &shape in &self.shapes {
+            for &threads in &self.threads {
+                let iters = self.iters.unwrap_or(if self.train {
+                    (iterations(shape) / 4).max(2)
+                } else {
+                    iterations(shape)
+                });
+                let lengths =
+                    crate::synth::tweet_lengths(iters * self.batch, shape as u64, BENCH_SEQ);
+                let lengths_file = tempfile_path("bench-lengths");
+                std::fs::write(&lengths_file, serde_json::to_string(&lengths)?)?;
+                let mut row = Vec::new();
+                for padding in ["fixed", "dynamic"] {
+                    let (m, v) = measure_json(
+                        Command::new(&exe)
+                            .args(["bench", "model-worker", "--shape", shape_name(shape)])
+                            .args(["--iters", &iters.to_string()])
+                            .args(train_flag)
+                            .args(["--batch", &self.batch.to_string()])
+                            .args(["--backend", &backend, "--dtype", &dtype, "--device-index"])
+                            .arg(self.device_index.to_string())
+                            .arg("--lengths-file")
+                            .arg(&lengths_file)
+                            .args(["--padding", padding])
+                            .env("RAYON_NUM_THREADS", threads.to_string())
+                            .env("OMP_NUM_THREADS", threads.to_string())
+                            .env("OMP_WAIT_POLICY", "PASSIVE"),
+                    )?;
+                    row.push((m, v));
+                }
+                for padding in ["fixed", "dynamic"] {
+                    let (m, v) = measure_json(
+                        Command::new(&self.python)
+                            .arg(&script)
+                            .args(train_flag)
+                            .args(["--shape", shape_name(shape), "--iters", &iters.to_string()])
+                            .args(["--batch", &self.batch.to_string(), "--threads"])
+                            .arg(threads.to_string())
+                            .args(["--device", &self.python_device, "--dtype", &dtype])
+                            .arg("--lengths-file")
+                            .arg(&lengths_file)
+                            .args(["--padding", padding])
+                            .env("OMP_NUM_THREADS", threads.to_string())
+                            .env("OMP_WAIT_POLICY", "PASSIVE")
+                            .stderr(std::process::Stdio::null()),
+                    )?;
+                    row.push((m, v));
+                }
+                let _ = std::fs::remove_file(&lengths_file);
+                let rate = |i: usize| row[i].1["samples_per_s"].as_f64().unwrap_or(f64::NAN);
+                let mib = |i: usize| row[i].0.peak_rss as f64 / (1024.0 * 1024.0);
+                let cells: Vec<String> = (0..4)
+                    .map(|i| format!("{:.1} ({:.0})", rate(i), mib(i)))
+                    .collect();
+                println!(
+                    "| {} | {threads} | {} | {:.2}x | {:.2}x | {:.2}x |",
+                    shape_name(shape),
+                    cells.join(" | "),
+                    rate(1) / rate(0),
+                    rate(1) / rate(3),
+                    rate(1) / rate(2),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The machine a benchmark ran on, printed above its table: CPU model and vendor, the flags
+/// that pick our kernels and PyTorch's (AVX2, AVX-512, BF16, AMX), caches, and the cores this
+/// process may use. CPUs of one cloud machine kind differ, and so do the ratios.
+pub fn print_cpu() {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let flags = field("flags");
+    let wanted = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_bf16",
+        "amx_tile",
+    ];
+    let present: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    let mut caches = Vec::new();
+    for index in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{index}");
+        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
+        if let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size")) {
+            let kind = match kind.trim() {
+                "Data" => "d",
+                "Instruction" => "i",
+                _ => "",
+            };
+            caches.push(format!("L{}{kind} {}", level.trim(), size.trim()));
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!(
+        "CPU: {} ({}), {cores} cores available; {}; caches per core {}",
+        field("model name"),
+        field("vendor_id"),
+        if present.is_empty() {
+            "no AVX2".to_string()
+        } else {
+            present.join(" ")
+        },
+        caches.join(", ")
+    );
+}
+
 /// `cargo xtask bench search`: runs the Python driver, which talks to our ask/tell command.
 pub fn search(args: &crate::flags::BenchSearchArgs) -> Result<()> {
+    print_cpu();
     let script = crate::project_root().join("xtask/bench/tpe_vs_optuna.py");
     let status = Command::new(&args.python)
         .arg(&script)
@@ -573,6 +820,7 @@ pub fn search(args: &crate::flags::BenchSearchArgs) -> Result<()> {
 /// against pre-training it on the train split's texts first and fine-tuning for fewer epochs,
 /// at about the same CPU time.
 pub fn pretrain(args: &crate::flags::BenchPretrainArgs) -> Result<()> {
+    print_cpu();
     let exe = std::env::current_exe()?;
     let work = &args.work_dir;
     if work.exists() {

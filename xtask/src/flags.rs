@@ -109,12 +109,9 @@ pub struct BenchPretrainArgs {
 /// Flags of `cargo xtask parity`.
 #[derive(Debug, Args)]
 pub struct ParityArgs {
-    /// Backend to check.
-    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
-    pub backend: BackendFlag,
-    /// GPU index for GPU backends.
-    #[arg(long, default_value_t = 0)]
-    pub device_index: usize,
+    /// The backend and device.
+    #[command(flatten)]
+    pub device: DeviceOptions,
 }
 
 /// `--format`.
@@ -179,6 +176,45 @@ pub struct PrepareArgs {
     /// Print only errors.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// The backend and device a command runs on: the options every model command shares.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DeviceOptions {
+    /// Backend: flex (CPU, the default); wgpu, vulkan, tch, tch-cuda in builds with their
+    /// features.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
+    pub backend: BackendFlag,
+    /// GPU index for GPU backends (the first, with several devices).
+    #[arg(long, default_value_t = 0)]
+    pub device_index: usize,
+}
+
+/// How batches are padded, and ordered in training: the options of every command that forms
+/// batches.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct BatchingOptions {
+    /// Round each batch's padded length up to a multiple of N (each batch is padded to its
+    /// longest text, as transformers' DataCollatorWithPadding does).
+    #[arg(long, default_value_t = 8)]
+    pub pad_multiple: usize,
+    /// Pad every batch to --max-length, as the notebook did (for comparisons).
+    #[arg(long)]
+    pub pad_to_max_length: bool,
+    /// Order each epoch's batches by length within mega-batches (the Trainer's
+    /// group_by_length); `--group-by-length false` keeps the shuffled order.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_by_length: bool,
+}
+
+impl BatchingOptions {
+    /// The padding these options ask for.
+    pub fn padding(&self) -> sentiment_tokenize::Padding {
+        sentiment_tokenize::Padding {
+            pad_to_max_length: self.pad_to_max_length,
+            pad_to_multiple_of: self.pad_multiple,
+        }
+    }
 }
 
 /// How a CSV is read, sampled and split: the options `prepare` and `pipeline` share.
@@ -335,12 +371,15 @@ pub struct PredictArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Backend to run on.
-    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
-    pub backend: BackendFlag,
-    /// GPU index for GPU backends.
-    #[arg(long, default_value_t = 0)]
-    pub device_index: usize,
+    /// Round each batch's padded length up to a multiple of N (texts are batched by length).
+    #[arg(long, default_value_t = 8)]
+    pub pad_multiple: usize,
+    /// Pad every batch to --max-length (for comparisons).
+    #[arg(long)]
+    pub pad_to_max_length: bool,
+    /// The backend and device.
+    #[command(flatten)]
+    pub device: DeviceOptions,
     /// Print JSON lines {"text", "label", "probs", "logits"}.
     #[arg(long)]
     pub json: bool,
@@ -374,12 +413,9 @@ pub struct BenchModelArgs {
     /// Time training steps (forward, backward, clipping, AdamW) instead of inference.
     #[arg(long)]
     pub train: bool,
-    /// Our backend.
-    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
-    pub backend: BackendFlag,
-    /// GPU index for GPU backends.
-    #[arg(long, default_value_t = 0)]
-    pub device_index: usize,
+    /// The backend and device.
+    #[command(flatten)]
+    pub device: DeviceOptions,
     /// Float type on both sides (PyTorch: autocast for bf16 / f16, as the Trainer does).
     #[arg(long, value_enum, default_value_t = DTypeFlag::F32)]
     pub dtype: DTypeFlag,
@@ -393,6 +429,29 @@ pub struct BenchModelArgs {
     /// time the per-operation overhead, the regime of a GPU.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Text lengths: every row 64 tokens, or drawn from real tweets' distribution (mean 32 of
+    /// 64), which times fixed and dynamic padding side by side on both sides.
+    #[arg(long, value_enum, default_value_t = LengthsFlag::Fixed)]
+    pub lengths: LengthsFlag,
+}
+
+/// `--lengths` of `bench model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LengthsFlag {
+    /// Every row fills the 64 tokens.
+    Fixed,
+    /// Lengths drawn from real tweets' distribution (mean 31.8, median 32, 90th percentile 46,
+    /// 99th 59, 0.25% cut at 64).
+    Tweets,
+}
+
+/// `--padding` of the hidden `bench model-worker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PaddingFlag {
+    /// Every batch padded to 64 in the shuffled order (the notebook).
+    Fixed,
+    /// Batches length-grouped and padded to their longest row, rounded up to 8.
+    Dynamic,
 }
 
 /// Flags of the hidden `bench model-worker`.
@@ -407,12 +466,9 @@ pub struct ModelWorkerArgs {
     /// Time training steps instead of inference.
     #[arg(long)]
     pub train: bool,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
-    pub backend: BackendFlag,
-    /// GPU index for GPU backends.
-    #[arg(long, default_value_t = 0)]
-    pub device_index: usize,
+    /// The backend and device.
+    #[command(flatten)]
+    pub device: DeviceOptions,
     /// Float type.
     #[arg(long, value_enum, default_value_t = DTypeFlag::F32)]
     pub dtype: DTypeFlag,
@@ -432,6 +488,13 @@ pub struct ModelWorkerArgs {
     /// Attention composed from Burn's operations instead of libtorch's fused kernel (A/B).
     #[arg(long)]
     pub composed_attention: bool,
+    /// A JSON list of row lengths: one timed pass over those rows instead of `--iters`
+    /// copies of one full batch.
+    #[arg(long)]
+    pub lengths_file: Option<PathBuf>,
+    /// How the rows of `--lengths-file` are batched.
+    #[arg(long, value_enum, default_value_t = PaddingFlag::Dynamic)]
+    pub padding: PaddingFlag,
 }
 
 /// `--optimizer`: which AdamW `bench model-worker --train` steps with.
@@ -519,18 +582,18 @@ pub struct TrainArgs {
     /// Checkpoints kept (the best and the latest).
     #[arg(long, default_value_t = 2)]
     pub save_total_limit: usize,
+    /// Padding and length grouping.
+    #[command(flatten)]
+    pub batching: BatchingOptions,
     /// Continue the run in --run from its last checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
     /// Replace a run already in --run (deleting it) instead of refusing.
     #[arg(long)]
     pub overwrite: bool,
-    /// Backend to train on.
-    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
-    pub backend: BackendFlag,
-    /// GPU index for GPU backends.
-    #[arg(long, default_value_t = 0)]
-    pub device_index: usize,
+    /// The backend and device.
+    #[command(flatten)]
+    pub device: DeviceOptions,
 }
 
 /// Flags of `cargo xtask pretrain`.
@@ -586,18 +649,18 @@ pub struct PretrainArgs {
     /// Seed of the held-out split, initialisation, batch order, masks and dropout.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Padding and length grouping.
+    #[command(flatten)]
+    pub batching: BatchingOptions,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
     /// Replace a run already in --out (deleting it) instead of refusing.
     #[arg(long)]
     pub overwrite: bool,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
-    pub backend: BackendFlag,
-    /// GPU index for GPU backends.
-    #[arg(long, default_value_t = 0)]
-    pub device_index: usize,
+    /// The backend and device.
+    #[command(flatten)]
+    pub device: DeviceOptions,
 }
 
 /// Flags of `cargo xtask pipeline`.
@@ -640,6 +703,9 @@ pub struct PipelineArgs {
     /// Epochs of every trial and of the final run (the notebook: 3).
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
+    /// Padding and length grouping of every run.
+    #[command(flatten)]
+    pub batching: BatchingOptions,
     /// Devices to run trials on in parallel, one trial per device (GPU indices from
     /// --device-index on; with the CPU backend the trials share the cores).
     #[arg(long, default_value_t = 1)]
@@ -660,12 +726,9 @@ pub struct PipelineArgs {
     /// Seed of the split, the search and the training.
     #[arg(long, default_value_t = 734)]
     pub seed: u64,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendFlag::Flex)]
-    pub backend: BackendFlag,
-    /// GPU index for GPU backends.
-    #[arg(long, default_value_t = 0)]
-    pub device_index: usize,
+    /// The backend and device.
+    #[command(flatten)]
+    pub device: DeviceOptions,
 }
 
 /// `cargo xtask search …`.

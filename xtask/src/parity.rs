@@ -77,11 +77,11 @@ fn to_vec(t: Tensor<2>) -> Result<Vec<f32>> {
 impl Parity {
     /// Runs every check and fails if one is outside its tolerance.
     pub fn run(&self) -> Result<()> {
-        let device = crate::device(self.args.backend, self.args.device_index)?;
+        let device = crate::device(self.args.device.backend, self.args.device.device_index)?;
         // The test suite's tolerance on the CPU backends. WebGPU's matmul and reduction
         // kernels sum in another order, which six AdamW steps at a learning rate of 1e-3 grow
         // to about 1.4e-4 in the logits (measured on an H100; docs/BENCHMARKS.md).
-        let (absolute, relative) = match self.args.backend {
+        let (absolute, relative) = match self.args.device.backend {
             BackendFlag::Wgpu | BackendFlag::Vulkan => (5e-4, 1e-4),
             BackendFlag::Flex | BackendFlag::Tch | BackendFlag::TchCuda => (1e-4, 1e-4),
         };
@@ -105,7 +105,7 @@ impl Parity {
         ensure!(
             failed.is_empty(),
             "{:?}: outside tolerance: {}",
-            self.args.backend,
+            self.args.device.backend,
             failed.join(", ")
         );
         println!("parity: all {} checks within tolerance", rows.len());

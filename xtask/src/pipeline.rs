@@ -33,7 +33,7 @@ impl TryFrom<PipelineArgs> for Pipeline {
             anyhow::bail!("--devices must be at least 1");
         }
         let devices = (0..args.devices)
-            .map(|i| crate::device(args.backend, args.device_index + i))
+            .map(|i| crate::device(args.device.backend, args.device.device_index + i))
             .collect::<Result<_>>()?;
         let config = PipelineConfig {
             prepare: args
@@ -48,6 +48,8 @@ impl TryFrom<PipelineArgs> for Pipeline {
             trials: args.trials,
             startup_trials: args.startup_trials,
             epochs: args.epochs,
+            padding: args.batching.padding(),
+            group_by_length: args.batching.group_by_length,
             prune: args.prune.then_some(PruneSettings {
                 startup_trials: args.prune_startup_trials,
                 warmup_epochs: args.prune_warmup_epochs,

@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
-use sentiment_tokenize::{DEFAULT_MAX_LENGTH, HubSettings, RobertaTokenizer};
+use sentiment_tokenize::{
+    DEFAULT_MAX_LENGTH, HubSettings, Padding, RobertaTokenizer, by_length, gather_rows, row_length,
+};
 
 use crate::flags::PredictArgs;
 
@@ -18,6 +20,7 @@ pub struct Predict {
     texts: Vec<String>,
     max_length: Option<usize>,
     batch_size: usize,
+    padding: Padding,
     device: Device,
     json: bool,
 }
@@ -32,8 +35,8 @@ impl TryFrom<PredictArgs> for Predict {
             (None, false) => args.texts.clone(),
             (None, true) => bail!("give texts to classify, or --input FILE"),
         };
-        if args.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
+        if args.batch_size == 0 || args.pad_multiple == 0 {
+            bail!("--batch-size and --pad-multiple must be at least 1");
         }
         Ok(Self {
             tokenizer: args.tokenizer.clone().unwrap_or_else(|| args.model.clone()),
@@ -41,7 +44,11 @@ impl TryFrom<PredictArgs> for Predict {
             texts,
             max_length: args.max_length,
             batch_size: args.batch_size,
-            device: crate::device(args.backend, args.device_index)?,
+            padding: Padding {
+                pad_to_max_length: args.pad_to_max_length,
+                pad_to_multiple_of: args.pad_multiple,
+            },
+            device: crate::device(args.device.backend, args.device.device_index)?,
             json: args.json,
         })
     }
@@ -87,25 +94,50 @@ impl Predict {
         }
         let num_labels = loaded.config.num_labels();
         let mut out = std::io::stdout().lock();
-        for chunk in self.texts.chunks(self.batch_size) {
-            let encoded = tokenizer.encode_batch(chunk)?;
-            let shape = [chunk.len(), max_length];
-            let ids: Vec<i64> = encoded.input_ids.iter().map(|&t| i64::from(t)).collect();
-            let mask: Vec<i64> = encoded
+        // Texts are batched longest first within windows of 50 batches, so each batch pads
+        // little, and printed in their input order window by window.
+        for window in self.texts.chunks(self.batch_size * 50) {
+            let encoded = tokenizer.encode_batch(window)?;
+            let lengths: Vec<usize> = encoded
                 .attention_mask
-                .iter()
-                .map(|&m| i64::from(m))
+                .chunks(max_length)
+                .map(row_length)
                 .collect();
-            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &self.device);
-            let mask = Tensor::<2, Int>::from_data(TensorData::new(mask, shape), &self.device);
-            let logits = loaded.model.forward(ids, mask);
-            let probs = softmax(logits.clone(), 1);
-            let logits: Vec<f32> = logits.into_data().try_to_vec().context("reading logits")?;
-            let probs: Vec<f32> = probs
-                .into_data()
-                .try_to_vec()
-                .context("reading probabilities")?;
-            for (i, text) in chunk.iter().enumerate() {
+            let mut logits = vec![0f32; window.len() * num_labels];
+            let mut probs = vec![0f32; window.len() * num_labels];
+            for batch in by_length(&lengths).chunks(self.batch_size) {
+                let width = self
+                    .padding
+                    .width(batch.iter().map(|&i| lengths[i]), max_length);
+                let (ids, mask) = gather_rows(
+                    &encoded.input_ids,
+                    &encoded.attention_mask,
+                    max_length,
+                    batch,
+                    width,
+                );
+                let shape = [batch.len(), width];
+                let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &self.device);
+                let mask = Tensor::<2, Int>::from_data(TensorData::new(mask, shape), &self.device);
+                let batch_logits = loaded.model.forward(ids, mask);
+                let batch_probs: Vec<f32> = softmax(batch_logits.clone(), 1)
+                    .into_data()
+                    .try_to_vec()
+                    .context("reading probabilities")?;
+                let batch_logits: Vec<f32> = batch_logits
+                    .into_data()
+                    .try_to_vec()
+                    .context("reading logits")?;
+                for (k, &row) in batch.iter().enumerate() {
+                    let (to, from) = (
+                        row * num_labels..(row + 1) * num_labels,
+                        k * num_labels..(k + 1) * num_labels,
+                    );
+                    logits[to.clone()].copy_from_slice(&batch_logits[from.clone()]);
+                    probs[to].copy_from_slice(&batch_probs[from]);
+                }
+            }
+            for (i, text) in window.iter().enumerate() {
                 let row = i * num_labels..(i + 1) * num_labels;
                 let probs = probs[row.clone()].to_vec();
                 let best = sentiment_metrics::argmax_rows(&probs, num_labels)?[0];

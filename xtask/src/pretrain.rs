@@ -24,7 +24,7 @@ impl TryFrom<PretrainArgs> for Pretrain {
     type Error = anyhow::Error;
 
     fn try_from(args: PretrainArgs) -> Result<Self> {
-        let device = crate::device(args.backend, args.device_index)?;
+        let device = crate::device(args.device.backend, args.device.device_index)?;
         let config = PretrainConfig {
             learning_rate: args.learning_rate,
             batch_size: args.batch_size,
@@ -36,6 +36,8 @@ impl TryFrom<PretrainArgs> for Pretrain {
                 ..PretrainConfig::default().optimizer
             },
             seed: args.seed,
+            padding: args.batching.padding(),
+            group_by_length: args.batching.group_by_length,
             ..PretrainConfig::default()
         };
         config.validate()?;

@@ -23,7 +23,7 @@ impl TryFrom<TrainArgs> for Train {
     type Error = anyhow::Error;
 
     fn try_from(args: TrainArgs) -> Result<Self> {
-        let device = crate::device(args.backend, args.device_index)?;
+        let device = crate::device(args.device.backend, args.device.device_index)?;
         let default_rate = if args.pretrained.is_some() {
             5e-5
         } else {
@@ -46,6 +46,8 @@ impl TryFrom<TrainArgs> for Train {
                 MetricFlag::Loss => BestMetric::Loss,
             },
             save_total_limit: args.save_total_limit,
+            padding: args.batching.padding(),
+            group_by_length: args.batching.group_by_length,
             ..TrainConfig::default()
         };
         config.validate()?;

@@ -164,6 +164,47 @@ fn predict_classifies_texts_and_files_with_a_hugging_face_folder() {
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 10);
 
+    // Texts of different lengths, batched longest first and padded to each batch's longest:
+    // printed in input order, with the logits of padding every text to the full length.
+    let texts = [
+        "ok",
+        "what a wonderful day it has been, really the best one in a long while",
+        "meh",
+        "I love this so much",
+        "no",
+    ];
+    let json = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["predict", "--model", model, "--json", "--batch-size", "2"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&texts);
+        let output = xtask(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (dynamic, fixed) = (json(&[]), json(&["--pad-to-max-length"]));
+    for ((d, f), text) in dynamic.iter().zip(&fixed).zip(texts) {
+        assert_eq!(d["text"], text);
+        assert_eq!(f["text"], text);
+        for (a, b) in d["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(f["logits"].as_array().unwrap())
+        {
+            assert!(
+                (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-5,
+                "{d} vs {f}"
+            );
+        }
+    }
+
     let output = xtask(&["predict", "--model", model, "--max-length", "64", "x"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("exceed the model's maximum of 16"));

@@ -28,6 +28,8 @@
 //!     trials: 4,
 //!     startup_trials: None,
 //!     epochs: 2,
+//!     padding: sentiment_tokenize::Padding::default(),
+//!     group_by_length: true,
 //!     prune: None,
 //!     space: PipelineConfig::default_space(false),
 //!     seed: 734,

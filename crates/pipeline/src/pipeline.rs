@@ -12,7 +12,7 @@ use sentiment_data::{Manifest, PrepareConfig, Split};
 use sentiment_search::{
     Direction, Outcome, Sampler, SearchSpace, Study, TpeConfig, Trial, TrialState, parse_space,
 };
-use sentiment_tokenize::{TokenizedRows, read_tokenized, token_files, tokenize_splits};
+use sentiment_tokenize::{Padding, TokenizedRows, read_tokenized, token_files, tokenize_splits};
 use sentiment_train::{
     EpochMetrics, Progress, StopToken, TrainConfig, TrainData, TrainHooks, TrainOutcome,
 };
@@ -48,6 +48,10 @@ pub struct PipelineConfig {
     pub startup_trials: Option<usize>,
     /// Epochs of every trial and of the final run.
     pub epochs: usize,
+    /// How every run pads its batches.
+    pub padding: Padding,
+    /// Whether every run orders its batches by length (the Trainer's `group_by_length`).
+    pub group_by_length: bool,
     /// Median pruning, if on.
     pub prune: Option<PruneSettings>,
     /// The search space (see [`PipelineConfig::default_space`]).
@@ -150,6 +154,18 @@ impl Pipeline {
         })
     }
 
+    /// The training settings every trial starts from: the Trainer's defaults (best by F1, two
+    /// checkpoints kept), the pipeline's epochs, seed and batching.
+    fn base_config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.config.epochs,
+            seed: self.config.seed,
+            padding: self.config.padding,
+            group_by_length: self.config.group_by_length,
+            ..TrainConfig::default()
+        }
+    }
+
     fn trial_dir(&self, number: usize) -> PathBuf {
         self.config
             .out
@@ -186,6 +202,8 @@ impl Pipeline {
             vocab_size: c.vocab_size,
             max_length: c.max_length,
             epochs: c.epochs,
+            padding: c.padding,
+            group_by_length: c.group_by_length,
             space: c.space.clone(),
             startup_trials: c.startup_trials,
             prune: c.prune.map(|p| (p.startup_trials, p.warmup_epochs)),
@@ -384,7 +402,7 @@ impl Pipeline {
             ));
             // One seed for every trial, as the notebook's Trainer: trials differ by their
             // parameters only, and the best one is the final run.
-            let config = trial_config(&trial.params, self.config.epochs, self.config.seed)?;
+            let config = trial_config(&trial.params, &self.base_config())?;
             let run_dir = self.trial_dir(trial.number);
             let printer: Box<dyn FnMut(Progress)> = if quiet {
                 Box::new(|_| {})
@@ -545,7 +563,7 @@ impl Pipeline {
         // trial trains with the pipeline's seed (as the notebook's Trainer did), so the final
         // run is the best trial's run itself: its outputs are reused rather than computed
         // again.
-        let config = trial_config(&best.params, self.config.epochs, self.config.seed)?;
+        let config = trial_config(&best.params, &self.base_config())?;
         let best_dir = self.trial_dir(best.number);
         let outcome = match read_outcome(&best_dir).filter(|_| config_matches(&best_dir, &config)) {
             Some(done) => {

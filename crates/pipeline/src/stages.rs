@@ -17,6 +17,7 @@ use sentiment_data::{
     BadRowPolicy, InputFormat, Manifest, Normalization, PrepareConfig, SplitRatios,
 };
 use sentiment_search::SearchSpace;
+use sentiment_tokenize::Padding;
 use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
@@ -182,6 +183,12 @@ pub struct SearchKey {
     pub max_length: usize,
     /// Epochs of every trial.
     pub epochs: usize,
+    /// How the trials padded their batches (studies from before dynamic padding: fixed).
+    #[serde(default = "fixed_padding")]
+    pub padding: Padding,
+    /// Whether the trials ordered their batches by length.
+    #[serde(default)]
+    pub group_by_length: bool,
     /// The search space.
     pub space: SearchSpace,
     /// Random trials before TPE acts, as asked (None: the default for the budget).
@@ -235,6 +242,16 @@ impl SearchKey {
             "--epochs",
             self.epochs.to_string(),
             before.epochs.to_string(),
+        );
+        flag(
+            "padding",
+            show_padding(&self.padding),
+            show_padding(&before.padding),
+        );
+        flag(
+            "--group-by-length",
+            self.group_by_length.to_string(),
+            before.group_by_length.to_string(),
         );
         flag(
             "--space",
@@ -332,6 +349,18 @@ pub fn show_numbers(numbers: &[usize]) -> String {
     parts.join(", ")
 }
 
+fn fixed_padding() -> Padding {
+    Padding::FIXED
+}
+
+fn show_padding(p: &Padding) -> String {
+    if p.pad_to_max_length {
+        "--pad-to-max-length".into()
+    } else {
+        format!("--pad-multiple {}", p.pad_to_multiple_of)
+    }
+}
+
 fn show_option<T: ToString>(value: Option<T>, none: &str) -> String {
     value.map_or_else(|| none.to_string(), |v| v.to_string())
 }
@@ -380,6 +409,8 @@ mod tests {
             vocab_size: 8000,
             max_length: 64,
             epochs: 2,
+            padding: Padding::default(),
+            group_by_length: true,
             space: sentiment_search::parse_space(["batch_size=cat:16,32"]).unwrap(),
             startup_trials: None,
             prune: None,
@@ -444,6 +475,11 @@ mod tests {
             ("--space", Box::new(|k| k.space.clear())),
             ("--startup-trials", Box::new(|k| k.startup_trials = Some(3))),
             ("--prune", Box::new(|k| k.prune = Some((5, 0)))),
+            (
+                "padding --pad-to-max-length",
+                Box::new(|k| k.padding = Padding::FIXED),
+            ),
+            ("--group-by-length", Box::new(|k| k.group_by_length = false)),
             (
                 "data changed: --seed",
                 Box::new(|k| {

@@ -16,19 +16,15 @@ pub const TRIAL_PARAMETERS: [&str; 4] = [
     "weight_decay",
 ];
 
-/// The training settings of a trial with `params`, `epochs` and `seed`: the Trainer's defaults
-/// (best by F1, two checkpoints kept), then the trial's parameters.
+/// The training settings of a trial with `params`: `base` (best by F1), then the trial's
+/// parameters.
 pub fn trial_config(
     params: &BTreeMap<String, serde_json::Value>,
-    epochs: usize,
-    seed: u64,
+    base: &TrainConfig,
 ) -> Result<TrainConfig, PipelineError> {
     let mut config = TrainConfig {
-        epochs,
-        seed,
         metric_for_best: BestMetric::F1,
-        save_total_limit: 2,
-        ..TrainConfig::default()
+        ..base.clone()
     };
     for (name, value) in params {
         let number = value.as_f64().ok_or_else(|| {
@@ -107,7 +103,12 @@ mod tests {
             r#"{"learning_rate": 0.001, "batch_size": 16, "warmup_steps": 3, "weight_decay": 0.01}"#,
         )
         .unwrap();
-        let config = trial_config(&params, 3, 7).unwrap();
+        let base = TrainConfig {
+            epochs: 3,
+            seed: 7,
+            ..TrainConfig::default()
+        };
+        let config = trial_config(&params, &base).unwrap();
         assert_eq!(config.learning_rate, 0.001);
         assert_eq!(config.batch_size, 16);
         assert_eq!(config.warmup_steps, 3);
@@ -125,11 +126,15 @@ mod tests {
     fn an_unknown_or_non_numeric_parameter_is_refused() {
         let unknown: BTreeMap<String, serde_json::Value> =
             serde_json::from_str(r#"{"dropout": 0.1}"#).unwrap();
-        let err = trial_config(&unknown, 1, 0).unwrap_err().to_string();
+        let err = trial_config(&unknown, &TrainConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`dropout`"), "{err}");
         let text: BTreeMap<String, serde_json::Value> =
             serde_json::from_str(r#"{"batch_size": "large"}"#).unwrap();
-        let err = trial_config(&text, 1, 0).unwrap_err().to_string();
+        let err = trial_config(&text, &TrainConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("batch_size") && err.contains("not a number"),
             "{err}"

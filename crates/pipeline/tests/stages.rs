@@ -47,6 +47,8 @@ fn config(out: &Path, sample: usize, epochs: usize) -> PipelineConfig {
         trials: 2,
         startup_trials: Some(1),
         epochs,
+        padding: sentiment_tokenize::Padding::default(),
+        group_by_length: true,
         prune: None,
         space: PipelineConfig::default_space(false),
         seed: 734,

@@ -273,6 +273,35 @@ impl TokenizedRows {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+
+    /// Real tokens of each row (`<s>` and `</s>` included), from the mask.
+    pub fn lengths(&self) -> Vec<usize> {
+        if self.max_length == 0 {
+            return vec![0; self.len()];
+        }
+        self.attention_mask
+            .chunks(self.max_length)
+            .map(crate::row_length)
+            .collect()
+    }
+
+    /// The rows at `indices` padded as `padding` says: (ids, mask, width), the data of two
+    /// `[indices.len(), width]` tensors.
+    pub fn batch(&self, indices: &[usize], padding: crate::Padding) -> (Vec<i64>, Vec<i64>, usize) {
+        let row = |i: usize| &self.attention_mask[i * self.max_length..(i + 1) * self.max_length];
+        let width = padding.width(
+            indices.iter().map(|&i| crate::row_length(row(i))),
+            self.max_length,
+        );
+        let (ids, mask) = crate::gather_rows(
+            &self.input_ids,
+            &self.attention_mask,
+            self.max_length,
+            indices,
+            width,
+        );
+        (ids, mask, width)
+    }
 }
 
 /// Reads a token file written by [`tokenize_splits`].

@@ -15,6 +15,7 @@
 mod cache;
 mod error;
 mod hub;
+mod padding;
 mod tokenizer;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ pub use cache::{
 };
 pub use error::TokenizeError;
 pub use hub::{HubSettings, resolve_pretrained};
+pub use padding::{Padding, by_length, gather_rows, group_by_length, row_length};
 pub use tokenizer::{
     BpeTrainingConfig, DEFAULT_MAX_LENGTH, EncodedBatch, RobertaTokenizer, SPECIAL_TOKENS,
     SpecialTokenIds,

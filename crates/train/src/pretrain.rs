@@ -22,7 +22,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use roberta_burn::{Pretrained, RobertaConfig, RobertaForMaskedLM};
-use sentiment_tokenize::{RobertaTokenizer, SpecialTokenIds, TokenizedRows};
+use sentiment_tokenize::{Padding, RobertaTokenizer, SpecialTokenIds, TokenizedRows};
 use serde::{Deserialize, Serialize};
 
 use crate::run::{
@@ -146,6 +146,13 @@ pub struct PretrainConfig {
     pub seed: u64,
     /// Masking proportions.
     pub masking: MaskingConfig,
+    /// How batches are padded (flattened, as in fine-tuning's configuration).
+    #[serde(flatten)]
+    pub padding: Padding,
+    /// Order each epoch's batches by length within mega-batches (the Trainer's
+    /// `group_by_length`; runs saved before it existed read as `false`).
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 impl Default for PretrainConfig {
@@ -165,6 +172,8 @@ impl Default for PretrainConfig {
             eval_batch_size: 64,
             seed: 42,
             masking: MaskingConfig::default(),
+            padding: Padding::default(),
+            group_by_length: true,
         }
     }
 }
@@ -180,6 +189,9 @@ impl PretrainConfig {
             self.epochs,
         )?;
         self.optimizer.validate()?;
+        if self.padding.pad_to_multiple_of == 0 {
+            return bad("pad_to_multiple_of must be at least 1");
+        }
         let m = &self.masking;
         if !(m.mlm_probability > 0.0 && m.mlm_probability <= 1.0) {
             return bad("masking.mlm_probability must be in (0, 1]");
@@ -260,30 +272,19 @@ struct MaskedTensors {
     targets: Tensor<1, Int>,
 }
 
-/// One masked batch of `rows` at `chunk`, or None when it has no token to mask.
+/// One masked batch of `rows` at `chunk`, padded as `padding` says, or None when it has no
+/// token to mask. Padding draws nothing from `rng` (only real tokens are candidates), so the
+/// masks do not depend on the padding.
 fn masked_batch(
     rows: &TokenizedRows,
     chunk: &[usize],
     tokenizer: &RobertaTokenizer,
     config: &MaskingConfig,
+    padding: Padding,
     rng: &mut ChaCha8Rng,
     device: &Device,
 ) -> Option<MaskedTensors> {
-    let seq = rows.max_length;
-    let mut ids = Vec::with_capacity(chunk.len() * seq);
-    let mut attention = Vec::with_capacity(chunk.len() * seq);
-    for &r in chunk {
-        ids.extend(
-            rows.input_ids[r * seq..(r + 1) * seq]
-                .iter()
-                .map(|&t| t as i64),
-        );
-        attention.extend(
-            rows.attention_mask[r * seq..(r + 1) * seq]
-                .iter()
-                .map(|&m| m as i64),
-        );
-    }
+    let (ids, attention, seq) = rows.batch(chunk, padding);
     let special = tokenizer.special_tokens();
     let masked = mask_tokens(
         &ids,
@@ -357,7 +358,15 @@ pub fn evaluate_mlm(
             mask,
             positions,
             targets: wanted,
-        }) = masked_batch(rows, chunk, tokenizer, &config.masking, &mut rng, device)
+        }) = masked_batch(
+            rows,
+            chunk,
+            tokenizer,
+            &config.masking,
+            config.padding,
+            &mut rng,
+            device,
+        )
         else {
             continue;
         };
@@ -423,6 +432,7 @@ impl Task for Pretraining<'_> {
             rows,
             self.tokenizer,
             &self.config.masking,
+            self.config.padding,
             &mut rng,
             device,
         )?;
@@ -524,6 +534,7 @@ pub fn pretrain(
         learning_rate: config.learning_rate,
         warmup_steps: config.warmup_steps,
         optimizer: config.optimizer,
+        lengths: config.group_by_length.then(|| train.lengths()),
         start_line: format!(
             "pre-training started: {} rows, {} held out, {} steps per epoch",
             train.len(),

@@ -146,6 +146,9 @@ pub(crate) struct LoopSettings<'a, C> {
     pub warmup_steps: usize,
     /// AdamW's settings.
     pub optimizer: AdamWSettings,
+    /// The training rows' lengths, to order each epoch's batches by length (the Trainer's
+    /// `group_by_length`); None keeps the shuffled order.
+    pub lengths: Option<Vec<usize>>,
     /// The line logged when a fresh run starts.
     pub start_line: String,
 }
@@ -297,6 +300,9 @@ where
         let mut shuffle = ChaCha8Rng::seed_from_u64(settings.seed);
         shuffle.set_stream(epoch as u64);
         order.shuffle(&mut shuffle);
+        if let Some(lengths) = &settings.lengths {
+            order = sentiment_tokenize::group_by_length(&order, lengths, settings.batch_size);
+        }
         // An interrupted epoch continues where it stopped.
         let resumed = partial.take();
         let skip = resumed.map_or(0, |p| p.batches_done);

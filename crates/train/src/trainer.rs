@@ -8,7 +8,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
 use sentiment_metrics::{ConfusionMatrix, log_loss_from_logits};
-use sentiment_tokenize::{RobertaTokenizer, TokenizedRows};
+use sentiment_tokenize::{Padding, RobertaTokenizer, TokenizedRows, by_length};
 use serde::{Deserialize, Serialize};
 
 use crate::run::{
@@ -70,6 +70,15 @@ pub struct TrainConfig {
     pub save_total_limit: usize,
     /// Class counted as positive for precision, recall and F1.
     pub positive_class: usize,
+    /// How batches are padded: to their longest row, rounded up to `pad_to_multiple_of`
+    /// (transformers' `DataCollatorWithPadding`), or to the full length (flattened: the JSON
+    /// keeps `pad_to_max_length` and `pad_to_multiple_of`).
+    #[serde(flatten)]
+    pub padding: Padding,
+    /// Order each epoch's batches by length within mega-batches, as the Trainer's
+    /// `group_by_length` (runs saved before it existed read as `false`).
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 impl Default for TrainConfig {
@@ -88,6 +97,8 @@ impl Default for TrainConfig {
             metric_for_best: BestMetric::F1,
             save_total_limit: 2,
             positive_class: 1,
+            padding: Padding::default(),
+            group_by_length: true,
         }
     }
 }
@@ -103,6 +114,9 @@ impl TrainConfig {
             self.epochs,
         )?;
         self.optimizer.validate()?;
+        if self.padding.pad_to_multiple_of == 0 {
+            return bad("pad_to_multiple_of must be at least 1".into());
+        }
         if self.save_total_limit == 0 {
             return bad("save_total_limit must be at least 1".into());
         }
@@ -229,30 +243,16 @@ fn check_labels(rows: &TokenizedRows, num_labels: usize, name: &str) -> Result<(
     Ok(())
 }
 
-/// A batch of rows as tensors on `device`.
+/// A batch of rows as tensors on `device`, padded as `padding` says.
 fn batch(
     rows: &TokenizedRows,
     indices: &[usize],
+    padding: Padding,
     device: &Device,
 ) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<1, Int>) {
-    let len = rows.max_length;
-    let mut ids = Vec::with_capacity(indices.len() * len);
-    let mut mask = Vec::with_capacity(indices.len() * len);
-    let mut labels = Vec::with_capacity(indices.len());
-    for &i in indices {
-        ids.extend(
-            rows.input_ids[i * len..(i + 1) * len]
-                .iter()
-                .map(|&t| i64::from(t)),
-        );
-        mask.extend(
-            rows.attention_mask[i * len..(i + 1) * len]
-                .iter()
-                .map(|&m| i64::from(m)),
-        );
-        labels.push(rows.labels[i]);
-    }
-    let shape = [indices.len(), len];
+    let (ids, mask, width) = rows.batch(indices, padding);
+    let labels: Vec<i64> = indices.iter().map(|&i| rows.labels[i]).collect();
+    let shape = [indices.len(), width];
     (
         Tensor::from_data(TensorData::new(ids, shape), device),
         Tensor::from_data(TensorData::new(mask, shape), device),
@@ -260,26 +260,32 @@ fn batch(
     )
 }
 
-/// Evaluates `model` (already in validation mode) on `rows`.
+/// Evaluates `model` (already in validation mode) on `rows`. Batches are formed longest rows
+/// first, so that each pads little (with dynamic `padding`); the logits are put back in the
+/// rows' order before anything is computed from them.
 pub fn evaluate(
     model: &RobertaForSequenceClassification,
     rows: &TokenizedRows,
     num_labels: usize,
     batch_size: usize,
     positive_class: usize,
+    padding: Padding,
     device: &Device,
 ) -> Result<Evaluation, TrainError> {
     let started = Instant::now();
-    let mut logits: Vec<f32> = Vec::with_capacity(rows.len() * num_labels);
-    let all: Vec<usize> = (0..rows.len()).collect();
-    for chunk in all.chunks(batch_size.max(1)) {
-        let (ids, mask, _) = batch(rows, chunk, device);
-        let out = model.forward(ids, mask);
-        logits.extend(
-            out.into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Backend(format!("{e:?}")))?,
-        );
+    let mut logits: Vec<f32> = vec![0.0; rows.len() * num_labels];
+    let order = by_length(&rows.lengths());
+    for chunk in order.chunks(batch_size.max(1)) {
+        let (ids, mask, _) = batch(rows, chunk, padding, device);
+        let out = model
+            .forward(ids, mask)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| TrainError::Backend(format!("{e:?}")))?;
+        for (k, &row) in chunk.iter().enumerate() {
+            logits[row * num_labels..(row + 1) * num_labels]
+                .copy_from_slice(&out[k * num_labels..(k + 1) * num_labels]);
+        }
     }
     let truth: Vec<usize> = rows.labels.iter().map(|&l| l as usize).collect();
     let matrix = ConfusionMatrix::from_logits(&truth, &logits, num_labels)?;
@@ -318,7 +324,7 @@ impl Task for FineTune<'_> {
         _batch: usize,
         device: &Device,
     ) -> Option<Tensor<1>> {
-        let (ids, mask, labels) = batch(self.data.train, rows, device);
+        let (ids, mask, labels) = batch(self.data.train, rows, self.config.padding, device);
         let logits = model.forward(ids, mask);
         Some(
             CrossEntropyLossConfig::new()
@@ -334,6 +340,7 @@ impl Task for FineTune<'_> {
             self.num_labels,
             self.config.eval_batch_size,
             self.config.positive_class,
+            self.config.padding,
             self.device,
         )
     }
@@ -432,6 +439,7 @@ pub fn train(
         learning_rate: config.learning_rate,
         warmup_steps: config.warmup_steps,
         optimizer: config.optimizer,
+        lengths: config.group_by_length.then(|| data.train.lengths()),
         start_line: format!(
             "started: {} train rows, {} validation rows, {} steps per epoch, {}",
             data.train.len(),
@@ -469,6 +477,7 @@ pub fn train(
                 num_labels,
                 config.eval_batch_size,
                 config.positive_class,
+                config.padding,
                 device,
             )?;
             save_json(&run_dir.join("test_metrics.json"), &evaluation)?;

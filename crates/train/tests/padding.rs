@@ -1,0 +1,250 @@
+//! Padding stays inert: batches padded to their longest row (rounded up to a multiple of 8)
+//! give the logits, the training losses step by step and the masked-LM losses of batches
+//! padded to the full 64 tokens, within 1e-5, with dropout off and the batch order unchanged.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use roberta_burn::{RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification};
+use sentiment_data::{PrepareConfig, prepare};
+use sentiment_tokenize::{
+    BpeTrainingConfig, Padding, RobertaTokenizer, TokenizedRows, read_tokenized, tokenize_splits,
+    train_on_split,
+};
+use sentiment_train::{
+    PretrainConfig, PretrainEpoch, Progress, StopToken, TrainConfig, TrainData, TrainHooks,
+};
+
+/// Burn's random generator is global to the process (see training.rs).
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const MAX_LENGTH: usize = 64;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+struct Prepared {
+    _dir: tempfile::TempDir,
+    tokenizer: RobertaTokenizer,
+    train: TokenizedRows,
+    validation: TokenizedRows,
+}
+
+fn prepared() -> Prepared {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PrepareConfig::new(fixtures().join("sentiment140/sample.csv"), dir.path());
+    config.sample = Some(400);
+    prepare(&config, &mut |_| {}).unwrap();
+    let training = BpeTrainingConfig {
+        vocab_size: 500,
+        min_frequency: 2,
+    };
+    let (tokenizer, _) = train_on_split(dir.path(), &training, MAX_LENGTH).unwrap();
+    tokenize_splits(dir.path(), &tokenizer, "test", &mut |_, _, _| {}).unwrap();
+    let read = |s: &str| read_tokenized(&dir.path().join(format!("{s}.tokens.parquet"))).unwrap();
+    Prepared {
+        train: read("train"),
+        validation: read("validation"),
+        tokenizer,
+        _dir: dir,
+    }
+}
+
+/// A tiny model for 64-token rows, dropout off.
+fn model_config(vocab: usize) -> RobertaConfig {
+    let mut config = RobertaConfig::preset("tiny", vocab)
+        .unwrap()
+        .with_labels(&["negative".into(), "positive".into()]);
+    config.max_position_embeddings = MAX_LENGTH + 2;
+    config.hidden_dropout_prob = 0.0;
+    config.attention_probs_dropout_prob = 0.0;
+    config.classifier_dropout = Some(0.0);
+    config
+}
+
+fn logits_of(
+    model: &RobertaForSequenceClassification,
+    rows: &TokenizedRows,
+    indices: &[usize],
+    padding: Padding,
+    device: &Device,
+) -> (Vec<f32>, usize) {
+    let (ids, mask, width) = rows.batch(indices, padding);
+    let shape = [indices.len(), width];
+    let logits = model.forward(
+        Tensor::<2, Int>::from_data(TensorData::new(ids, shape), device),
+        Tensor::<2, Int>::from_data(TensorData::new(mask, shape), device),
+    );
+    (logits.into_data().try_to_vec().unwrap(), width)
+}
+
+fn assert_close(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= 1e-5, "{what} {i}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn dynamic_batches_give_the_logits_of_fixed_ones() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let p = prepared();
+    let device = Device::flex();
+    device.seed(3);
+    let config = model_config(p.tokenizer.vocab_size());
+    let model = RobertaForSequenceClassification::new(&config, &device);
+    let rows = &p.validation;
+    let lengths = rows.lengths();
+    let longest = *lengths.iter().max().unwrap();
+    assert!(longest < MAX_LENGTH, "no row fills the length: {longest}");
+    let all: Vec<usize> = (0..rows.len()).collect();
+    for batch in all.chunks(16) {
+        let (dynamic, width) = logits_of(&model, rows, batch, Padding::default(), &device);
+        let (fixed, _) = logits_of(&model, rows, batch, Padding::FIXED, &device);
+        assert!(width < MAX_LENGTH && width % 8 == 0, "{width}");
+        let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+        assert_close(&widen(dynamic), &widen(fixed), "logit");
+    }
+    // The evaluation (length-sorted batches, results put back in row order) equals the fixed
+    // one: loss within 1e-5, the same confusion matrix.
+    let eval =
+        |padding| sentiment_train::evaluate(&model, rows, 2, 16, 1, padding, &device).unwrap();
+    let (dynamic, fixed) = (eval(Padding::default()), eval(Padding::FIXED));
+    assert_close(&[dynamic.loss], &[fixed.loss], "eval loss");
+    assert_eq!(
+        dynamic.report.confusion_matrix,
+        fixed.report.confusion_matrix
+    );
+}
+
+/// Records every step's loss.
+#[derive(Default)]
+struct Losses(Vec<f64>);
+
+impl<E> TrainHooks<E> for Losses {
+    fn on_step(&mut self, progress: Progress) {
+        self.0.push(progress.loss);
+    }
+}
+
+#[test]
+fn dynamic_padding_trains_with_the_losses_of_fixed_padding() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let p = prepared();
+    let device = Device::flex();
+    let model_config = model_config(p.tokenizer.vocab_size());
+    let data = TrainData {
+        train: &p.train,
+        validation: &p.validation,
+        test: None,
+    };
+    let run = |padding: Padding| {
+        device.seed(5);
+        let dir = tempfile::tempdir().unwrap();
+        let mut losses = Losses::default();
+        let outcome = sentiment_train::train(
+            RobertaForSequenceClassification::new(&model_config, &device),
+            &model_config,
+            None,
+            &data,
+            &TrainConfig {
+                learning_rate: 1e-3,
+                batch_size: 16,
+                epochs: 2,
+                padding,
+                group_by_length: false,
+                ..TrainConfig::default()
+            },
+            dir.path(),
+            &device,
+            false,
+            &StopToken::new(),
+            &mut losses,
+        )
+        .unwrap();
+        (losses.0, outcome.history)
+    };
+    let (dynamic, dynamic_history) = run(Padding::default());
+    let (fixed, fixed_history) = run(Padding::FIXED);
+    assert_eq!(dynamic.len(), 2 * p.train.len().div_ceil(16));
+    assert_close(&dynamic, &fixed, "step loss");
+    let eval_loss = |h: &[sentiment_train::EpochMetrics]| -> Vec<f64> {
+        h.iter().map(|m| m.eval_loss).collect()
+    };
+    assert_close(
+        &eval_loss(&dynamic_history),
+        &eval_loss(&fixed_history),
+        "eval loss",
+    );
+}
+
+#[test]
+fn dynamic_padding_pretrains_with_the_losses_of_fixed_padding() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let p = prepared();
+    let device = Device::flex();
+    let mut model_config = model_config(p.tokenizer.vocab_size());
+    model_config.num_labels = None;
+    let run = |padding: Padding| {
+        device.seed(9);
+        let dir = tempfile::tempdir().unwrap();
+        let mut losses = Losses::default();
+        let outcome = sentiment_train::pretrain(
+            RobertaForMaskedLM::new(&model_config, &device),
+            &model_config,
+            &p.tokenizer,
+            &p.train,
+            &p.validation,
+            &PretrainConfig {
+                batch_size: 16,
+                epochs: 1,
+                padding,
+                group_by_length: false,
+                ..PretrainConfig::default()
+            },
+            dir.path(),
+            &device,
+            false,
+            &StopToken::new(),
+            &mut losses as &mut dyn TrainHooks<PretrainEpoch>,
+        )
+        .unwrap();
+        (losses.0, outcome.history[0])
+    };
+    let (dynamic, dynamic_epoch) = run(Padding::default());
+    let (fixed, fixed_epoch) = run(Padding::FIXED);
+    assert_eq!(dynamic.len(), p.train.len().div_ceil(16));
+    assert_close(&dynamic, &fixed, "masked-LM step loss");
+    assert_close(
+        &[dynamic_epoch.eval_loss, dynamic_epoch.eval_accuracy],
+        &[fixed_epoch.eval_loss, fixed_epoch.eval_accuracy],
+        "held-out masked-LM loss and accuracy",
+    );
+}
+
+#[test]
+fn grouped_batches_are_a_seeded_permutation_with_the_longest_first() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let p = prepared();
+    let lengths = p.train.lengths();
+    let order: Vec<usize> = (0..lengths.len()).rev().collect();
+    let grouped = sentiment_tokenize::group_by_length(&order, &lengths, 8);
+    let mut sorted = grouped.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..lengths.len()).collect::<Vec<_>>());
+    assert_eq!(lengths[grouped[0]], *lengths.iter().max().unwrap());
+    // Within a batch, lengths are close: the mean padded width is well below the longest row.
+    let widths: Vec<usize> = grouped
+        .chunks(8)
+        .map(|b| Padding::default().width(b.iter().map(|&i| lengths[i]), MAX_LENGTH))
+        .collect();
+    let ungrouped: Vec<usize> = order
+        .chunks(8)
+        .map(|b| Padding::default().width(b.iter().map(|&i| lengths[i]), MAX_LENGTH))
+        .collect();
+    assert!(
+        widths.iter().sum::<usize>() < ungrouped.iter().sum::<usize>(),
+        "{widths:?} vs {ungrouped:?}"
+    );
+}
