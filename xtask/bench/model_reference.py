@@ -35,7 +35,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--lengths-file",
-        help="a JSON list of row lengths: one timed pass over such rows instead of --iters copies of one full batch",
+        help="a JSON list of row lengths (an epoch): --iters evenly spaced batches of it are timed instead of "
+        "--iters copies of one full batch",
     )
     parser.add_argument(
         "--padding",
@@ -62,7 +63,7 @@ def main() -> None:
         with open(args.lengths_file) as f:
             lengths = json.load(f)
         timed = length_batches(lengths, args, config.vocab_size, device)
-        warmup, rows = timed[:warmup_n], len(lengths)
+        warmup, rows = timed[:warmup_n], sum(len(batch[2]) for batch in timed)
     else:
         warmup, timed, rows = [(ids, mask, labels)] * warmup_n, [(ids, mask, labels)] * args.iters, args.batch * args.iters
     half = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.dtype)
@@ -144,9 +145,12 @@ def length_batches(lengths, args, vocab_size, device):
             out["labels"] = torch.tensor([f["labels"] for f in batch])
             return out
 
+    # Evenly spaced batches of the epoch, as the Rust side picks them.
+    chunks = [order[k : k + args.batch] for k in range(0, len(order), args.batch)]
+    count = min(args.iters, len(chunks))
     batches = []
-    for k in range(0, len(order), args.batch):
-        batch = collate([features[i] for i in order[k : k + args.batch]])
+    for k in range(count):
+        batch = collate([features[i] for i in chunks[k * len(chunks) // count]])
         batches.append(tuple(batch[key].to(device) for key in ("input_ids", "attention_mask", "labels")))
     return batches
 

@@ -421,8 +421,14 @@ fn worker_batches(
             Padding::default()
         }
     };
-    let batches: Vec<BenchBatch> = order
-        .chunks(args.batch)
+    // The epoch's batches, of which `--iters` evenly spaced ones are timed: a sample of a
+    // whole epoch's widths (the first, longest, batch included) without timing every step.
+    let all: Vec<&[usize]> = order.chunks(args.batch).collect();
+    let picked: Vec<&[usize]> = (0..args.iters.min(all.len()))
+        .map(|k| all[k * all.len() / args.iters.min(all.len())])
+        .collect();
+    let batches: Vec<BenchBatch> = picked
+        .iter()
         .map(|rows| {
             let width = padding.width(rows.iter().map(|&i| lengths[i]), BENCH_SEQ);
             let (ids, mask) = gather_rows(&input_ids, &attention, BENCH_SEQ, rows, width);
@@ -431,8 +437,8 @@ fn worker_batches(
         .collect();
     Ok(WorkerBatches {
         warmup: batches.iter().take(warmup).cloned().collect(),
+        rows: picked.iter().map(|b| b.len()).sum(),
         timed: batches,
-        rows: n,
     })
 }
 
@@ -649,9 +655,9 @@ impl BenchModel {
 }
 
 impl BenchModel {
-    /// `--lengths tweets`: rows of real tweets' lengths, fixed and dynamic padding on both
-    /// sides, one pass over the same rows each (the Python side batches them with
-    /// transformers' own `LengthGroupedSampler` and `DataCollatorWithPadding`).
+    /// `--lengths tweets`: an epoch of rows of real tweets' lengths, fixed and dynamic padding
+    /// on both sides, `iters` evenly spaced batches of it timed (the Python side batches the
+    /// same rows with transformers' own `LengthGroupedSampler` and `DataCollatorWithPadding`).
     fn run_tweet_lengths(&self) -> Result<()> {
         let exe = std::env::current_exe()?;
         let script = crate::project_root().join("xtask/bench/model_reference.py");
@@ -682,8 +688,10 @@ impl BenchModel {
                 } else {
                     iterations(shape)
                 });
+                // An epoch of 400 batches: mega-batches of 50 batches, as the Trainer's
+                // sampler forms them on any real data set, of which `iters` are timed.
                 let lengths =
-                    crate::synth::tweet_lengths(iters * self.batch, shape as u64, BENCH_SEQ);
+                    crate::synth::tweet_lengths(400 * self.batch, shape as u64, BENCH_SEQ);
                 let lengths_file = tempfile_path("bench-lengths");
                 std::fs::write(&lengths_file, serde_json::to_string(&lengths)?)?;
                 let mut row = Vec::new();

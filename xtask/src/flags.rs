@@ -488,8 +488,8 @@ pub struct ModelWorkerArgs {
     /// Attention composed from Burn's operations instead of libtorch's fused kernel (A/B).
     #[arg(long)]
     pub composed_attention: bool,
-    /// A JSON list of row lengths: one timed pass over those rows instead of `--iters`
-    /// copies of one full batch.
+    /// A JSON list of row lengths (an epoch): `--iters` evenly spaced batches of it are timed
+    /// instead of `--iters` copies of one full batch.
     #[arg(long)]
     pub lengths_file: Option<PathBuf>,
     /// How the rows of `--lengths-file` are batched.

@@ -67,14 +67,10 @@ impl Predict {
     /// Loads the model and tokenizer, classifies every text, prints the results.
     pub fn run(&self) -> Result<()> {
         let hub = HubSettings::from_env();
-        let model_hub = roberta_burn::HubSettings {
-            cache_dir: hub.cache_dir.clone(),
-            offline: hub.offline,
-        };
         let loaded = RobertaForSequenceClassification::from_pretrained(
             &self.model,
             &self.device,
-            &model_hub,
+            &hub,
             |_| {},
         )
         .with_context(|| format!("loading the model {}", self.model))?;

@@ -100,10 +100,6 @@ impl Pretrain {
         self.device.seed(a.seed);
         if let Some(name) = a.pretrained.as_deref() {
             let hub = HubSettings::from_env();
-            let hub = roberta_burn::HubSettings {
-                cache_dir: hub.cache_dir,
-                offline: hub.offline,
-            };
             let loaded = RobertaForMaskedLM::from_pretrained(name, &self.device, &hub, |_| {})
                 .with_context(|| format!("loading pretrained model {name}"))?;
             if !loaded.report.newly_initialized.is_empty() {

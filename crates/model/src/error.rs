@@ -79,3 +79,12 @@ impl ModelError {
         move |source| ModelError::Io { path, source }
     }
 }
+
+impl From<sentiment_hub::NotFound> for ModelError {
+    fn from(e: sentiment_hub::NotFound) -> Self {
+        ModelError::NotFound {
+            name: e.name,
+            detail: e.detail,
+        }
+    }
+}

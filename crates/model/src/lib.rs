@@ -31,7 +31,6 @@
 mod config;
 mod error;
 mod fused;
-mod hub;
 mod loader;
 mod model;
 
@@ -43,7 +42,6 @@ pub use fused::{is_libtorch, set_fused_attention, set_fused_ops};
 /// in parallel, so a test that seeds it and expects a sequence must not meet another's draws.
 #[cfg(test)]
 pub(crate) static GENERATOR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-pub use hub::{HubSettings, resolve_pretrained};
 pub use loader::{
     CONFIG_FILE, LoadReport, Loaded, PYTORCH_FILE, Pretrained, SAFETENSORS_FILE,
     SAFETENSORS_INDEX_FILE, WEIGHT_NAMES, load_weights, save_weights,
@@ -52,3 +50,4 @@ pub use model::{
     Attention, ClassificationHead, Embeddings, Encoder, Intermediate, Layer, LmHead, Output,
     RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel, SelfAttention, SelfOutput,
 };
+pub use sentiment_hub::{HubSettings, resolve_pretrained};

@@ -28,9 +28,9 @@ use burn_store::{
 };
 use serde::Deserialize;
 
-use crate::hub::{HubSettings, resolve_pretrained};
 use crate::model::{RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel};
 use crate::{ModelError, RobertaConfig};
+use sentiment_hub::{HubSettings, resolve_pretrained};
 
 /// Checkpoint key → module path renames, in order (regex, replacement).
 pub const WEIGHT_NAMES: &[(&str, &str)] = &[

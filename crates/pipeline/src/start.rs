@@ -76,12 +76,8 @@ pub fn starting_point(options: &StartOptions<'_>, device: &Device) -> Result<Sta
     device.seed(seed);
     let (model, config) = match pretrained {
         Some(name) => {
-            let model_hub = roberta_burn::HubSettings {
-                cache_dir: hub.cache_dir.clone(),
-                offline: hub.offline,
-            };
             let loaded =
-                RobertaForSequenceClassification::from_pretrained(name, device, &model_hub, |c| {
+                RobertaForSequenceClassification::from_pretrained(name, device, &hub, |c| {
                     *c = c.clone().with_labels(&labels)
                 })
                 .map_err(PipelineError::stage(format!(

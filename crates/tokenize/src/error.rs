@@ -75,3 +75,12 @@ impl TokenizeError {
         move |source| TokenizeError::Io { path, source }
     }
 }
+
+impl From<sentiment_hub::NotFound> for TokenizeError {
+    fn from(e: sentiment_hub::NotFound) -> Self {
+        TokenizeError::NotFound {
+            name: e.name,
+            detail: e.detail,
+        }
+    }
+}

@@ -14,7 +14,6 @@
 
 mod cache;
 mod error;
-mod hub;
 mod padding;
 mod tokenizer;
 
@@ -26,8 +25,8 @@ pub use cache::{
     tokens_file_name, train_on_split,
 };
 pub use error::TokenizeError;
-pub use hub::{HubSettings, resolve_pretrained};
 pub use padding::{Padding, by_length, gather_rows, group_by_length, row_length};
+pub use sentiment_hub::{HubSettings, resolve_pretrained};
 pub use tokenizer::{
     BpeTrainingConfig, DEFAULT_MAX_LENGTH, EncodedBatch, RobertaTokenizer, SPECIAL_TOKENS,
     SpecialTokenIds,

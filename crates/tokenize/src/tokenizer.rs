@@ -14,8 +14,8 @@ use tokenizers::{
     Tokenizer, TokenizerBuilder, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
-use crate::hub::{HubSettings, resolve_pretrained};
 use crate::{TokenizeError, write_atomic};
+use sentiment_hub::{HubSettings, resolve_pretrained};
 
 /// RoBERTa's special tokens, in the id order a trained vocabulary gives them (0..=4).
 pub const SPECIAL_TOKENS: [&str; 5] = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"];

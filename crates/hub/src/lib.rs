@@ -1,12 +1,22 @@
-//! Resolving a pretrained name to a local folder (the same rules as the tokenize crate, kept
-//! here so that this crate stands alone): a path as is, or a Hugging Face hub id through
+//! Resolving a pretrained name to a local folder: a path as is, or a Hugging Face hub id through
 //! the hub's cache layout (`models--org--name/snapshots/<rev>/…`), downloading when allowed.
+//! One implementation for the model crate (weights, `config.json`) and the tokenizer crate
+//! (`tokenizer.json` or `vocab.json` + `merges.txt`), which each turn [`NotFound`] into their
+//! own error naming what was looked for.
 
 use std::path::{Path, PathBuf};
 
 use hf_hub::{Cache, Repo, RepoType};
 
-use crate::ModelError;
+/// A pretrained name that resolves to no folder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{name}`: {detail}")]
+pub struct NotFound {
+    /// The name or path given.
+    pub name: String,
+    /// Where it was looked for, and why it was not found.
+    pub detail: String,
+}
 
 /// Where the Hugging Face cache is and whether the network may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +65,8 @@ fn looks_like_hub_id(name: &str) -> bool {
         })
 }
 
-/// Resolves `name_or_path` to a folder holding at least one of each group in `needed`
-/// (for example `[["tokenizer.json", "vocab.json"]]`), plus any of `optional` that exist.
+/// Resolves `name_or_path` to a folder holding at least one of the files in `wanted` (for
+/// example `["tokenizer.json", "vocab.json"]`).
 ///
 /// A local folder is returned as is. A hub id (`roberta-base`, `FacebookAI/roberta-base`,
 /// optionally `@revision`) is looked up in the cache; missing files are downloaded unless
@@ -66,7 +76,7 @@ pub fn resolve_pretrained(
     name_or_path: &str,
     wanted: &[&str],
     settings: &HubSettings,
-) -> Result<PathBuf, ModelError> {
+) -> Result<PathBuf, NotFound> {
     let path = Path::new(name_or_path);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -76,7 +86,7 @@ pub fn resolve_pretrained(
         None => (name_or_path, "main".to_string()),
     };
     if !looks_like_hub_id(id) {
-        return Err(ModelError::NotFound {
+        return Err(NotFound {
             name: name_or_path.into(),
             detail: "no such folder, and not a hub id".into(),
         });
@@ -114,7 +124,7 @@ pub fn resolve_pretrained(
     }
     match found.as_deref().and_then(Path::parent) {
         Some(snapshot) => Ok(snapshot.to_path_buf()),
-        None => Err(ModelError::NotFound {
+        None => Err(NotFound {
             name: name_or_path.into(),
             detail: if settings.offline {
                 format!(
