@@ -355,7 +355,7 @@ pub struct PredictArgs {
     /// Tokenizer folder or hub id, when not beside the model.
     #[arg(long)]
     pub tokenizer: Option<String>,
-    /// Texts to classify.
+    /// Texts to classify; `-` reads them from standard input, one per line.
     #[arg(conflicts_with = "input")]
     pub texts: Vec<String>,
     /// A CSV (UTF-8, with a header) or Parquet file to classify instead.
@@ -600,9 +600,9 @@ pub struct TrainArgs {
 #[derive(Debug, Args)]
 pub struct PretrainArgs {
     /// CSV (with a header, or raw Sentiment140) or Parquet file; labels are ignored. Default:
-    /// the bundled sample.
-    #[arg(long, default_value_os_t = crate::fixtures::data_fixtures_dir().join("sample.csv"))]
-    pub input: PathBuf,
+    /// the bundled sample (fixtures/sentiment140/sample.csv).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
     /// The text column (of a file with a header).
     #[arg(long, default_value = "text")]
     pub text_column: String,

@@ -40,11 +40,29 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(130)
         }
         Err(error) => {
-            // `{:#}` prints the whole context chain on one line, without a backtrace.
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(&error));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, as anyhow's `{:#}` prints them, but without a cause
+/// that the message before it already ends with: our errors name their file and then quote
+/// the underlying error (`data.csv: No such file or directory (os error 2)`), which is also
+/// their source.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The checkpoint folder of a run stopped by Ctrl-C, if that is what `error` is.

@@ -57,13 +57,31 @@ impl TryFrom<PipelineArgs> for Pipeline {
             space,
             seed: args.seed,
             overwrite: args.overwrite,
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            command: reproduce_command(),
         };
         Ok(Self {
             stages: Stages::new(config, devices)?,
             bundled_sample,
         })
     }
+}
+
+/// `cargo xtask pipeline` with every flag this run was given, quoted for a POSIX shell where
+/// needed: what the report says reproduces it.
+fn reproduce_command() -> String {
+    let mut words = vec!["cargo".to_string(), "xtask".to_string()];
+    words.extend(std::env::args().skip(1).map(|arg| {
+        if !arg.is_empty()
+            && arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=./,:@+".contains(c))
+        {
+            arg
+        } else {
+            format!("'{}'", arg.replace('\'', r"'\''"))
+        }
+    }));
+    words.join(" ")
 }
 
 /// Prints the pipeline's messages on stdout, warnings on stderr, progress as a terminal bar.

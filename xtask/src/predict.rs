@@ -29,11 +29,18 @@ impl TryFrom<PredictArgs> for Predict {
     type Error = anyhow::Error;
 
     fn try_from(args: PredictArgs) -> Result<Self> {
-        let texts = match (&args.input, args.texts.is_empty()) {
+        let texts = match (&args.input, args.texts.as_slice()) {
             (Some(path), _) => sentiment_data::read_text_column(path, &args.text_column)
                 .with_context(|| format!("reading {}", path.display()))?,
-            (None, false) => args.texts.clone(),
-            (None, true) => bail!("give texts to classify, or --input FILE"),
+            // `-`: one text per line of standard input, as Unix tools read.
+            (None, [dash]) if dash == "-" => std::io::stdin()
+                .lines()
+                .collect::<std::io::Result<Vec<String>>>()
+                .context("reading texts from standard input")?,
+            (None, []) => {
+                bail!("give texts to classify, `-` to read them from stdin, or --input FILE")
+            }
+            (None, texts) => texts.to_vec(),
         };
         if args.batch_size == 0 || args.pad_multiple == 0 {
             bail!("--batch-size and --pad-multiple must be at least 1");
@@ -57,6 +64,9 @@ impl TryFrom<PredictArgs> for Predict {
 /// One classified text.
 #[derive(serde::Serialize)]
 struct Prediction<'a> {
+    /// 0-based position of the text in the input (its data row, or line of stdin), so that
+    /// results join back.
+    index: usize,
     text: &'a str,
     label: String,
     probs: Vec<f32>,
@@ -92,7 +102,7 @@ impl Predict {
         let mut out = std::io::stdout().lock();
         // Texts are batched longest first within windows of 50 batches, so each batch pads
         // little, and printed in their input order window by window.
-        for window in self.texts.chunks(self.batch_size * 50) {
+        for (w, window) in self.texts.chunks(self.batch_size * 50).enumerate() {
             let encoded = tokenizer.encode_batch(window)?;
             let lengths: Vec<usize> = encoded
                 .attention_mask
@@ -138,6 +148,7 @@ impl Predict {
                 let probs = probs[row.clone()].to_vec();
                 let best = sentiment_metrics::argmax_rows(&probs, num_labels)?[0];
                 let prediction = Prediction {
+                    index: w * self.batch_size * 50 + i,
                     text,
                     label: loaded.config.label_name(best),
                     probs,

@@ -134,15 +134,19 @@ impl Pretrain {
         let stop = crate::checkpoint_on_ctrl_c();
         let a = &self.args;
         crate::train::replace_run(&a.out, "pretrain_config.json", a.overwrite)?;
-        let mut texts = sentiment_data::read_text_column(&a.input, &a.text_column)
-            .with_context(|| format!("reading the texts of {}", a.input.display()))?;
+        let input = a
+            .input
+            .clone()
+            .unwrap_or_else(|| crate::fixtures::data_fixtures_dir().join("sample.csv"));
+        let mut texts = sentiment_data::read_text_column(&input, &a.text_column)
+            .with_context(|| format!("reading the texts of {}", input.display()))?;
         let total = texts.len();
         texts.retain(|t| !t.trim().is_empty());
         let empty = total - texts.len();
         if texts.len() < 2 {
             bail!(
                 "{}: {} non-empty texts; pre-training needs at least two",
-                a.input.display(),
+                input.display(),
                 texts.len()
             );
         }
@@ -153,7 +157,7 @@ impl Pretrain {
         let validation_texts = texts.split_off(texts.len() - held);
         println!(
             "{}: {total} texts ({empty} empty skipped), {} for training, {held} held out",
-            a.input.display(),
+            input.display(),
             texts.len()
         );
         let tokenizer = self.tokenizer(&texts)?;

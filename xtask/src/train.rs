@@ -69,39 +69,62 @@ pub fn replace_run(dir: &std::path::Path, config_file: &str, overwrite: bool) ->
     Ok(())
 }
 
-/// A terminal progress line: epoch, bar, loss, samples/s, ETA.
+/// Progress of a training run on stderr: on a terminal, a bar redrawn in place; elsewhere (a
+/// pipe, `nohup`, CI) a plain line every 30 seconds and at the end of every epoch, so a log
+/// shows how far a run got even if it is killed.
 pub fn progress_printer() -> impl FnMut(Progress) {
-    let interactive = std::io::stderr().is_terminal();
+    progress_lines(
+        std::io::stderr().is_terminal(),
+        std::time::Duration::from_secs(30),
+        |line| {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            let _ = std::io::stderr().flush();
+        },
+    )
+}
+
+/// The progress printer's logic, writing through `write`: `interactive` redraws a bar at most
+/// every 200 ms; otherwise a line every `every` and at each epoch's end.
+fn progress_lines(
+    interactive: bool,
+    every: std::time::Duration,
+    mut write: impl FnMut(&str),
+) -> impl FnMut(Progress) {
     let mut last = Instant::now();
     move |p: Progress| {
         let done = p.step_in_epoch == p.steps_per_epoch;
-        if !interactive || (!done && last.elapsed().as_millis() < 200) {
+        let wait = if interactive {
+            std::time::Duration::from_millis(200)
+        } else {
+            every
+        };
+        if !done && last.elapsed() < wait {
             return;
         }
         last = Instant::now();
-        let width = 30;
-        let filled = width * p.step_in_epoch / p.steps_per_epoch.max(1);
         // Time left in this epoch plus the whole remaining epochs at this epoch's pace.
         let per_step = p.elapsed_seconds / p.step_in_epoch.max(1) as f64;
         let steps_left =
             (p.steps_per_epoch - p.step_in_epoch) + (p.epochs - p.epoch) * p.steps_per_epoch;
         let eta = per_step * steps_left as f64;
-        eprint!(
-            "\repoch {}/{} [{}{}] {}/{} loss {:.4} {:.0} samples/s ETA {:.0}s ",
-            p.epoch,
-            p.epochs,
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            p.step_in_epoch,
-            p.steps_per_epoch,
-            p.loss,
-            p.samples_per_second,
-            eta
+        let numbers = format!(
+            "{}/{} loss {:.4} {:.0} samples/s ETA {:.0}s",
+            p.step_in_epoch, p.steps_per_epoch, p.loss, p.samples_per_second, eta
         );
-        if done {
-            eprintln!();
+        if interactive {
+            let width = 30;
+            let filled = width * p.step_in_epoch / p.steps_per_epoch.max(1);
+            write(&format!(
+                "\repoch {}/{} [{}{}] {numbers} {}",
+                p.epoch,
+                p.epochs,
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                if done { "\n" } else { "" }
+            ));
+        } else {
+            write(&format!("epoch {}/{} step {numbers}\n", p.epoch, p.epochs));
         }
-        let _ = std::io::stderr().flush();
     }
 }
 
@@ -203,5 +226,54 @@ impl Train {
         .with_context(|| format!("training into {}", a.run.display()))?;
         print_outcome(&outcome);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(step: usize) -> Progress {
+        Progress {
+            epoch: 1,
+            epochs: 2,
+            step_in_epoch: step,
+            steps_per_epoch: 4,
+            loss: 0.5,
+            samples_per_second: 100.0,
+            elapsed_seconds: step as f64,
+        }
+    }
+
+    #[test]
+    fn without_a_terminal_progress_is_plain_lines_each_interval_and_epoch() {
+        let mut lines = Vec::new();
+        {
+            let mut printer = progress_lines(false, std::time::Duration::ZERO, |l| {
+                lines.push(l.to_string())
+            });
+            for step in 1..=4 {
+                printer(progress(step));
+            }
+        }
+        assert_eq!(lines.len(), 4);
+        assert_eq!(
+            lines[0],
+            "epoch 1/2 step 1/4 loss 0.5000 100 samples/s ETA 7s\n"
+        );
+        assert!(lines.iter().all(|l| !l.contains('\r')));
+        let mut lines = Vec::new();
+        {
+            let mut printer = progress_lines(false, std::time::Duration::from_secs(3600), |l| {
+                lines.push(l.to_string())
+            });
+            for step in 1..=4 {
+                printer(progress(step));
+            }
+        }
+        assert_eq!(
+            lines,
+            ["epoch 1/2 step 4/4 loss 0.5000 100 samples/s ETA 4s\n"]
+        );
     }
 }

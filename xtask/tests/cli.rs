@@ -85,10 +85,55 @@ fn prepare_on_a_malformed_file_fails_with_the_line() {
 fn bad_flags_are_rejected() {
     let output = xtask(&["prepare", "--ratios", "0.5,0.5"]);
     assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--ratios takes three"), "{stderr}");
+    // The documented form, a negative value included, reaches the ratio check (not clap's
+    // "unexpected argument").
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let output = xtask(&[
+        "prepare",
+        "--out",
+        out.to_str().unwrap(),
+        "--ratios",
+        "-0.1,0.6,0.5",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
+    assert!(stderr.contains("ratio"), "{stderr}");
+    // An OS error is printed once, after the file it concerns.
+    let missing = work.path().join("missing.csv");
+    let output = xtask(&[
+        "prepare",
+        "--input",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing.csv"), "{stderr}");
     let output = xtask(&["prepare", "--on-bad-row", "ignore"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("possible values: error, skip"), "{stderr}");
+    // No default names a path of the machine the binary was built on.
+    for command in [
+        "prepare", "tokenize", "train", "pretrain", "predict", "pipeline",
+    ] {
+        let help = xtask(&[command, "--help"]);
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            !text.contains(env!("CARGO_MANIFEST_DIR")),
+            "{command}: {text}"
+        );
+    }
 }
 
 #[test]
@@ -189,8 +234,9 @@ fn predict_classifies_texts_and_files_with_a_hugging_face_folder() {
             .collect()
     };
     let (dynamic, fixed) = (json(&[]), json(&["--pad-to-max-length"]));
-    for ((d, f), text) in dynamic.iter().zip(&fixed).zip(texts) {
+    for (i, ((d, f), text)) in dynamic.iter().zip(&fixed).zip(texts).enumerate() {
         assert_eq!(d["text"], text);
+        assert_eq!(d["index"], i);
         assert_eq!(f["text"], text);
         for (a, b) in d["logits"]
             .as_array()
@@ -204,6 +250,41 @@ fn predict_classifies_texts_and_files_with_a_hugging_face_folder() {
             );
         }
     }
+
+    // `-` reads one text per line from stdin; binary input is named, not echoed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["predict", "--model", model, "--json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"first line\nsecond line\n").unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (lines[1]["index"].as_u64(), lines[1]["text"].as_str()),
+        (Some(1), Some("second line"))
+    );
+    let binary = std::env::current_exe().unwrap();
+    let output = xtask(&[
+        "predict",
+        "--model",
+        model,
+        "--input",
+        binary.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.len() < 1000, "{} bytes: {stderr}", stderr.len());
+    assert!(!stderr.contains("--on-bad-row"), "{stderr}");
 
     let output = xtask(&["predict", "--model", model, "--max-length", "64", "x"]);
     assert!(!output.status.success());
@@ -312,6 +393,11 @@ fn pipeline_runs_end_to_end_and_resumes_from_its_outputs() {
     // Trials share the seed, so the final run is the best trial's, whichever it is.
     assert!(stdout.contains("final training: reusing trial"), "{stdout}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    // The report's command reproduces the run: `cargo xtask`, then every flag given.
+    assert!(
+        report.contains(&format!("Reproduce: `cargo xtask {}`", args.join(" "))),
+        "{report}"
+    );
     for section in [
         "## Data",
         "## Trials",
@@ -437,7 +523,7 @@ fn pretrain_then_fine_tune_from_its_output() {
         serde_json::from_str(&std::fs::read_to_string(pre.join("model/config.json")).unwrap())
             .unwrap();
     assert_eq!(config["architectures"][0], "RobertaForMaskedLM");
-    let model = pre.join("model");
+    // The run folder itself (what pretrain printed) stands for the model it exported.
     let trained = xtask(&[
         "train",
         "--data",
@@ -445,7 +531,7 @@ fn pretrain_then_fine_tune_from_its_output() {
         "--run",
         run_s,
         "--pretrained",
-        model.to_str().unwrap(),
+        pre.to_str().unwrap(),
         "--epochs",
         "1",
         "--max-length",
@@ -464,6 +550,7 @@ fn pretrain_then_fine_tune_from_its_output() {
     let stderr = String::from_utf8_lossy(&trained.stderr);
     assert!(stderr.contains("classifier.out_proj.weight"), "{stderr}");
     assert!(!stderr.contains("roberta.encoder"), "{stderr}");
+    assert!(stderr.contains("is a pre-training run folder"), "{stderr}");
 }
 
 #[test]

@@ -98,7 +98,8 @@ pub enum DataError {
         /// What the first line looked like.
         detail: String,
     },
-    /// A cleaned file's header lacks a needed column.
+    /// A cleaned file's header lacks a needed column. `found` is an excerpt, escaped: a binary
+    /// file's first "line" can be kilobytes of control bytes.
     #[error("{path}: the header has no `{column}` column (found: {found})")]
     MissingColumn {
         /// The input file.
@@ -111,6 +112,17 @@ pub enum DataError {
     /// A malformed row while `--on-bad-row error` is in force.
     #[error("{path}:{line}: {problem} (pass --on-bad-row skip to skip such rows and count them)")]
     BadRow {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line the row starts on.
+        line: u64,
+        /// What is wrong.
+        problem: BadRow,
+    },
+    /// A malformed row in a file read for its texts only (`predict --input`, `pretrain`), which
+    /// has no skipping policy.
+    #[error("{path}:{line}: {problem} (fix or remove that row)")]
+    BadTextRow {
         /// The input file.
         path: PathBuf,
         /// 1-based line the row starts on.

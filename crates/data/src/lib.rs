@@ -62,3 +62,23 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     }
     result.map_err(DataError::io(path))
 }
+
+/// At most 120 characters of `text`, control characters escaped, with how much was left out:
+/// what an error quotes from a user's file, which may be binary.
+pub fn excerpt(text: &str) -> String {
+    const MAX: usize = 120;
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() || c == '\u{fffd}' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    match escaped.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}… ({} more bytes)", &escaped[..cut], escaped.len() - cut),
+        None => escaped,
+    }
+}

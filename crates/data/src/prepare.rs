@@ -440,7 +440,7 @@ fn read_layout(config: &PrepareConfig, gzip: bool) -> Result<(Layout, bool), Dat
                     .ok_or_else(|| DataError::MissingColumn {
                         path: path.to_path_buf(),
                         column: column.into(),
-                        found: names.join(", "),
+                        found: crate::excerpt(&names.join(", ")),
                     })
             };
             Layout {

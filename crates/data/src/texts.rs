@@ -26,7 +26,7 @@ fn read_csv_column(path: &Path, column: &str) -> Result<Vec<String>, DataError> 
     let file = File::open(path).map_err(DataError::io(path))?;
     let mut reader = RecordReader::new(BufReader::new(file));
     let mut record = Record::default();
-    let bad_row = |line, problem| DataError::BadRow {
+    let bad_row = |line, problem| DataError::BadTextRow {
         path: path.to_path_buf(),
         line,
         problem,
@@ -57,7 +57,7 @@ fn read_csv_column(path: &Path, column: &str) -> Result<Vec<String>, DataError> 
         .ok_or_else(|| DataError::MissingColumn {
             path: path.to_path_buf(),
             column: column.into(),
-            found: names.join(", "),
+            found: crate::excerpt(&names.join(", ")),
         })?;
     let mut texts = Vec::new();
     loop {
@@ -99,7 +99,7 @@ fn read_raw_texts<R: std::io::BufRead>(
     let mut texts = Vec::new();
     loop {
         if record.len() != RAW_COLUMNS {
-            return Err(DataError::BadRow {
+            return Err(DataError::BadTextRow {
                 path: path.to_path_buf(),
                 line: record.line,
                 problem: BadRow::ColumnCount {
@@ -112,7 +112,7 @@ fn read_raw_texts<R: std::io::BufRead>(
         match reader.read_record(record).map_err(DataError::io(path))? {
             ReadOutcome::End => return Ok(texts),
             ReadOutcome::Malformed { line, error } => {
-                return Err(DataError::BadRow {
+                return Err(DataError::BadTextRow {
                     path: path.to_path_buf(),
                     line,
                     problem: error.into(),

@@ -299,6 +299,18 @@ impl RobertaConfig {
                 return Err(format!("`{name}` {p} is not in [0, 1)"));
             }
         }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "`layer_norm_eps` {} must be finite and positive (transformers: 1e-5)",
+                self.layer_norm_eps
+            ));
+        }
+        if !(self.initializer_range.is_finite() && self.initializer_range >= 0.0) {
+            return Err(format!(
+                "`initializer_range` {} must be finite and >= 0 (transformers: 0.02)",
+                self.initializer_range
+            ));
+        }
         if self.num_labels() == 0 {
             return Err("`id2label` / `num_labels` gives no class".into());
         }
@@ -320,6 +332,35 @@ impl RobertaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float_settings_must_be_finite_and_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        for (key, value, needle) in [
+            (
+                "layer_norm_eps",
+                "-1",
+                "`layer_norm_eps` -1 must be finite and positive",
+            ),
+            ("initializer_range", "-0.5", "`initializer_range` -0.5"),
+            (
+                "hidden_dropout_prob",
+                "1.5",
+                "`hidden_dropout_prob` 1.5 is not in [0, 1)",
+            ),
+        ] {
+            let mut json = serde_json::to_value(RobertaConfig::default()).unwrap();
+            json[key] = serde_json::from_str(value).unwrap();
+            let path = dir.path().join(format!("{key}.json"));
+            std::fs::write(&path, json.to_string()).unwrap();
+            let err = RobertaConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+            assert!(
+                err.contains(&format!("{key}.json")),
+                "names the file: {err}"
+            );
+        }
+    }
 
     #[test]
     fn defaults_are_roberta_base() {

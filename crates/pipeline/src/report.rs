@@ -10,6 +10,78 @@ const COLORS: [&str; 8] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
 ];
 
+/// Dash patterns of the series, in turn (none first).
+const DASHES: [&str; 4] = ["none", "7 4", "2 3", "9 3 2 3"];
+
+/// A point marker: circle, square, triangle, diamond, in turn.
+fn marker(series: usize, x: f64, y: f64, color: &str) -> String {
+    match series % 4 {
+        0 => format!(r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{color}"/>"#),
+        1 => format!(
+            r#"<rect x="{:.1}" y="{:.1}" width="7" height="7" fill="{color}"/>"#,
+            x - 3.5,
+            y - 3.5
+        ),
+        2 => format!(
+            r#"<polygon points="{x:.1},{:.1} {:.1},{:.1} {:.1},{:.1}" fill="{color}"/>"#,
+            y - 4.5,
+            x - 4.0,
+            y + 3.5,
+            x + 4.0,
+            y + 3.5
+        ),
+        _ => format!(
+            r#"<polygon points="{x:.1},{:.1} {:.1},{y:.1} {x:.1},{:.1} {:.1},{y:.1}" fill="none" stroke="{color}" stroke-width="1.5"/>"#,
+            y - 4.5,
+            x + 4.5,
+            y + 4.5,
+            x - 4.5
+        ),
+    }
+}
+
+/// The round step (1, 2, 2.5 or 5 times a power of ten) nearest above `raw`.
+fn nice_step(raw: f64) -> f64 {
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let fraction = raw / magnitude;
+    let nice = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .find(|&n| fraction <= n + 1e-9)
+        .unwrap_or(10.0);
+    nice * magnitude
+}
+
+/// Decimals that show every multiple of `step` exactly (0.25 needs 2, 0.05 needs 2, 5 needs 0).
+fn step_decimals(step: f64) -> usize {
+    (0..8)
+        .find(|&d| {
+            let scaled = step * 10f64.powi(d as i32);
+            (scaled - scaled.round()).abs() < 1e-6
+        })
+        .unwrap_or(8)
+}
+
+/// A parameter value as the reports show it: numbers to 3 significant digits (`4.49e-4`,
+/// `0.0123`, `32`), anything else as JSON.
+pub fn show_value(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let v = n.as_f64().unwrap_or(f64::NAN);
+            if v == 0.0 || !v.is_finite() {
+                return format!("{v}");
+            }
+            let exponent = v.abs().log10().floor() as i32;
+            if (-3..4).contains(&exponent) {
+                format!("{v:.*}", (2 - exponent).max(0) as usize)
+            } else {
+                format!("{v:.2e}")
+            }
+        }
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// One line of a chart.
 pub struct Series {
     /// Legend entry.
@@ -52,8 +124,12 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     if x1 - x0 < 1e-12 {
         x1 = x0 + 1.0;
     }
-    let pad = ((y1 - y0) * 0.08).max(1e-3);
-    (y0, y1) = (y0 - pad, y1 + pad);
+    // Round ticks (0.70, 0.75, 0.80, not 0.682, 0.713): the axis spans whole steps.
+    let y_step = nice_step((y1 - y0).max(1e-3) / 4.0);
+    (y0, y1) = (
+        (y0 / y_step).floor() * y_step,
+        ((y1 / y_step).ceil() * y_step).max((y0 / y_step).floor() * y_step + y_step),
+    );
     let sx = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
     let sy = |y: f64| top + (1.0 - (y - y0) / (y1 - y0)) * (h - top - bottom);
     let mut svg = format!(
@@ -64,16 +140,19 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         (left + w - right) / 2.0,
         escape(title)
     );
-    for i in 0..=4 {
-        let y = y0 + (y1 - y0) * i as f64 / 4.0;
+    let decimals = step_decimals(y_step);
+    let steps = ((y1 - y0) / y_step).round() as usize;
+    for i in 0..=steps {
+        let y = y0 + y_step * i as f64;
         let _ = writeln!(
             svg,
-            r##"<line x1="{left}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#ddd"/><text x="{2}" y="{3:.1}" text-anchor="end">{4:.3}</text>"##,
+            r##"<line x1="{left}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#ddd"/><text x="{2}" y="{3:.1}" text-anchor="end">{4:.5$}</text>"##,
             w - right,
             sy(y),
             left - 6.0,
             sy(y) + 4.0,
-            y
+            y,
+            decimals
         );
     }
     // Whole-number axes (trials, epochs) get whole-number ticks.
@@ -119,29 +198,37 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         escape(y_label)
     );
     for (i, s) in series.iter().enumerate() {
+        // Colour, dash and marker all differ from series to series, so that series that
+        // coincide (trials with equal curves, "best so far" on "trial") stay visible.
         let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = s
+        let dash = DASHES[i % DASHES.len()];
+        let points: Vec<(f64, f64)> = s
             .points
             .iter()
             .filter(|p| p.1.is_finite())
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .map(|&(x, y)| (sx(x), sy(y)))
+            .collect();
+        let path: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
             .collect();
         let _ = writeln!(
             svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/>"#,
             path.join(" ")
         );
-        for p in &path {
-            let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
-            let _ = writeln!(svg, r#"<circle cx="{x}" cy="{y}" r="3" fill="{color}"/>"#);
+        for &(x, y) in &points {
+            svg.push_str(&marker(i, x, y, color));
         }
         let ly = top + 14.0 + i as f64 * 18.0;
         let _ = writeln!(
             svg,
-            r#"<rect x="{}" y="{}" width="12" height="12" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
-            w - right + 12.0,
-            ly - 10.0,
-            w - right + 30.0,
+            r#"<line x1="{}" x2="{}" y1="{2:.1}" y2="{2:.1}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/>{3}<text x="{4}" y="{5}">{6}</text>"#,
+            w - right + 6.0,
+            w - right + 26.0,
+            ly - 4.0,
+            marker(i, w - right + 16.0, ly - 4.0, color),
+            w - right + 32.0,
             ly,
             escape(&s.label)
         );
@@ -280,7 +367,7 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
     for t in input.trials {
         let params: Vec<String> = names
             .iter()
-            .map(|n| t.params.get(*n).map(|v| v.to_string()).unwrap_or_default())
+            .map(|n| t.params.get(*n).map(show_value).unwrap_or_default())
             .collect();
         let _ = writeln!(
             md,
@@ -302,13 +389,18 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
                 .total_cmp(&b.value.unwrap_or(f64::MIN))
         })
     {
+        let shown: Vec<String> = best
+            .params
+            .iter()
+            .map(|(name, value)| format!("{name} {}", show_value(value)))
+            .collect();
         let _ = writeln!(
             md,
-            "\nBest parameters (trial {}, {} {:.4}): `{}`",
+            "\nBest parameters (trial {}, {} {:.4}): {}",
             best.number,
             input.objective,
             best.value.unwrap_or(f64::NAN),
-            serde_json::to_string(&best.params).unwrap_or_default()
+            shown.join(", ")
         );
     }
     md.push_str("\n![optimisation history](optimization_history.svg)\n\n");
@@ -415,4 +507,69 @@ pub fn html(markdown: &str, charts: &[(String, String)]) -> String {
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sentiment fine-tuning report</title>\n<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td{{border:1px solid #ccc;padding:4px 8px}}tr:first-child td{{font-weight:bold;background:#f4f4f4}}</style></head><body>\n{body}</body></html>\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_fall_on_round_values() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(nice_step(0.0153), 0.02));
+        assert!(close(nice_step(0.022), 0.025));
+        assert!(close(nice_step(0.7), 1.0));
+        assert_eq!(step_decimals(0.025), 3);
+        assert_eq!(step_decimals(0.05), 2);
+        assert_eq!(step_decimals(5.0), 0);
+        let chart = line_chart(
+            "F1",
+            "trial",
+            "F1",
+            &[Series {
+                label: "trial".into(),
+                points: vec![(0.0, 0.682), (1.0, 0.713), (2.0, 0.743)],
+            }],
+        );
+        for tick in ["0.68", "0.70", "0.72", "0.74"] {
+            assert!(
+                chart.contains(&format!(">{tick}</text>")),
+                "{tick}: {chart}"
+            );
+        }
+        assert!(!chart.contains(">0.713</text>"), "{chart}");
+    }
+
+    #[test]
+    fn coinciding_series_differ_in_dash_and_marker() {
+        let same = vec![(0.0, 0.5), (1.0, 0.6)];
+        let chart = line_chart(
+            "F1",
+            "epoch",
+            "F1",
+            &[
+                Series {
+                    label: "trial 0".into(),
+                    points: same.clone(),
+                },
+                Series {
+                    label: "trial 1".into(),
+                    points: same,
+                },
+            ],
+        );
+        assert!(chart.contains(r#"stroke-dasharray="none""#));
+        assert!(chart.contains(r#"stroke-dasharray="7 4""#));
+        assert!(chart.contains("<circle") && chart.contains("<rect x="));
+    }
+
+    #[test]
+    fn parameter_values_show_three_significant_digits() {
+        let show = |v: serde_json::Value| show_value(&v);
+        assert_eq!(show(serde_json::json!(0.00044928314514675434)), "4.49e-4");
+        assert_eq!(show(serde_json::json!(0.0123456)), "0.0123");
+        assert_eq!(show(serde_json::json!(2.5)), "2.50");
+        assert_eq!(show(serde_json::json!(32)), "32");
+        assert_eq!(show(serde_json::json!("adamw")), "adamw");
+    }
 }

@@ -55,8 +55,12 @@ pub fn starting_point(options: &StartOptions<'_>, device: &Device) -> Result<Sta
     let manifest = Manifest::load(data)?;
     let labels: Vec<String> = manifest.classes.iter().map(|c| c.name.clone()).collect();
     let hub = HubSettings::from_env();
-    let tokenizer_name = tokenizer.or(pretrained);
     let mut notes = Vec::new();
+    // A pre-training run folder stands for the model it exported (`cargo xtask pretrain`
+    // prints the run folder, and `model/` is easy to miss).
+    let pretrained_model = pretrained.map(|name| pretraining_output(name, &mut notes));
+    let pretrained = pretrained_model.as_deref();
+    let tokenizer_name = tokenizer.or(pretrained);
     let (tokenizer, origin) = match tokenizer_name {
         Some(name) => (
             RobertaTokenizer::from_pretrained(name, max_length, &hub)
@@ -133,4 +137,19 @@ pub fn starting_point(options: &StartOptions<'_>, device: &Device) -> Result<Sta
         tokenizer_origin: origin,
         notes,
     })
+}
+
+/// `name`, or the `model/` folder inside it when `name` is a pre-training run folder (it holds
+/// `pretrain_config.json`), with a note saying so.
+fn pretraining_output(name: &str, notes: &mut Vec<String>) -> String {
+    let folder = std::path::Path::new(name);
+    let model = folder.join("model");
+    if folder.join("pretrain_config.json").is_file() && model.is_dir() {
+        notes.push(format!(
+            "{name} is a pre-training run folder: using the model it exported, {}",
+            model.display()
+        ));
+        return model.display().to_string();
+    }
+    name.to_string()
 }

@@ -283,6 +283,12 @@ pub fn space_from_json(text: &str) -> Result<SearchSpace, SearchError> {
             )));
         }
     }
+    if space.is_empty() {
+        // A trial with no parameter would be asked, trained and compared with nothing.
+        return Err(SearchError::InvalidSpace(
+            "SPACE.json lists no parameter".into(),
+        ));
+    }
     Ok(space)
 }
 
@@ -318,6 +324,8 @@ mod tests {
         let space = space_from_json(json).unwrap();
         assert_eq!(space.len(), 2);
         assert!(space_from_json(r#"[{"name": "x", "type": "float", "low": 1}]"#).is_err());
+        let err = space_from_json("[]").unwrap_err().to_string();
+        assert!(err.contains("no parameter"), "{err}");
     }
 
     #[test]

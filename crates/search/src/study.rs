@@ -473,8 +473,8 @@ impl Study {
                 t.number.to_string(),
                 t.value.map(|v| v.to_string()).unwrap_or_default(),
                 state.as_str().unwrap_or_default().to_string(),
-                format!("{:.3}", t.started),
-                t.finished.map(|f| format!("{f:.3}")).unwrap_or_default(),
+                iso8601(t.started),
+                t.finished.map(iso8601).unwrap_or_default(),
                 t.duration().map(|d| format!("{d:.3}")).unwrap_or_default(),
             ];
             for n in &names {
@@ -489,6 +489,16 @@ impl Study {
         String::from_utf8(csv.into_inner().expect("writing to memory"))
             .expect("the fields are UTF-8")
     }
+}
+
+/// Unix seconds as ISO 8601 in the local zone, to the millisecond (`2026-11-29T15:44:03.123+01:00`).
+fn iso8601(seconds: f64) -> String {
+    chrono::DateTime::from_timestamp_millis((seconds * 1000.0).round() as i64)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+        })
+        .unwrap_or_default()
 }
 
 /// Runs `change` on the stored record (None when the file does not exist yet) under an

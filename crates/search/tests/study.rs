@@ -189,7 +189,14 @@ fn tell_and_report_are_checked() {
         lines.next().unwrap(),
         "number,value,state,datetime_start,datetime_complete,duration,params_c,params_k,params_x,params_y"
     );
-    assert!(lines.next().unwrap().starts_with("0,0.5,complete,"));
+    let row = lines.next().unwrap();
+    assert!(row.starts_with("0,0.5,complete,"), "{row}");
+    // Times in ISO 8601 with the zone's offset, to the millisecond.
+    let start = row.split(',').nth(3).unwrap();
+    let parsed = chrono::DateTime::parse_from_rfc3339(start).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!((parsed.timestamp() - now).abs() < 600, "{start}");
+    assert_eq!(start.split('.').nth(1).map(|f| f.len()), Some(9), "{start}");
 }
 
 #[test]

@@ -411,18 +411,17 @@ where
     })
 }
 
-/// Appends a time-stamped line to `run_dir/train.log`.
+/// Appends a line to `run_dir/train.log`, stamped with the local time in ISO 8601.
 pub(crate) fn log(run_dir: &Path, line: &str) -> Result<(), TrainError> {
     use std::io::Write;
     let path = run_dir.join("train.log");
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    // ISO 8601 with the local offset: readable, and sortable within one zone.
+    let now = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .and_then(|mut f| writeln!(f, "[{seconds:.3}] {line}"))
+        .and_then(|mut f| writeln!(f, "[{now}] {line}"))
         .map_err(TrainError::io(&path))
 }
 

@@ -402,5 +402,10 @@ fn an_epoch_hook_can_stop_the_run_early() {
     assert!(outcome.test.is_some());
     assert!(outcome.best_model_dir.join("model.safetensors").exists());
     let log = std::fs::read_to_string(dir.path().join("train.log")).unwrap();
+    // Each line starts with an ISO 8601 time and its zone.
+    for line in log.lines() {
+        let stamp = &line[1..line.find(']').unwrap()];
+        chrono::DateTime::parse_from_rfc3339(stamp).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
     assert!(log.contains("stopped after epoch 1"), "{log}");
 }
