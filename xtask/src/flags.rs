@@ -217,6 +217,18 @@ impl BatchingOptions {
     }
 }
 
+/// Early stopping, as transformers' `EarlyStoppingCallback`: the options of every training
+/// command.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct EarlyStoppingOptions {
+    /// Stop after N evaluations without an improvement of the best metric (off by default).
+    #[arg(long)]
+    pub early_stopping_patience: Option<usize>,
+    /// The improvement over the best so far that counts, for early stopping.
+    #[arg(long, default_value_t = 0.0)]
+    pub early_stopping_threshold: f64,
+}
+
 /// How a CSV is read, sampled and split: the options `prepare` and `pipeline` share.
 #[derive(Debug, Clone, Args)]
 pub struct DataOptions {
@@ -585,6 +597,9 @@ pub struct TrainArgs {
     /// Padding and length grouping.
     #[command(flatten)]
     pub batching: BatchingOptions,
+    /// Early stopping on the validation metric (--metric).
+    #[command(flatten)]
+    pub early_stopping: EarlyStoppingOptions,
     /// Continue the run in --run from its last checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
@@ -652,6 +667,9 @@ pub struct PretrainArgs {
     /// Padding and length grouping.
     #[command(flatten)]
     pub batching: BatchingOptions,
+    /// Early stopping on the held-out masked-LM loss.
+    #[command(flatten)]
+    pub early_stopping: EarlyStoppingOptions,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
@@ -706,6 +724,9 @@ pub struct PipelineArgs {
     /// Padding and length grouping of every run.
     #[command(flatten)]
     pub batching: BatchingOptions,
+    /// Early stopping of every run on its validation F1 (a trial stopped early is complete).
+    #[command(flatten)]
+    pub early_stopping: EarlyStoppingOptions,
     /// Devices to run trials on in parallel, one trial per device (GPU indices from
     /// --device-index on; with the CPU backend the trials share the cores).
     #[arg(long, default_value_t = 1)]

@@ -50,6 +50,12 @@ impl TryFrom<PipelineArgs> for Pipeline {
             epochs: args.epochs,
             padding: args.batching.padding(),
             group_by_length: args.batching.group_by_length,
+            early_stopping: args.early_stopping.early_stopping_patience.map(|patience| {
+                sentiment_train::EarlyStopping {
+                    patience,
+                    threshold: args.early_stopping.early_stopping_threshold,
+                }
+            }),
             prune: args.prune.then_some(PruneSettings {
                 startup_trials: args.prune_startup_trials,
                 warmup_epochs: args.prune_warmup_epochs,

@@ -30,6 +30,7 @@
 //!     epochs: 2,
 //!     padding: sentiment_tokenize::Padding::default(),
 //!     group_by_length: true,
+//!     early_stopping: None,
 //!     prune: None,
 //!     space: PipelineConfig::default_space(false),
 //!     seed: 734,

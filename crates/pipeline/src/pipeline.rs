@@ -14,7 +14,8 @@ use sentiment_search::{
 };
 use sentiment_tokenize::{Padding, TokenizedRows, read_tokenized, token_files, tokenize_splits};
 use sentiment_train::{
-    EpochMetrics, Progress, StopToken, TrainConfig, TrainData, TrainHooks, TrainOutcome,
+    EarlyStopping, EpochMetrics, Progress, StopToken, TrainConfig, TrainData, TrainHooks,
+    TrainOutcome,
 };
 
 use crate::PipelineError;
@@ -52,6 +53,9 @@ pub struct PipelineConfig {
     pub padding: Padding,
     /// Whether every run orders its batches by length (the Trainer's `group_by_length`).
     pub group_by_length: bool,
+    /// Early stopping of every run on validation F1; a trial stopped early is complete, with
+    /// its best value.
+    pub early_stopping: Option<EarlyStopping>,
     /// Median pruning, if on.
     pub prune: Option<PruneSettings>,
     /// The search space (see [`PipelineConfig::default_space`]).
@@ -162,6 +166,8 @@ impl Pipeline {
             seed: self.config.seed,
             padding: self.config.padding,
             group_by_length: self.config.group_by_length,
+            early_stopping_patience: self.config.early_stopping.map(|e| e.patience),
+            early_stopping_threshold: self.config.early_stopping.map_or(0.0, |e| e.threshold),
             ..TrainConfig::default()
         }
     }
@@ -204,6 +210,7 @@ impl Pipeline {
             epochs: c.epochs,
             padding: c.padding,
             group_by_length: c.group_by_length,
+            early_stopping: c.early_stopping,
             space: c.space.clone(),
             startup_trials: c.startup_trials,
             prune: c.prune.map(|p| (p.startup_trials, p.warmup_epochs)),
@@ -436,8 +443,12 @@ impl Pipeline {
                 }
                 Ok(outcome) => {
                     let best = outcome.history[outcome.best_epoch - 1].f1;
+                    let stopped = outcome
+                        .early_stopped
+                        .map(|e| format!(" (stopped early after epoch {e})"))
+                        .unwrap_or_default();
                     observer.message(&format!(
-                        "      trial {}: validation F1 {best:.4}",
+                        "      trial {}: validation F1 {best:.4}{stopped}",
                         trial.number
                     ));
                     study.tell(trial.number, Outcome::Complete(best))?;

@@ -355,7 +355,7 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         md,
-        "| trial | state | {} | {} | seconds |",
+        "| trial | state | {} | {} | epochs run | seconds |",
         input.objective,
         names
             .iter()
@@ -363,15 +363,21 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    let _ = writeln!(md, "|---|---|---|{}---|", "---|".repeat(names.len()));
+    let _ = writeln!(md, "|---|---|---|{}---|---|", "---|".repeat(names.len()));
     for t in input.trials {
+        // Where each trial stopped: pruned, stopped early, or all epochs.
+        let epochs = input
+            .curves
+            .iter()
+            .find(|(number, _)| *number == t.number)
+            .map_or(0, |(_, curve)| curve.len());
         let params: Vec<String> = names
             .iter()
             .map(|n| t.params.get(*n).map(show_value).unwrap_or_default())
             .collect();
         let _ = writeln!(
             md,
-            "| {} | {:?} | {} | {} | {:.0} |",
+            "| {} | {:?} | {} | {} | {epochs} | {:.0} |",
             t.number,
             t.state,
             t.value.map(|v| format!("{v:.4}")).unwrap_or_default(),

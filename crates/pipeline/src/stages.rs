@@ -189,6 +189,9 @@ pub struct SearchKey {
     /// Whether the trials ordered their batches by length.
     #[serde(default)]
     pub group_by_length: bool,
+    /// The trials' early stopping.
+    #[serde(default)]
+    pub early_stopping: Option<sentiment_train::EarlyStopping>,
     /// The search space.
     pub space: SearchSpace,
     /// Random trials before TPE acts, as asked (None: the default for the budget).
@@ -247,6 +250,17 @@ impl SearchKey {
             "padding",
             show_padding(&self.padding),
             show_padding(&before.padding),
+        );
+        let stopping = |e: Option<sentiment_train::EarlyStopping>| {
+            e.map_or_else(
+                || "off".to_string(),
+                |e| format!("patience {} threshold {}", e.patience, e.threshold),
+            )
+        };
+        flag(
+            "--early-stopping-patience",
+            stopping(self.early_stopping),
+            stopping(before.early_stopping),
         );
         flag(
             "--group-by-length",
@@ -411,6 +425,7 @@ mod tests {
             epochs: 2,
             padding: Padding::default(),
             group_by_length: true,
+            early_stopping: None,
             space: sentiment_search::parse_space(["batch_size=cat:16,32"]).unwrap(),
             startup_trials: None,
             prune: None,
@@ -480,6 +495,15 @@ mod tests {
                 Box::new(|k| k.padding = Padding::FIXED),
             ),
             ("--group-by-length", Box::new(|k| k.group_by_length = false)),
+            (
+                "--early-stopping-patience",
+                Box::new(|k| {
+                    k.early_stopping = Some(sentiment_train::EarlyStopping {
+                        patience: 2,
+                        threshold: 0.0,
+                    })
+                }),
+            ),
             (
                 "data changed: --seed",
                 Box::new(|k| {

@@ -49,6 +49,7 @@ fn config(out: &Path, sample: usize, epochs: usize) -> PipelineConfig {
         epochs,
         padding: sentiment_tokenize::Padding::default(),
         group_by_length: true,
+        early_stopping: None,
         prune: None,
         space: PipelineConfig::default_space(false),
         seed: 734,
@@ -197,4 +198,39 @@ fn an_empty_space_and_unknown_parameters_are_refused() {
     let err = Pipeline::new(settings, vec![]).err().unwrap();
     assert!(err.to_string().contains("--devices"), "{err}");
     assert!(!work.path().join("data").exists(), "nothing written");
+}
+
+#[test]
+fn a_trial_stopped_early_is_complete_and_the_report_says_where_it_stopped() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    let mut settings = config(&out, 300, 3);
+    settings.trials = 1;
+    // No change beats a threshold of 1: every trial stops after its second evaluation.
+    settings.early_stopping = Some(sentiment_train::EarlyStopping {
+        patience: 1,
+        threshold: 1.0,
+    });
+    let (done, messages) = run(settings);
+    let done = done.unwrap();
+    assert_eq!(done.best.state, sentiment_search::TrialState::Complete);
+    assert!(done.best.value.is_some());
+    assert!(
+        messages.contains("(stopped early after epoch 2)"),
+        "{messages}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| epochs run |"), "{report}");
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("| 0 | Complete |"))
+        .expect("the trial's row");
+    assert_eq!(
+        row.split('|')
+            .nth(row.split('|').count() - 3)
+            .unwrap()
+            .trim(),
+        "2",
+        "{row}"
+    );
 }

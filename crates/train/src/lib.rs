@@ -36,7 +36,7 @@ pub use pretrain::{
     MaskedBatch, MaskingConfig, MlmEvaluation, NOT_A_TARGET, PretrainConfig, PretrainEpoch,
     PretrainOutcome, evaluate_mlm, mask_rng, mask_tokens, masked_lm_loss, pretrain,
 };
-pub use run::{RUN_VERSION, StopToken, TrainHooks};
+pub use run::{EarlyStopping, RUN_VERSION, StopToken, TrainHooks};
 pub use schedule::LinearSchedule;
 pub use trainer::{
     BestMetric, EpochMetrics, Evaluation, Progress, TrainConfig, TrainData, TrainOutcome, evaluate,

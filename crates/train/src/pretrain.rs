@@ -26,8 +26,8 @@ use sentiment_tokenize::{Padding, RobertaTokenizer, SpecialTokenIds, TokenizedRo
 use serde::{Deserialize, Serialize};
 
 use crate::run::{
-    EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log, run_epochs,
-    save_json,
+    EarlyStopping, EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log,
+    run_epochs, save_json,
 };
 use crate::trainer::validate_schedule;
 use crate::{AdamWSettings, TrainError};
@@ -153,6 +153,13 @@ pub struct PretrainConfig {
     /// `group_by_length`; runs saved before it existed read as `false`).
     #[serde(default)]
     pub group_by_length: bool,
+    /// Stop after this many evaluations without the held-out masked-LM loss falling by more
+    /// than `early_stopping_threshold`; None runs every epoch.
+    #[serde(default)]
+    pub early_stopping_patience: Option<usize>,
+    /// The improvement that counts for early stopping.
+    #[serde(default)]
+    pub early_stopping_threshold: f64,
 }
 
 impl Default for PretrainConfig {
@@ -174,6 +181,8 @@ impl Default for PretrainConfig {
             masking: MaskingConfig::default(),
             padding: Padding::default(),
             group_by_length: true,
+            early_stopping_patience: None,
+            early_stopping_threshold: 0.0,
         }
     }
 }
@@ -191,6 +200,13 @@ impl PretrainConfig {
         self.optimizer.validate()?;
         if self.padding.pad_to_multiple_of == 0 {
             return bad("pad_to_multiple_of must be at least 1");
+        }
+        if let Some(patience) = self.early_stopping_patience {
+            EarlyStopping {
+                patience,
+                threshold: self.early_stopping_threshold,
+            }
+            .validate()?;
         }
         let m = &self.masking;
         if !(m.mlm_probability > 0.0 && m.mlm_probability <= 1.0) {
@@ -482,6 +498,10 @@ impl Task for Pretraining<'_> {
         }
         Ok(())
     }
+
+    fn watched(&self, record: &PretrainEpoch) -> (f64, bool) {
+        (record.eval_loss, false)
+    }
 }
 
 /// Pre-trains `model` on `train` (labels ignored), evaluating on `validation` after every
@@ -535,6 +555,12 @@ pub fn pretrain(
         warmup_steps: config.warmup_steps,
         optimizer: config.optimizer,
         lengths: config.group_by_length.then(|| train.lengths()),
+        early_stopping: config
+            .early_stopping_patience
+            .map(|patience| EarlyStopping {
+                patience,
+                threshold: config.early_stopping_threshold,
+            }),
         start_line: format!(
             "pre-training started: {} rows, {} held out, {} steps per epoch",
             train.len(),

@@ -76,6 +76,76 @@ impl<E, F: FnMut(Progress)> TrainHooks<E> for F {
     }
 }
 
+/// transformers' `EarlyStoppingCallback`: stop after `patience` evaluations in a row without
+/// an improvement of the best metric by more than `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopping {
+    /// Evaluations without improvement before stopping (at least 1).
+    pub patience: usize,
+    /// How much better than the best so far a value must be to count as an improvement.
+    pub threshold: f64,
+}
+
+impl EarlyStopping {
+    /// Whether the run should stop after the evaluations `values` (in order), where larger is
+    /// better when `greater_is_better`. A pure function of the history, so a resumed run stops
+    /// where an uninterrupted one would. As transformers compares each value with the best
+    /// before it: the first value sets the best; a later one resets the count when it beats
+    /// the best by more than the threshold, and adds one otherwise.
+    pub fn should_stop(&self, values: &[f64], greater_is_better: bool) -> bool {
+        let mut best: Option<f64> = None;
+        let mut waited = 0;
+        for &value in values {
+            let improved = match best {
+                None => true,
+                Some(b) => {
+                    let better = if greater_is_better {
+                        value > b
+                    } else {
+                        value < b
+                    };
+                    better && (value - b).abs() > self.threshold
+                }
+            };
+            if improved {
+                waited = 0;
+            } else {
+                waited += 1;
+            }
+            let better_than_best = match best {
+                None => true,
+                Some(b) => {
+                    if greater_is_better {
+                        value > b
+                    } else {
+                        value < b
+                    }
+                }
+            };
+            if better_than_best && !value.is_nan() {
+                best = Some(value);
+            }
+        }
+        waited >= self.patience
+    }
+
+    /// Refuses a patience of 0 or a threshold that is negative or not finite.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.patience == 0 {
+            return Err(TrainError::InvalidSetting(
+                "early_stopping_patience must be at least 1".into(),
+            ));
+        }
+        if !(self.threshold.is_finite() && self.threshold >= 0.0) {
+            return Err(TrainError::InvalidSetting(format!(
+                "early_stopping_threshold {} must be finite and >= 0",
+                self.threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The loop's own numbers for an epoch, handed to [`Task::record`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EpochSummary {
@@ -122,6 +192,9 @@ pub(crate) trait Task {
 
     /// Deletes the epoch checkpoints no longer needed once `history`'s last epoch is saved.
     fn prune_checkpoints(&self, run_dir: &Path, history: &[Self::Epoch]) -> Result<(), TrainError>;
+
+    /// The value early stopping watches in an epoch's record, and whether larger is better.
+    fn watched(&self, record: &Self::Epoch) -> (f64, bool);
 }
 
 /// The settings the loop itself uses, taken from a task's configuration.
@@ -149,6 +222,8 @@ pub(crate) struct LoopSettings<'a, C> {
     /// The training rows' lengths, to order each epoch's batches by length (the Trainer's
     /// `group_by_length`); None keeps the shuffled order.
     pub lengths: Option<Vec<usize>>,
+    /// Stop when the watched metric stops improving (None: run every epoch).
+    pub early_stopping: Option<EarlyStopping>,
     /// The line logged when a fresh run starts.
     pub start_line: String,
 }
@@ -162,6 +237,8 @@ pub(crate) struct Finished<M, E> {
     pub history: Vec<E>,
     /// The epoch after which a hook ended the run.
     pub stopped_early: Option<usize>,
+    /// The epoch after which early stopping ended the run.
+    pub early_stopped: Option<usize>,
 }
 
 /// `checkpoints/epoch-N/state.json`: where training stands after epoch N.
@@ -291,8 +368,20 @@ where
         log(run_dir, &settings.start_line)?;
     }
 
-    let mut stopped_early = None;
+    let (mut stopped_early, mut early_stopped) = (None, None);
+    // A run resumed after early stopping had ended it has nothing left to do.
+    if let Some(rule) = settings.early_stopping
+        && let Some(last) = history.last()
+    {
+        let values: Vec<f64> = history.iter().map(|r| task.watched(r).0).collect();
+        if rule.should_stop(&values, task.watched(last).1) {
+            early_stopped = Some(history.len());
+        }
+    }
     for epoch in start_epoch..=settings.epochs {
+        if early_stopped.is_some() {
+            break;
+        }
         let started = Instant::now();
         // Batch order, masks and dropout depend on (seed, epoch, step) only, so a resumed run
         // sees the same data in the same order as an uninterrupted one.
@@ -395,6 +484,26 @@ where
             ),
         )?;
         task.prune_checkpoints(run_dir, &history)?;
+        if let Some(rule) = settings.early_stopping
+            && epoch < settings.epochs
+        {
+            let greater_is_better = task.watched(last).1;
+            let values: Vec<f64> = history.iter().map(|r| task.watched(r).0).collect();
+            if rule.should_stop(&values, greater_is_better) {
+                early_stopped = Some(epoch);
+                log(
+                    run_dir,
+                    &format!(
+                        "early stopping after epoch {epoch}: no improvement by more than {} in \
+                         {} evaluations",
+                        rule.threshold, rule.patience
+                    ),
+                )?;
+                // The hooks still see the epoch (a study records it).
+                hooks.on_epoch(last);
+                break;
+            }
+        }
         if !hooks.on_epoch(last) && epoch < settings.epochs {
             stopped_early = Some(epoch);
             log(
@@ -408,6 +517,7 @@ where
         model,
         history,
         stopped_early,
+        early_stopped,
     })
 }
 
@@ -573,4 +683,37 @@ fn latest_checkpoint<E: DeserializeOwned, C: DeserializeOwned>(
         }
     }
     Ok(latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EarlyStopping;
+
+    #[test]
+    fn early_stopping_counts_evaluations_without_improvement() {
+        let rule = EarlyStopping {
+            patience: 2,
+            threshold: 0.0,
+        };
+        assert!(!rule.should_stop(&[0.5, 0.6, 0.7], true));
+        assert!(
+            !rule.should_stop(&[0.5, 0.6, 0.6], true),
+            "one without improvement"
+        );
+        assert!(rule.should_stop(&[0.5, 0.6, 0.6, 0.55], true));
+        // An improvement resets the count.
+        assert!(!rule.should_stop(&[0.5, 0.4, 0.6, 0.5], true));
+        // Smaller is better for a loss.
+        assert!(rule.should_stop(&[0.5, 0.6, 0.7], false));
+        assert!(!rule.should_stop(&[0.5, 0.4, 0.3], false));
+        // Within the threshold is no improvement.
+        let strict = EarlyStopping {
+            patience: 1,
+            threshold: 0.05,
+        };
+        assert!(strict.should_stop(&[0.5, 0.54], true));
+        assert!(!strict.should_stop(&[0.5, 0.56], true));
+        // A value that improves by no more than the threshold still becomes the best.
+        assert!(strict.should_stop(&[0.5, 0.54, 0.58], true));
+    }
 }

@@ -12,8 +12,8 @@ use sentiment_tokenize::{Padding, RobertaTokenizer, TokenizedRows, by_length};
 use serde::{Deserialize, Serialize};
 
 use crate::run::{
-    EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log, run_epochs,
-    save_json,
+    EarlyStopping, EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log,
+    run_epochs, save_json,
 };
 use crate::{AdamWSettings, KeepBestCheckpoints, TrainError};
 
@@ -79,6 +79,14 @@ pub struct TrainConfig {
     /// `group_by_length` (runs saved before it existed read as `false`).
     #[serde(default)]
     pub group_by_length: bool,
+    /// Stop after this many evaluations without an improvement of `metric_for_best` by more
+    /// than `early_stopping_threshold` (transformers' `EarlyStoppingCallback`); None runs
+    /// every epoch.
+    #[serde(default)]
+    pub early_stopping_patience: Option<usize>,
+    /// The improvement that counts for early stopping.
+    #[serde(default)]
+    pub early_stopping_threshold: f64,
 }
 
 impl Default for TrainConfig {
@@ -99,6 +107,8 @@ impl Default for TrainConfig {
             positive_class: 1,
             padding: Padding::default(),
             group_by_length: true,
+            early_stopping_patience: None,
+            early_stopping_threshold: 0.0,
         }
     }
 }
@@ -117,10 +127,23 @@ impl TrainConfig {
         if self.padding.pad_to_multiple_of == 0 {
             return bad("pad_to_multiple_of must be at least 1".into());
         }
+        if let Some(rule) = self.early_stopping() {
+            rule.validate()?;
+        }
         if self.save_total_limit == 0 {
             return bad("save_total_limit must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+impl TrainConfig {
+    /// The early-stopping rule these settings ask for.
+    pub fn early_stopping(&self) -> Option<EarlyStopping> {
+        self.early_stopping_patience.map(|patience| EarlyStopping {
+            patience,
+            threshold: self.early_stopping_threshold,
+        })
     }
 }
 
@@ -198,6 +221,9 @@ pub struct TrainOutcome {
     /// The epoch after which a hook stopped the run (pruning), if one did.
     #[serde(default)]
     pub stopped_early: Option<usize>,
+    /// The epoch after which early stopping ended the run, if it did.
+    #[serde(default)]
+    pub early_stopped: Option<usize>,
 }
 
 /// Progress of training, reported every step.
@@ -380,6 +406,11 @@ impl Task for FineTune<'_> {
         }
         Ok(())
     }
+
+    fn watched(&self, record: &EpochMetrics) -> (f64, bool) {
+        let metric = self.config.metric_for_best;
+        (metric.of(record), metric.greater_is_better())
+    }
 }
 
 /// Fine-tunes `model` on `data`, writing checkpoints, metrics and the best model into
@@ -440,6 +471,7 @@ pub fn train(
         warmup_steps: config.warmup_steps,
         optimizer: config.optimizer,
         lengths: config.group_by_length.then(|| data.train.lengths()),
+        early_stopping: config.early_stopping(),
         start_line: format!(
             "started: {} train rows, {} validation rows, {} steps per epoch, {}",
             data.train.len(),
@@ -496,6 +528,7 @@ pub fn train(
         test,
         best_model_dir,
         stopped_early: finished.stopped_early,
+        early_stopped: finished.early_stopped,
     };
     save_json(&run_dir.join("outcome.json"), &outcome)?;
     log(

@@ -409,3 +409,46 @@ fn an_epoch_hook_can_stop_the_run_early() {
     }
     assert!(log.contains("stopped after epoch 1"), "{log}");
 }
+
+#[test]
+fn early_stopping_ends_the_run_and_a_resume_keeps_it_ended() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let p = prepared(600);
+    let dir = tempfile::tempdir().unwrap();
+    // A threshold no change can beat: the second evaluation is the first without improvement.
+    let config = TrainConfig {
+        epochs: 4,
+        early_stopping_patience: Some(1),
+        early_stopping_threshold: 1.0,
+        ..quick()
+    };
+    let outcome = run(&p, &config, dir.path(), false).unwrap();
+    assert_eq!(outcome.early_stopped, Some(2));
+    assert_eq!(outcome.stopped_early, None, "not a hook's stop");
+    assert_eq!(outcome.history.len(), 2);
+    assert!(
+        outcome.test.is_some(),
+        "the best epoch is still evaluated on the test split"
+    );
+    let log = std::fs::read_to_string(dir.path().join("train.log")).unwrap();
+    assert!(log.contains("early stopping after epoch 2"), "{log}");
+    // Resuming the finished run does not train on: the rule is a function of the history.
+    let resumed = run(&p, &config, dir.path(), true).unwrap();
+    assert_eq!(resumed.history.len(), 2);
+    assert_eq!(resumed.early_stopped, Some(2));
+    // Without early stopping the same run goes on.
+    let patient = TrainConfig {
+        early_stopping_patience: Some(3),
+        ..config.clone()
+    };
+    let other = tempfile::tempdir().unwrap();
+    let outcome = run(&p, &patient, other.path(), false).unwrap();
+    assert_eq!(outcome.early_stopped, None);
+    assert_eq!(outcome.history.len(), 4);
+    let bad = TrainConfig {
+        early_stopping_patience: Some(0),
+        ..quick()
+    };
+    let err = run(&p, &bad, tempfile::tempdir().unwrap().path(), false).unwrap_err();
+    assert!(err.to_string().contains("early_stopping_patience"), "{err}");
+}
