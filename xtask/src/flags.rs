@@ -205,6 +205,10 @@ pub struct BatchingOptions {
     /// group_by_length); `--group-by-length false` keeps the shuffled order.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub group_by_length: bool,
+    /// Micro-batches of --batch-size per optimizer step (the loss normalised over all their
+    /// rows, as one batch of K x --batch-size would be).
+    #[arg(long, default_value_t = 1)]
+    pub gradient_accumulation_steps: usize,
 }
 
 impl BatchingOptions {

@@ -50,6 +50,7 @@ impl TryFrom<PipelineArgs> for Pipeline {
             epochs: args.epochs,
             padding: args.batching.padding(),
             group_by_length: args.batching.group_by_length,
+            gradient_accumulation_steps: args.batching.gradient_accumulation_steps,
             early_stopping: args.early_stopping.early_stopping_patience.map(|patience| {
                 sentiment_train::EarlyStopping {
                     patience,

@@ -38,6 +38,7 @@ impl TryFrom<PretrainArgs> for Pretrain {
             seed: args.seed,
             padding: args.batching.padding(),
             group_by_length: args.batching.group_by_length,
+            gradient_accumulation_steps: args.batching.gradient_accumulation_steps,
             early_stopping_patience: args.early_stopping.early_stopping_patience,
             early_stopping_threshold: args.early_stopping.early_stopping_threshold,
             ..PretrainConfig::default()

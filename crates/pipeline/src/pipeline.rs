@@ -53,6 +53,9 @@ pub struct PipelineConfig {
     pub padding: Padding,
     /// Whether every run orders its batches by length (the Trainer's `group_by_length`).
     pub group_by_length: bool,
+    /// Micro-batches per optimizer step of every run (the searched `batch_size` is a
+    /// micro-batch's).
+    pub gradient_accumulation_steps: usize,
     /// Early stopping of every run on validation F1; a trial stopped early is complete, with
     /// its best value.
     pub early_stopping: Option<EarlyStopping>,
@@ -166,6 +169,7 @@ impl Pipeline {
             seed: self.config.seed,
             padding: self.config.padding,
             group_by_length: self.config.group_by_length,
+            gradient_accumulation_steps: self.config.gradient_accumulation_steps,
             early_stopping_patience: self.config.early_stopping.map(|e| e.patience),
             early_stopping_threshold: self.config.early_stopping.map_or(0.0, |e| e.threshold),
             ..TrainConfig::default()
@@ -210,6 +214,7 @@ impl Pipeline {
             epochs: c.epochs,
             padding: c.padding,
             group_by_length: c.group_by_length,
+            gradient_accumulation_steps: c.gradient_accumulation_steps,
             early_stopping: c.early_stopping,
             space: c.space.clone(),
             startup_trials: c.startup_trials,

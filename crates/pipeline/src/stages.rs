@@ -192,6 +192,9 @@ pub struct SearchKey {
     /// The trials' early stopping.
     #[serde(default)]
     pub early_stopping: Option<sentiment_train::EarlyStopping>,
+    /// The trials' micro-batches per optimizer step.
+    #[serde(default = "one")]
+    pub gradient_accumulation_steps: usize,
     /// The search space.
     pub space: SearchSpace,
     /// Random trials before TPE acts, as asked (None: the default for the budget).
@@ -261,6 +264,11 @@ impl SearchKey {
             "--early-stopping-patience",
             stopping(self.early_stopping),
             stopping(before.early_stopping),
+        );
+        flag(
+            "--gradient-accumulation-steps",
+            self.gradient_accumulation_steps.to_string(),
+            before.gradient_accumulation_steps.to_string(),
         );
         flag(
             "--group-by-length",
@@ -363,6 +371,10 @@ pub fn show_numbers(numbers: &[usize]) -> String {
     parts.join(", ")
 }
 
+fn one() -> usize {
+    1
+}
+
 fn fixed_padding() -> Padding {
     Padding::FIXED
 }
@@ -426,6 +438,7 @@ mod tests {
             padding: Padding::default(),
             group_by_length: true,
             early_stopping: None,
+            gradient_accumulation_steps: 1,
             space: sentiment_search::parse_space(["batch_size=cat:16,32"]).unwrap(),
             startup_trials: None,
             prune: None,
@@ -495,6 +508,10 @@ mod tests {
                 Box::new(|k| k.padding = Padding::FIXED),
             ),
             ("--group-by-length", Box::new(|k| k.group_by_length = false)),
+            (
+                "--gradient-accumulation-steps",
+                Box::new(|k| k.gradient_accumulation_steps = 4),
+            ),
             (
                 "--early-stopping-patience",
                 Box::new(|k| {

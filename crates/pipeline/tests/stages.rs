@@ -50,6 +50,7 @@ fn config(out: &Path, sample: usize, epochs: usize) -> PipelineConfig {
         padding: sentiment_tokenize::Padding::default(),
         group_by_length: true,
         early_stopping: None,
+        gradient_accumulation_steps: 1,
         prune: None,
         space: PipelineConfig::default_space(false),
         seed: 734,

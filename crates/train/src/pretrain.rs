@@ -130,8 +130,11 @@ pub fn mask_rng(seed: u64, epoch: usize, batch: usize) -> ChaCha8Rng {
 pub struct PretrainConfig {
     /// Peak learning rate.
     pub learning_rate: f64,
-    /// Sequences per step.
+    /// Sequences per micro-batch.
     pub batch_size: usize,
+    /// Micro-batches per optimizer step; the loss is normalised over all their masked tokens.
+    #[serde(default = "crate::trainer::one")]
+    pub gradient_accumulation_steps: usize,
     /// Passes over the data.
     pub epochs: usize,
     /// Steps of linear warmup.
@@ -167,6 +170,7 @@ impl Default for PretrainConfig {
         Self {
             learning_rate: 5e-4,
             batch_size: 32,
+            gradient_accumulation_steps: 1,
             epochs: 1,
             warmup_steps: 0,
             optimizer: AdamWSettings {
@@ -200,6 +204,9 @@ impl PretrainConfig {
         self.optimizer.validate()?;
         if self.padding.pad_to_multiple_of == 0 {
             return bad("pad_to_multiple_of must be at least 1");
+        }
+        if self.gradient_accumulation_steps == 0 {
+            return bad("gradient_accumulation_steps must be at least 1");
         }
         if let Some(patience) = self.early_stopping_patience {
             EarlyStopping {
@@ -428,22 +435,17 @@ impl Task for Pretraining<'_> {
     type Model = RobertaForMaskedLM;
     type Evaluation = MlmEvaluation;
     type Epoch = PretrainEpoch;
+    type Batch = MaskedTensors;
 
-    fn loss(
+    fn batch(
         &self,
-        model: &Self::Model,
         rows: &[usize],
         epoch: usize,
         batch: usize,
         device: &Device,
-    ) -> Option<Tensor<1>> {
+    ) -> Option<MaskedTensors> {
         let mut rng = mask_rng(self.config.seed, epoch, batch);
-        let MaskedTensors {
-            ids,
-            mask,
-            positions,
-            targets,
-        } = masked_batch(
+        masked_batch(
             self.train,
             rows,
             self.tokenizer,
@@ -451,13 +453,24 @@ impl Task for Pretraining<'_> {
             self.config.padding,
             &mut rng,
             device,
-        )?;
-        let logits = model.forward_at(ids, mask, positions);
-        Some(
-            CrossEntropyLossConfig::new()
-                .init(device)
-                .forward(logits, targets),
         )
+    }
+
+    fn items(&self, batch: &MaskedTensors) -> usize {
+        batch.targets.dims()[0]
+    }
+
+    fn loss(&self, model: &Self::Model, batch: MaskedTensors, device: &Device) -> Tensor<1> {
+        let MaskedTensors {
+            ids,
+            mask,
+            positions,
+            targets,
+        } = batch;
+        let logits = model.forward_at(ids, mask, positions);
+        CrossEntropyLossConfig::new()
+            .init(device)
+            .forward(logits, targets)
     }
 
     fn evaluate(&self, model: &Self::Model) -> Result<MlmEvaluation, TrainError> {
@@ -549,6 +562,7 @@ pub fn pretrain(
         model_config,
         rows: train.len(),
         batch_size: config.batch_size,
+        gradient_accumulation_steps: config.gradient_accumulation_steps,
         epochs: config.epochs,
         seed: config.seed,
         learning_rate: config.learning_rate,

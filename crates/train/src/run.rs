@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -171,18 +171,25 @@ pub(crate) trait Task {
     type Evaluation;
     /// One row of the run's metrics: what an epoch produced.
     type Epoch: Clone + Serialize + DeserializeOwned;
+    /// A training batch ready for the forward pass.
+    type Batch;
 
-    /// The loss of training batch `batch` (0-based within `epoch`) of the rows at `rows`, on
-    /// `device` (the autodiff device); None when the batch has nothing to learn from (the step
-    /// is counted, but no update is made).
-    fn loss(
+    /// The training batch `batch` (0-based micro-batch within `epoch`) of the rows at `rows`,
+    /// on `device` (the autodiff device), masks drawn; None when it has nothing to learn from
+    /// (no update is made from it; the step is still counted).
+    fn batch(
         &self,
-        model: &Self::Model,
         rows: &[usize],
         epoch: usize,
         batch: usize,
         device: &Device,
-    ) -> Option<Tensor<1>>;
+    ) -> Option<Self::Batch>;
+
+    /// The items a batch's loss is the mean over (rows; masked tokens for a masked LM).
+    fn items(&self, batch: &Self::Batch) -> usize;
+
+    /// The mean loss of `batch`.
+    fn loss(&self, model: &Self::Model, batch: Self::Batch, device: &Device) -> Tensor<1>;
 
     /// Evaluates `model` (in validation mode) on the held-out rows.
     fn evaluate(&self, model: &Self::Model) -> Result<Self::Evaluation, TrainError>;
@@ -207,8 +214,10 @@ pub(crate) struct LoopSettings<'a, C> {
     pub model_config: &'a roberta_burn::RobertaConfig,
     /// Training rows.
     pub rows: usize,
-    /// Rows per step.
+    /// Rows per micro-batch.
     pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: usize,
     /// Passes over the rows.
     pub epochs: usize,
     /// Seed of the batch order and dropout.
@@ -261,6 +270,7 @@ type Checkpoint<E, C> = (PathBuf, RunState<E, C>);
 /// Progress inside an interrupted epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct PartialEpoch {
+    /// Optimizer steps done in the epoch (micro-batches, without accumulation).
     batches_done: usize,
     loss_sum: f64,
     seconds: f64,
@@ -303,7 +313,12 @@ where
     T: Task,
     C: Clone + PartialEq + Serialize + DeserializeOwned,
 {
-    let steps_per_epoch = settings.rows.div_ceil(settings.batch_size);
+    let accumulation = settings.gradient_accumulation_steps.max(1);
+    // The schedule counts optimizer steps, not micro-batches.
+    let steps_per_epoch = settings
+        .rows
+        .div_ceil(settings.batch_size)
+        .div_ceil(accumulation);
     let schedule = LinearSchedule {
         peak: settings.learning_rate,
         warmup_steps: settings.warmup_steps,
@@ -398,7 +413,10 @@ where
         let mut loss_sum = resumed.map_or(0.0, |p| p.loss_sum);
         let earlier_seconds = resumed.map_or(0.0, |p| p.seconds);
         let mut rate = schedule.rate(step);
-        for (i, chunk) in order.chunks(settings.batch_size).enumerate().skip(skip) {
+        // One optimizer step per `accumulation` micro-batches (the last step of an epoch may
+        // take fewer); `skip` counts steps, so a partial checkpoint is on a step boundary.
+        let micro: Vec<&[usize]> = order.chunks(settings.batch_size).collect();
+        for (i, group) in micro.chunks(accumulation).enumerate().skip(skip) {
             if stop.is_requested() {
                 let dir = partial_dir(run_dir, epoch);
                 let state = RunState {
@@ -422,28 +440,58 @@ where
             }
             autodiff.seed(step_seed(settings.seed, step));
             rate = schedule.rate(step);
+            // Batch indices count micro-batches, so masks drawn per batch do not depend on K.
+            let batches: Vec<T::Batch> = group
+                .iter()
+                .enumerate()
+                .filter_map(|(m, rows)| task.batch(rows, epoch, i * accumulation + m, &autodiff))
+                .collect();
             let mut step_loss = None;
-            if let Some(loss) = task.loss(&model, chunk, epoch, i, &autodiff) {
+            if batches.len() == 1 {
+                // One batch: its mean loss as is (bit for bit what a run without
+                // accumulation computes).
+                let batch = batches.into_iter().next().expect("one batch");
+                let loss = task.loss(&model, batch, &autodiff);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 (model, _) = optimizer.step(rate, model, grads)?;
                 // Read once the whole step is queued: on a GPU, a read before the backward
                 // pass would drain the device's queue in the middle of every step.
-                let value = f64::from(loss.into_scalar::<f32>());
+                step_loss = Some(f64::from(loss.into_scalar::<f32>()));
+            } else if !batches.is_empty() {
+                // transformers' fixed accumulation: each micro-batch's mean loss weighted by
+                // its share of the step's items, so the sum is the mean over all of them, as
+                // one batch of every row would give (not the mean of the K means).
+                let total: usize = batches.iter().map(|b| task.items(b)).sum();
+                let mut accumulated = GradientsAccumulator::new();
+                let mut value = 0.0;
+                for batch in batches {
+                    let share = task.items(&batch) as f32 / total.max(1) as f32;
+                    let loss = task.loss(&model, batch, &autodiff).mul_scalar(share);
+                    accumulated
+                        .accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+                    value += f64::from(loss.into_scalar::<f32>());
+                }
+                (model, _) = optimizer.step(rate, model, accumulated.grads())?;
+                step_loss = Some(value);
+            }
+            if let Some(value) = step_loss {
                 if !value.is_finite() {
                     return Err(TrainError::Diverged { epoch, step });
                 }
                 loss_sum += value;
-                step_loss = Some(value);
             }
             step += 1;
+            let rows_done: usize = micro[skip * accumulation..(i * accumulation + group.len())]
+                .iter()
+                .map(|b| b.len())
+                .sum();
             hooks.on_step(Progress {
                 epoch,
                 epochs: settings.epochs,
                 step_in_epoch: i + 1,
                 steps_per_epoch,
                 loss: step_loss.unwrap_or(f64::NAN),
-                samples_per_second: ((i + 1 - skip) * settings.batch_size).min(order.len()) as f64
-                    / started.elapsed().as_secs_f64().max(1e-9),
+                samples_per_second: rows_done as f64 / started.elapsed().as_secs_f64().max(1e-9),
                 elapsed_seconds: started.elapsed().as_secs_f64(),
             });
         }

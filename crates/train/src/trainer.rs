@@ -50,8 +50,13 @@ impl BestMetric {
 pub struct TrainConfig {
     /// Peak learning rate.
     pub learning_rate: f64,
-    /// Training batch size.
+    /// Training batch size (of one micro-batch, with gradient accumulation).
     pub batch_size: usize,
+    /// Micro-batches per optimizer step (transformers' `gradient_accumulation_steps`): the
+    /// loss is normalised over all their rows, as one batch of `batch_size` × K would be. The
+    /// schedule counts optimizer steps; checkpoints are taken on step boundaries only.
+    #[serde(default = "one")]
+    pub gradient_accumulation_steps: usize,
     /// Evaluation batch size (no gradients, so it can be larger).
     pub eval_batch_size: usize,
     /// Passes over the training split.
@@ -94,6 +99,7 @@ impl Default for TrainConfig {
         Self {
             learning_rate: 5e-5,
             batch_size: 32,
+            gradient_accumulation_steps: 1,
             eval_batch_size: 64,
             epochs: 3,
             warmup_steps: 0,
@@ -127,6 +133,9 @@ impl TrainConfig {
         if self.padding.pad_to_multiple_of == 0 {
             return bad("pad_to_multiple_of must be at least 1".into());
         }
+        if self.gradient_accumulation_steps == 0 {
+            return bad("gradient_accumulation_steps must be at least 1".into());
+        }
         if let Some(rule) = self.early_stopping() {
             rule.validate()?;
         }
@@ -135,6 +144,11 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// Serde's default of a count that was 1 before it could be set.
+pub(crate) fn one() -> usize {
+    1
 }
 
 impl TrainConfig {
@@ -341,22 +355,28 @@ impl Task for FineTune<'_> {
     type Model = RobertaForSequenceClassification;
     type Evaluation = Evaluation;
     type Epoch = EpochMetrics;
+    type Batch = (Tensor<2, Int>, Tensor<2, Int>, Tensor<1, Int>);
 
-    fn loss(
+    fn batch(
         &self,
-        model: &Self::Model,
         rows: &[usize],
         _epoch: usize,
         _batch: usize,
         device: &Device,
-    ) -> Option<Tensor<1>> {
-        let (ids, mask, labels) = batch(self.data.train, rows, self.config.padding, device);
+    ) -> Option<Self::Batch> {
+        Some(batch(self.data.train, rows, self.config.padding, device))
+    }
+
+    fn items(&self, batch: &Self::Batch) -> usize {
+        batch.2.dims()[0]
+    }
+
+    fn loss(&self, model: &Self::Model, batch: Self::Batch, device: &Device) -> Tensor<1> {
+        let (ids, mask, labels) = batch;
         let logits = model.forward(ids, mask);
-        Some(
-            CrossEntropyLossConfig::new()
-                .init(device)
-                .forward(logits, labels),
-        )
+        CrossEntropyLossConfig::new()
+            .init(device)
+            .forward(logits, labels)
     }
 
     fn evaluate(&self, model: &Self::Model) -> Result<Evaluation, TrainError> {
@@ -465,6 +485,7 @@ pub fn train(
         model_config,
         rows: data.train.len(),
         batch_size: config.batch_size,
+        gradient_accumulation_steps: config.gradient_accumulation_steps,
         epochs: config.epochs,
         seed: config.seed,
         learning_rate: config.learning_rate,
@@ -476,7 +497,10 @@ pub fn train(
             "started: {} train rows, {} validation rows, {} steps per epoch, {}",
             data.train.len(),
             data.validation.len(),
-            data.train.len().div_ceil(config.batch_size),
+            data.train
+                .len()
+                .div_ceil(config.batch_size)
+                .div_ceil(config.gradient_accumulation_steps),
             serde_json::to_string(config).expect("serialisable")
         ),
     };
