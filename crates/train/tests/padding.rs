@@ -304,7 +304,7 @@ fn accumulated_micro_batches_train_as_one_batch() {
     // An epoch's last step joins a full micro-batch and a short one: only a loss normalised
     // by the step's row count (not the mean of the two means) matches the whole batch.
     assert!(
-        p.train.len() % 12 != 0 && p.train.len() % 24 > 12,
+        !p.train.len().is_multiple_of(12) && p.train.len() % 24 > 12,
         "{}",
         p.train.len()
     );
