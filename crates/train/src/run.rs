@@ -264,6 +264,25 @@ struct RunState<E, C> {
     partial: Option<PartialEpoch>,
 }
 
+impl<E: Clone, C: Clone> RunState<E, C> {
+    fn new(
+        epoch: usize,
+        step: usize,
+        history: &[E],
+        config: &C,
+        partial: Option<PartialEpoch>,
+    ) -> Self {
+        Self {
+            version: RUN_VERSION,
+            epoch,
+            step,
+            history: history.to_vec(),
+            config: config.clone(),
+            partial,
+        }
+    }
+}
+
 /// A checkpoint folder and the state it holds.
 type Checkpoint<E, C> = (PathBuf, RunState<E, C>);
 
@@ -419,18 +438,17 @@ where
         for (i, group) in micro.chunks(accumulation).enumerate().skip(skip) {
             if stop.is_requested() {
                 let dir = partial_dir(run_dir, epoch);
-                let state = RunState {
-                    version: RUN_VERSION,
+                let state = RunState::new(
                     epoch,
                     step,
-                    history: history.clone(),
-                    config: settings.config.clone(),
-                    partial: Some(PartialEpoch {
+                    &history,
+                    settings.config,
+                    Some(PartialEpoch {
                         batches_done: i,
                         loss_sum,
                         seconds: earlier_seconds + started.elapsed().as_secs_f64(),
                     }),
-                };
+                );
                 save_checkpoint(&model, &optimizer, &dir, &state)?;
                 log(
                     run_dir,
@@ -509,14 +527,7 @@ where
             evaluation,
         );
         history.push(record);
-        let state = RunState {
-            version: RUN_VERSION,
-            epoch,
-            step,
-            history: history.clone(),
-            config: settings.config.clone(),
-            partial: None,
-        };
+        let state = RunState::new(epoch, step, &history, settings.config, None);
         save_checkpoint(&model, &optimizer, &checkpoint_dir(run_dir, epoch), &state)?;
         let stale = partial_dir(run_dir, epoch);
         if stale.exists() {

@@ -2,53 +2,21 @@
 //! give the logits, the training losses step by step and the masked-LM losses of batches
 //! padded to the full 64 tokens, within 1e-5, with dropout off and the batch order unchanged.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use common::{BACKEND_RNG, Prepared};
 use roberta_burn::{RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification};
-use sentiment_data::{PrepareConfig, prepare};
-use sentiment_tokenize::{
-    BpeTrainingConfig, Padding, RobertaTokenizer, TokenizedRows, read_tokenized, tokenize_splits,
-    train_on_split,
-};
+use sentiment_tokenize::{Padding, TokenizedRows};
 use sentiment_train::{
     PretrainConfig, PretrainEpoch, Progress, StopToken, TrainConfig, TrainData, TrainHooks,
 };
 
-/// Burn's random generator is global to the process (see training.rs).
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 const MAX_LENGTH: usize = 64;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-struct Prepared {
-    _dir: tempfile::TempDir,
-    tokenizer: RobertaTokenizer,
-    train: TokenizedRows,
-    validation: TokenizedRows,
-}
-
+/// 400 rows of the sample, tokenized to 64.
 fn prepared() -> Prepared {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = PrepareConfig::new(fixtures().join("sentiment140/sample.csv"), dir.path());
-    config.sample = Some(400);
-    prepare(&config, &mut |_| {}).unwrap();
-    let training = BpeTrainingConfig {
-        vocab_size: 500,
-        min_frequency: 2,
-    };
-    let (tokenizer, _) = train_on_split(dir.path(), &training, MAX_LENGTH).unwrap();
-    tokenize_splits(dir.path(), &tokenizer, "test", &mut |_, _, _| {}).unwrap();
-    let read = |s: &str| read_tokenized(&dir.path().join(format!("{s}.tokens.parquet"))).unwrap();
-    Prepared {
-        train: read("train"),
-        validation: read("validation"),
-        tokenizer,
-        _dir: dir,
-    }
+    common::prepared(400, MAX_LENGTH)
 }
 
 /// A tiny model for 64-token rows, dropout off.
@@ -128,10 +96,9 @@ impl<E> TrainHooks<E> for Losses {
     }
 }
 
-#[test]
-fn dynamic_padding_trains_with_the_losses_of_fixed_padding() {
-    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let p = prepared();
+/// Fine-tunes a fresh dropout-free model seeded alike with `config`: every step's loss and the
+/// epochs' records.
+fn fine_tune(p: &Prepared, config: TrainConfig) -> (Vec<f64>, Vec<sentiment_train::EpochMetrics>) {
     let device = Device::flex();
     let model_config = model_config(p.tokenizer.vocab_size());
     let data = TrainData {
@@ -139,16 +106,63 @@ fn dynamic_padding_trains_with_the_losses_of_fixed_padding() {
         validation: &p.validation,
         test: None,
     };
+    device.seed(5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut losses = Losses::default();
+    let outcome = sentiment_train::train(
+        RobertaForSequenceClassification::new(&model_config, &device),
+        &model_config,
+        None,
+        &data,
+        &config,
+        dir.path(),
+        &device,
+        false,
+        &StopToken::new(),
+        &mut losses,
+    )
+    .unwrap();
+    (losses.0, outcome.history)
+}
+
+/// Pre-trains a fresh dropout-free masked LM seeded alike with `config`: every step's loss and
+/// the epochs' records.
+fn pretrain(p: &Prepared, config: PretrainConfig) -> (Vec<f64>, Vec<PretrainEpoch>) {
+    let device = Device::flex();
+    let mut model_config = model_config(p.tokenizer.vocab_size());
+    model_config.num_labels = None;
+    device.seed(9);
+    let dir = tempfile::tempdir().unwrap();
+    let mut losses = Losses::default();
+    let outcome = sentiment_train::pretrain(
+        RobertaForMaskedLM::new(&model_config, &device),
+        &model_config,
+        &p.tokenizer,
+        &p.train,
+        &p.validation,
+        &config,
+        dir.path(),
+        &device,
+        false,
+        &StopToken::new(),
+        &mut losses as &mut dyn TrainHooks<PretrainEpoch>,
+    )
+    .unwrap();
+    (losses.0, outcome.history)
+}
+
+fn eval_losses(history: &[sentiment_train::EpochMetrics]) -> Vec<f64> {
+    history.iter().map(|m| m.eval_loss).collect()
+}
+
+#[test]
+fn dynamic_padding_trains_with_the_losses_of_fixed_padding() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let p = prepared();
     let run = |padding: Padding| {
-        device.seed(5);
-        let dir = tempfile::tempdir().unwrap();
-        let mut losses = Losses::default();
-        let outcome = sentiment_train::train(
-            RobertaForSequenceClassification::new(&model_config, &device),
-            &model_config,
-            None,
-            &data,
-            &TrainConfig {
+        fine_tune(
+            &p,
+            TrainConfig {
                 learning_rate: 1e-3,
                 batch_size: 16,
                 epochs: 2,
@@ -156,25 +170,15 @@ fn dynamic_padding_trains_with_the_losses_of_fixed_padding() {
                 group_by_length: false,
                 ..TrainConfig::default()
             },
-            dir.path(),
-            &device,
-            false,
-            &StopToken::new(),
-            &mut losses,
         )
-        .unwrap();
-        (losses.0, outcome.history)
     };
     let (dynamic, dynamic_history) = run(Padding::default());
     let (fixed, fixed_history) = run(Padding::FIXED);
     assert_eq!(dynamic.len(), 2 * p.train.len().div_ceil(16));
     assert_close(&dynamic, &fixed, "step loss");
-    let eval_loss = |h: &[sentiment_train::EpochMetrics]| -> Vec<f64> {
-        h.iter().map(|m| m.eval_loss).collect()
-    };
     assert_close(
-        &eval_loss(&dynamic_history),
-        &eval_loss(&fixed_history),
+        &eval_losses(&dynamic_history),
+        &eval_losses(&fixed_history),
         "eval loss",
     );
 }
@@ -183,42 +187,26 @@ fn dynamic_padding_trains_with_the_losses_of_fixed_padding() {
 fn dynamic_padding_pretrains_with_the_losses_of_fixed_padding() {
     let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let p = prepared();
-    let device = Device::flex();
-    let mut model_config = model_config(p.tokenizer.vocab_size());
-    model_config.num_labels = None;
     let run = |padding: Padding| {
-        device.seed(9);
-        let dir = tempfile::tempdir().unwrap();
-        let mut losses = Losses::default();
-        let outcome = sentiment_train::pretrain(
-            RobertaForMaskedLM::new(&model_config, &device),
-            &model_config,
-            &p.tokenizer,
-            &p.train,
-            &p.validation,
-            &PretrainConfig {
+        pretrain(
+            &p,
+            PretrainConfig {
                 batch_size: 16,
                 epochs: 1,
                 padding,
                 group_by_length: false,
                 ..PretrainConfig::default()
             },
-            dir.path(),
-            &device,
-            false,
-            &StopToken::new(),
-            &mut losses as &mut dyn TrainHooks<PretrainEpoch>,
         )
-        .unwrap();
-        (losses.0, outcome.history[0])
     };
-    let (dynamic, dynamic_epoch) = run(Padding::default());
-    let (fixed, fixed_epoch) = run(Padding::FIXED);
+    let (dynamic, dynamic_history) = run(Padding::default());
+    let (fixed, fixed_history) = run(Padding::FIXED);
     assert_eq!(dynamic.len(), p.train.len().div_ceil(16));
     assert_close(&dynamic, &fixed, "masked-LM step loss");
+    let (d, f) = (dynamic_history[0], fixed_history[0]);
     assert_close(
-        &[dynamic_epoch.eval_loss, dynamic_epoch.eval_accuracy],
-        &[fixed_epoch.eval_loss, fixed_epoch.eval_accuracy],
+        &[d.eval_loss, d.eval_accuracy],
+        &[f.eval_loss, f.eval_accuracy],
         "held-out masked-LM loss and accuracy",
     );
 }
@@ -256,23 +244,10 @@ fn grouped_batches_are_a_seeded_permutation_with_the_longest_first() {
 fn accumulated_micro_batches_train_as_one_batch() {
     let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let p = prepared();
-    let device = Device::flex();
-    let model_config = model_config(p.tokenizer.vocab_size());
-    let data = TrainData {
-        train: &p.train,
-        validation: &p.validation,
-        test: None,
-    };
     let run = |batch_size: usize, accumulation: usize| {
-        device.seed(5);
-        let dir = tempfile::tempdir().unwrap();
-        let mut losses = Losses::default();
-        let outcome = sentiment_train::train(
-            RobertaForSequenceClassification::new(&model_config, &device),
-            &model_config,
-            None,
-            &data,
-            &TrainConfig {
+        fine_tune(
+            &p,
+            TrainConfig {
                 learning_rate: 1e-3,
                 batch_size,
                 gradient_accumulation_steps: accumulation,
@@ -281,14 +256,7 @@ fn accumulated_micro_batches_train_as_one_batch() {
                 group_by_length: false,
                 ..TrainConfig::default()
             },
-            dir.path(),
-            &device,
-            false,
-            &StopToken::new(),
-            &mut losses,
         )
-        .unwrap();
-        (losses.0, outcome.history)
     };
     let (whole, whole_history) = run(24, 1);
     let (accumulated, accumulated_history) = run(12, 2);
@@ -309,12 +277,9 @@ fn accumulated_micro_batches_train_as_one_batch() {
         p.train.len()
     );
     assert_close(&accumulated, &whole, "step loss");
-    let eval = |h: &[sentiment_train::EpochMetrics]| -> Vec<f64> {
-        h.iter().map(|m| m.eval_loss).collect()
-    };
     assert_close(
-        &eval(&accumulated_history),
-        &eval(&whole_history),
+        &eval_losses(&accumulated_history),
+        &eval_losses(&whole_history),
         "eval loss",
     );
 }
@@ -326,36 +291,16 @@ fn accumulated_micro_batches_train_as_one_batch() {
 fn accumulated_masked_lm_runs_count_optimizer_steps() {
     let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let p = prepared();
-    let device = Device::flex();
-    let mut model_config = model_config(p.tokenizer.vocab_size());
-    model_config.num_labels = None;
-    let run = |batch_size: usize, accumulation: usize| {
-        device.seed(9);
-        let dir = tempfile::tempdir().unwrap();
-        let mut losses = Losses::default();
-        sentiment_train::pretrain(
-            RobertaForMaskedLM::new(&model_config, &device),
-            &model_config,
-            &p.tokenizer,
-            &p.train,
-            &p.validation,
-            &PretrainConfig {
-                batch_size,
-                gradient_accumulation_steps: accumulation,
-                epochs: 1,
-                group_by_length: false,
-                ..PretrainConfig::default()
-            },
-            dir.path(),
-            &device,
-            false,
-            &StopToken::new(),
-            &mut losses as &mut dyn TrainHooks<PretrainEpoch>,
-        )
-        .unwrap();
-        losses.0
-    };
-    let accumulated = run(8, 2);
+    let (accumulated, _) = pretrain(
+        &p,
+        PretrainConfig {
+            batch_size: 8,
+            gradient_accumulation_steps: 2,
+            epochs: 1,
+            group_by_length: false,
+            ..PretrainConfig::default()
+        },
+    );
     assert_eq!(accumulated.len(), p.train.len().div_ceil(8).div_ceil(2));
     assert!(accumulated.iter().all(|l| l.is_finite()), "{accumulated:?}");
 }

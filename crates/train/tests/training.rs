@@ -1,51 +1,18 @@
 //! Training end to end on the bundled sample: metrics, keep-best, best model export, resume.
 //! Determinism holds per process: Burn's random generator is global (see `BACKEND_RNG`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use burn::tensor::Device;
+use common::{BACKEND_RNG, Prepared};
 use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
-use sentiment_data::{PrepareConfig, prepare};
-use sentiment_tokenize::{
-    BpeTrainingConfig, TokenizedRows, read_tokenized, tokenize_splits, train_on_split,
-};
 use sentiment_train::{StopToken, TrainConfig, TrainData, TrainError, train};
 
-/// Burn's random generator is global to the process: tests that seed it and draw from it
-/// (initialisation, dropout) must not run at the same time, or each changes the other's draws.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-struct Prepared {
-    _dir: tempfile::TempDir,
-    tokenizer: sentiment_tokenize::RobertaTokenizer,
-    train: TokenizedRows,
-    validation: TokenizedRows,
-    test: TokenizedRows,
-}
-
+/// `rows` of the sample, tokenized to 32.
 fn prepared(rows: usize) -> Prepared {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = PrepareConfig::new(fixtures().join("sentiment140/sample.csv"), dir.path());
-    config.sample = Some(rows);
-    prepare(&config, &mut |_| {}).unwrap();
-    let training = BpeTrainingConfig {
-        vocab_size: 500,
-        min_frequency: 2,
-    };
-    let (tokenizer, _) = train_on_split(dir.path(), &training, 32).unwrap();
-    tokenize_splits(dir.path(), &tokenizer, "test", &mut |_, _, _| {}).unwrap();
-    let read = |s: &str| read_tokenized(&dir.path().join(format!("{s}.tokens.parquet"))).unwrap();
-    Prepared {
-        train: read("train"),
-        validation: read("validation"),
-        test: read("test"),
-        tokenizer,
-        _dir: dir,
-    }
+    common::prepared(rows, 32)
 }
 
 fn model_config(vocab: usize) -> RobertaConfig {
