@@ -221,16 +221,20 @@ impl BatchingOptions {
     }
 }
 
-/// Early stopping, as transformers' `EarlyStoppingCallback`: the options of every training
-/// command.
-#[derive(Debug, Clone, Copy, Args)]
-pub struct EarlyStoppingOptions {
+/// The Trainer's everyday switches every training command takes: early stopping (as
+/// transformers' `EarlyStoppingCallback`) and where metrics are reported.
+#[derive(Debug, Clone, Args)]
+pub struct TrainerOptions {
     /// Stop after N evaluations without an improvement of the best metric (off by default).
     #[arg(long)]
     pub early_stopping_patience: Option<usize>,
     /// The improvement over the best so far that counts, for early stopping.
     #[arg(long, default_value_t = 0.0)]
     pub early_stopping_threshold: f64,
+    /// Also report metrics to: `tensorboard` (event files under the run folder's tb/, by the
+    /// Trainer's names: train/loss, eval/f1, …).
+    #[arg(long, value_delimiter = ',')]
+    pub report_to: Vec<String>,
 }
 
 /// How a CSV is read, sampled and split: the options `prepare` and `pipeline` share.
@@ -601,9 +605,9 @@ pub struct TrainArgs {
     /// Padding and length grouping.
     #[command(flatten)]
     pub batching: BatchingOptions,
-    /// Early stopping on the validation metric (--metric).
+    /// Early stopping on the validation metric (--metric), reporting.
     #[command(flatten)]
-    pub early_stopping: EarlyStoppingOptions,
+    pub trainer: TrainerOptions,
     /// Continue the run in --run from its last checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
@@ -671,9 +675,9 @@ pub struct PretrainArgs {
     /// Padding and length grouping.
     #[command(flatten)]
     pub batching: BatchingOptions,
-    /// Early stopping on the held-out masked-LM loss.
+    /// Early stopping on the held-out masked-LM loss, reporting.
     #[command(flatten)]
-    pub early_stopping: EarlyStoppingOptions,
+    pub trainer: TrainerOptions,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
@@ -728,9 +732,10 @@ pub struct PipelineArgs {
     /// Padding and length grouping of every run.
     #[command(flatten)]
     pub batching: BatchingOptions,
-    /// Early stopping of every run on its validation F1 (a trial stopped early is complete).
+    /// Early stopping of every run on its validation F1 (a trial stopped early is complete),
+    /// reporting (TensorBoard: one run per trial).
     #[command(flatten)]
-    pub early_stopping: EarlyStoppingOptions,
+    pub trainer: TrainerOptions,
     /// Devices to run trials on in parallel, one trial per device (GPU indices from
     /// --device-index on; with the CPU backend the trials share the cores).
     #[arg(long, default_value_t = 1)]

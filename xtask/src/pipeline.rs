@@ -51,10 +51,11 @@ impl TryFrom<PipelineArgs> for Pipeline {
             padding: args.batching.padding(),
             group_by_length: args.batching.group_by_length,
             gradient_accumulation_steps: args.batching.gradient_accumulation_steps,
-            early_stopping: args.early_stopping.early_stopping_patience.map(|patience| {
+            report_to: args.trainer.report_to.clone(),
+            early_stopping: args.trainer.early_stopping_patience.map(|patience| {
                 sentiment_train::EarlyStopping {
                     patience,
-                    threshold: args.early_stopping.early_stopping_threshold,
+                    threshold: args.trainer.early_stopping_threshold,
                 }
             }),
             prune: args.prune.then_some(PruneSettings {

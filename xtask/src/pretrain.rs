@@ -39,8 +39,9 @@ impl TryFrom<PretrainArgs> for Pretrain {
             padding: args.batching.padding(),
             group_by_length: args.batching.group_by_length,
             gradient_accumulation_steps: args.batching.gradient_accumulation_steps,
-            early_stopping_patience: args.early_stopping.early_stopping_patience,
-            early_stopping_threshold: args.early_stopping.early_stopping_threshold,
+            early_stopping_patience: args.trainer.early_stopping_patience,
+            early_stopping_threshold: args.trainer.early_stopping_threshold,
+            report_to: args.trainer.report_to.clone(),
             ..PretrainConfig::default()
         };
         config.validate()?;

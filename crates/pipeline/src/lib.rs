@@ -32,6 +32,7 @@
 //!     group_by_length: true,
 //!     early_stopping: None,
 //!     gradient_accumulation_steps: 1,
+//!     report_to: Vec::new(),
 //!     prune: None,
 //!     space: PipelineConfig::default_space(false),
 //!     seed: 734,

@@ -56,6 +56,9 @@ pub struct PipelineConfig {
     /// Micro-batches per optimizer step of every run (the searched `batch_size` is a
     /// micro-batch's).
     pub gradient_accumulation_steps: usize,
+    /// Where every run also reports (`tensorboard`: `trials/trial_N/tb`, one TensorBoard run
+    /// per trial, side by side under `tensorboard --logdir OUT/trials`).
+    pub report_to: Vec<String>,
     /// Early stopping of every run on validation F1; a trial stopped early is complete, with
     /// its best value.
     pub early_stopping: Option<EarlyStopping>,
@@ -170,6 +173,7 @@ impl Pipeline {
             padding: self.config.padding,
             group_by_length: self.config.group_by_length,
             gradient_accumulation_steps: self.config.gradient_accumulation_steps,
+            report_to: self.config.report_to.clone(),
             early_stopping_patience: self.config.early_stopping.map(|e| e.patience),
             early_stopping_threshold: self.config.early_stopping.map_or(0.0, |e| e.threshold),
             ..TrainConfig::default()

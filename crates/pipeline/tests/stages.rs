@@ -51,6 +51,7 @@ fn config(out: &Path, sample: usize, epochs: usize) -> PipelineConfig {
         group_by_length: true,
         early_stopping: None,
         gradient_accumulation_steps: 1,
+        report_to: Vec::new(),
         prune: None,
         space: PipelineConfig::default_space(false),
         seed: 734,

@@ -24,6 +24,7 @@ mod error;
 mod pretrain;
 mod run;
 mod schedule;
+pub mod tensorboard;
 mod trainer;
 
 use std::path::Path;

@@ -163,6 +163,10 @@ pub struct PretrainConfig {
     /// The improvement that counts for early stopping.
     #[serde(default)]
     pub early_stopping_threshold: f64,
+    /// Where metrics are reported besides the run folder's files: `tensorboard` writes event
+    /// files under `RUN/tb`.
+    #[serde(default)]
+    pub report_to: Vec<String>,
 }
 
 impl Default for PretrainConfig {
@@ -187,6 +191,7 @@ impl Default for PretrainConfig {
             group_by_length: true,
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
+            report_to: Vec::new(),
         }
     }
 }
@@ -208,6 +213,7 @@ impl PretrainConfig {
         if self.gradient_accumulation_steps == 0 {
             return bad("gradient_accumulation_steps must be at least 1");
         }
+        crate::trainer::validate_report_to(&self.report_to)?;
         if let Some(patience) = self.early_stopping_patience {
             EarlyStopping {
                 patience,
@@ -515,6 +521,13 @@ impl Task for Pretraining<'_> {
     fn watched(&self, record: &PretrainEpoch) -> (f64, bool) {
         (record.eval_loss, false)
     }
+
+    fn eval_scalars(&self, e: &PretrainEpoch) -> Vec<(&'static str, f64)> {
+        vec![
+            ("eval/loss", e.eval_loss),
+            ("eval/accuracy", e.eval_accuracy),
+        ]
+    }
 }
 
 /// Pre-trains `model` on `train` (labels ignored), evaluating on `validation` after every
@@ -575,6 +588,7 @@ pub fn pretrain(
                 patience,
                 threshold: config.early_stopping_threshold,
             }),
+        tensorboard: config.report_to.iter().any(|r| r == "tensorboard"),
         start_line: format!(
             "pre-training started: {} rows, {} held out, {} steps per epoch",
             train.len(),

@@ -202,6 +202,9 @@ pub(crate) trait Task {
 
     /// The value early stopping watches in an epoch's record, and whether larger is better.
     fn watched(&self, record: &Self::Epoch) -> (f64, bool);
+
+    /// The evaluation scalars of an epoch's record, by the Trainer's names (`eval/loss`, …).
+    fn eval_scalars(&self, record: &Self::Epoch) -> Vec<(&'static str, f64)>;
 }
 
 /// The settings the loop itself uses, taken from a task's configuration.
@@ -233,6 +236,8 @@ pub(crate) struct LoopSettings<'a, C> {
     pub lengths: Option<Vec<usize>>,
     /// Stop when the watched metric stops improving (None: run every epoch).
     pub early_stopping: Option<EarlyStopping>,
+    /// Write TensorBoard event files under `run_dir/tb`.
+    pub tensorboard: bool,
     /// The line logged when a fresh run starts.
     pub start_line: String,
 }
@@ -403,6 +408,13 @@ where
     }
 
     let (mut stopped_early, mut early_stopped) = (None, None);
+    let mut tensorboard = if settings.tensorboard {
+        Some(crate::tensorboard::EventWriter::create(
+            &run_dir.join("tb"),
+        )?)
+    } else {
+        None
+    };
     // A run resumed after early stopping had ended it has nothing left to do.
     if let Some(rule) = settings.early_stopping
         && let Some(last) = history.last()
@@ -464,17 +476,19 @@ where
                 .enumerate()
                 .filter_map(|(m, rows)| task.batch(rows, epoch, i * accumulation + m, &autodiff))
                 .collect();
-            let mut step_loss = None;
+            let (mut step_loss, mut step_stats) = (None, None);
             if batches.len() == 1 {
                 // One batch: its mean loss as is (bit for bit what a run without
                 // accumulation computes).
                 let batch = batches.into_iter().next().expect("one batch");
                 let loss = task.loss(&model, batch, &autodiff);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
-                (model, _) = optimizer.step(rate, model, grads)?;
+                let stats;
+                (model, stats) = optimizer.step(rate, model, grads)?;
                 // Read once the whole step is queued: on a GPU, a read before the backward
                 // pass would drain the device's queue in the middle of every step.
                 step_loss = Some(f64::from(loss.into_scalar::<f32>()));
+                step_stats = Some(stats);
             } else if !batches.is_empty() {
                 // transformers' fixed accumulation: each micro-batch's mean loss weighted by
                 // its share of the step's items, so the sum is the mean over all of them, as
@@ -489,8 +503,10 @@ where
                         .accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
                     value += f64::from(loss.into_scalar::<f32>());
                 }
-                (model, _) = optimizer.step(rate, model, accumulated.grads())?;
+                let stats;
+                (model, stats) = optimizer.step(rate, model, accumulated.grads())?;
                 step_loss = Some(value);
+                step_stats = Some(stats);
             }
             if let Some(value) = step_loss {
                 if !value.is_finite() {
@@ -499,6 +515,17 @@ where
                 loss_sum += value;
             }
             step += 1;
+            if let (Some(tb), Some(loss), Some(stats)) = (&mut tensorboard, step_loss, &step_stats)
+            {
+                tb.scalar("train/loss", loss, step)?;
+                tb.scalar("train/learning_rate", rate, step)?;
+                tb.scalar("train/grad_norm", stats.grad_norm(), step)?;
+                tb.scalar(
+                    "train/epoch",
+                    epoch as f64 - 1.0 + (i + 1) as f64 / steps_per_epoch as f64,
+                    step,
+                )?;
+            }
             let rows_done: usize = micro[skip * accumulation..(i * accumulation + group.len())]
                 .iter()
                 .map(|b| b.len())
@@ -535,6 +562,12 @@ where
         }
         write_metrics(run_dir, &history)?;
         let last = &history[history.len() - 1];
+        if let Some(tb) = &mut tensorboard {
+            for (tag, value) in task.eval_scalars(last) {
+                tb.scalar(tag, value, step)?;
+            }
+            tb.flush()?;
+        }
         log(
             run_dir,
             &format!(

@@ -92,6 +92,10 @@ pub struct TrainConfig {
     /// The improvement that counts for early stopping.
     #[serde(default)]
     pub early_stopping_threshold: f64,
+    /// Where metrics are reported besides the run folder's files, as the Trainer's
+    /// `report_to`: `tensorboard` writes event files under `RUN/tb`.
+    #[serde(default)]
+    pub report_to: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -115,6 +119,7 @@ impl Default for TrainConfig {
             group_by_length: true,
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
+            report_to: Vec::new(),
         }
     }
 }
@@ -139,6 +144,7 @@ impl TrainConfig {
         if let Some(rule) = self.early_stopping() {
             rule.validate()?;
         }
+        validate_report_to(&self.report_to)?;
         if self.save_total_limit == 0 {
             return bad("save_total_limit must be at least 1".into());
         }
@@ -158,6 +164,19 @@ impl TrainConfig {
             patience,
             threshold: self.early_stopping_threshold,
         })
+    }
+}
+
+/// `report_to` may name `tensorboard` and `none`.
+pub(crate) fn validate_report_to(report_to: &[String]) -> Result<(), TrainError> {
+    match report_to
+        .iter()
+        .find(|r| !matches!(r.as_str(), "tensorboard" | "none"))
+    {
+        Some(other) => Err(TrainError::InvalidSetting(format!(
+            "report_to `{other}` is not supported (tensorboard, none)"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -431,6 +450,16 @@ impl Task for FineTune<'_> {
         let metric = self.config.metric_for_best;
         (metric.of(record), metric.greater_is_better())
     }
+
+    fn eval_scalars(&self, m: &EpochMetrics) -> Vec<(&'static str, f64)> {
+        vec![
+            ("eval/loss", m.eval_loss),
+            ("eval/accuracy", m.accuracy),
+            ("eval/precision", m.precision),
+            ("eval/recall", m.recall),
+            ("eval/f1", m.f1),
+        ]
+    }
 }
 
 /// Fine-tunes `model` on `data`, writing checkpoints, metrics and the best model into
@@ -493,6 +522,7 @@ pub fn train(
         optimizer: config.optimizer,
         lengths: config.group_by_length.then(|| data.train.lengths()),
         early_stopping: config.early_stopping(),
+        tensorboard: config.report_to.iter().any(|r| r == "tensorboard"),
         start_line: format!(
             "started: {} train rows, {} validation rows, {} steps per epoch, {}",
             data.train.len(),
