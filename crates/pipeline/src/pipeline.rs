@@ -506,8 +506,18 @@ impl Pipeline {
         drop(start);
         let splits = read_splits(&self.data_dir)?;
 
-        // Stage 3: the search, resumable through the study file.
-        let startup = self.config.startup_trials();
+        // Stage 3: the search, resumable through the study file. Without --startup-trials, a
+        // study that exists keeps the startup count it was created with (the default depends
+        // on --trials, and a larger --trials extends the study rather than changing it).
+        let study_path = self.study_path();
+        let stored_startup = match Study::read(&study_path)? {
+            Some(record) if self.config.startup_trials.is_none() => match record.sampler {
+                Sampler::Tpe(tpe) => Some(tpe.n_startup_trials),
+                Sampler::Random => None,
+            },
+            _ => None,
+        };
+        let startup = stored_startup.unwrap_or_else(|| self.config.startup_trials());
         if startup >= self.config.trials {
             observer.warning(&format!(
                 "{startup} startup trials of {} in all: every trial is random and TPE never \
@@ -519,7 +529,6 @@ impl Pipeline {
             n_startup_trials: startup,
             ..TpeConfig::default()
         });
-        let study_path = self.study_path();
         let open = || {
             Study::open(
                 &study_path,

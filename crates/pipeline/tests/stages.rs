@@ -236,3 +236,27 @@ fn a_trial_stopped_early_is_complete_and_the_report_says_where_it_stopped() {
         "{row}"
     );
 }
+
+#[test]
+fn a_larger_trial_count_extends_a_finished_study() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    let mut settings = config(&out, 300, 1);
+    // The default startup count depends on the budget (half of it): 1 for 2 trials, 2 for 3.
+    settings.startup_trials = None;
+    let (first, _) = run(settings.clone());
+    first.unwrap();
+    settings.trials = 3;
+    let (second, messages) = run(settings);
+    let second = second.unwrap();
+    assert!(
+        messages.contains("[3/5] search: trial 2 of 3"),
+        "{messages}"
+    );
+    assert!(!messages.contains("search: trial 0"), "{messages}");
+    assert!(second.best.number <= 2);
+    let record = sentiment_search::Study::read(&out.join("study.db"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.trials.len(), 3);
+}
