@@ -124,6 +124,16 @@ pub trait FusedKernels: Backend {
         Self::float_mul(y, Self::float_sub(grad, projection))
     }
 
+    /// The exact (erf) GELU of `x`.
+    fn exact_gelu_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::backend::ops::ActivationOps<Self>>::gelu(x)
+    }
+
+    /// `∂x` of the exact GELU at `x` from the output gradient `grad`.
+    fn exact_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::backend::ops::ActivationOps<Self>>::gelu_backward(x, grad)
+    }
+
     /// `(y, saved)`: `x` with each element zeroed with probability `prob` and the others scaled
     /// by `1 / (1 − prob)`, and what [`dropout_backward`](Self::dropout_backward) needs.
     fn dropout_forward(x: FloatTensor<Self>, prob: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -267,6 +277,12 @@ pub trait FusedOps: Backend {
         <Self as burn::backend::ops::ActivationOps<Self>>::softmax(x, dim)
     }
 
+    /// The exact (erf) GELU. Off the autodiff graph this is the backend's own GELU.
+    #[fusion(default)]
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::backend::ops::ActivationOps<Self>>::gelu(x)
+    }
+
     /// Dropout with probability `prob` (training only: the caller decides when it applies).
     #[fusion(default)]
     fn fused_dropout(x: FloatTensor<Self>, prob: f64) -> FloatTensor<Self> {
@@ -319,10 +335,55 @@ pub trait FusedOps: Backend {
     }
 }
 
+/// The flex backend's GELU through [`crate::fast_gelu`]: vectorised and parallel, where flex's
+/// own is scalar libm `erff` on one thread.
 #[cfg(feature = "flex")]
-impl FusedKernels for burn::backend::Flex {}
+impl FusedKernels for burn::backend::Flex {
+    fn exact_gelu_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex_gelu(x)
+    }
+
+    fn exact_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        if x.dtype() != burn::tensor::DType::F32 || grad.dtype() != burn::tensor::DType::F32 {
+            return <Self as burn::backend::ops::ActivationOps<Self>>::gelu_backward(x, grad);
+        }
+        let x = x.to_contiguous();
+        let mut grad =
+            if grad.is_unique() && grad.is_contiguous() && grad.layout().start_offset() == 0 {
+                grad
+            } else {
+                grad.to_contiguous()
+            };
+        let n = x.layout().num_elements();
+        let xs: Vec<f32> = x.storage::<f32>()[x.layout().start_offset()..][..n].to_vec();
+        crate::fast_gelu::gelu_backward_in_place(&xs, &mut grad.storage_mut::<f32>()[..n]);
+        grad
+    }
+}
+
 #[cfg(feature = "flex")]
-impl FusedOps for burn::backend::Flex {}
+impl FusedOps for burn::backend::Flex {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex_gelu(x)
+    }
+}
+
+/// GELU on a flex tensor: in place when the tensor is this operation's alone, else on a
+/// contiguous copy; other float types through flex's own.
+#[cfg(feature = "flex")]
+fn flex_gelu(x: FloatTensor<burn::backend::Flex>) -> FloatTensor<burn::backend::Flex> {
+    if x.dtype() != burn::tensor::DType::F32 {
+        return <burn::backend::Flex as burn::backend::ops::ActivationOps<burn::backend::Flex>>::gelu(x);
+    }
+    let mut x = if x.is_unique() && x.is_contiguous() && x.layout().start_offset() == 0 {
+        x
+    } else {
+        x.to_contiguous()
+    };
+    let n = x.layout().num_elements();
+    crate::fast_gelu::gelu_in_place(&mut x.storage_mut::<f32>()[..n]);
+    x
+}
 
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
 impl FusedKernels for burn_cubecl::CubeBackend {}
@@ -764,6 +825,20 @@ impl<B: Backend + FusedKernels + FusedOps, C: CheckpointStrategy> FusedOps for A
         }
     }
 
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GeluBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                prep.finish(x.clone(), B::exact_gelu_forward(x))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::exact_gelu_forward(x.into_primitive())),
+        }
+    }
+
     fn fused_dropout(x: FloatTensor<Self>, prob: f64) -> FloatTensor<Self> {
         match DropoutBackward
             .prepare::<C>([x.node()])
@@ -835,6 +910,21 @@ impl<B: Backend + FusedKernels> Backward<B, 1> for DropoutBackward {
 }
 
 /// The softmax backward step: its output and dimension are all it needs.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl<B: Backend + FusedKernels> Backward<B, 1> for GeluBackward {
+    /// The input.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::exact_gelu_backward(x, grad)
+        });
+    }
+}
+
 #[derive(Debug)]
 struct SoftmaxBackward;
 
@@ -939,6 +1029,15 @@ pub fn attention(
         dropout,
         scale,
     ))
+}
+
+/// The exact (erf) GELU of `x`: one operation whose backward pass is one more; on the CPU
+/// backend both vectorised and parallel ([`crate::fast_gelu`]).
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !FUSED.load(Ordering::Relaxed) {
+        return burn::tensor::activation::gelu(x);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))
 }
 
 /// Softmax of `x` along `dim`: one operation with a closed-form backward pass (see the module

@@ -30,6 +30,8 @@
 
 mod config;
 mod error;
+#[cfg(feature = "flex")]
+mod fast_gelu;
 mod fused;
 mod loader;
 mod model;

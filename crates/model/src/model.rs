@@ -343,7 +343,7 @@ impl Intermediate {
         if self.approximate_gelu {
             gelu_approximate(x)
         } else {
-            gelu(x)
+            crate::fused::gelu(x)
         }
     }
 }
