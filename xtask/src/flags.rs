@@ -237,6 +237,21 @@ pub struct TrainerOptions {
     pub report_to: Vec<String>,
 }
 
+/// The library's run options from the batching and Trainer flags.
+pub fn run_options(
+    batching: &BatchingOptions,
+    trainer: &TrainerOptions,
+) -> sentiment_train::RunOptions {
+    sentiment_train::RunOptions {
+        padding: batching.padding(),
+        group_by_length: batching.group_by_length,
+        gradient_accumulation_steps: batching.gradient_accumulation_steps,
+        early_stopping_patience: trainer.early_stopping_patience,
+        early_stopping_threshold: trainer.early_stopping_threshold,
+        report_to: trainer.report_to.clone(),
+    }
+}
+
 /// How a CSV is read, sampled and split: the options `prepare` and `pipeline` share.
 #[derive(Debug, Clone, Args)]
 pub struct DataOptions {

@@ -36,12 +36,7 @@ impl TryFrom<PretrainArgs> for Pretrain {
                 ..PretrainConfig::default().optimizer
             },
             seed: args.seed,
-            padding: args.batching.padding(),
-            group_by_length: args.batching.group_by_length,
-            gradient_accumulation_steps: args.batching.gradient_accumulation_steps,
-            early_stopping_patience: args.trainer.early_stopping_patience,
-            early_stopping_threshold: args.trainer.early_stopping_threshold,
-            report_to: args.trainer.report_to.clone(),
+            run: crate::flags::run_options(&args.batching, &args.trainer),
             ..PretrainConfig::default()
         };
         config.validate()?;

@@ -46,12 +46,7 @@ impl TryFrom<TrainArgs> for Train {
                 MetricFlag::Loss => BestMetric::Loss,
             },
             save_total_limit: args.save_total_limit,
-            padding: args.batching.padding(),
-            group_by_length: args.batching.group_by_length,
-            gradient_accumulation_steps: args.batching.gradient_accumulation_steps,
-            early_stopping_patience: args.trainer.early_stopping_patience,
-            early_stopping_threshold: args.trainer.early_stopping_threshold,
-            report_to: args.trainer.report_to.clone(),
+            run: crate::flags::run_options(&args.batching, &args.trainer),
             ..TrainConfig::default()
         };
         config.validate()?;

@@ -14,8 +14,8 @@ use sentiment_search::{
 };
 use sentiment_tokenize::{Padding, TokenizedRows, read_tokenized, token_files, tokenize_splits};
 use sentiment_train::{
-    EarlyStopping, EpochMetrics, Progress, StopToken, TrainConfig, TrainData, TrainHooks,
-    TrainOutcome,
+    EarlyStopping, EpochMetrics, Progress, RunOptions, StopToken, TrainConfig, TrainData,
+    TrainHooks, TrainOutcome,
 };
 
 use crate::PipelineError;
@@ -170,12 +170,14 @@ impl Pipeline {
         TrainConfig {
             epochs: self.config.epochs,
             seed: self.config.seed,
-            padding: self.config.padding,
-            group_by_length: self.config.group_by_length,
-            gradient_accumulation_steps: self.config.gradient_accumulation_steps,
-            report_to: self.config.report_to.clone(),
-            early_stopping_patience: self.config.early_stopping.map(|e| e.patience),
-            early_stopping_threshold: self.config.early_stopping.map_or(0.0, |e| e.threshold),
+            run: RunOptions {
+                padding: self.config.padding,
+                group_by_length: self.config.group_by_length,
+                gradient_accumulation_steps: self.config.gradient_accumulation_steps,
+                report_to: self.config.report_to.clone(),
+                early_stopping_patience: self.config.early_stopping.map(|e| e.patience),
+                early_stopping_threshold: self.config.early_stopping.map_or(0.0, |e| e.threshold),
+            },
             ..TrainConfig::default()
         }
     }

@@ -21,6 +21,7 @@ mod adamw;
 mod checkpoints;
 mod clip;
 mod error;
+mod options;
 mod pretrain;
 mod run;
 mod schedule;
@@ -33,6 +34,7 @@ pub use adamw::{AdamWSettings, FlatAdamW, FlatSlot, FlatStep};
 pub use checkpoints::KeepBestCheckpoints;
 pub use clip::{clip_grad_norm, global_grad_norm};
 pub use error::TrainError;
+pub use options::RunOptions;
 pub use pretrain::{
     MaskedBatch, MaskingConfig, MlmEvaluation, NOT_A_TARGET, PretrainConfig, PretrainEpoch,
     PretrainOutcome, evaluate_mlm, mask_rng, mask_tokens, masked_lm_loss, pretrain,

@@ -26,11 +26,11 @@ use sentiment_tokenize::{Padding, RobertaTokenizer, SpecialTokenIds, TokenizedRo
 use serde::{Deserialize, Serialize};
 
 use crate::run::{
-    EarlyStopping, EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log,
-    run_epochs, save_json,
+    EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log, run_epochs,
+    save_json,
 };
 use crate::trainer::validate_schedule;
-use crate::{AdamWSettings, TrainError};
+use crate::{AdamWSettings, RunOptions, TrainError};
 
 /// Label of a position that is not a prediction target (transformers' `-100`).
 pub const NOT_A_TARGET: i64 = -100;
@@ -132,9 +132,6 @@ pub struct PretrainConfig {
     pub learning_rate: f64,
     /// Sequences per micro-batch.
     pub batch_size: usize,
-    /// Micro-batches per optimizer step; the loss is normalised over all their masked tokens.
-    #[serde(default = "crate::trainer::one")]
-    pub gradient_accumulation_steps: usize,
     /// Passes over the data.
     pub epochs: usize,
     /// Steps of linear warmup.
@@ -149,24 +146,11 @@ pub struct PretrainConfig {
     pub seed: u64,
     /// Masking proportions.
     pub masking: MaskingConfig,
-    /// How batches are padded (flattened, as in fine-tuning's configuration).
+    /// Batching (padding, grouping, accumulation normalised over masked tokens), early
+    /// stopping on the held-out masked-LM loss, and reporting (flattened, as in fine-tuning's
+    /// configuration).
     #[serde(flatten)]
-    pub padding: Padding,
-    /// Order each epoch's batches by length within mega-batches (the Trainer's
-    /// `group_by_length`; runs saved before it existed read as `false`).
-    #[serde(default)]
-    pub group_by_length: bool,
-    /// Stop after this many evaluations without the held-out masked-LM loss falling by more
-    /// than `early_stopping_threshold`; None runs every epoch.
-    #[serde(default)]
-    pub early_stopping_patience: Option<usize>,
-    /// The improvement that counts for early stopping.
-    #[serde(default)]
-    pub early_stopping_threshold: f64,
-    /// Where metrics are reported besides the run folder's files: `tensorboard` writes event
-    /// files under `RUN/tb`.
-    #[serde(default)]
-    pub report_to: Vec<String>,
+    pub run: RunOptions,
 }
 
 impl Default for PretrainConfig {
@@ -174,7 +158,6 @@ impl Default for PretrainConfig {
         Self {
             learning_rate: 5e-4,
             batch_size: 32,
-            gradient_accumulation_steps: 1,
             epochs: 1,
             warmup_steps: 0,
             optimizer: AdamWSettings {
@@ -187,11 +170,7 @@ impl Default for PretrainConfig {
             eval_batch_size: 64,
             seed: 42,
             masking: MaskingConfig::default(),
-            padding: Padding::default(),
-            group_by_length: true,
-            early_stopping_patience: None,
-            early_stopping_threshold: 0.0,
-            report_to: Vec::new(),
+            run: RunOptions::default(),
         }
     }
 }
@@ -207,20 +186,7 @@ impl PretrainConfig {
             self.epochs,
         )?;
         self.optimizer.validate()?;
-        if self.padding.pad_to_multiple_of == 0 {
-            return bad("pad_to_multiple_of must be at least 1");
-        }
-        if self.gradient_accumulation_steps == 0 {
-            return bad("gradient_accumulation_steps must be at least 1");
-        }
-        crate::trainer::validate_report_to(&self.report_to)?;
-        if let Some(patience) = self.early_stopping_patience {
-            EarlyStopping {
-                patience,
-                threshold: self.early_stopping_threshold,
-            }
-            .validate()?;
-        }
+        self.run.validate()?;
         let m = &self.masking;
         if !(m.mlm_probability > 0.0 && m.mlm_probability <= 1.0) {
             return bad("masking.mlm_probability must be in (0, 1]");
@@ -392,7 +358,7 @@ pub fn evaluate_mlm(
             chunk,
             tokenizer,
             &config.masking,
-            config.padding,
+            config.run.padding,
             &mut rng,
             device,
         )
@@ -456,7 +422,7 @@ impl Task for Pretraining<'_> {
             rows,
             self.tokenizer,
             &self.config.masking,
-            self.config.padding,
+            self.config.run.padding,
             &mut rng,
             device,
         )
@@ -575,20 +541,15 @@ pub fn pretrain(
         model_config,
         rows: train.len(),
         batch_size: config.batch_size,
-        gradient_accumulation_steps: config.gradient_accumulation_steps,
+        gradient_accumulation_steps: config.run.gradient_accumulation_steps,
         epochs: config.epochs,
         seed: config.seed,
         learning_rate: config.learning_rate,
         warmup_steps: config.warmup_steps,
         optimizer: config.optimizer,
-        lengths: config.group_by_length.then(|| train.lengths()),
-        early_stopping: config
-            .early_stopping_patience
-            .map(|patience| EarlyStopping {
-                patience,
-                threshold: config.early_stopping_threshold,
-            }),
-        tensorboard: config.report_to.iter().any(|r| r == "tensorboard"),
+        lengths: config.run.group_by_length.then(|| train.lengths()),
+        early_stopping: config.run.early_stopping(),
+        tensorboard: config.run.tensorboard(),
         start_line: format!(
             "pre-training started: {} rows, {} held out, {} steps per epoch",
             train.len(),

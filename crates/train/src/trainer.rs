@@ -12,10 +12,10 @@ use sentiment_tokenize::{Padding, RobertaTokenizer, TokenizedRows, by_length};
 use serde::{Deserialize, Serialize};
 
 use crate::run::{
-    EarlyStopping, EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log,
-    run_epochs, save_json,
+    EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log, run_epochs,
+    save_json,
 };
-use crate::{AdamWSettings, KeepBestCheckpoints, TrainError};
+use crate::{AdamWSettings, KeepBestCheckpoints, RunOptions, TrainError};
 
 /// The metric that picks the best checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,11 +52,6 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Training batch size (of one micro-batch, with gradient accumulation).
     pub batch_size: usize,
-    /// Micro-batches per optimizer step (transformers' `gradient_accumulation_steps`): the
-    /// loss is normalised over all their rows, as one batch of `batch_size` × K would be. The
-    /// schedule counts optimizer steps; checkpoints are taken on step boundaries only.
-    #[serde(default = "one")]
-    pub gradient_accumulation_steps: usize,
     /// Evaluation batch size (no gradients, so it can be larger).
     pub eval_batch_size: usize,
     /// Passes over the training split.
@@ -75,27 +70,10 @@ pub struct TrainConfig {
     pub save_total_limit: usize,
     /// Class counted as positive for precision, recall and F1.
     pub positive_class: usize,
-    /// How batches are padded: to their longest row, rounded up to `pad_to_multiple_of`
-    /// (transformers' `DataCollatorWithPadding`), or to the full length (flattened: the JSON
-    /// keeps `pad_to_max_length` and `pad_to_multiple_of`).
+    /// Batching (padding, grouping, accumulation), early stopping on `metric_for_best`, and
+    /// reporting (flattened: the JSON keeps the Trainer's keys).
     #[serde(flatten)]
-    pub padding: Padding,
-    /// Order each epoch's batches by length within mega-batches, as the Trainer's
-    /// `group_by_length` (runs saved before it existed read as `false`).
-    #[serde(default)]
-    pub group_by_length: bool,
-    /// Stop after this many evaluations without an improvement of `metric_for_best` by more
-    /// than `early_stopping_threshold` (transformers' `EarlyStoppingCallback`); None runs
-    /// every epoch.
-    #[serde(default)]
-    pub early_stopping_patience: Option<usize>,
-    /// The improvement that counts for early stopping.
-    #[serde(default)]
-    pub early_stopping_threshold: f64,
-    /// Where metrics are reported besides the run folder's files, as the Trainer's
-    /// `report_to`: `tensorboard` writes event files under `RUN/tb`.
-    #[serde(default)]
-    pub report_to: Vec<String>,
+    pub run: RunOptions,
 }
 
 impl Default for TrainConfig {
@@ -103,7 +81,6 @@ impl Default for TrainConfig {
         Self {
             learning_rate: 5e-5,
             batch_size: 32,
-            gradient_accumulation_steps: 1,
             eval_batch_size: 64,
             epochs: 3,
             warmup_steps: 0,
@@ -115,11 +92,7 @@ impl Default for TrainConfig {
             metric_for_best: BestMetric::F1,
             save_total_limit: 2,
             positive_class: 1,
-            padding: Padding::default(),
-            group_by_length: true,
-            early_stopping_patience: None,
-            early_stopping_threshold: 0.0,
-            report_to: Vec::new(),
+            run: RunOptions::default(),
         }
     }
 }
@@ -135,48 +108,11 @@ impl TrainConfig {
             self.epochs,
         )?;
         self.optimizer.validate()?;
-        if self.padding.pad_to_multiple_of == 0 {
-            return bad("pad_to_multiple_of must be at least 1".into());
-        }
-        if self.gradient_accumulation_steps == 0 {
-            return bad("gradient_accumulation_steps must be at least 1".into());
-        }
-        if let Some(rule) = self.early_stopping() {
-            rule.validate()?;
-        }
-        validate_report_to(&self.report_to)?;
+        self.run.validate()?;
         if self.save_total_limit == 0 {
             return bad("save_total_limit must be at least 1".into());
         }
         Ok(())
-    }
-}
-
-/// Serde's default of a count that was 1 before it could be set.
-pub(crate) fn one() -> usize {
-    1
-}
-
-impl TrainConfig {
-    /// The early-stopping rule these settings ask for.
-    pub fn early_stopping(&self) -> Option<EarlyStopping> {
-        self.early_stopping_patience.map(|patience| EarlyStopping {
-            patience,
-            threshold: self.early_stopping_threshold,
-        })
-    }
-}
-
-/// `report_to` may name `tensorboard` and `none`.
-pub(crate) fn validate_report_to(report_to: &[String]) -> Result<(), TrainError> {
-    match report_to
-        .iter()
-        .find(|r| !matches!(r.as_str(), "tensorboard" | "none"))
-    {
-        Some(other) => Err(TrainError::InvalidSetting(format!(
-            "report_to `{other}` is not supported (tensorboard, none)"
-        ))),
-        None => Ok(()),
     }
 }
 
@@ -383,7 +319,12 @@ impl Task for FineTune<'_> {
         _batch: usize,
         device: &Device,
     ) -> Option<Self::Batch> {
-        Some(batch(self.data.train, rows, self.config.padding, device))
+        Some(batch(
+            self.data.train,
+            rows,
+            self.config.run.padding,
+            device,
+        ))
     }
 
     fn items(&self, batch: &Self::Batch) -> usize {
@@ -405,7 +346,7 @@ impl Task for FineTune<'_> {
             self.num_labels,
             self.config.eval_batch_size,
             self.config.positive_class,
-            self.config.padding,
+            self.config.run.padding,
             self.device,
         )
     }
@@ -514,15 +455,15 @@ pub fn train(
         model_config,
         rows: data.train.len(),
         batch_size: config.batch_size,
-        gradient_accumulation_steps: config.gradient_accumulation_steps,
+        gradient_accumulation_steps: config.run.gradient_accumulation_steps,
         epochs: config.epochs,
         seed: config.seed,
         learning_rate: config.learning_rate,
         warmup_steps: config.warmup_steps,
         optimizer: config.optimizer,
-        lengths: config.group_by_length.then(|| data.train.lengths()),
-        early_stopping: config.early_stopping(),
-        tensorboard: config.report_to.iter().any(|r| r == "tensorboard"),
+        lengths: config.run.group_by_length.then(|| data.train.lengths()),
+        early_stopping: config.run.early_stopping(),
+        tensorboard: config.run.tensorboard(),
         start_line: format!(
             "started: {} train rows, {} validation rows, {} steps per epoch, {}",
             data.train.len(),
@@ -530,7 +471,7 @@ pub fn train(
             data.train
                 .len()
                 .div_ceil(config.batch_size)
-                .div_ceil(config.gradient_accumulation_steps),
+                .div_ceil(config.run.gradient_accumulation_steps),
             serde_json::to_string(config).expect("serialisable")
         ),
     };
@@ -563,7 +504,7 @@ pub fn train(
                 num_labels,
                 config.eval_batch_size,
                 config.positive_class,
-                config.padding,
+                config.run.padding,
                 device,
             )?;
             save_json(&run_dir.join("test_metrics.json"), &evaluation)?;

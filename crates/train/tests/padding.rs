@@ -9,7 +9,8 @@ use common::{BACKEND_RNG, Prepared};
 use roberta_burn::{RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification};
 use sentiment_tokenize::{Padding, TokenizedRows};
 use sentiment_train::{
-    PretrainConfig, PretrainEpoch, Progress, StopToken, TrainConfig, TrainData, TrainHooks,
+    PretrainConfig, PretrainEpoch, Progress, RunOptions, StopToken, TrainConfig, TrainData,
+    TrainHooks,
 };
 
 const MAX_LENGTH: usize = 64;
@@ -166,8 +167,11 @@ fn dynamic_padding_trains_with_the_losses_of_fixed_padding() {
                 learning_rate: 1e-3,
                 batch_size: 16,
                 epochs: 2,
-                padding,
-                group_by_length: false,
+                run: RunOptions {
+                    padding,
+                    group_by_length: false,
+                    ..RunOptions::default()
+                },
                 ..TrainConfig::default()
             },
         )
@@ -193,8 +197,11 @@ fn dynamic_padding_pretrains_with_the_losses_of_fixed_padding() {
             PretrainConfig {
                 batch_size: 16,
                 epochs: 1,
-                padding,
-                group_by_length: false,
+                run: RunOptions {
+                    padding,
+                    group_by_length: false,
+                    ..RunOptions::default()
+                },
                 ..PretrainConfig::default()
             },
         )
@@ -250,10 +257,13 @@ fn accumulated_micro_batches_train_as_one_batch() {
             TrainConfig {
                 learning_rate: 1e-3,
                 batch_size,
-                gradient_accumulation_steps: accumulation,
                 epochs: 2,
                 warmup_steps: 3,
-                group_by_length: false,
+                run: RunOptions {
+                    gradient_accumulation_steps: accumulation,
+                    group_by_length: false,
+                    ..RunOptions::default()
+                },
                 ..TrainConfig::default()
             },
         )
@@ -295,9 +305,12 @@ fn accumulated_masked_lm_runs_count_optimizer_steps() {
         &p,
         PretrainConfig {
             batch_size: 8,
-            gradient_accumulation_steps: 2,
             epochs: 1,
-            group_by_length: false,
+            run: RunOptions {
+                gradient_accumulation_steps: 2,
+                group_by_length: false,
+                ..RunOptions::default()
+            },
             ..PretrainConfig::default()
         },
     );

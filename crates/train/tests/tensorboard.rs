@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use common::{BACKEND_RNG, fixtures, prepared};
 use roberta_burn::{RobertaConfig, RobertaForSequenceClassification};
 use sentiment_train::tensorboard::{scalar_event, tf_record};
-use sentiment_train::{StopToken, TrainConfig, TrainData};
+use sentiment_train::{RunOptions, StopToken, TrainConfig, TrainData};
 
 /// The records of an event file: (data) each, with both checksums verified by re-framing.
 fn records(bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -67,7 +67,10 @@ fn a_run_reporting_to_tensorboard_writes_the_trainers_scalars() {
     let config = TrainConfig {
         epochs: 2,
         batch_size: 16,
-        report_to: vec!["tensorboard".into()],
+        run: RunOptions {
+            report_to: vec!["tensorboard".into()],
+            ..RunOptions::default()
+        },
         ..TrainConfig::default()
     };
     let outcome = sentiment_train::train(
@@ -121,7 +124,10 @@ fn a_run_reporting_to_tensorboard_writes_the_trainers_scalars() {
     }
     // An unknown destination is refused before anything is written.
     let err = TrainConfig {
-        report_to: vec!["wandb".into()],
+        run: RunOptions {
+            report_to: vec!["wandb".into()],
+            ..RunOptions::default()
+        },
         ..TrainConfig::default()
     }
     .validate()

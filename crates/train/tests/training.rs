@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use common::{BACKEND_RNG, Prepared};
 use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
-use sentiment_train::{StopToken, TrainConfig, TrainData, TrainError, train};
+use sentiment_train::{RunOptions, StopToken, TrainConfig, TrainData, TrainError, train};
 
 /// `rows` of the sample, tokenized to 32.
 fn prepared(rows: usize) -> Prepared {
@@ -385,8 +385,11 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_it_ended() {
     // A threshold no change can beat: the second evaluation is the first without improvement.
     let config = TrainConfig {
         epochs: 4,
-        early_stopping_patience: Some(1),
-        early_stopping_threshold: 1.0,
+        run: RunOptions {
+            early_stopping_patience: Some(1),
+            early_stopping_threshold: 1.0,
+            ..quick().run
+        },
         ..quick()
     };
     let outcome = run(&p, &config, dir.path(), false).unwrap();
@@ -405,7 +408,10 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_it_ended() {
     assert_eq!(resumed.early_stopped, Some(2));
     // Without early stopping the same run goes on.
     let patient = TrainConfig {
-        early_stopping_patience: Some(3),
+        run: RunOptions {
+            early_stopping_patience: Some(3),
+            ..config.run.clone()
+        },
         ..config.clone()
     };
     let other = tempfile::tempdir().unwrap();
@@ -413,7 +419,10 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_it_ended() {
     assert_eq!(outcome.early_stopped, None);
     assert_eq!(outcome.history.len(), 4);
     let bad = TrainConfig {
-        early_stopping_patience: Some(0),
+        run: RunOptions {
+            early_stopping_patience: Some(0),
+            ..quick().run
+        },
         ..quick()
     };
     let err = run(&p, &bad, tempfile::tempdir().unwrap().path(), false).unwrap_err();
