@@ -36,15 +36,18 @@ pub enum ModelError {
         dir: PathBuf,
     },
     /// A weight has another shape than the configuration implies.
-    #[error("{file}: `{key}` has shape {found:?}, the configuration needs {expected:?}")]
+    #[error(
+        "{file}: `{key}` has shape {found:?} in the file, the configuration needs {expected:?}"
+    )]
     ShapeMismatch {
         /// The weight file.
         file: PathBuf,
         /// The checkpoint key.
         key: String,
-        /// Shape the model needs.
+        /// Shape the model needs, in the file's layout (PyTorch's `[out, in]` for a linear
+        /// weight).
         expected: Vec<usize>,
-        /// Shape in the file.
+        /// Shape as stored in the file.
         found: Vec<usize>,
     },
     /// Encoder weights are absent from the checkpoint.

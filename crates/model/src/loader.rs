@@ -336,12 +336,27 @@ fn check_errors(file: &Path, result: &ApplyResult) -> Result<(), ModelError> {
             path,
             expected,
             found,
-        }) => Err(ModelError::ShapeMismatch {
-            file: file.to_path_buf(),
-            key: checkpoint_name(path),
-            expected: expected.to_vec(),
-            found: found.to_vec(),
-        }),
+        }) => {
+            let key = checkpoint_name(path);
+            // The adapter has turned a linear layer's `[out, in]` weight into Burn's
+            // `[in, out]` before comparing: report both shapes in the file's own layout.
+            let linear = key.ends_with(".weight")
+                && !key.ends_with("embeddings.weight")
+                && found.len() == 2;
+            let stored = |shape: &[usize]| {
+                let mut shape = shape.to_vec();
+                if linear {
+                    shape.reverse();
+                }
+                shape
+            };
+            Err(ModelError::ShapeMismatch {
+                file: file.to_path_buf(),
+                key,
+                expected: stored(expected),
+                found: stored(found),
+            })
+        }
         Some(other) => Err(ModelError::BadWeights {
             file: file.to_path_buf(),
             detail: other.to_string(),

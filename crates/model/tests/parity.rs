@@ -194,4 +194,9 @@ fn a_wrongly_shaped_checkpoint_names_the_key_and_both_shapes() {
     let message = err.to_string();
     assert!(matches!(err, ModelError::ShapeMismatch { .. }), "{message}");
     assert!(message.contains("classifier.out_proj"), "{message}");
+    // As stored: PyTorch's `[out, in]` (2 labels, hidden 32), not Burn's transposed layout.
+    assert!(
+        message.contains("has shape [2, 32] in the file, the configuration needs [3, 32]"),
+        "{message}"
+    );
 }
