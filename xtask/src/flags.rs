@@ -629,6 +629,9 @@ pub struct TrainArgs {
     /// Replace a run already in --run (deleting it) instead of refusing.
     #[arg(long)]
     pub overwrite: bool,
+    /// Print only errors (no progress, no summary).
+    #[arg(long, short)]
+    pub quiet: bool,
     /// The backend and device.
     #[command(flatten)]
     pub device: DeviceOptions,
@@ -699,6 +702,9 @@ pub struct PretrainArgs {
     /// Replace a run already in --out (deleting it) instead of refusing.
     #[arg(long)]
     pub overwrite: bool,
+    /// Print only errors (no progress, no summary).
+    #[arg(long, short)]
+    pub quiet: bool,
     /// The backend and device.
     #[command(flatten)]
     pub device: DeviceOptions,
@@ -720,6 +726,9 @@ pub struct PipelineArgs {
     /// retrained), instead of refusing.
     #[arg(long)]
     pub overwrite: bool,
+    /// Print only errors (no progress, no summary).
+    #[arg(long, short)]
+    pub quiet: bool,
     /// Pretrained Hugging Face folder or hub id (roberta-base). Default: train from scratch.
     #[arg(long)]
     pub pretrained: Option<String>,

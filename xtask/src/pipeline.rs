@@ -7,12 +7,13 @@ use sentiment_search::parse_space;
 use sentiment_train::Progress;
 
 use crate::flags::PipelineArgs;
-use crate::train::{print_outcome, progress_printer};
+use crate::train::print_outcome;
 
 /// A resolved pipeline command.
 pub struct Pipeline {
     stages: Stages,
     bundled_sample: bool,
+    quiet: bool,
 }
 
 impl TryFrom<PipelineArgs> for Pipeline {
@@ -70,6 +71,7 @@ impl TryFrom<PipelineArgs> for Pipeline {
         Ok(Self {
             stages: Stages::new(config, devices)?,
             bundled_sample,
+            quiet: args.quiet,
         })
     }
 }
@@ -92,12 +94,17 @@ fn reproduce_command() -> String {
     words.join(" ")
 }
 
-/// Prints the pipeline's messages on stdout, warnings on stderr, progress as a terminal bar.
-struct Terminal;
+/// Prints the pipeline's messages on stdout, warnings on stderr, progress as a terminal bar;
+/// with `-q` only the warnings.
+struct Terminal {
+    quiet: bool,
+}
 
 impl Observer for Terminal {
     fn message(&self, line: &str) {
-        println!("{line}");
+        if !self.quiet {
+            println!("{line}");
+        }
     }
 
     fn warning(&self, line: &str) {
@@ -105,7 +112,7 @@ impl Observer for Terminal {
     }
 
     fn progress(&self) -> Box<dyn FnMut(Progress) + '_> {
-        Box::new(progress_printer())
+        crate::train::progress_unless(self.quiet)
     }
 }
 
@@ -113,7 +120,8 @@ impl Pipeline {
     /// Runs every stage and prints the summary.
     pub fn run(self) -> Result<()> {
         let stop = crate::checkpoint_on_ctrl_c();
-        let done = self.stages.run(&stop, &Terminal).map_err(|e| {
+        let terminal = Terminal { quiet: self.quiet };
+        let done = self.stages.run(&stop, &terminal).map_err(|e| {
             if e.is_interrupted() {
                 anyhow::Error::new(e)
                     .context("pipeline interrupted: run the same command to resume")
@@ -121,6 +129,9 @@ impl Pipeline {
                 anyhow::Error::new(e)
             }
         })?;
+        if self.quiet {
+            return Ok(());
+        }
         println!();
         println!(
             "Best parameters: {}",

@@ -132,6 +132,15 @@ impl Pretrain {
     pub fn run(self) -> Result<PretrainOutcome> {
         let stop = crate::checkpoint_on_ctrl_c();
         let a = &self.args;
+        let quiet = a.quiet;
+        // Everything but errors, unless -q.
+        macro_rules! say {
+            ($($t:tt)*) => {
+                if !quiet {
+                    println!($($t)*);
+                }
+            };
+        }
         crate::train::replace_run(&a.out, "pretrain_config.json", a.overwrite)?;
         let input = a
             .input
@@ -154,7 +163,7 @@ impl Pretrain {
         texts.shuffle(&mut rng);
         let held = ((texts.len() as f64 * a.holdout).round() as usize).clamp(1, texts.len() - 1);
         let validation_texts = texts.split_off(texts.len() - held);
-        println!(
+        say!(
             "{}: {total} texts ({empty} empty skipped), {} for training, {held} held out",
             input.display(),
             texts.len()
@@ -163,13 +172,13 @@ impl Pretrain {
         let (train, truncated) = encode(&tokenizer, &texts)?;
         let (validation, _) = encode(&tokenizer, &validation_texts)?;
         if truncated > 0 {
-            println!(
+            say!(
                 "{truncated} training texts were longer than {} tokens and were truncated",
                 a.max_length
             );
         }
         let (model, model_config) = self.model(&tokenizer)?;
-        println!(
+        say!(
             "pre-training a {}-layer, {}-wide masked LM: {} epochs, batch {}, learning rate {:e}",
             model_config.num_hidden_layers,
             model_config.hidden_size,
@@ -188,18 +197,22 @@ impl Pretrain {
             &self.device,
             a.resume,
             &stop,
-            &mut crate::train::progress_printer(),
+            &mut crate::train::progress_unless(quiet),
         )
         .with_context(|| format!("pre-training into {}", a.out.display()))?;
-        println!("| epoch | train loss | held-out loss | held-out accuracy | samples/s |");
-        println!("|---|---|---|---|---|");
+        say!("| epoch | train loss | held-out loss | held-out accuracy | samples/s |");
+        say!("|---|---|---|---|---|");
         for e in &outcome.history {
-            println!(
+            say!(
                 "| {} | {:.4} | {:.4} | {:.4} | {:.0} |",
-                e.epoch, e.train_loss, e.eval_loss, e.eval_accuracy, e.train_samples_per_second
+                e.epoch,
+                e.train_loss,
+                e.eval_loss,
+                e.eval_accuracy,
+                e.train_samples_per_second
             );
         }
-        println!(
+        say!(
             "model: {}\nfine-tune it with: cargo xtask pipeline --pretrained {}",
             outcome.model_dir.display(),
             outcome.model_dir.display()

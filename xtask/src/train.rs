@@ -82,6 +82,15 @@ pub fn progress_printer() -> impl FnMut(Progress) {
     )
 }
 
+/// [`progress_printer`], or nothing with `-q`.
+pub fn progress_unless(quiet: bool) -> Box<dyn FnMut(Progress)> {
+    if quiet {
+        Box::new(|_| {})
+    } else {
+        Box::new(progress_printer())
+    }
+}
+
 /// The progress printer's logic, writing through `write`: `interactive` redraws a bar at most
 /// every 200 ms; otherwise a line every `every` and at each epoch's end.
 fn progress_lines(
@@ -164,6 +173,15 @@ impl Train {
     pub fn run(self) -> Result<()> {
         let stop = crate::checkpoint_on_ctrl_c();
         let a = &self.args;
+        let quiet = a.quiet;
+        // Everything but errors, unless -q.
+        macro_rules! say {
+            ($($t:tt)*) => {
+                if !quiet {
+                    println!($($t)*);
+                }
+            };
+        }
         replace_run(&a.run, "train_config.json", a.overwrite)?;
         let start = starting_point(
             &StartOptions {
@@ -202,7 +220,7 @@ impl Train {
             validation: &validation,
             test: Some(&test),
         };
-        println!(
+        say!(
             "training {} rows, validating on {}, {} epochs, batch {}, learning rate {:e}",
             train.len(),
             validation.len(),
@@ -220,10 +238,12 @@ impl Train {
             &self.device,
             a.resume,
             &stop,
-            &mut progress_printer(),
+            &mut crate::train::progress_unless(quiet),
         )
         .with_context(|| format!("training into {}", a.run.display()))?;
-        print_outcome(&outcome);
+        if !quiet {
+            print_outcome(&outcome);
+        }
         Ok(())
     }
 }

@@ -779,11 +779,18 @@ fn pipeline_runs_trials_in_parallel_one_per_device() {
         "400",
         "--devices",
         "2",
+        "-q",
     ]);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    // -q: nothing but errors.
+    assert!(
+        output.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
     );
     let trials = study_trials(&out);
     assert_eq!(trials.len(), 3, "exactly the budget, no trial asked twice");

@@ -340,9 +340,8 @@ fn check_errors(file: &Path, result: &ApplyResult) -> Result<(), ModelError> {
             let key = checkpoint_name(path);
             // The adapter has turned a linear layer's `[out, in]` weight into Burn's
             // `[in, out]` before comparing: report both shapes in the file's own layout.
-            let linear = key.ends_with(".weight")
-                && !key.ends_with("embeddings.weight")
-                && found.len() == 2;
+            let linear =
+                key.ends_with(".weight") && !key.ends_with("embeddings.weight") && found.len() == 2;
             let stored = |shape: &[usize]| {
                 let mut shape = shape.to_vec();
                 if linear {
