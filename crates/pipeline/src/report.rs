@@ -65,20 +65,22 @@ fn step_decimals(step: f64) -> usize {
 /// `0.0123`, `32`), anything else as JSON.
 pub fn show_value(value: &serde_json::Value) -> String {
     match value {
-        serde_json::Value::Number(n) if n.is_f64() => {
-            let v = n.as_f64().unwrap_or(f64::NAN);
-            if v == 0.0 || !v.is_finite() {
-                return format!("{v}");
-            }
-            let exponent = v.abs().log10().floor() as i32;
-            if (-3..4).contains(&exponent) {
-                format!("{v:.*}", (2 - exponent).max(0) as usize)
-            } else {
-                format!("{v:.2e}")
-            }
-        }
+        serde_json::Value::Number(n) if n.is_f64() => sig3(n.as_f64().unwrap_or(f64::NAN)),
         serde_json::Value::String(text) => text.clone(),
         other => other.to_string(),
+    }
+}
+
+/// `v` to 3 significant digits: `4.49e-4`, `0.0123`, `2.50`, `1230`.
+fn sig3(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let exponent = v.abs().log10().floor() as i32;
+    if (-3..4).contains(&exponent) {
+        format!("{v:.*}", (2 - exponent).max(0) as usize)
+    } else {
+        format!("{v:.2e}")
     }
 }
 
@@ -98,6 +100,15 @@ fn escape(text: &str) -> String {
 
 /// A line chart as a standalone SVG.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    chart(title, x_label, y_label, series, true)
+}
+
+/// A scatter chart (markers only) as a standalone SVG.
+pub fn scatter_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    chart(title, x_label, y_label, series, false)
+}
+
+fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], lines: bool) -> String {
     let (w, h, left, right, top, bottom) = (640.0, 360.0, 60.0, 150.0, 36.0, 44.0);
     let points: Vec<(f64, f64)> = series
         .iter()
@@ -177,11 +188,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
             sx(x),
             h - bottom + 16.0,
-            if integral {
-                format!("{x:.0}")
-            } else {
-                format!("{x:.2}")
-            }
+            if integral { format!("{x:.0}") } else { sig3(x) }
         );
     }
     let _ = writeln!(
@@ -212,11 +219,13 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             .iter()
             .map(|(x, y)| format!("{x:.1},{y:.1}"))
             .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/>"#,
-            path.join(" ")
-        );
+        if lines {
+            let _ = writeln!(
+                svg,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/>"#,
+                path.join(" ")
+            );
+        }
         for &(x, y) in &points {
             svg.push_str(&marker(i, x, y, color));
         }
@@ -292,7 +301,7 @@ pub fn charts(input: &ReportInput<'_>) -> Vec<(String, String)> {
             })
             .collect()
     };
-    vec![
+    let mut charts = vec![
         (
             "optimization_history.svg".into(),
             line_chart("Optimisation history", "trial", input.objective, &history),
@@ -310,7 +319,51 @@ pub fn charts(input: &ReportInput<'_>) -> Vec<(String, String)> {
                 &curves(|m| m.eval_loss),
             ),
         ),
-    ]
+    ];
+    charts.extend(slice_charts(input.objective, &finished));
+    charts
+}
+
+/// Optuna's `plot_slice`: each parameter against the objective over the complete trials, on a
+/// log axis where the values span more than a factor of 3 (a log-uniform learning rate).
+fn slice_charts(objective: &str, finished: &[&Trial]) -> Vec<(String, String)> {
+    let names: Vec<&String> = finished
+        .first()
+        .map(|t| t.params.keys().collect())
+        .unwrap_or_default();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let points: Vec<(f64, f64)> = finished
+                .iter()
+                .filter_map(|t| Some((t.params.get(name)?.as_f64()?, t.value?)))
+                .collect();
+            if points.is_empty() {
+                return None;
+            }
+            let (low, high) = points.iter().fold((f64::INFINITY, 0.0f64), |(l, h), p| {
+                (l.min(p.0), h.max(p.0))
+            });
+            // A log-uniform draw spans a decade; three trials of it may span less.
+            let log = low > 0.0 && high / low > 3.0;
+            let series = [Series {
+                label: "trial".into(),
+                points: points
+                    .iter()
+                    .map(|&(x, y)| (if log { x.log10() } else { x }, y))
+                    .collect(),
+            }];
+            let axis = if log {
+                format!("log10({name})")
+            } else {
+                name.clone()
+            };
+            Some((
+                format!("slice_{name}.svg"),
+                scatter_chart(&format!("Slice: {name}"), &axis, objective, &series),
+            ))
+        })
+        .collect()
 }
 
 /// `report.md`.
@@ -410,6 +463,15 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
         );
     }
     md.push_str("\n![optimisation history](optimization_history.svg)\n\n");
+    if let Some(first) = input
+        .trials
+        .iter()
+        .find(|t| t.state == TrialState::Complete)
+    {
+        for name in first.params.keys() {
+            let _ = writeln!(md, "![slice of {name}](slice_{name}.svg)\n");
+        }
+    }
     md.push_str(
         "![learning curves](learning_curves_f1.svg)\n\n![loss](learning_curves_loss.svg)\n\n",
     );
@@ -567,6 +629,25 @@ mod tests {
         assert!(chart.contains(r#"stroke-dasharray="none""#));
         assert!(chart.contains(r#"stroke-dasharray="7 4""#));
         assert!(chart.contains("<circle") && chart.contains("<rect x="));
+    }
+
+    #[test]
+    fn a_scatter_chart_has_markers_and_no_lines() {
+        let chart = scatter_chart(
+            "Slice: lr",
+            "log10(lr)",
+            "F1",
+            &[Series {
+                label: "trial".into(),
+                points: vec![(-3.5, 0.7), (-3.0, 0.8), (-2.7, 0.75)],
+            }],
+        );
+        assert!(!chart.contains("<polyline"), "{chart}");
+        assert_eq!(
+            chart.matches("<circle").count(),
+            3 + 1,
+            "three points and the legend"
+        );
     }
 
     #[test]
