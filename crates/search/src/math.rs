@@ -174,13 +174,18 @@ mod tests {
     }
 
     #[test]
-    fn truncated_ppf_stays_inside_and_is_monotone() {
+    fn truncated_ppf_inverts_the_truncated_cdf_and_is_monotone() {
         for (a, b) in [(-1.0, 2.0), (3.0, 8.0), (-9.0, -4.0), (-0.5, 0.5)] {
             let mut previous = f64::NEG_INFINITY;
             for i in 0..=100 {
                 let q = i as f64 / 100.0 * 0.999_999;
                 let x = truncnorm_ppf(q, a, b);
-                assert!((a..=b).contains(&x), "{x} outside [{a}, {b}]");
+                // The truncated CDF at x, (Φ(x) − Φ(a)) / (Φ(b) − Φ(a)), gives q back.
+                let cdf = (log_gauss_mass(a, x) - log_gauss_mass(a, b)).exp();
+                assert!(
+                    (cdf - q).abs() < 1e-7,
+                    "[{a}, {b}]: cdf({x}) = {cdf}, not {q}"
+                );
                 assert!(x >= previous - 1e-12);
                 previous = x;
             }
