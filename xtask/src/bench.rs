@@ -577,16 +577,10 @@ impl BenchModel {
         if self.lengths == crate::flags::LengthsFlag::Tweets {
             return self.run_tweet_lengths();
         }
-        let exe = std::env::current_exe()?;
-        let script = crate::project_root().join("xtask/bench/model_reference.py");
-        let what = if self.train {
-            "training steps (forward, backward, clipping, AdamW)"
-        } else {
-            "inference"
-        };
         let (backend, dtype) = (flag_name(self.backend), flag_name(self.dtype));
         println!(
-            "{what}, batch {}, length {BENCH_SEQ}, random weights, {dtype}; samples/s (peak RSS MiB)",
+            "{}, batch {}, length {BENCH_SEQ}, random weights, {dtype}; samples/s (peak RSS MiB)",
+            self.what(),
             self.batch
         );
         println!(
@@ -596,46 +590,9 @@ impl BenchModel {
         println!("|---|---|---|---|---|");
         for &shape in &self.shapes {
             for &threads in &self.threads {
-                let iters = self
-                    .iters
-                    .unwrap_or(if self.train {
-                        (iterations(shape) / 4).max(2)
-                    } else {
-                        iterations(shape)
-                    })
-                    .to_string();
-                let train_flag: &[&str] = if self.train { &["--train"] } else { &[] };
-                let (ours_m, ours) = measure_json(
-                    Command::new(&exe)
-                        .args([
-                            "bench",
-                            "model-worker",
-                            "--shape",
-                            shape_name(shape),
-                            "--iters",
-                        ])
-                        .arg(&iters)
-                        .args(train_flag)
-                        .args(["--batch", &self.batch.to_string()])
-                        .args(["--backend", &backend, "--dtype", &dtype, "--device-index"])
-                        .arg(self.device_index.to_string())
-                        .env("RAYON_NUM_THREADS", threads.to_string())
-                        // libtorch's own pool, for `--backend tch`: the same count as PyTorch's.
-                        .env("OMP_NUM_THREADS", threads.to_string())
-                        .env("OMP_WAIT_POLICY", "PASSIVE"),
-                )?;
-                let (py_m, py) = measure_json(
-                    Command::new(&self.python)
-                        .arg(&script)
-                        .args(train_flag)
-                        .args(["--shape", shape_name(shape), "--iters", &iters])
-                        .args(["--batch", &self.batch.to_string(), "--threads"])
-                        .arg(threads.to_string())
-                        .args(["--device", &self.python_device, "--dtype", &dtype])
-                        .env("OMP_NUM_THREADS", threads.to_string())
-                        .env("OMP_WAIT_POLICY", "PASSIVE")
-                        .stderr(std::process::Stdio::null()),
-                )?;
+                let iters = self.iterations(shape);
+                let (ours_m, ours) = measure_json(&mut self.ours(shape, iters, threads)?)?;
+                let (py_m, py) = measure_json(&mut self.pytorch(shape, iters, threads))?;
                 let (a, b) = (
                     ours["samples_per_s"].as_f64().unwrap_or(f64::NAN),
                     py["samples_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -655,24 +612,80 @@ impl BenchModel {
 }
 
 impl BenchModel {
+    /// What is timed, for the table's heading.
+    fn what(&self) -> &'static str {
+        if self.train {
+            "training steps (forward, backward, clipping, AdamW)"
+        } else {
+            "inference"
+        }
+    }
+
+    /// Timed iterations of `shape`: `--iters`, or a few seconds of CPU work.
+    fn iterations(&self, shape: crate::flags::ShapeFlag) -> usize {
+        self.iters.unwrap_or(if self.train {
+            (iterations(shape) / 4).max(2)
+        } else {
+            iterations(shape)
+        })
+    }
+
+    /// Our side: `bench model-worker` on `threads` threads.
+    fn ours(
+        &self,
+        shape: crate::flags::ShapeFlag,
+        iters: usize,
+        threads: usize,
+    ) -> Result<Command> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["bench", "model-worker", "--shape", shape_name(shape)])
+            .args(["--iters", &iters.to_string()])
+            .args(if self.train { &["--train"][..] } else { &[] })
+            .args(["--batch", &self.batch.to_string()])
+            .args(["--backend", &flag_name(self.backend)])
+            .args(["--dtype", &flag_name(self.dtype)])
+            .args(["--device-index", &self.device_index.to_string()])
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            // libtorch's own pool, for `--backend tch`: the same count as PyTorch's.
+            .env("OMP_NUM_THREADS", threads.to_string())
+            .env("OMP_WAIT_POLICY", "PASSIVE");
+        Ok(command)
+    }
+
+    /// PyTorch's side: `xtask/bench/model_reference.py` with the same threads.
+    fn pytorch(&self, shape: crate::flags::ShapeFlag, iters: usize, threads: usize) -> Command {
+        let mut command = Command::new(&self.python);
+        command
+            .arg(crate::project_root().join("xtask/bench/model_reference.py"))
+            .args(if self.train { &["--train"][..] } else { &[] })
+            .args(["--shape", shape_name(shape), "--iters", &iters.to_string()])
+            .args(["--batch", &self.batch.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .args([
+                "--device",
+                &self.python_device,
+                "--dtype",
+                &flag_name(self.dtype),
+            ])
+            .env("OMP_NUM_THREADS", threads.to_string())
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
     /// `--lengths tweets`: an epoch of rows of real tweets' lengths, fixed and dynamic padding
     /// on both sides, `iters` evenly spaced batches of it timed (the Python side batches the
     /// same rows with transformers' own `LengthGroupedSampler` and `DataCollatorWithPadding`).
     fn run_tweet_lengths(&self) -> Result<()> {
-        let exe = std::env::current_exe()?;
-        let script = crate::project_root().join("xtask/bench/model_reference.py");
-        let what = if self.train {
-            "training steps (forward, backward, clipping, AdamW)"
-        } else {
-            "inference"
-        };
-        let (backend, dtype) = (flag_name(self.backend), flag_name(self.dtype));
         println!(
-            "{what}, batch {}, real tweets' lengths (mean 32 of {BENCH_SEQ} tokens), random \
-             weights, {dtype}; samples/s (peak RSS MiB); fixed: padded to {BENCH_SEQ} in a \
+            "{}, batch {}, real tweets' lengths (mean 32 of {BENCH_SEQ} tokens), random \
+             weights, {}; samples/s (peak RSS MiB); fixed: padded to {BENCH_SEQ} in a \
              shuffled order (the notebook); dynamic: length-grouped, padded to each batch's \
              longest rounded up to 8",
-            self.batch
+            self.what(),
+            self.batch,
+            flag_name(self.dtype)
         );
         println!(
             "| shape | threads | ours fixed | ours dynamic | PyTorch fixed (notebook) | PyTorch \
@@ -680,14 +693,9 @@ impl BenchModel {
              notebook |"
         );
         println!("|---|---|---|---|---|---|---|---|---|");
-        let train_flag: &[&str] = if self.train { &["--train"] } else { &[] };
         for &shape in &self.shapes {
             for &threads in &self.threads {
-                let iters = self.iters.unwrap_or(if self.train {
-                    (iterations(shape) / 4).max(2)
-                } else {
-                    iterations(shape)
-                });
+                let iters = self.iterations(shape);
                 // An epoch of 400 batches: mega-batches of 50 batches, as the Trainer's
                 // sampler forms them on any real data set, of which `iters` are timed.
                 let lengths =
@@ -697,37 +705,19 @@ impl BenchModel {
                 let mut row = Vec::new();
                 for padding in ["fixed", "dynamic"] {
                     let (m, v) = measure_json(
-                        Command::new(&exe)
-                            .args(["bench", "model-worker", "--shape", shape_name(shape)])
-                            .args(["--iters", &iters.to_string()])
-                            .args(train_flag)
-                            .args(["--batch", &self.batch.to_string()])
-                            .args(["--backend", &backend, "--dtype", &dtype, "--device-index"])
-                            .arg(self.device_index.to_string())
+                        self.ours(shape, iters, threads)?
                             .arg("--lengths-file")
                             .arg(&lengths_file)
-                            .args(["--padding", padding])
-                            .env("RAYON_NUM_THREADS", threads.to_string())
-                            .env("OMP_NUM_THREADS", threads.to_string())
-                            .env("OMP_WAIT_POLICY", "PASSIVE"),
+                            .args(["--padding", padding]),
                     )?;
                     row.push((m, v));
                 }
                 for padding in ["fixed", "dynamic"] {
                     let (m, v) = measure_json(
-                        Command::new(&self.python)
-                            .arg(&script)
-                            .args(train_flag)
-                            .args(["--shape", shape_name(shape), "--iters", &iters.to_string()])
-                            .args(["--batch", &self.batch.to_string(), "--threads"])
-                            .arg(threads.to_string())
-                            .args(["--device", &self.python_device, "--dtype", &dtype])
+                        self.pytorch(shape, iters, threads)
                             .arg("--lengths-file")
                             .arg(&lengths_file)
-                            .args(["--padding", padding])
-                            .env("OMP_NUM_THREADS", threads.to_string())
-                            .env("OMP_WAIT_POLICY", "PASSIVE")
-                            .stderr(std::process::Stdio::null()),
+                            .args(["--padding", padding]),
                     )?;
                     row.push((m, v));
                 }

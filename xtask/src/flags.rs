@@ -237,6 +237,21 @@ pub struct TrainerOptions {
     pub report_to: Vec<String>,
 }
 
+/// What to do with the run folder, and how much to print: the options of `train` and
+/// `pretrain`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct RunFolderOptions {
+    /// Continue the run in the run folder from its last checkpoint.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Replace a run already in the run folder (deleting it) instead of refusing.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print only errors (no progress, no summary).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
 /// The library's run options from the batching and Trainer flags.
 pub fn run_options(
     batching: &BatchingOptions,
@@ -623,15 +638,9 @@ pub struct TrainArgs {
     /// Early stopping on the validation metric (--metric), reporting.
     #[command(flatten)]
     pub trainer: TrainerOptions,
-    /// Continue the run in --run from its last checkpoint.
-    #[arg(long, conflicts_with = "overwrite")]
-    pub resume: bool,
-    /// Replace a run already in --run (deleting it) instead of refusing.
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Print only errors (no progress, no summary).
-    #[arg(long, short)]
-    pub quiet: bool,
+    /// Resume, overwrite, quiet.
+    #[command(flatten)]
+    pub folder: RunFolderOptions,
     /// The backend and device.
     #[command(flatten)]
     pub device: DeviceOptions,
@@ -696,15 +705,9 @@ pub struct PretrainArgs {
     /// Early stopping on the held-out masked-LM loss, reporting.
     #[command(flatten)]
     pub trainer: TrainerOptions,
-    /// Continue the run in --out from its last checkpoint.
-    #[arg(long, conflicts_with = "overwrite")]
-    pub resume: bool,
-    /// Replace a run already in --out (deleting it) instead of refusing.
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Print only errors (no progress, no summary).
-    #[arg(long, short)]
-    pub quiet: bool,
+    /// Resume, overwrite, quiet.
+    #[command(flatten)]
+    pub folder: RunFolderOptions,
     /// The backend and device.
     #[command(flatten)]
     pub device: DeviceOptions,

@@ -132,7 +132,7 @@ impl Pretrain {
     pub fn run(self) -> Result<PretrainOutcome> {
         let stop = crate::checkpoint_on_ctrl_c();
         let a = &self.args;
-        let quiet = a.quiet;
+        let quiet = a.folder.quiet;
         // Everything but errors, unless -q.
         macro_rules! say {
             ($($t:tt)*) => {
@@ -141,7 +141,7 @@ impl Pretrain {
                 }
             };
         }
-        crate::train::replace_run(&a.out, "pretrain_config.json", a.overwrite)?;
+        crate::train::replace_run(&a.out, "pretrain_config.json", a.folder.overwrite)?;
         let input = a
             .input
             .clone()
@@ -195,7 +195,7 @@ impl Pretrain {
             &self.config,
             &a.out,
             &self.device,
-            a.resume,
+            a.folder.resume,
             &stop,
             &mut crate::train::progress_unless(quiet),
         )

@@ -173,7 +173,7 @@ impl Train {
     pub fn run(self) -> Result<()> {
         let stop = crate::checkpoint_on_ctrl_c();
         let a = &self.args;
-        let quiet = a.quiet;
+        let quiet = a.folder.quiet;
         // Everything but errors, unless -q.
         macro_rules! say {
             ($($t:tt)*) => {
@@ -182,7 +182,7 @@ impl Train {
                 }
             };
         }
-        replace_run(&a.run, "train_config.json", a.overwrite)?;
+        replace_run(&a.run, "train_config.json", a.folder.overwrite)?;
         let start = starting_point(
             &StartOptions {
                 data: &a.data,
@@ -236,7 +236,7 @@ impl Train {
             &self.config,
             &a.run,
             &self.device,
-            a.resume,
+            a.folder.resume,
             &stop,
             &mut crate::train::progress_unless(quiet),
         )

@@ -355,8 +355,10 @@ impl FusedKernels for burn::backend::Flex {
                 grad.to_contiguous()
             };
         let n = x.layout().num_elements();
-        let xs: Vec<f32> = x.storage::<f32>()[x.layout().start_offset()..][..n].to_vec();
-        crate::fast_gelu::gelu_backward_in_place(&xs, &mut grad.storage_mut::<f32>()[..n]);
+        crate::fast_gelu::gelu_backward_in_place(
+            &x.storage::<f32>()[..n],
+            &mut grad.storage_mut::<f32>()[..n],
+        );
         grad
     }
 }

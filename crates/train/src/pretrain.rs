@@ -488,6 +488,10 @@ impl Task for Pretraining<'_> {
         (record.eval_loss, false)
     }
 
+    fn train_lengths(&self) -> Vec<usize> {
+        self.train.lengths()
+    }
+
     fn eval_scalars(&self, e: &PretrainEpoch) -> Vec<(&'static str, f64)> {
         vec![
             ("eval/loss", e.eval_loss),
@@ -541,20 +545,16 @@ pub fn pretrain(
         model_config,
         rows: train.len(),
         batch_size: config.batch_size,
-        gradient_accumulation_steps: config.run.gradient_accumulation_steps,
         epochs: config.epochs,
         seed: config.seed,
         learning_rate: config.learning_rate,
         warmup_steps: config.warmup_steps,
         optimizer: config.optimizer,
-        lengths: config.run.group_by_length.then(|| train.lengths()),
-        early_stopping: config.run.early_stopping(),
-        tensorboard: config.run.tensorboard(),
+        run: &config.run,
         start_line: format!(
-            "pre-training started: {} rows, {} held out, {} steps per epoch",
+            "pre-training started: {} rows, {} held out",
             train.len(),
-            validation.len(),
-            train.len().div_ceil(config.batch_size)
+            validation.len()
         ),
     };
     let model = model.to_device(&device.clone().autodiff()).train();

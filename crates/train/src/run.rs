@@ -21,7 +21,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{AdamWSettings, FlatAdamW, LinearSchedule, Progress, TrainError, write_atomic};
+use crate::{
+    AdamWSettings, FlatAdamW, LinearSchedule, Progress, RunOptions, TrainError, write_atomic,
+};
 
 /// Version of the files a run folder holds (2: the optimizer state is [`FlatAdamW`]'s flat
 /// moments, `optimizer.bpk` + `optimizer.json`, instead of Burn's per-tensor record).
@@ -205,6 +207,18 @@ pub(crate) trait Task {
 
     /// The evaluation scalars of an epoch's record, by the Trainer's names (`eval/loss`, …).
     fn eval_scalars(&self, record: &Self::Epoch) -> Vec<(&'static str, f64)>;
+
+    /// Real tokens of every training row, for length grouping.
+    fn train_lengths(&self) -> Vec<usize>;
+
+    /// Whether early stopping by `rule` ends the run after the epochs of `history`.
+    fn stops_early(&self, rule: EarlyStopping, history: &[Self::Epoch]) -> bool {
+        let Some(last) = history.last() else {
+            return false;
+        };
+        let values: Vec<f64> = history.iter().map(|r| self.watched(r).0).collect();
+        rule.should_stop(&values, self.watched(last).1)
+    }
 }
 
 /// The settings the loop itself uses, taken from a task's configuration.
@@ -219,8 +233,6 @@ pub(crate) struct LoopSettings<'a, C> {
     pub rows: usize,
     /// Rows per micro-batch.
     pub batch_size: usize,
-    /// Micro-batches per optimizer step.
-    pub gradient_accumulation_steps: usize,
     /// Passes over the rows.
     pub epochs: usize,
     /// Seed of the batch order and dropout.
@@ -231,14 +243,9 @@ pub(crate) struct LoopSettings<'a, C> {
     pub warmup_steps: usize,
     /// AdamW's settings.
     pub optimizer: AdamWSettings,
-    /// The training rows' lengths, to order each epoch's batches by length (the Trainer's
-    /// `group_by_length`); None keeps the shuffled order.
-    pub lengths: Option<Vec<usize>>,
-    /// Stop when the watched metric stops improving (None: run every epoch).
-    pub early_stopping: Option<EarlyStopping>,
-    /// Write TensorBoard event files under `run_dir/tb`.
-    pub tensorboard: bool,
-    /// The line logged when a fresh run starts.
+    /// Accumulation, length grouping, early stopping and reporting.
+    pub run: &'a RunOptions,
+    /// The line logged when a fresh run starts (the loop adds the steps per epoch).
     pub start_line: String,
 }
 
@@ -337,7 +344,8 @@ where
     T: Task,
     C: Clone + PartialEq + Serialize + DeserializeOwned,
 {
-    let accumulation = settings.gradient_accumulation_steps.max(1);
+    let accumulation = settings.run.gradient_accumulation_steps.max(1);
+    let lengths = settings.run.group_by_length.then(|| task.train_lengths());
     // The schedule counts optimizer steps, not micro-batches.
     let steps_per_epoch = settings
         .rows
@@ -404,11 +412,14 @@ where
             }
         }
         save_json(&config_path, &(settings.config, settings.model_config))?;
-        log(run_dir, &settings.start_line)?;
+        log(
+            run_dir,
+            &format!("{}, {steps_per_epoch} steps per epoch", settings.start_line),
+        )?;
     }
 
     let (mut stopped_early, mut early_stopped) = (None, None);
-    let mut tensorboard = if settings.tensorboard {
+    let mut tensorboard = if settings.run.tensorboard() {
         Some(crate::tensorboard::EventWriter::create(
             &run_dir.join("tb"),
         )?)
@@ -416,13 +427,9 @@ where
         None
     };
     // A run resumed after early stopping had ended it has nothing left to do.
-    if let Some(rule) = settings.early_stopping
-        && let Some(last) = history.last()
-    {
-        let values: Vec<f64> = history.iter().map(|r| task.watched(r).0).collect();
-        if rule.should_stop(&values, task.watched(last).1) {
-            early_stopped = Some(history.len());
-        }
+    let early_stopping = settings.run.early_stopping();
+    if early_stopping.is_some_and(|rule| task.stops_early(rule, &history)) {
+        early_stopped = Some(history.len());
     }
     for epoch in start_epoch..=settings.epochs {
         if early_stopped.is_some() {
@@ -435,7 +442,7 @@ where
         let mut shuffle = ChaCha8Rng::seed_from_u64(settings.seed);
         shuffle.set_stream(epoch as u64);
         order.shuffle(&mut shuffle);
-        if let Some(lengths) = &settings.lengths {
+        if let Some(lengths) = &lengths {
             order = sentiment_tokenize::group_by_length(&order, lengths, settings.batch_size);
         }
         // An interrupted epoch continues where it stopped.
@@ -447,6 +454,7 @@ where
         // One optimizer step per `accumulation` micro-batches (the last step of an epoch may
         // take fewer); `skip` counts steps, so a partial checkpoint is on a step boundary.
         let micro: Vec<&[usize]> = order.chunks(settings.batch_size).collect();
+        let mut rows_done = 0usize;
         for (i, group) in micro.chunks(accumulation).enumerate().skip(skip) {
             if stop.is_requested() {
                 let dir = partial_dir(run_dir, epoch);
@@ -476,60 +484,36 @@ where
                 .enumerate()
                 .filter_map(|(m, rows)| task.batch(rows, epoch, i * accumulation + m, &autodiff))
                 .collect();
-            let (mut step_loss, mut step_stats) = (None, None);
-            if batches.len() == 1 {
-                // One batch: its mean loss as is (bit for bit what a run without
-                // accumulation computes).
-                let batch = batches.into_iter().next().expect("one batch");
-                let loss = task.loss(&model, batch, &autodiff);
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut step_loss = None;
+            let mut grad_norm = None;
+            if let Some((grads, losses)) = backward(task, &model, batches, &autodiff) {
                 let stats;
                 (model, stats) = optimizer.step(rate, model, grads)?;
                 // Read once the whole step is queued: on a GPU, a read before the backward
                 // pass would drain the device's queue in the middle of every step.
-                step_loss = Some(f64::from(loss.into_scalar::<f32>()));
-                step_stats = Some(stats);
-            } else if !batches.is_empty() {
-                // transformers' fixed accumulation: each micro-batch's mean loss weighted by
-                // its share of the step's items, so the sum is the mean over all of them, as
-                // one batch of every row would give (not the mean of the K means).
-                let total: usize = batches.iter().map(|b| task.items(b)).sum();
-                let mut accumulated = GradientsAccumulator::new();
-                let mut value = 0.0;
-                for batch in batches {
-                    let share = task.items(&batch) as f32 / total.max(1) as f32;
-                    let loss = task.loss(&model, batch, &autodiff).mul_scalar(share);
-                    accumulated
-                        .accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-                    value += f64::from(loss.into_scalar::<f32>());
-                }
-                let stats;
-                (model, stats) = optimizer.step(rate, model, accumulated.grads())?;
-                step_loss = Some(value);
-                step_stats = Some(stats);
-            }
-            if let Some(value) = step_loss {
+                let value: f64 = losses
+                    .into_iter()
+                    .map(|l| f64::from(l.into_scalar::<f32>()))
+                    .sum();
                 if !value.is_finite() {
                     return Err(TrainError::Diverged { epoch, step });
                 }
                 loss_sum += value;
+                step_loss = Some(value);
+                grad_norm = tensorboard.is_some().then(|| stats.grad_norm());
             }
             step += 1;
-            if let (Some(tb), Some(loss), Some(stats)) = (&mut tensorboard, step_loss, &step_stats)
-            {
+            if let (Some(tb), Some(loss), Some(norm)) = (&mut tensorboard, step_loss, grad_norm) {
                 tb.scalar("train/loss", loss, step)?;
                 tb.scalar("train/learning_rate", rate, step)?;
-                tb.scalar("train/grad_norm", stats.grad_norm(), step)?;
+                tb.scalar("train/grad_norm", norm, step)?;
                 tb.scalar(
                     "train/epoch",
                     epoch as f64 - 1.0 + (i + 1) as f64 / steps_per_epoch as f64,
                     step,
                 )?;
             }
-            let rows_done: usize = micro[skip * accumulation..(i * accumulation + group.len())]
-                .iter()
-                .map(|b| b.len())
-                .sum();
+            rows_done += group.iter().map(|b| b.len()).sum::<usize>();
             hooks.on_step(Progress {
                 epoch,
                 epochs: settings.epochs,
@@ -576,27 +560,27 @@ where
             ),
         )?;
         task.prune_checkpoints(run_dir, &history)?;
-        if let Some(rule) = settings.early_stopping
-            && epoch < settings.epochs
-        {
-            let greater_is_better = task.watched(last).1;
-            let values: Vec<f64> = history.iter().map(|r| task.watched(r).0).collect();
-            if rule.should_stop(&values, greater_is_better) {
-                early_stopped = Some(epoch);
-                log(
-                    run_dir,
-                    &format!(
-                        "early stopping after epoch {epoch}: no improvement by more than {} in \
-                         {} evaluations",
-                        rule.threshold, rule.patience
-                    ),
-                )?;
-                // The hooks still see the epoch (a study records it).
-                hooks.on_epoch(last);
-                break;
-            }
+        // The hooks see every epoch (a study records it); then early stopping, then a hook's
+        // stop (a pruner), end the run.
+        let hooks_continue = hooks.on_epoch(last);
+        if epoch == settings.epochs {
+            break;
         }
-        if !hooks.on_epoch(last) && epoch < settings.epochs {
+        if let Some(rule) = early_stopping
+            && task.stops_early(rule, &history)
+        {
+            early_stopped = Some(epoch);
+            log(
+                run_dir,
+                &format!(
+                    "early stopping after epoch {epoch}: no improvement by more than {} in {} \
+                     evaluations",
+                    rule.threshold, rule.patience
+                ),
+            )?;
+            break;
+        }
+        if !hooks_continue {
             stopped_early = Some(epoch);
             log(
                 run_dir,
@@ -611,6 +595,40 @@ where
         stopped_early,
         early_stopped,
     })
+}
+
+/// The gradients of one optimizer step over `batches` and their losses, not yet read (None
+/// when no batch has anything to learn from). One batch: its mean loss as is, bit for bit what
+/// a run without accumulation computes. Several: transformers' fixed accumulation, each
+/// micro-batch's mean loss weighted by its share of the step's items, so that their sum is the
+/// mean over all of them, as one batch of every row would give (not the mean of the K means).
+fn backward<T: Task>(
+    task: &T,
+    model: &T::Model,
+    batches: Vec<T::Batch>,
+    device: &Device,
+) -> Option<(GradientsParams, Vec<Tensor<1>>)> {
+    match batches.len() {
+        0 => None,
+        1 => {
+            let batch = batches.into_iter().next().expect("one batch");
+            let loss = task.loss(model, batch, device);
+            let grads = GradientsParams::from_grads(loss.backward(), model);
+            Some((grads, vec![loss]))
+        }
+        _ => {
+            let total: usize = batches.iter().map(|b| task.items(b)).sum();
+            let mut accumulated = GradientsAccumulator::new();
+            let mut losses = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let share = task.items(&batch) as f32 / total.max(1) as f32;
+                let loss = task.loss(model, batch, device).mul_scalar(share);
+                accumulated.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+                losses.push(loss);
+            }
+            Some((accumulated.grads(), losses))
+        }
+    }
 }
 
 /// Appends a line to `run_dir/train.log`, stamped with the local time in ISO 8601.

@@ -392,6 +392,10 @@ impl Task for FineTune<'_> {
         (metric.of(record), metric.greater_is_better())
     }
 
+    fn train_lengths(&self) -> Vec<usize> {
+        self.data.train.lengths()
+    }
+
     fn eval_scalars(&self, m: &EpochMetrics) -> Vec<(&'static str, f64)> {
         vec![
             ("eval/loss", m.eval_loss),
@@ -455,23 +459,16 @@ pub fn train(
         model_config,
         rows: data.train.len(),
         batch_size: config.batch_size,
-        gradient_accumulation_steps: config.run.gradient_accumulation_steps,
         epochs: config.epochs,
         seed: config.seed,
         learning_rate: config.learning_rate,
         warmup_steps: config.warmup_steps,
         optimizer: config.optimizer,
-        lengths: config.run.group_by_length.then(|| data.train.lengths()),
-        early_stopping: config.run.early_stopping(),
-        tensorboard: config.run.tensorboard(),
+        run: &config.run,
         start_line: format!(
-            "started: {} train rows, {} validation rows, {} steps per epoch, {}",
+            "started: {} train rows, {} validation rows, {}",
             data.train.len(),
             data.validation.len(),
-            data.train
-                .len()
-                .div_ceil(config.batch_size)
-                .div_ceil(config.run.gradient_accumulation_steps),
             serde_json::to_string(config).expect("serialisable")
         ),
     };
