@@ -17,7 +17,7 @@ for seed in 42 43 44; do
     esac
     rm -rf "$work/run_${variant}_$seed"
     start=$(date +%s.%N)
-    out=$("$bin" train --data "$work/data" --run "$work/run_${variant}_$seed" --seed "$seed" "${extra[@]}" 2>/dev/null | grep '^test:')
+    out=$("$bin" train --prepared "$work/data" --out "$work/run_${variant}_$seed" --seed "$seed" "${extra[@]}" 2>/dev/null | grep '^test:')
     end=$(date +%s.%N)
     echo "$variant seed $seed $(echo "$end - $start" | bc) s $out"
   done

@@ -835,7 +835,7 @@ pub fn pretrain(args: &crate::flags::BenchPretrainArgs) -> Result<()> {
     };
     let mut prepare: Vec<String> = ["prepare", "--quiet", "--out"].map(String::from).to_vec();
     prepare.push(path("data"));
-    if let Some(data) = &args.data {
+    if let Some(data) = &args.input {
         prepare.extend(["--input".into(), data.to_string_lossy().into_owned()]);
     }
     if let Some(rows) = args.sample {
@@ -851,9 +851,9 @@ pub fn pretrain(args: &crate::flags::BenchPretrainArgs) -> Result<()> {
         let epochs = epochs.to_string();
         let mut flags = vec![
             "train",
-            "--data",
+            "--prepared",
             &path("data"),
-            "--run",
+            "--out",
             run_dir,
             "--epochs",
             &epochs,
@@ -903,7 +903,7 @@ pub fn pretrain(args: &crate::flags::BenchPretrainArgs) -> Result<()> {
             .context("reading the pre-training metrics")?,
     )?;
     let row = |name: &str, cpu: f64, o: &sentiment_train::TrainOutcome| {
-        let best = &o.history[o.best_epoch - 1];
+        let best = o.best();
         let test = o.test.as_ref().map_or(f64::NAN, |t| t.report.binary.f1);
         println!(
             "| {name} | {cpu:.0} | {:.4} (epoch {}) | {test:.4} |",

@@ -81,8 +81,8 @@ pub enum BenchCommand {
 #[derive(Debug, Args)]
 pub struct BenchPretrainArgs {
     /// Sentiment140 CSV (raw or cleaned). Default: the bundled sample.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    #[arg(long, alias = "data")]
+    pub input: Option<PathBuf>,
     /// Stratified sample of N rows of it.
     #[arg(long)]
     pub sample: Option<usize>,
@@ -221,10 +221,23 @@ impl BatchingOptions {
     }
 }
 
-/// The Trainer's everyday switches every training command takes: early stopping (as
-/// transformers' `EarlyStoppingCallback`) and where metrics are reported.
+/// The Trainer's everyday switches every training command takes: how long to train, when to
+/// evaluate and checkpoint, early stopping (as transformers' `EarlyStoppingCallback`) and where
+/// metrics are reported.
 #[derive(Debug, Clone, Args)]
 pub struct TrainerOptions {
+    /// Train for N optimizer steps in all, overriding --epochs (the Trainer's max_steps): the
+    /// last pass over the data is cut short; the schedule decays to zero at step N.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Evaluate (and checkpoint) every N optimizer steps and after the last one, instead of
+    /// after every epoch; the best checkpoint is chosen among these evaluations.
+    #[arg(long)]
+    pub eval_steps: Option<usize>,
+    /// Also checkpoint every N optimizer steps between evaluations, to resume from (only the
+    /// latest such checkpoint is kept).
+    #[arg(long)]
+    pub save_steps: Option<usize>,
     /// Stop after N evaluations without an improvement of the best metric (off by default).
     #[arg(long)]
     pub early_stopping_patience: Option<usize>,
@@ -261,6 +274,9 @@ pub fn run_options(
         padding: batching.padding(),
         group_by_length: batching.group_by_length,
         gradient_accumulation_steps: batching.gradient_accumulation_steps,
+        max_steps: trainer.max_steps,
+        eval_steps: trainer.eval_steps,
+        save_steps: trainer.save_steps,
         early_stopping_patience: trainer.early_stopping_patience,
         early_stopping_threshold: trainer.early_stopping_threshold,
         report_to: trainer.report_to.clone(),
@@ -327,11 +343,12 @@ pub struct BenchPrepareArgs {
 /// Flags of `cargo xtask tokenize`.
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
-    /// Folder written by `cargo xtask prepare`.
-    #[arg(long, default_value = "data/prepared")]
-    pub data: PathBuf,
+    /// Folder written by `cargo xtask prepare` (`--data` is an older name of this flag).
+    #[arg(long, alias = "data", default_value = "data/prepared")]
+    pub prepared: PathBuf,
     /// A pretrained tokenizer: a local Hugging Face folder or a hub id (roberta-base).
-    /// Without it, a byte-level BPE is trained on the train split and kept in DATA/tokenizer.
+    /// Without it, a byte-level BPE is trained on the train split and kept in
+    /// PREPARED/tokenizer.
     #[arg(long)]
     pub tokenizer: Option<String>,
     /// Vocabulary size of a trained tokenizer.
@@ -430,7 +447,8 @@ pub struct PredictArgs {
     /// The backend and device.
     #[command(flatten)]
     pub device: DeviceOptions,
-    /// Print JSON lines {"text", "label", "probs", "logits"}.
+    /// Print JSON lines {"index", "row" (when the input has a `row` column), "text", "label",
+    /// "probs", "logits"}.
     #[arg(long)]
     pub json: bool,
 }
@@ -583,12 +601,12 @@ pub enum MetricFlag {
 /// Flags of `cargo xtask train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Folder written by `cargo xtask prepare`.
-    #[arg(long, default_value = "data/prepared")]
-    pub data: PathBuf,
-    /// Run folder (checkpoints, metrics, best_model/).
-    #[arg(long, default_value = "runs/train")]
-    pub run: PathBuf,
+    /// Folder written by `cargo xtask prepare` (`--data` is an older name of this flag).
+    #[arg(long, alias = "data", default_value = "data/prepared")]
+    pub prepared: PathBuf,
+    /// Run folder: checkpoints, metrics, best_model/ (`--run` is an older name of this flag).
+    #[arg(long, alias = "run", default_value = "runs/train")]
+    pub out: PathBuf,
     /// Start from a pretrained Hugging Face folder or hub id (roberta-base).
     #[arg(long, conflicts_with = "config")]
     pub pretrained: Option<String>,
@@ -717,8 +735,9 @@ pub struct PretrainArgs {
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
     /// Sentiment140 CSV (raw or cleaned, optionally .gz). Default: the bundled sample.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
+    /// (`--data` is an older name of this flag.)
+    #[arg(long, alias = "data")]
+    pub input: Option<PathBuf>,
     /// How the CSV is read, sampled (`--sample 10000`, as the notebook) and split.
     #[command(flatten)]
     pub data_options: DataOptions,

@@ -20,9 +20,9 @@ impl TryFrom<PipelineArgs> for Pipeline {
     type Error = anyhow::Error;
 
     fn try_from(args: PipelineArgs) -> Result<Self> {
-        let bundled_sample = args.data.is_none();
+        let bundled_sample = args.input.is_none();
         let input = args
-            .data
+            .input
             .clone()
             .unwrap_or_else(|| crate::fixtures::data_fixtures_dir().join("sample.csv"));
         let space = if args.space.is_empty() {
@@ -49,16 +49,7 @@ impl TryFrom<PipelineArgs> for Pipeline {
             trials: args.trials,
             startup_trials: args.startup_trials,
             epochs: args.epochs,
-            padding: args.batching.padding(),
-            group_by_length: args.batching.group_by_length,
-            gradient_accumulation_steps: args.batching.gradient_accumulation_steps,
-            report_to: args.trainer.report_to.clone(),
-            early_stopping: args.trainer.early_stopping_patience.map(|patience| {
-                sentiment_train::EarlyStopping {
-                    patience,
-                    threshold: args.trainer.early_stopping_threshold,
-                }
-            }),
+            run: crate::flags::run_options(&args.batching, &args.trainer),
             prune: args.prune.then_some(PruneSettings {
                 startup_trials: args.prune_startup_trials,
                 warmup_epochs: args.prune_warmup_epochs,
@@ -142,7 +133,7 @@ impl Pipeline {
             println!();
             println!(
                 "This ran on the bundled synthetic sample with a tiny model trained from scratch. \
-                 The notebook's recipe on real data:\n  cargo xtask pipeline --data \
+                 The notebook's recipe on real data:\n  cargo xtask pipeline --input \
                  training.1600000.processed.noemoticon.csv --sample 10000 --pretrained roberta-base \
                  --trials 8 --epochs 3\n(see docs/pipeline.md)"
             );

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
+use sentiment_data::TextColumn;
 use sentiment_tokenize::{
     DEFAULT_MAX_LENGTH, HubSettings, Padding, RobertaTokenizer, by_length, gather_rows, row_length,
 };
@@ -18,6 +19,8 @@ pub struct Predict {
     model: String,
     tokenizer: String,
     texts: Vec<String>,
+    /// The input's `row` column, when it has one.
+    rows: Option<Vec<u64>>,
     max_length: Option<usize>,
     batch_size: usize,
     padding: Padding,
@@ -29,18 +32,24 @@ impl TryFrom<PredictArgs> for Predict {
     type Error = anyhow::Error;
 
     fn try_from(args: PredictArgs) -> Result<Self> {
-        let texts = match (&args.input, args.texts.as_slice()) {
+        let TextColumn { texts, rows } = match (&args.input, args.texts.as_slice()) {
             (Some(path), _) => sentiment_data::read_text_column(path, &args.text_column)
                 .with_context(|| format!("reading {}", path.display()))?,
             // `-`: one text per line of standard input, as Unix tools read.
-            (None, [dash]) if dash == "-" => std::io::stdin()
-                .lines()
-                .collect::<std::io::Result<Vec<String>>>()
-                .context("reading texts from standard input")?,
+            (None, [dash]) if dash == "-" => TextColumn {
+                texts: std::io::stdin()
+                    .lines()
+                    .collect::<std::io::Result<Vec<String>>>()
+                    .context("reading texts from standard input")?,
+                rows: None,
+            },
             (None, []) => {
                 bail!("give texts to classify, `-` to read them from stdin, or --input FILE")
             }
-            (None, texts) => texts.to_vec(),
+            (None, texts) => TextColumn {
+                texts: texts.to_vec(),
+                rows: None,
+            },
         };
         if args.batch_size == 0 || args.pad_multiple == 0 {
             bail!("--batch-size and --pad-multiple must be at least 1");
@@ -49,6 +58,7 @@ impl TryFrom<PredictArgs> for Predict {
             tokenizer: args.tokenizer.clone().unwrap_or_else(|| args.model.clone()),
             model: args.model,
             texts,
+            rows,
             max_length: args.max_length,
             batch_size: args.batch_size,
             padding: Padding {
@@ -67,6 +77,9 @@ struct Prediction<'a> {
     /// 0-based position of the text in the input (its data row, or line of stdin), so that
     /// results join back.
     index: usize,
+    /// The input's `row` id (a prepared split's source line), when it has a `row` column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    row: Option<u64>,
     text: &'a str,
     label: String,
     probs: Vec<f32>,
@@ -147,8 +160,10 @@ impl Predict {
                 let row = i * num_labels..(i + 1) * num_labels;
                 let probs = probs[row.clone()].to_vec();
                 let best = sentiment_metrics::argmax_rows(&probs, num_labels)?[0];
+                let index = w * self.batch_size * 50 + i;
                 let prediction = Prediction {
-                    index: w * self.batch_size * 50 + i,
+                    index,
+                    row: self.rows.as_ref().map(|rows| rows[index]),
                     text,
                     label: loaded.config.label_name(best),
                     probs,

@@ -147,6 +147,7 @@ impl Pretrain {
             .clone()
             .unwrap_or_else(|| crate::fixtures::data_fixtures_dir().join("sample.csv"));
         let mut texts = sentiment_data::read_text_column(&input, &a.text_column)
+            .map(|column| column.texts)
             .with_context(|| format!("reading the texts of {}", input.display()))?;
         let total = texts.len();
         texts.retain(|t| !t.trim().is_empty());

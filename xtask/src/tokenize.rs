@@ -23,7 +23,7 @@ pub struct Tokenize {
 impl From<TokenizeArgs> for Tokenize {
     fn from(args: TokenizeArgs) -> Self {
         Self {
-            data: args.data,
+            data: args.prepared,
             tokenizer: args.tokenizer,
             training: BpeTrainingConfig {
                 vocab_size: args.vocab_size,

@@ -100,7 +100,7 @@ fn progress_lines(
 ) -> impl FnMut(Progress) {
     let mut last = Instant::now();
     move |p: Progress| {
-        let done = p.step_in_epoch == p.steps_per_epoch;
+        let done = p.step_in_epoch == p.steps_per_epoch || p.step == p.total_steps;
         let wait = if interactive {
             std::time::Duration::from_millis(200)
         } else {
@@ -110,11 +110,9 @@ fn progress_lines(
             return;
         }
         last = Instant::now();
-        // Time left in this epoch plus the whole remaining epochs at this epoch's pace.
+        // The run's remaining steps at this epoch's pace.
         let per_step = p.elapsed_seconds / p.step_in_epoch.max(1) as f64;
-        let steps_left =
-            (p.steps_per_epoch - p.step_in_epoch) + (p.epochs - p.epoch) * p.steps_per_epoch;
-        let eta = per_step * steps_left as f64;
+        let eta = per_step * p.total_steps.saturating_sub(p.step) as f64;
         let numbers = format!(
             "{}/{} loss {:.4} {:.0} samples/s ETA {:.0}s",
             p.step_in_epoch, p.steps_per_epoch, p.loss, p.samples_per_second, eta
@@ -136,15 +134,18 @@ fn progress_lines(
     }
 }
 
-/// Prints the per-epoch table and the test metrics, like the notebook's last cells.
+/// Prints the table of evaluations and the test metrics, like the notebook's last cells.
 pub fn print_outcome(outcome: &TrainOutcome) {
-    println!("| epoch | train loss | eval loss | accuracy | precision | recall | F1 | samples/s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| epoch | step | train loss | eval loss | accuracy | precision | recall | F1 | samples/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for m in &outcome.history {
         println!(
-            "| {}{} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.0} |",
+            "| {} | {}{} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.0} |",
             m.epoch,
-            if m.epoch == outcome.best_epoch {
+            m.step,
+            if m.step == outcome.best_step {
                 " (best)"
             } else {
                 ""
@@ -182,10 +183,10 @@ impl Train {
                 }
             };
         }
-        replace_run(&a.run, "train_config.json", a.folder.overwrite)?;
+        replace_run(&a.out, "train_config.json", a.folder.overwrite)?;
         let start = starting_point(
             &StartOptions {
-                data: &a.data,
+                data: &a.prepared,
                 pretrained: a.pretrained.as_deref(),
                 fresh_config: &a.config,
                 tokenizer: a.tokenizer.as_deref(),
@@ -199,12 +200,12 @@ impl Train {
             eprintln!("note: {note}");
         }
         tokenize_splits(
-            &a.data,
+            &a.prepared,
             &start.tokenizer,
             &start.tokenizer_origin,
             &mut |_, _, _| {},
         )?;
-        let files = token_files(&a.data);
+        let files = token_files(&a.prepared);
         let read = |split| -> Result<_> {
             let path: &PathBuf = &files[&split];
             read_tokenized(path).with_context(|| format!("reading {}", path.display()))
@@ -234,13 +235,13 @@ impl Train {
             Some(&start.tokenizer),
             &data,
             &self.config,
-            &a.run,
+            &a.out,
             &self.device,
             a.folder.resume,
             &stop,
             &mut crate::train::progress_unless(quiet),
         )
-        .with_context(|| format!("training into {}", a.run.display()))?;
+        .with_context(|| format!("training into {}", a.out.display()))?;
         if !quiet {
             print_outcome(&outcome);
         }
@@ -258,6 +259,8 @@ mod tests {
             epochs: 2,
             step_in_epoch: step,
             steps_per_epoch: 4,
+            step,
+            total_steps: 8,
             loss: 0.5,
             samples_per_second: 100.0,
             elapsed_seconds: step as f64,

@@ -146,6 +146,7 @@ fn tokenize_trains_encodes_then_reuses_the_cache() {
         "{}",
         String::from_utf8_lossy(&prepared.stderr)
     );
+    // `--data`, the older name of `--prepared`, is still accepted.
     let first = xtask(&["tokenize", "--data", dir, "--vocab-size", "400"]);
     assert!(
         first.status.success(),
@@ -155,12 +156,12 @@ fn tokenize_trains_encodes_then_reuses_the_cache() {
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(stdout.contains("trained a tokenizer"), "{stdout}");
     assert_eq!(stdout.matches("encoded").count(), 3, "{stdout}");
-    let second = xtask(&["tokenize", "--data", dir, "--vocab-size", "400"]);
+    let second = xtask(&["tokenize", "--prepared", dir, "--vocab-size", "400"]);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert!(stdout.contains("reusing the tokenizer"), "{stdout}");
     assert_eq!(stdout.matches("cached").count(), 3, "{stdout}");
     assert!(data.path().join("tokenizer/tokenizer.json").exists());
-    let bad = xtask(&["tokenize", "--data", dir, "--max-length", "1"]);
+    let bad = xtask(&["tokenize", "--prepared", dir, "--max-length", "1"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("max_length 1"));
 }
@@ -300,9 +301,9 @@ fn train_from_scratch_then_predict_with_the_best_model() {
     prepare_sample(data_s, 1500);
     let trained = xtask(&[
         "train",
-        "--data",
+        "--prepared",
         data_s,
-        "--run",
+        "--out",
         run_s,
         "--epochs",
         "2",
@@ -345,12 +346,44 @@ fn train_from_scratch_then_predict_with_the_best_model() {
     let line: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&predicted.stdout).trim()).unwrap();
     assert!(["negative", "positive"].contains(&line["label"].as_str().unwrap()));
+    assert!(
+        line.get("row").is_none(),
+        "texts on the command line have no row id"
+    );
+
+    // A prepared split: every line carries its index and the split's `row` (the source
+    // line), in the split's order, so predictions join back to the CSV.
+    let test_split = data.join("test.parquet");
+    let predicted = xtask(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "--input",
+        test_split.to_str().unwrap(),
+    ]);
+    assert!(
+        predicted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&predicted.stderr)
+    );
+    let split = sentiment_data::read_split(&test_split).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&predicted.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), split.len());
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i);
+        assert_eq!(line["row"], split.rows[i]);
+        assert_eq!(line["text"], split.texts[i].as_str());
+    }
 
     let bad = xtask(&[
         "train",
-        "--data",
+        "--prepared",
         data_s,
-        "--run",
+        "--out",
         run_s,
         "--batch-size",
         "0",
@@ -404,6 +437,7 @@ fn pipeline_runs_end_to_end_and_resumes_from_its_outputs() {
         "## Final training",
         "## Test",
         "Confusion matrix",
+        "| bag-of-words logistic regression |",
     ] {
         assert!(report.contains(section), "{section} missing from report.md");
     }
@@ -456,9 +490,9 @@ fn train_from_a_pretrained_hugging_face_folder() {
     let pretrained = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/model/mlm");
     let trained = xtask(&[
         "train",
-        "--data",
+        "--prepared",
         data_s,
-        "--run",
+        "--out",
         run_s,
         "--pretrained",
         pretrained,
@@ -526,9 +560,9 @@ fn pretrain_then_fine_tune_from_its_output() {
     // The run folder itself (what pretrain printed) stands for the model it exported.
     let trained = xtask(&[
         "train",
-        "--data",
+        "--prepared",
         data_s,
-        "--run",
+        "--out",
         run_s,
         "--pretrained",
         pre.to_str().unwrap(),
@@ -651,9 +685,9 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     prepare_sample(data_s, 2000);
     let args = [
         "train",
-        "--data",
+        "--prepared",
         data_s,
-        "--run",
+        "--out",
         run_s,
         "--epochs",
         "3",
@@ -670,8 +704,8 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Interrupt once the first epoch's checkpoint is on disk.
-    let first = run.join("checkpoints/epoch-1/state.json");
+    // Interrupt once the first epoch's evaluation (and so its checkpoint) is on disk.
+    let first = run.join("metrics.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !first.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));

@@ -26,6 +26,8 @@ pub enum BadRow {
         /// The offending column's name.
         column: String,
     },
+    /// The `row` column holds something other than a non-negative integer.
+    BadRowId(String),
 }
 
 impl BadRow {
@@ -37,6 +39,7 @@ impl BadRow {
             BadRow::UnterminatedQuote => "bad_row_unterminated_quote",
             BadRow::TextAfterClosingQuote => "bad_row_text_after_closing_quote",
             BadRow::InvalidUtf8 { .. } => "bad_row_invalid_utf8",
+            BadRow::BadRowId(_) => "bad_row_row_id",
         }
     }
 }
@@ -69,6 +72,11 @@ impl fmt::Display for BadRow {
             BadRow::InvalidUtf8 { column } => {
                 write!(f, "column `{column}` is not valid UTF-8")
             }
+            BadRow::BadRowId(value) => write!(
+                f,
+                "column `{}` holds {value:?}, not a non-negative integer row id",
+                crate::ROW_COLUMN
+            ),
         }
     }
 }

@@ -45,7 +45,7 @@ pub use parquet_io::{
 };
 pub use prepare::{PrepareConfig, Progress, prepare, sha256_file};
 pub use split::{Split, SplitRatios, apportion, stratified_sample, stratified_split};
-pub use texts::read_text_column;
+pub use texts::{TextColumn, read_text_column};
 
 /// Writes `bytes` to `path` atomically: a temporary sibling, flushed to disk, then renamed, so a
 /// reader sees the old file or the new one, never a part.

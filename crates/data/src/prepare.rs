@@ -708,7 +708,7 @@ fn second_pass(
     let mut writers = Vec::with_capacity(3);
     let mut summaries = Vec::with_capacity(3);
     for split in Split::ALL {
-        let file = format!("{}.parquet", split.name());
+        let file = split.file_name();
         match SplitWriter::create(&out.join(&file)) {
             Ok(writer) => writers.push(writer),
             Err(e) => {

@@ -35,6 +35,11 @@ impl Split {
         }
     }
 
+    /// The file `prepare` writes the split to, inside its output folder.
+    pub fn file_name(self) -> String {
+        format!("{}.parquet", self.name())
+    }
+
     /// Position in [`Split::ALL`].
     pub fn index(self) -> usize {
         self as usize

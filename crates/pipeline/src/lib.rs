@@ -28,11 +28,7 @@
 //!     trials: 4,
 //!     startup_trials: None,
 //!     epochs: 2,
-//!     padding: sentiment_tokenize::Padding::default(),
-//!     group_by_length: true,
-//!     early_stopping: None,
-//!     gradient_accumulation_steps: 1,
-//!     report_to: Vec::new(),
+//!     run: sentiment_train::RunOptions::default(),
 //!     prune: None,
 //!     space: PipelineConfig::default_space(false),
 //!     seed: 734,
@@ -56,6 +52,7 @@
 //! trials.csv, report.md, report.html, *.svg
 //! ```
 
+mod baseline;
 mod error;
 mod pipeline;
 pub mod report;

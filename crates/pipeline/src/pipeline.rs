@@ -12,10 +12,9 @@ use sentiment_data::{Manifest, PrepareConfig, Split};
 use sentiment_search::{
     Direction, Outcome, Sampler, SearchSpace, Study, TpeConfig, Trial, TrialState, parse_space,
 };
-use sentiment_tokenize::{Padding, TokenizedRows, read_tokenized, token_files, tokenize_splits};
+use sentiment_tokenize::{TokenizedRows, read_tokenized, token_files, tokenize_splits};
 use sentiment_train::{
-    EarlyStopping, EpochMetrics, Progress, RunOptions, StopToken, TrainConfig, TrainData,
-    TrainHooks, TrainOutcome,
+    EpochMetrics, Progress, RunOptions, StopToken, TrainConfig, TrainData, TrainHooks, TrainOutcome,
 };
 
 use crate::PipelineError;
@@ -49,19 +48,12 @@ pub struct PipelineConfig {
     pub startup_trials: Option<usize>,
     /// Epochs of every trial and of the final run.
     pub epochs: usize,
-    /// How every run pads its batches.
-    pub padding: Padding,
-    /// Whether every run orders its batches by length (the Trainer's `group_by_length`).
-    pub group_by_length: bool,
-    /// Micro-batches per optimizer step of every run (the searched `batch_size` is a
-    /// micro-batch's).
-    pub gradient_accumulation_steps: usize,
-    /// Where every run also reports (`tensorboard`: `trials/trial_N/tb`, one TensorBoard run
-    /// per trial, side by side under `tensorboard --logdir OUT/trials`).
-    pub report_to: Vec<String>,
-    /// Early stopping of every run on validation F1; a trial stopped early is complete, with
-    /// its best value.
-    pub early_stopping: Option<EarlyStopping>,
+    /// The Trainer's switches of every run: padding, length grouping, accumulation (the
+    /// searched `batch_size` is a micro-batch's), `max_steps`, evaluation and checkpoint steps,
+    /// early stopping on validation F1 (a trial stopped early is complete, with its best
+    /// value), and reporting (`tensorboard`: `trials/trial_N/tb`, one TensorBoard run per
+    /// trial, side by side under `tensorboard --logdir OUT/trials`).
+    pub run: RunOptions,
     /// Median pruning, if on.
     pub prune: Option<PruneSettings>,
     /// The search space (see [`PipelineConfig::default_space`]).
@@ -170,14 +162,7 @@ impl Pipeline {
         TrainConfig {
             epochs: self.config.epochs,
             seed: self.config.seed,
-            run: RunOptions {
-                padding: self.config.padding,
-                group_by_length: self.config.group_by_length,
-                gradient_accumulation_steps: self.config.gradient_accumulation_steps,
-                report_to: self.config.report_to.clone(),
-                early_stopping_patience: self.config.early_stopping.map(|e| e.patience),
-                early_stopping_threshold: self.config.early_stopping.map_or(0.0, |e| e.threshold),
-            },
+            run: self.config.run.clone(),
             ..TrainConfig::default()
         }
     }
@@ -218,10 +203,12 @@ impl Pipeline {
             vocab_size: c.vocab_size,
             max_length: c.max_length,
             epochs: c.epochs,
-            padding: c.padding,
-            group_by_length: c.group_by_length,
-            gradient_accumulation_steps: c.gradient_accumulation_steps,
-            early_stopping: c.early_stopping,
+            padding: c.run.padding,
+            group_by_length: c.run.group_by_length,
+            gradient_accumulation_steps: c.run.gradient_accumulation_steps,
+            early_stopping: c.run.early_stopping(),
+            max_steps: c.run.max_steps,
+            eval_steps: c.run.eval_steps,
             space: c.space.clone(),
             startup_trials: c.startup_trials,
             prune: c.prune.map(|p| (p.startup_trials, p.warmup_epochs)),
@@ -431,6 +418,7 @@ impl Pipeline {
                 study: &mut study,
                 number: trial.number,
                 prune: self.config.prune,
+                by_step: self.config.run.eval_steps.is_some(),
                 printer,
                 pruned: false,
                 error: None,
@@ -453,7 +441,7 @@ impl Pipeline {
                     study.tell(trial.number, Outcome::Pruned)?;
                 }
                 Ok(outcome) => {
-                    let best = outcome.history[outcome.best_epoch - 1].f1;
+                    let best = outcome.best().f1;
                     let stopped = outcome
                         .early_stopped
                         .map(|e| format!(" (stopped early after epoch {e})"))
@@ -642,11 +630,23 @@ impl Pipeline {
             .collect();
         let mut shown = outcome;
         shown.best_model_dir = best_model;
+        let baseline = match &shown.test {
+            Some(test) => {
+                observer.message("[5/5] fitting the bag-of-words baseline");
+                Some(crate::baseline::bag_of_words(
+                    &self.data_dir,
+                    manifest.classes.len(),
+                    test.report.positive_class,
+                )?)
+            }
+            None => None,
+        };
         let input = ReportInput {
             manifest: &manifest,
             trials: study.trials(),
             curves: &curves,
             outcome: &shown,
+            baseline: baseline.as_ref(),
             command: self.config.command.clone(),
             objective: "validation F1",
             seconds: started.elapsed().as_secs_f64(),

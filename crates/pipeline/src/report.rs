@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use sentiment_data::Manifest;
+use sentiment_metrics::{BinaryMetrics, ClassificationReport};
 use sentiment_search::{Trial, TrialState};
 use sentiment_train::{EpochMetrics, TrainOutcome};
 
@@ -256,6 +257,8 @@ pub struct ReportInput<'a> {
     pub curves: &'a [(usize, Vec<EpochMetrics>)],
     /// The final run.
     pub outcome: &'a TrainOutcome,
+    /// The bag-of-words baseline's test metrics (fitted on the train split).
+    pub baseline: Option<&'a ClassificationReport>,
     /// How to reproduce the run.
     pub command: String,
     /// The objective (validation F1, say).
@@ -291,13 +294,26 @@ pub fn charts(input: &ReportInput<'_>) -> Vec<(String, String)> {
                 .collect(),
         },
     ];
+    // Evaluated every N steps, a trial has several evaluations per epoch: plot by step.
+    let by_step = input
+        .curves
+        .iter()
+        .any(|(_, h)| h.windows(2).any(|w| w[0].epoch == w[1].epoch));
+    let (per, x) = if by_step {
+        ("evaluation", "step")
+    } else {
+        ("epoch", "epoch")
+    };
     let curves = |pick: fn(&EpochMetrics) -> f64| -> Vec<Series> {
         input
             .curves
             .iter()
             .map(|(n, h)| Series {
                 label: format!("trial {n}"),
-                points: h.iter().map(|m| (m.epoch as f64, pick(m))).collect(),
+                points: h
+                    .iter()
+                    .map(|m| (if by_step { m.step } else { m.epoch } as f64, pick(m)))
+                    .collect(),
             })
             .collect()
     };
@@ -308,13 +324,18 @@ pub fn charts(input: &ReportInput<'_>) -> Vec<(String, String)> {
         ),
         (
             "learning_curves_f1.svg".into(),
-            line_chart("Validation F1 per epoch", "epoch", "F1", &curves(|m| m.f1)),
+            line_chart(
+                &format!("Validation F1 per {per}"),
+                x,
+                "F1",
+                &curves(|m| m.f1),
+            ),
         ),
         (
             "learning_curves_loss.svg".into(),
             line_chart(
-                "Validation loss per epoch",
-                "epoch",
+                &format!("Validation loss per {per}"),
+                x,
                 "loss",
                 &curves(|m| m.eval_loss),
             ),
@@ -423,7 +444,8 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             .curves
             .iter()
             .find(|(number, _)| *number == t.number)
-            .map_or(0, |(_, curve)| curve.len());
+            .and_then(|(_, curve)| curve.last())
+            .map_or(0, |m| m.epoch);
         let params: Vec<String> = names
             .iter()
             .map(|n| t.params.get(*n).map(show_value).unwrap_or_default())
@@ -476,14 +498,15 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
         "![learning curves](learning_curves_f1.svg)\n\n![loss](learning_curves_loss.svg)\n\n",
     );
     md.push_str("## Final training with the best parameters\n\n");
-    md.push_str("| epoch | train loss | eval loss | accuracy | precision | recall | F1 | train samples/s |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| epoch | step | train loss | eval loss | accuracy | precision | recall | F1 | train samples/s |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for e in &input.outcome.history {
         let _ = writeln!(
             md,
-            "| {}{} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.0} |",
+            "| {} | {}{} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.0} |",
             e.epoch,
-            if e.epoch == input.outcome.best_epoch {
+            e.step,
+            if e.step == input.outcome.best_step {
                 " (best)"
             } else {
                 ""
@@ -517,9 +540,30 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             .split(sentiment_data::Split::Test)
             .map(|s| *s.class_counts.iter().max().unwrap_or(&0) as f64 / s.rows.max(1) as f64)
             .unwrap_or(0.0);
-        let _ = writeln!(
-            md,
-            "\nMajority-class accuracy on the test split: {majority:.4}."
+        md.push_str(
+            "\n### Against baselines (test split)\n\n| model | accuracy | precision | recall | F1 |\n|---|---|---|---|---|\n",
+        );
+        let row = |md: &mut String, name: &str, b: &BinaryMetrics| {
+            let _ = writeln!(
+                md,
+                "| {name} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                b.accuracy, b.precision, b.recall, b.f1
+            );
+        };
+        row(&mut md, "RoBERTa (this run)", b);
+        if let Some(baseline) = input.baseline {
+            row(
+                &mut md,
+                "bag-of-words logistic regression",
+                &baseline.binary,
+            );
+        }
+        let _ = writeln!(md, "| majority class | {majority:.4} | – | – | – |");
+        md.push_str(
+            "\nThe bag-of-words model is scikit-learn's `CountVectorizer` + `LogisticRegression` \
+             (unigram counts, L2, C = 1) fitted on the train split: if RoBERTa does not beat it \
+             clearly, a pretrained model (`--pretrained`) or masked-LM pre-training \
+             (`cargo xtask pretrain`) is the way past it.\n",
         );
     }
     let _ = writeln!(

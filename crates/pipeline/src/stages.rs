@@ -106,7 +106,7 @@ impl DataKey {
             changes.push(if self.input == before.input {
                 format!("{}: the file's content changed", self.input)
             } else {
-                format!("--data {} (was {})", self.input, before.input)
+                format!("--input {} (was {})", self.input, before.input)
             });
         }
         let mut flag = |name: &str, now: String, was: String| {
@@ -195,6 +195,13 @@ pub struct SearchKey {
     /// The trials' micro-batches per optimizer step.
     #[serde(default = "one")]
     pub gradient_accumulation_steps: usize,
+    /// The trials' optimizer steps, when fixed instead of by epochs.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// How often the trials evaluated (None: every epoch): it decides what the study's
+    /// intermediate values and the pruner saw, and which checkpoint was best.
+    #[serde(default)]
+    pub eval_steps: Option<usize>,
     /// The search space.
     pub space: SearchSpace,
     /// Random trials before TPE acts, as asked (None: the default for the budget).
@@ -269,6 +276,16 @@ impl SearchKey {
             "--gradient-accumulation-steps",
             self.gradient_accumulation_steps.to_string(),
             before.gradient_accumulation_steps.to_string(),
+        );
+        flag(
+            "--max-steps",
+            show_option(self.max_steps, "unset"),
+            show_option(before.max_steps, "unset"),
+        );
+        flag(
+            "--eval-steps",
+            show_option(self.eval_steps, "every epoch"),
+            show_option(before.eval_steps, "every epoch"),
         );
         flag(
             "--group-by-length",
@@ -439,6 +456,8 @@ mod tests {
             group_by_length: true,
             early_stopping: None,
             gradient_accumulation_steps: 1,
+            max_steps: None,
+            eval_steps: None,
             space: sentiment_search::parse_space(["batch_size=cat:16,32"]).unwrap(),
             startup_trials: None,
             prune: None,
@@ -476,7 +495,7 @@ mod tests {
         now.input = "other.csv".into();
         assert_eq!(
             now.changes_since(&data()),
-            ["--data other.csv (was data/sample.csv)"]
+            ["--input other.csv (was data/sample.csv)"]
         );
     }
 
@@ -508,6 +527,8 @@ mod tests {
                 Box::new(|k| k.padding = Padding::FIXED),
             ),
             ("--group-by-length", Box::new(|k| k.group_by_length = false)),
+            ("--max-steps", Box::new(|k| k.max_steps = Some(100))),
+            ("--eval-steps", Box::new(|k| k.eval_steps = Some(10))),
             (
                 "--gradient-accumulation-steps",
                 Box::new(|k| k.gradient_accumulation_steps = 4),

@@ -55,12 +55,15 @@ pub struct PruneSettings {
     pub warmup_epochs: usize,
 }
 
-/// A trial's hooks: progress to the caller's printer, each epoch's F1 into the study, and the
-/// median pruner's decision when pruning is on.
+/// A trial's hooks: progress to the caller's printer, each evaluation's F1 into the study, and
+/// the median pruner's decision when pruning is on.
 pub(crate) struct TrialHooks<'a> {
     pub study: &'a mut Study,
     pub number: usize,
     pub prune: Option<PruneSettings>,
+    /// Whether evaluations come every N steps: their intermediate values are then keyed by
+    /// global step, as transformers' Optuna integration keys them, instead of by epoch.
+    pub by_step: bool,
     pub printer: Box<dyn FnMut(Progress) + 'a>,
     /// Set when the pruner stopped the trial.
     pub pruned: bool,
@@ -74,17 +77,21 @@ impl TrainHooks for TrialHooks<'_> {
     }
 
     fn on_epoch(&mut self, metrics: &EpochMetrics) -> bool {
-        if let Err(e) = self.study.report(self.number, metrics.epoch, metrics.f1) {
+        let key = if self.by_step {
+            metrics.step
+        } else {
+            metrics.epoch
+        };
+        if let Err(e) = self.study.report(self.number, key, metrics.f1) {
             self.error = Some(e.into());
             return false;
         }
+        // The warmup counts epochs either way: no evaluation of an epoch before it is pruned.
         if let Some(prune) = self.prune
-            && self.study.median_prunes(
-                self.number,
-                metrics.epoch,
-                prune.startup_trials,
-                prune.warmup_epochs,
-            )
+            && metrics.epoch >= prune.warmup_epochs
+            && self
+                .study
+                .median_prunes(self.number, key, prune.startup_trials, 0)
         {
             self.pruned = true;
             return false;

@@ -47,11 +47,7 @@ fn config(out: &Path, sample: usize, epochs: usize) -> PipelineConfig {
         trials: 2,
         startup_trials: Some(1),
         epochs,
-        padding: sentiment_tokenize::Padding::default(),
-        group_by_length: true,
-        early_stopping: None,
-        gradient_accumulation_steps: 1,
-        report_to: Vec::new(),
+        run: sentiment_train::RunOptions::default(),
         prune: None,
         space: PipelineConfig::default_space(false),
         seed: 734,
@@ -100,6 +96,33 @@ fn changed_data_or_epochs_never_mix_with_the_old_trials() {
             .sum()
     };
     assert_eq!(report_test_rows(&out), matrix_total(&first));
+    // The bag-of-words baseline: fitted on this run's train split, scored on its test split.
+    let split = |name: &str| sentiment_data::read_split(&out.join("data").join(name)).unwrap();
+    let (train, test) = (split("train.parquet"), split("test.parquet"));
+    let ids = |labels: &[i64]| labels.iter().map(|&l| l as usize).collect::<Vec<_>>();
+    let baseline = sentiment_baseline::BagOfWords::fit(
+        train.texts.iter().map(String::as_str),
+        &ids(&train.labels),
+        2,
+        &Default::default(),
+    )
+    .unwrap();
+    let predicted = baseline.predict(test.texts.iter().map(String::as_str));
+    let f1 = sentiment_metrics::ConfusionMatrix::from_labels(&ids(&test.labels), &predicted, 2)
+        .unwrap()
+        .binary(1)
+        .f1;
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("| bag-of-words logistic regression |"))
+        .expect("the report compares with the bag-of-words baseline");
+    assert_eq!(
+        row.split('|').nth(5).unwrap().trim(),
+        format!("{f1:.4}"),
+        "{row}"
+    );
+    assert!(report.contains("| majority class |"), "{report}");
     let manifest = std::fs::read(out.join("data/manifest.json")).unwrap();
 
     // Another sample: refused before anything is written, with the flag that changed.
@@ -209,10 +232,8 @@ fn a_trial_stopped_early_is_complete_and_the_report_says_where_it_stopped() {
     let mut settings = config(&out, 300, 3);
     settings.trials = 1;
     // No change beats a threshold of 1: every trial stops after its second evaluation.
-    settings.early_stopping = Some(sentiment_train::EarlyStopping {
-        patience: 1,
-        threshold: 1.0,
-    });
+    settings.run.early_stopping_patience = Some(1);
+    settings.run.early_stopping_threshold = 1.0;
     let (done, messages) = run(settings);
     let done = done.unwrap();
     assert_eq!(done.best.state, sentiment_search::TrialState::Complete);

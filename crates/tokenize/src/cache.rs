@@ -125,7 +125,7 @@ pub fn tokenize_splits(
     let previous = TokensIndex::load(data_dir);
     let mut outcomes = Vec::new();
     for split in Split::ALL {
-        let split_path = data_dir.join(format!("{}.parquet", split.name()));
+        let split_path = data_dir.join(split.file_name());
         if !split_path.is_file() {
             return Err(TokenizeError::MissingFile {
                 path: split_path,
@@ -401,7 +401,7 @@ pub fn train_on_split(
     config: &crate::BpeTrainingConfig,
     max_length: usize,
 ) -> Result<(RobertaTokenizer, bool), TokenizeError> {
-    let train_path = data_dir.join(format!("{}.parquet", Split::Train.name()));
+    let train_path = data_dir.join(Split::Train.file_name());
     if !train_path.is_file() {
         return Err(TokenizeError::MissingFile {
             path: train_path,

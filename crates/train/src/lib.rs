@@ -10,7 +10,7 @@
 //! ```text
 //! train_config.json          hyperparameters and model configuration
 //! metrics.json, metrics.csv  one row per epoch
-//! checkpoints/epoch-N/       model.bpk, optimizer.bpk + .json, state.json (kept by the policy)
+//! checkpoints/step-N/        model.bpk, optimizer.bpk + .json, state.json (kept by the policy)
 //! test_metrics.json          the best model on the test split
 //! best_model/                config.json, model.safetensors, tokenizer files
 //! outcome.json               history, best epoch, test evaluation

@@ -1,14 +1,16 @@
 //! The switches fine-tuning and pre-training share, with one validation: how batches are
-//! padded, grouped and accumulated, when a run stops early, and where it reports. Flattened into
-//! both configurations, so their JSON keeps the Trainer's keys (`pad_to_multiple_of`,
-//! `group_by_length`, `gradient_accumulation_steps`, `early_stopping_patience`, `report_to`, …).
+//! padded, grouped and accumulated, how long a run trains, when it evaluates and checkpoints,
+//! when it stops early, and where it reports. Flattened into both configurations, so their JSON
+//! keeps the Trainer's keys (`pad_to_multiple_of`, `group_by_length`,
+//! `gradient_accumulation_steps`, `max_steps`, `eval_steps`, `save_steps`,
+//! `early_stopping_patience`, `report_to`, …).
 
 use sentiment_tokenize::Padding;
 use serde::{Deserialize, Serialize};
 
 use crate::{EarlyStopping, TrainError};
 
-/// Batching, early stopping and reporting of a run.
+/// Batching, length, evaluation and checkpoint steps, early stopping and reporting of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunOptions {
     /// How batches are padded: to their longest row, rounded up to `pad_to_multiple_of`
@@ -24,9 +26,24 @@ pub struct RunOptions {
     /// schedule counts optimizer steps; checkpoints are taken on step boundaries only.
     #[serde(default = "one")]
     pub gradient_accumulation_steps: usize,
+    /// Optimizer steps in all, overriding the epochs (the Trainer's `max_steps`): the run
+    /// passes over the data as often as these steps need, the last pass cut short, and the
+    /// schedule decays to zero at the last of them.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Evaluate, and checkpoint, every this many optimizer steps and after the last one (the
+    /// Trainer's `eval_strategy="steps"`); None evaluates after every epoch. Keep-best and
+    /// `save_total_limit` choose among these evaluated checkpoints.
+    #[serde(default)]
+    pub eval_steps: Option<usize>,
+    /// Also checkpoint every this many optimizer steps between evaluations, to resume from
+    /// (the Trainer's `save_steps`); only the latest such checkpoint is kept, since the best
+    /// model is chosen among evaluated ones. None: checkpoints at evaluations only.
+    #[serde(default)]
+    pub save_steps: Option<usize>,
     /// Stop after this many evaluations without an improvement of the watched metric by more
-    /// than `early_stopping_threshold` (transformers' `EarlyStoppingCallback`); None runs every
-    /// epoch.
+    /// than `early_stopping_threshold` (transformers' `EarlyStoppingCallback`); None trains to
+    /// the end.
     #[serde(default)]
     pub early_stopping_patience: Option<usize>,
     /// The improvement that counts for early stopping.
@@ -50,6 +67,9 @@ impl Default for RunOptions {
             padding: Padding::default(),
             group_by_length: true,
             gradient_accumulation_steps: 1,
+            max_steps: None,
+            eval_steps: None,
+            save_steps: None,
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
             report_to: Vec::new(),
@@ -66,6 +86,17 @@ impl RunOptions {
         }
         if self.gradient_accumulation_steps == 0 {
             return bad("gradient_accumulation_steps must be at least 1");
+        }
+        for (name, steps) in [
+            ("max_steps", self.max_steps),
+            ("eval_steps", self.eval_steps),
+            ("save_steps", self.save_steps),
+        ] {
+            if steps == Some(0) {
+                return Err(TrainError::InvalidSetting(format!(
+                    "{name} must be at least 1 (leave it unset for the default)"
+                )));
+            }
         }
         if let Some(rule) = self.early_stopping() {
             rule.validate()?;

@@ -9,7 +9,7 @@
 //! ```text
 //! pretrain_config.json       settings and model configuration
 //! metrics.json, metrics.csv  one row per epoch
-//! checkpoints/epoch-N/       the latest epoch (model.bpk, optimizer.bpk + .json, state.json)
+//! checkpoints/step-N/        the latest evaluation (model.bpk, optimizer.bpk + .json, state.json)
 //! model/                     config.json, model.safetensors, tokenizer files
 //! train.log                  start, resume, epochs, interruption, end
 //! ```
@@ -26,8 +26,8 @@ use sentiment_tokenize::{Padding, RobertaTokenizer, SpecialTokenIds, TokenizedRo
 use serde::{Deserialize, Serialize};
 
 use crate::run::{
-    EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log, run_epochs,
-    save_json,
+    EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log,
+    remove_checkpoint, run_epochs, save_json,
 };
 use crate::trainer::validate_schedule;
 use crate::{AdamWSettings, RunOptions, TrainError};
@@ -473,13 +473,10 @@ impl Task for Pretraining<'_> {
         run_dir: &Path,
         history: &[PretrainEpoch],
     ) -> Result<(), TrainError> {
-        // Only the latest epoch is kept: pre-training resumes from it and exports it.
-        let epoch = history.last().map_or(0, |e| e.epoch);
-        if epoch > 1 {
-            let dir = checkpoint_dir(run_dir, epoch - 1);
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(TrainError::io(&dir))?;
-            }
+        // Only the latest evaluation's checkpoint is kept: pre-training resumes from it and
+        // exports it.
+        if let [.., previous, _] = history {
+            remove_checkpoint(&checkpoint_dir(run_dir, previous.step))?;
         }
         Ok(())
     }

@@ -26,8 +26,10 @@ use crate::{
 };
 
 /// Version of the files a run folder holds (2: the optimizer state is [`FlatAdamW`]'s flat
-/// moments, `optimizer.bpk` + `optimizer.json`, instead of Burn's per-tensor record).
-pub const RUN_VERSION: u32 = 2;
+/// moments, `optimizer.bpk` + `optimizer.json`, instead of Burn's per-tensor record; 3:
+/// checkpoints are named by step, `checkpoints/step-N`, and record the training since the
+/// last evaluation, so that evaluations and checkpoints can fall mid-epoch).
+pub const RUN_VERSION: u32 = 3;
 
 /// A request to stop a run, shared between whoever asks (a Ctrl-C handler, a pipeline worker)
 /// and the runs it should reach. The run saves a checkpoint at the next step boundary and
@@ -262,35 +264,36 @@ pub(crate) struct Finished<M, E> {
     pub early_stopped: Option<usize>,
 }
 
-/// `checkpoints/epoch-N/state.json`: where training stands after epoch N.
+/// `checkpoints/step-N/state.json`: where training stands after optimizer step N.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RunState<E, C> {
     version: u32,
-    /// The last completed epoch, or for a partial checkpoint the epoch in progress.
+    /// The last completed epoch, or for a mid-epoch checkpoint the epoch in progress.
     epoch: usize,
     step: usize,
     history: Vec<E>,
     config: C,
-    /// Set on a checkpoint taken mid-epoch (on a stop request): how far the epoch got.
-    #[serde(default)]
+    /// Set on a checkpoint taken mid-epoch: how far the epoch got.
     partial: Option<PartialEpoch>,
+    /// The training since the last evaluation, which the next one's record sums up.
+    interval: Interval,
+    /// Whether the checkpoint holds an evaluated model (one keep-best may choose), rather than
+    /// a resume point only (`save_steps`, or a stop request).
+    evaluated: bool,
 }
 
 impl<E: Clone, C: Clone> RunState<E, C> {
-    fn new(
-        epoch: usize,
-        step: usize,
-        history: &[E],
-        config: &C,
-        partial: Option<PartialEpoch>,
-    ) -> Self {
+    /// An evaluated checkpoint at the end of `epoch`; the caller sets what differs.
+    fn new(epoch: usize, step: usize, history: &[E], config: &C) -> Self {
         Self {
             version: RUN_VERSION,
             epoch,
             step,
             history: history.to_vec(),
             config: config.clone(),
-            partial,
+            partial: None,
+            interval: Interval::default(),
+            evaluated: true,
         }
     }
 }
@@ -298,12 +301,26 @@ impl<E: Clone, C: Clone> RunState<E, C> {
 /// A checkpoint folder and the state it holds.
 type Checkpoint<E, C> = (PathBuf, RunState<E, C>);
 
-/// Progress inside an interrupted epoch.
+/// Progress inside an epoch a checkpoint was taken in.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct PartialEpoch {
-    /// Optimizer steps done in the epoch (micro-batches, without accumulation).
+    /// Optimizer steps done in the epoch.
     batches_done: usize,
+}
+
+/// The training between two evaluations: what the next evaluation's record reports as the
+/// training loss, throughput and time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct Interval {
+    /// Sum of the steps' losses.
     loss_sum: f64,
+    /// Optimizer steps.
+    steps: usize,
+    /// Training rows.
+    rows: usize,
+    /// Wall time of the steps.
+    train_seconds: f64,
+    /// Wall time of the steps and of the evaluations' bookkeeping before them.
     seconds: f64,
 }
 
@@ -316,15 +333,18 @@ pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The folder of the checkpoint taken after `epoch`.
-pub(crate) fn checkpoint_dir(run_dir: &Path, epoch: usize) -> PathBuf {
-    run_dir.join("checkpoints").join(format!("epoch-{epoch}"))
+/// The folder of the checkpoint taken after optimizer step `step` (the Trainer's
+/// `checkpoint-N`, under `checkpoints/`).
+pub(crate) fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
+    run_dir.join("checkpoints").join(format!("step-{step}"))
 }
 
-fn partial_dir(run_dir: &Path, epoch: usize) -> PathBuf {
-    run_dir
-        .join("checkpoints")
-        .join(format!("epoch-{epoch}-partial"))
+/// Deletes a checkpoint folder, if it is still there.
+pub(crate) fn remove_checkpoint(dir: &Path) -> Result<(), TrainError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrainError::io(dir)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Trains `model` (already on the autodiff device, in training mode) for the epochs `settings`
@@ -351,17 +371,29 @@ where
         .rows
         .div_ceil(settings.batch_size)
         .div_ceil(accumulation);
+    // `max_steps` overrides the epochs: as many passes as its steps need, the last cut short.
+    let total_steps = settings
+        .run
+        .max_steps
+        .unwrap_or(steps_per_epoch * settings.epochs);
+    let epochs = total_steps.div_ceil(steps_per_epoch);
     let schedule = LinearSchedule {
         peak: settings.learning_rate,
         warmup_steps: settings.warmup_steps,
-        total_steps: steps_per_epoch * settings.epochs,
+        total_steps,
     };
     let autodiff = device.clone().autodiff();
     let mut model = model;
     let mut optimizer = FlatAdamW::new(settings.optimizer);
     let mut history: Vec<T::Epoch> = Vec::new();
     let (mut step, mut start_epoch) = (0usize, 1usize);
+    // The epoch of the checkpoint resumed from.
+    let mut resumed_epoch = 0;
     let mut partial: Option<PartialEpoch> = None;
+    let mut interval = Interval::default();
+    // The newest checkpoint that no evaluation made (a `save_steps` one, or a stop's): only
+    // there to resume from, so it goes once a newer checkpoint exists.
+    let mut resume_only: Option<PathBuf> = None;
 
     // A fresh run never overwrites one, and a resume never silently starts afresh.
     let config_path = run_dir.join(settings.config_file);
@@ -390,8 +422,13 @@ where
             return Err(different_settings(run_dir, &state.config, settings.config));
         }
         (model, optimizer) = load_checkpoint(model, optimizer, &dir, device)?;
-        (step, history, partial) = (state.step, state.history, state.partial);
+        (step, history, partial, interval) =
+            (state.step, state.history, state.partial, state.interval);
         start_epoch = state.epoch + usize::from(partial.is_none());
+        resumed_epoch = state.epoch;
+        if !state.evaluated {
+            resume_only = Some(dir.clone());
+        }
         log(
             run_dir,
             &format!(
@@ -414,7 +451,10 @@ where
         save_json(&config_path, &(settings.config, settings.model_config))?;
         log(
             run_dir,
-            &format!("{}, {steps_per_epoch} steps per epoch", settings.start_line),
+            &format!(
+                "{}, {steps_per_epoch} steps per epoch, {total_steps} steps",
+                settings.start_line
+            ),
         )?;
     }
 
@@ -429,10 +469,13 @@ where
     // A run resumed after early stopping had ended it has nothing left to do.
     let early_stopping = settings.run.early_stopping();
     if early_stopping.is_some_and(|rule| task.stops_early(rule, &history)) {
-        early_stopped = Some(history.len());
+        early_stopped = Some(resumed_epoch);
     }
-    for epoch in start_epoch..=settings.epochs {
-        if early_stopped.is_some() {
+    // The step of the newest checkpoint on disk: a stop request right after it has nothing to
+    // add.
+    let mut saved_at: Option<usize> = None;
+    'epochs: for epoch in start_epoch..=epochs {
+        if early_stopped.is_some() || step >= total_steps {
             break;
         }
         let started = Instant::now();
@@ -446,38 +489,30 @@ where
             order = sentiment_tokenize::group_by_length(&order, lengths, settings.batch_size);
         }
         // An interrupted epoch continues where it stopped.
-        let resumed = partial.take();
-        let skip = resumed.map_or(0, |p| p.batches_done);
-        let mut loss_sum = resumed.map_or(0.0, |p| p.loss_sum);
-        let earlier_seconds = resumed.map_or(0.0, |p| p.seconds);
-        let mut rate = schedule.rate(step);
+        let skip = partial.take().map_or(0, |p| p.batches_done);
         // One optimizer step per `accumulation` micro-batches (the last step of an epoch may
-        // take fewer); `skip` counts steps, so a partial checkpoint is on a step boundary.
+        // take fewer); `skip` counts steps, so a mid-epoch checkpoint is on a step boundary.
         let micro: Vec<&[usize]> = order.chunks(settings.batch_size).collect();
         let mut rows_done = 0usize;
         for (i, group) in micro.chunks(accumulation).enumerate().skip(skip) {
             if stop.is_requested() {
-                let dir = partial_dir(run_dir, epoch);
-                let state = RunState::new(
-                    epoch,
-                    step,
-                    &history,
-                    settings.config,
-                    Some(PartialEpoch {
-                        batches_done: i,
-                        loss_sum,
-                        seconds: earlier_seconds + started.elapsed().as_secs_f64(),
-                    }),
-                );
-                save_checkpoint(&model, &optimizer, &dir, &state)?;
+                let dir = checkpoint_dir(run_dir, step);
+                if saved_at != Some(step) {
+                    let mut state = RunState::new(epoch, step, &history, settings.config);
+                    state.partial = Some(PartialEpoch { batches_done: i });
+                    state.interval = interval;
+                    state.evaluated = false;
+                    save_checkpoint(&model, &optimizer, &dir, &state)?;
+                }
                 log(
                     run_dir,
                     &format!("interrupted at step {step}; checkpoint {}", dir.display()),
                 )?;
                 return Err(TrainError::Interrupted { checkpoint: dir });
             }
+            let step_started = Instant::now();
             autodiff.seed(step_seed(settings.seed, step));
-            rate = schedule.rate(step);
+            let rate = schedule.rate(step);
             // Batch indices count micro-batches, so masks drawn per batch do not depend on K.
             let batches: Vec<T::Batch> = group
                 .iter()
@@ -498,11 +533,18 @@ where
                 if !value.is_finite() {
                     return Err(TrainError::Diverged { epoch, step });
                 }
-                loss_sum += value;
+                interval.loss_sum += value;
                 step_loss = Some(value);
                 grad_norm = tensorboard.is_some().then(|| stats.grad_norm());
             }
             step += 1;
+            let rows: usize = group.iter().map(|b| b.len()).sum();
+            rows_done += rows;
+            interval.rows += rows;
+            interval.steps += 1;
+            let seconds = step_started.elapsed().as_secs_f64();
+            interval.train_seconds += seconds;
+            interval.seconds += seconds;
             if let (Some(tb), Some(loss), Some(norm)) = (&mut tensorboard, step_loss, grad_norm) {
                 tb.scalar("train/loss", loss, step)?;
                 tb.scalar("train/learning_rate", rate, step)?;
@@ -513,80 +555,123 @@ where
                     step,
                 )?;
             }
-            rows_done += group.iter().map(|b| b.len()).sum::<usize>();
             hooks.on_step(Progress {
                 epoch,
-                epochs: settings.epochs,
+                epochs,
                 step_in_epoch: i + 1,
                 steps_per_epoch,
+                step,
+                total_steps,
                 loss: step_loss.unwrap_or(f64::NAN),
                 samples_per_second: rows_done as f64 / started.elapsed().as_secs_f64().max(1e-9),
                 elapsed_seconds: started.elapsed().as_secs_f64(),
             });
-        }
-        let train_seconds = earlier_seconds + started.elapsed().as_secs_f64();
-        let evaluation = task.evaluate(&model.valid())?;
-        let record = task.record(
-            EpochSummary {
-                epoch,
-                step,
-                train_loss: loss_sum / steps_per_epoch as f64,
-                learning_rate: rate,
-                train_samples_per_second: settings.rows as f64 / train_seconds.max(1e-9),
-                seconds: earlier_seconds + started.elapsed().as_secs_f64(),
-            },
-            evaluation,
-        );
-        history.push(record);
-        let state = RunState::new(epoch, step, &history, settings.config, None);
-        save_checkpoint(&model, &optimizer, &checkpoint_dir(run_dir, epoch), &state)?;
-        let stale = partial_dir(run_dir, epoch);
-        if stale.exists() {
-            std::fs::remove_dir_all(&stale).map_err(TrainError::io(&stale))?;
-        }
-        write_metrics(run_dir, &history)?;
-        let last = &history[history.len() - 1];
-        if let Some(tb) = &mut tensorboard {
-            for (tag, value) in task.eval_scalars(last) {
-                tb.scalar(tag, value, step)?;
+
+            let epoch_done = i + 1 == steps_per_epoch;
+            let last = step == total_steps;
+            // Where the resumed run would pick up: the next step of this epoch, or the next
+            // epoch.
+            let position = |state: &mut RunState<T::Epoch, C>| {
+                state.epoch = epoch;
+                state.partial = (!epoch_done).then_some(PartialEpoch {
+                    batches_done: i + 1,
+                });
+            };
+            let evaluate_now = match settings.run.eval_steps {
+                None => epoch_done || last,
+                Some(n) => step.is_multiple_of(n) || last,
+            };
+            if !evaluate_now {
+                if settings
+                    .run
+                    .save_steps
+                    .is_some_and(|n| step.is_multiple_of(n))
+                {
+                    let dir = checkpoint_dir(run_dir, step);
+                    let mut state = RunState::new(epoch, step, &history, settings.config);
+                    position(&mut state);
+                    state.interval = interval;
+                    state.evaluated = false;
+                    save_checkpoint(&model, &optimizer, &dir, &state)?;
+                    saved_at = Some(step);
+                    if let Some(old) = resume_only.replace(dir) {
+                        remove_checkpoint(&old)?;
+                    }
+                }
+                if last {
+                    break 'epochs;
+                }
+                continue;
             }
-            tb.flush()?;
-        }
-        log(
-            run_dir,
-            &format!(
-                "epoch {epoch}: {}",
-                serde_json::to_string(last).expect("serialisable")
-            ),
-        )?;
-        task.prune_checkpoints(run_dir, &history)?;
-        // The hooks see every epoch (a study records it); then early stopping, then a hook's
-        // stop (a pruner), end the run.
-        let hooks_continue = hooks.on_epoch(last);
-        if epoch == settings.epochs {
-            break;
-        }
-        if let Some(rule) = early_stopping
-            && task.stops_early(rule, &history)
-        {
-            early_stopped = Some(epoch);
+
+            // Evaluate, record, checkpoint.
+            let evaluation_started = Instant::now();
+            let evaluation = task.evaluate(&model.valid())?;
+            let record = task.record(
+                EpochSummary {
+                    epoch,
+                    step,
+                    train_loss: interval.loss_sum / interval.steps.max(1) as f64,
+                    learning_rate: rate,
+                    train_samples_per_second: interval.rows as f64
+                        / interval.train_seconds.max(1e-9),
+                    seconds: interval.seconds + evaluation_started.elapsed().as_secs_f64(),
+                },
+                evaluation,
+            );
+            interval = Interval::default();
+            history.push(record);
+            let mut state = RunState::new(epoch, step, &history, settings.config);
+            position(&mut state);
+            save_checkpoint(&model, &optimizer, &checkpoint_dir(run_dir, step), &state)?;
+            saved_at = Some(step);
+            if let Some(old) = resume_only.take() {
+                remove_checkpoint(&old)?;
+            }
+            write_metrics(run_dir, &history)?;
+            let record = &history[history.len() - 1];
+            if let Some(tb) = &mut tensorboard {
+                for (tag, value) in task.eval_scalars(record) {
+                    tb.scalar(tag, value, step)?;
+                }
+                tb.flush()?;
+            }
             log(
                 run_dir,
                 &format!(
-                    "early stopping after epoch {epoch}: no improvement by more than {} in {} \
-                     evaluations",
-                    rule.threshold, rule.patience
+                    "evaluation at step {step} (epoch {epoch}): {}",
+                    serde_json::to_string(record).expect("serialisable")
                 ),
             )?;
-            break;
-        }
-        if !hooks_continue {
-            stopped_early = Some(epoch);
-            log(
-                run_dir,
-                &format!("stopped after epoch {epoch} by a hook (pruned)"),
-            )?;
-            break;
+            task.prune_checkpoints(run_dir, &history)?;
+            // The hooks see every evaluation (a study records it); then early stopping, then a
+            // hook's stop (a pruner), end the run.
+            let hooks_continue = hooks.on_epoch(record);
+            if last {
+                break 'epochs;
+            }
+            if let Some(rule) = early_stopping
+                && task.stops_early(rule, &history)
+            {
+                early_stopped = Some(epoch);
+                log(
+                    run_dir,
+                    &format!(
+                        "early stopping at step {step} (epoch {epoch}): no improvement by \
+                         more than {} in {} evaluations",
+                        rule.threshold, rule.patience
+                    ),
+                )?;
+                break 'epochs;
+            }
+            if !hooks_continue {
+                stopped_early = Some(epoch);
+                log(
+                    run_dir,
+                    &format!("stopped at step {step} (epoch {epoch}) by a hook (pruned)"),
+                )?;
+                break 'epochs;
+            }
         }
     }
     Ok(Finished {
@@ -754,7 +839,7 @@ fn load_checkpoint<M: Module>(
 }
 
 /// The most advanced checkpoint of `run_dir` (folder and state), if any: the most optimizer
-/// steps, a complete epoch before a partial one at the same step.
+/// steps.
 fn latest_checkpoint<E: DeserializeOwned, C: DeserializeOwned>(
     run_dir: &Path,
 ) -> Result<Option<Checkpoint<E, C>>, TrainError> {
@@ -787,8 +872,7 @@ fn latest_checkpoint<E: DeserializeOwned, C: DeserializeOwned>(
                 path: state_path.clone(),
                 detail: e.to_string(),
             })?;
-        let rank = |s: &RunState<E, C>| (s.step, s.partial.is_none());
-        if latest.as_ref().is_none_or(|(_, l)| rank(&state) > rank(l)) {
+        if latest.as_ref().is_none_or(|(_, l)| state.step > l.step) {
             latest = Some((path, state));
         }
     }

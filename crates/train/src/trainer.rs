@@ -12,8 +12,8 @@ use sentiment_tokenize::{Padding, RobertaTokenizer, TokenizedRows, by_length};
 use serde::{Deserialize, Serialize};
 
 use crate::run::{
-    EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log, run_epochs,
-    save_json,
+    EpochSummary, LoopSettings, StopToken, Task, TrainHooks, checkpoint_dir, log,
+    remove_checkpoint, run_epochs, save_json,
 };
 use crate::{AdamWSettings, KeepBestCheckpoints, RunOptions, TrainError};
 
@@ -179,20 +179,32 @@ pub struct Evaluation {
 /// What a finished run produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainOutcome {
-    /// Per-epoch metrics.
+    /// Every evaluation's metrics (one per epoch, unless `eval_steps` is set).
     pub history: Vec<EpochMetrics>,
-    /// The best epoch (1-based).
+    /// The epoch (1-based) of the best evaluation.
     pub best_epoch: usize,
+    /// The optimizer step of the best evaluation: its record is the one with this step.
+    pub best_step: usize,
     /// The best model's test evaluation, if a test split was given.
     pub test: Option<Evaluation>,
     /// The best model as a Hugging Face folder.
     pub best_model_dir: PathBuf,
-    /// The epoch after which a hook stopped the run (pruning), if one did.
+    /// The epoch in which a hook stopped the run (pruning), if one did.
     #[serde(default)]
     pub stopped_early: Option<usize>,
-    /// The epoch after which early stopping ended the run, if it did.
+    /// The epoch in which early stopping ended the run, if it did.
     #[serde(default)]
     pub early_stopped: Option<usize>,
+}
+
+impl TrainOutcome {
+    /// The best evaluation's record.
+    pub fn best(&self) -> &EpochMetrics {
+        self.history
+            .iter()
+            .find(|m| m.step == self.best_step)
+            .unwrap_or_else(|| &self.history[self.history.len() - 1])
+    }
 }
 
 /// Progress of training, reported every step.
@@ -206,6 +218,10 @@ pub struct Progress {
     pub step_in_epoch: usize,
     /// Steps per epoch.
     pub steps_per_epoch: usize,
+    /// Optimizer steps done in the run.
+    pub step: usize,
+    /// Optimizer steps the run will take (fewer if it stops early).
+    pub total_steps: usize,
     /// Loss of the last step.
     pub loss: f64,
     /// Samples per second so far in this epoch.
@@ -378,11 +394,10 @@ impl Task for FineTune<'_> {
             .map(|m| self.config.metric_for_best.of(m))
             .collect();
         let deleted: Vec<usize> = (0..history.len())
-            .filter(|&i| !checkpoint_dir(run_dir, history[i].epoch).exists())
+            .filter(|&i| !checkpoint_dir(run_dir, history[i].step).exists())
             .collect();
         for index in self.policy.to_delete(&values, &deleted) {
-            let dir = checkpoint_dir(run_dir, history[index].epoch);
-            std::fs::remove_dir_all(&dir).map_err(TrainError::io(&dir))?;
+            remove_checkpoint(&checkpoint_dir(run_dir, history[index].step))?;
         }
         Ok(())
     }
@@ -484,8 +499,8 @@ pub fn train(
         .map(|m| config.metric_for_best.of(m))
         .collect();
     let best_index = policy.best(&values).unwrap_or(history.len() - 1);
-    let best_epoch = history[best_index].epoch;
-    let best_path = checkpoint_dir(run_dir, best_epoch).join("model.bpk");
+    let (best_epoch, best_step) = (history[best_index].epoch, history[best_index].step);
+    let best_path = checkpoint_dir(run_dir, best_step).join("model.bpk");
     let best = RobertaForSequenceClassification::new(model_config, device)
         .try_load_file(&best_path)
         .map_err(|e| TrainError::BadCheckpoint {
@@ -517,6 +532,7 @@ pub fn train(
     let outcome = TrainOutcome {
         history,
         best_epoch,
+        best_step,
         test,
         best_model_dir,
         stopped_early: finished.stopped_early,
@@ -526,7 +542,7 @@ pub fn train(
     log(
         run_dir,
         &format!(
-            "finished: best epoch {best_epoch}, test {}",
+            "finished: best at step {best_step} (epoch {best_epoch}), test {}",
             outcome
                 .test
                 .as_ref()

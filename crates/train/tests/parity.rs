@@ -146,3 +146,110 @@ fn six_steps_match_pytorch_adamw_with_schedule_and_clipping() {
         .fold(0.0, f64::max);
     assert!(worst < 1e-4, "logits after training differ by {worst}");
 }
+
+/// Gradient accumulation against PyTorch: ten rows, micro-batches of 4, 4 and 2 accumulated
+/// into one optimizer step per epoch, through the training loop itself (`train`). Under
+/// transformers' fixed accumulation each micro-batch's loss counts by its rows, so every step
+/// equals PyTorch's step over one batch of all ten (`fixtures/train/accumulation_reference.json`
+/// from `fixtures/train/generate_accumulation_reference.py`): the step's loss, and, through
+/// the clipped AdamW update (clipping acts at every step), the loss after it. The mean of the
+/// three micro-batch means (transformers' old behaviour) would weigh the two-row micro-batch
+/// double and miss both.
+#[test]
+fn accumulated_micro_batches_match_pytorch() {
+    use sentiment_tokenize::{Padding, TokenizedRows};
+    use sentiment_train::{BestMetric, RunOptions, StopToken, TrainConfig, TrainData};
+
+    let expected = read(fixtures().join("train/accumulation_reference.json"));
+    let seq = expected["seq"].as_u64().unwrap() as usize;
+    let input_ids: Vec<u32> = expected["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| floats(row).into_iter().map(|v| v as u32))
+        .collect();
+    let labels: Vec<i64> = floats(&expected["labels"])
+        .into_iter()
+        .map(|v| v as i64)
+        .collect();
+    let rows = TokenizedRows {
+        max_length: seq,
+        rows: (0..labels.len() as u64).collect(),
+        attention_mask: input_ids.iter().map(|&t| u8::from(t != 1)).collect(),
+        input_ids,
+        labels,
+    };
+    let device = Device::flex();
+    let loaded = RobertaForSequenceClassification::from_pretrained(
+        fixtures().join("model/classifier").to_str().unwrap(),
+        &device,
+        &HubSettings::from_vars(|_| None),
+        |c| {
+            c.hidden_dropout_prob = 0.0;
+            c.attention_probs_dropout_prob = 0.0;
+            c.classifier_dropout = Some(0.0);
+        },
+    )
+    .unwrap();
+    let config = TrainConfig {
+        learning_rate: 1e-3,
+        batch_size: 4,
+        eval_batch_size: 16,
+        epochs: 4,
+        warmup_steps: 1,
+        optimizer: AdamWSettings {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.01,
+            max_grad_norm: 0.5,
+        },
+        metric_for_best: BestMetric::Loss,
+        save_total_limit: 1,
+        run: RunOptions {
+            padding: Padding::FIXED,
+            group_by_length: false,
+            gradient_accumulation_steps: 3,
+            ..RunOptions::default()
+        },
+        ..TrainConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = sentiment_train::train(
+        loaded.model,
+        &loaded.config,
+        None,
+        &TrainData {
+            train: &rows,
+            validation: &rows,
+            test: None,
+        },
+        &config,
+        dir.path(),
+        &device,
+        false,
+        &StopToken::new(),
+        &mut |_: sentiment_train::Progress| {},
+    )
+    .unwrap();
+    let (want_losses, want_eval) = (
+        floats(&expected["losses"]),
+        floats(&expected["eval_losses"]),
+    );
+    assert_eq!(outcome.history.len(), 4);
+    for (step, record) in outcome.history.iter().enumerate() {
+        assert_eq!(record.step, step + 1, "one optimizer step per epoch");
+        assert!(
+            (record.train_loss - want_losses[step]).abs() < 1e-5,
+            "step {step}: loss {} vs {}",
+            record.train_loss,
+            want_losses[step]
+        );
+        assert!(
+            (record.eval_loss - want_eval[step]).abs() < 1e-5,
+            "after step {step}: loss {} vs {}",
+            record.eval_loss,
+            want_eval[step]
+        );
+    }
+}

@@ -115,7 +115,7 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
     let steps = p.train.len().div_ceil(16);
     assert_eq!(outcome.history[1].step, 2 * steps);
     // It learns: the synthetic sample is far from random.
-    let best = &outcome.history[outcome.best_epoch - 1];
+    let best = outcome.best();
     assert!(best.accuracy > 0.6, "{:?}", outcome.history);
     assert!(outcome.history[1].train_loss < outcome.history[0].train_loss + 0.05);
     for file in [
@@ -130,12 +130,12 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
     }
     let csv = std::fs::read_to_string(run_a.path().join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
-    // Two epochs, limit 2: both checkpoints stay.
-    assert!(run_a.path().join("checkpoints/epoch-1/model.bpk").exists());
+    // Two epochs, limit 2: both checkpoints stay, named by their step.
+    let checkpoint = |run: &Path, step: usize| run.join(format!("checkpoints/step-{step}"));
+    assert!(checkpoint(run_a.path(), steps).join("model.bpk").exists());
     assert!(
-        run_a
-            .path()
-            .join("checkpoints/epoch-2/optimizer.bpk")
+        checkpoint(run_a.path(), 2 * steps)
+            .join("optimizer.bpk")
             .exists()
     );
     let test = outcome.test.as_ref().unwrap();
@@ -162,7 +162,7 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
         quality(&outcome.history),
         "same seed, same run"
     );
-    std::fs::remove_dir_all(run_b.path().join("checkpoints/epoch-2")).unwrap();
+    std::fs::remove_dir_all(checkpoint(run_b.path(), 2 * steps)).unwrap();
     std::fs::remove_dir_all(run_b.path().join("best_model")).unwrap();
     let resumed = run(&p, &quick(), run_b.path(), true).unwrap();
     assert_eq!(quality(&resumed.history), quality(&outcome.history));
@@ -179,17 +179,16 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
     })
     .unwrap_err();
     assert!(matches!(err, TrainError::Interrupted { .. }), "{err}");
-    assert!(
-        run_c
-            .path()
-            .join("checkpoints/epoch-2-partial/state.json")
-            .exists()
-    );
+    let partial = checkpoint(run_c.path(), steps + 10);
+    assert!(partial.join("state.json").exists());
     let before = |name: &str| std::fs::read_to_string(run_c.path().join(name)).unwrap();
     let (json_before, csv_before) = (before("metrics.json"), before("metrics.csv"));
     let resumed = run(&p, &quick(), run_c.path(), true).unwrap();
     assert_eq!(quality(&resumed.history), quality(&outcome.history));
-    assert!(!run_c.path().join("checkpoints/epoch-2-partial").exists());
+    assert!(
+        !partial.exists(),
+        "a resume point goes once a newer checkpoint exists"
+    );
     // Epoch 1's record went through the checkpoint's JSON and back: written again, its every
     // float has the same digits (the timings included, which no other run reproduces).
     let (json_after, csv_after) = (before("metrics.json"), before("metrics.csv"));
@@ -211,7 +210,7 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
     );
 
     // A corrupt checkpoint is an error naming the file.
-    let model_file = run_b.path().join("checkpoints/epoch-2/model.bpk");
+    let model_file = checkpoint(run_b.path(), 2 * steps).join("model.bpk");
     let bytes = std::fs::read(&model_file).unwrap();
     std::fs::write(&model_file, &bytes[..bytes.len() / 3]).unwrap();
     let err = run(&p, &quick(), run_b.path(), true).unwrap_err();
@@ -374,7 +373,7 @@ fn an_epoch_hook_can_stop_the_run_early() {
         let stamp = &line[1..line.find(']').unwrap()];
         chrono::DateTime::parse_from_rfc3339(stamp).unwrap_or_else(|e| panic!("{line}: {e}"));
     }
-    assert!(log.contains("stopped after epoch 1"), "{log}");
+    assert!(log.contains("(epoch 1) by a hook (pruned)"), "{log}");
 }
 
 #[test]
@@ -401,7 +400,7 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_it_ended() {
         "the best epoch is still evaluated on the test split"
     );
     let log = std::fs::read_to_string(dir.path().join("train.log")).unwrap();
-    assert!(log.contains("early stopping after epoch 2"), "{log}");
+    assert!(log.contains("(epoch 2): no improvement"), "{log}");
     // Resuming the finished run does not train on: the rule is a function of the history.
     let resumed = run(&p, &config, dir.path(), true).unwrap();
     assert_eq!(resumed.history.len(), 2);
@@ -427,4 +426,101 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_it_ended() {
     };
     let err = run(&p, &bad, tempfile::tempdir().unwrap().path(), false).unwrap_err();
     assert!(err.to_string().contains("early_stopping_patience"), "{err}");
+}
+
+/// The checkpoint folders of a run, by step.
+fn checkpoint_steps(run: &Path) -> Vec<usize> {
+    let mut steps: Vec<usize> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|name| name.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+#[test]
+fn evaluates_and_checkpoints_every_n_steps_and_resumes_mid_epoch() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let p = prepared(600);
+    let steps_per_epoch = p.train.len().div_ceil(16);
+    assert!(
+        steps_per_epoch > 20 && steps_per_epoch < 30,
+        "{steps_per_epoch}"
+    );
+    // 40 steps: the second pass over the data is cut short; an evaluation every 10 steps, a
+    // resume point every 5.
+    let config = TrainConfig {
+        epochs: 5,
+        run: RunOptions {
+            max_steps: Some(40),
+            eval_steps: Some(10),
+            save_steps: Some(5),
+            ..quick().run
+        },
+        ..quick()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = run(&p, &config, dir.path(), false).unwrap();
+    let evaluated: Vec<(usize, usize)> =
+        outcome.history.iter().map(|m| (m.epoch, m.step)).collect();
+    assert_eq!(evaluated, [(1, 10), (1, 20), (2, 30), (2, 40)]);
+    // Every evaluation is in the metrics files with its step.
+    let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("epoch,step,"), "{csv}");
+    assert_eq!(csv.lines().count(), 5);
+    // The schedule ends at step 40: the last step's rate is one 35th of the peak (5 warmup).
+    let last = &outcome.history[3];
+    assert!(
+        (last.learning_rate - 5e-4 / 35.0).abs() < 1e-12,
+        "{}",
+        last.learning_rate
+    );
+    // Keep-best with save_total_limit 2 across the evaluations: the best and the latest stay;
+    // no resume point is left once an evaluated checkpoint is newer.
+    let mut kept = vec![outcome.best_step, 40];
+    kept.dedup();
+    assert_eq!(checkpoint_steps(dir.path()), kept);
+    assert_eq!(outcome.best().step, outcome.best_step);
+
+    // Killed at step 37 (after the resume point of step 35, mid-epoch): resuming continues
+    // from step 35 in the same data order and ends exactly as the uninterrupted run.
+    let killed = tempfile::tempdir().unwrap();
+    let crash = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_with(
+            &p,
+            &config,
+            killed.path(),
+            false,
+            &StopToken::new(),
+            &mut |progress| {
+                assert!(progress.step < 37, "killed");
+            },
+        )
+    }));
+    assert!(crash.is_err());
+    let on_disk = checkpoint_steps(killed.path());
+    assert!(
+        on_disk.len() == 3 && on_disk.ends_with(&[30, 35]),
+        "{on_disk:?}"
+    );
+    let resumed = run(&p, &config, killed.path(), true).unwrap();
+    assert_eq!(quality(&resumed.history), quality(&outcome.history));
+    assert_eq!(resumed.best_step, outcome.best_step);
+    let log = std::fs::read_to_string(killed.path().join("train.log")).unwrap();
+    assert!(log.contains("resumed at step 35 (epoch 2)"), "{log}");
+
+    // Zero steps are refused by name.
+    let zero = TrainConfig {
+        run: RunOptions {
+            eval_steps: Some(0),
+            ..quick().run
+        },
+        ..quick()
+    };
+    let err = run(&p, &zero, tempfile::tempdir().unwrap().path(), false).unwrap_err();
+    assert!(
+        err.to_string().contains("eval_steps must be at least 1"),
+        "{err}"
+    );
 }
