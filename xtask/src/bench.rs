@@ -930,3 +930,97 @@ pub fn pretrain(args: &crate::flags::BenchPretrainArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `cargo xtask bench full-scale`: the stages of a Sentiment140-sized run, each a child process
+/// whose peak RSS is measured, and the same training on a small sample for the model's own
+/// footprint; the training split is the 1.6M-row file's, so the ratio says what the row count
+/// costs in memory.
+pub fn full_scale(args: &crate::flags::BenchFullScaleArgs) -> Result<()> {
+    print_cpu();
+    let work = &args.work_dir;
+    std::fs::create_dir_all(work)?;
+    let input = work.join(format!("sentiment140_{}.csv", args.rows));
+    if !input.exists() {
+        eprintln!("generating {} ({} rows)…", input.display(), args.rows);
+        generate_raw(&input, args.rows)?;
+    }
+    let exe = std::env::current_exe()?;
+    let ratios = args
+        .ratios
+        .iter()
+        .map(f64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let (steps, eval_steps) = (args.max_steps.to_string(), args.eval_steps.to_string());
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    // prepare → tokenize → train, into `dir`, on `sample` rows of the input (all if None).
+    let stages = |dir: &Path, sample: Option<usize>| -> Result<Vec<(&str, Measurement)>> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        let (data, run) = (dir.join("data"), dir.join("run"));
+        let mut prepare = Command::new(&exe);
+        prepare
+            .args(["prepare", "--quiet", "--ratios", &ratios, "--input"])
+            .arg(&input)
+            .arg("--out")
+            .arg(&data);
+        if let Some(rows) = sample {
+            prepare.args(["--sample", &rows.to_string()]);
+        }
+        let mut tokenize = Command::new(&exe);
+        tokenize
+            .args(["tokenize", "--quiet", "--prepared"])
+            .arg(&data);
+        let mut train = Command::new(&exe);
+        train
+            .args(["train", "--prepared"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run)
+            .args(["--config", &args.config, "--max-steps", &steps])
+            .args(["--eval-steps", &eval_steps, "--save-steps", &eval_steps])
+            .stdout(std::process::Stdio::null());
+        let mut out = Vec::new();
+        for (name, command) in [
+            ("prepare", &mut prepare),
+            ("tokenize", &mut tokenize),
+            ("train", &mut train),
+        ] {
+            eprintln!("{}: {name}…", dir.display());
+            let m = measure(command)?;
+            out.push((name, m));
+        }
+        let rows = sentiment_data::Manifest::load(&data)?;
+        eprintln!(
+            "{}: {} rows kept, train split {}",
+            dir.display(),
+            rows.rows_kept,
+            rows.splits[0].rows
+        );
+        Ok(out)
+    };
+    let footprint = stages(&work.join("footprint"), Some(args.footprint_rows))?;
+    let full = stages(&work.join("full"), None)?;
+    println!(
+        "`train --config {} --max-steps {} --eval-steps {} --save-steps {}`, ratios {ratios}; \
+         peak RSS MiB of each stage (wall s)",
+        args.config, args.max_steps, args.eval_steps, args.eval_steps
+    );
+    println!(
+        "| stage | {} rows | {} rows | ratio |",
+        args.footprint_rows, args.rows
+    );
+    println!("|---|---|---|---|");
+    for ((name, small), (_, big)) in footprint.iter().zip(&full) {
+        println!(
+            "| {name} | {:.0} ({:.0}) | {:.0} ({:.0}) | {:.2}x |",
+            mib(small.peak_rss),
+            small.wall.as_secs_f64(),
+            mib(big.peak_rss),
+            big.wall.as_secs_f64(),
+            big.peak_rss as f64 / small.peak_rss.max(1) as f64
+        );
+    }
+    Ok(())
+}

@@ -72,6 +72,10 @@ pub enum BenchCommand {
     /// Validation F1 after fine-tuning with and without masked-LM pre-training, at about the
     /// same CPU time, on the bundled sample.
     Pretrain(BenchPretrainArgs),
+    /// A Sentiment140-sized run in bounded memory: prepare, tokenize and `train` a fixed
+    /// number of steps with --eval-steps on a synthetic 1.6M-row file, each stage's peak RSS
+    /// against the same training on a small sample (the model's own footprint).
+    FullScale(BenchFullScaleArgs),
     /// One timed side of `bench model` (run by it in a child process).
     #[command(hide = true)]
     ModelWorker(ModelWorkerArgs),
@@ -104,6 +108,33 @@ pub struct BenchPretrainArgs {
     /// Seed of everything.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+/// Flags of `cargo xtask bench full-scale`.
+#[derive(Debug, Args)]
+pub struct BenchFullScaleArgs {
+    /// Rows of the synthetic Sentiment140-shaped input.
+    #[arg(long, default_value_t = 1_600_000)]
+    pub rows: usize,
+    /// Rows of the sample that measures the model's own training footprint.
+    #[arg(long, default_value_t = 20_000)]
+    pub footprint_rows: usize,
+    /// Model preset.
+    #[arg(long, default_value = "small")]
+    pub config: String,
+    /// Optimizer steps of each training run.
+    #[arg(long, default_value_t = 40)]
+    pub max_steps: usize,
+    /// Evaluation interval of each training run.
+    #[arg(long, default_value_t = 20)]
+    pub eval_steps: usize,
+    /// Train, validation and test ratios (small held-out splits keep the evaluations of the
+    /// small model short; the training split is what memory must not grow with).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.98, 0.01, 0.01])]
+    pub ratios: Vec<f64>,
+    /// Work folder (kept: the generated input is reused).
+    #[arg(long, default_value = "target/bench/full-scale")]
+    pub work_dir: PathBuf,
 }
 
 /// Flags of `cargo xtask parity`.

@@ -128,6 +128,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
             BenchCommand::ModelWorker(args) => bench::model_worker(&args),
             BenchCommand::Search(args) => bench::search(&args),
             BenchCommand::Pretrain(args) => bench::pretrain(&args),
+            BenchCommand::FullScale(args) => bench::full_scale(&args),
         },
     }
 }

@@ -55,13 +55,14 @@ impl TryFrom<PretrainArgs> for Pretrain {
 fn encode(tokenizer: &RobertaTokenizer, texts: &[String]) -> Result<(TokenizedRows, usize)> {
     let batch = tokenizer.encode_batch(texts)?;
     Ok((
-        TokenizedRows {
-            max_length: tokenizer.max_length(),
-            rows: (0..texts.len() as u64).collect(),
-            labels: vec![0; texts.len()],
-            input_ids: batch.input_ids,
-            attention_mask: batch.attention_mask,
-        },
+        TokenizedRows::from_padded(
+            tokenizer.max_length(),
+            tokenizer.special_tokens().pad,
+            (0..texts.len() as u64).collect(),
+            vec![0; texts.len()],
+            &batch.input_ids,
+            &batch.attention_mask,
+        ),
         batch.truncated,
     ))
 }

@@ -313,6 +313,10 @@ fn train_from_scratch_then_predict_with_the_best_model() {
         "600",
         "--batch-size",
         "16",
+        "--eval-steps",
+        "50",
+        "--save-steps",
+        "20",
     ]);
     assert!(
         trained.status.success(),
@@ -322,6 +326,15 @@ fn train_from_scratch_then_predict_with_the_best_model() {
     let stdout = String::from_utf8_lossy(&trained.stdout);
     assert!(stdout.contains("test: accuracy"), "{stdout}");
     assert!(stdout.contains("(best)"), "{stdout}");
+    // Two epochs of 66 steps, evaluated at steps 50 and 100 and after the last: each
+    // evaluation a row with its step.
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let steps: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(steps, ["50", "100", "132"], "{csv}");
     for file in [
         "metrics.csv",
         "metrics.json",
@@ -536,8 +549,10 @@ fn pretrain_then_fine_tune_from_its_output() {
         data.join("train.parquet").to_str().unwrap(),
         "--out",
         pre_s,
-        "--epochs",
-        "2",
+        "--max-steps",
+        "20",
+        "--eval-steps",
+        "8",
         "--vocab-size",
         "400",
         "--max-length",
@@ -553,6 +568,16 @@ fn pretrain_then_fine_tune_from_its_output() {
     );
     assert!(stdout.contains("| 2 |"), "{stdout}");
     assert!(stdout.contains("held out"), "{stdout}");
+    // 20 steps in all (a second pass cut short), evaluated every 8 and after the last.
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pre.join("metrics.json")).unwrap()).unwrap();
+    let steps: Vec<u64> = metrics
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [8, 16, 20]);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(pre.join("model/config.json")).unwrap())
             .unwrap();

@@ -281,3 +281,25 @@ fn a_larger_trial_count_extends_a_finished_study() {
         .unwrap();
     assert_eq!(record.trials.len(), 3);
 }
+
+#[test]
+fn trials_evaluated_every_n_steps_report_by_step() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    let mut settings = config(&out, 300, 1);
+    settings.trials = 1;
+    settings.space = sentiment_search::parse_space(["learning_rate=float:1e-3:2e-3:log"]).unwrap();
+    settings.run.eval_steps = Some(5);
+    let (done, _) = run(settings);
+    let done = done.unwrap();
+    // 210 training rows in batches of 32: 7 steps, evaluated at step 5 and after step 7. The
+    // study's intermediate values are keyed by global step, as transformers reports them.
+    let keys: Vec<usize> = done.best.intermediate.keys().copied().collect();
+    assert_eq!(keys, [5, 7]);
+    let steps: Vec<usize> = done.outcome.history.iter().map(|m| m.step).collect();
+    assert_eq!(steps, [5, 7]);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| epoch | step |"), "{report}");
+    let chart = std::fs::read_to_string(out.join("learning_curves_f1.svg")).unwrap();
+    assert!(chart.contains("Validation F1 per evaluation"), "{chart}");
+}

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use sentiment_data::{Split, read_split};
 
+use crate::TokenizedRows;
 use crate::tokenizer::RobertaTokenizer;
 use crate::{TokenizeError, write_atomic};
 
@@ -248,62 +249,6 @@ fn write_tokens(
     result
 }
 
-/// A tokenized split in memory, ready for batching.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TokenizedRows {
-    /// Sequence length.
-    pub max_length: usize,
-    /// Source line of each row.
-    pub rows: Vec<u64>,
-    /// Class ids.
-    pub labels: Vec<i64>,
-    /// Row-major `[rows, max_length]` ids.
-    pub input_ids: Vec<u32>,
-    /// Row-major `[rows, max_length]` mask.
-    pub attention_mask: Vec<u8>,
-}
-
-impl TokenizedRows {
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// True when there is no row.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    /// Real tokens of each row (`<s>` and `</s>` included), from the mask.
-    pub fn lengths(&self) -> Vec<usize> {
-        if self.max_length == 0 {
-            return vec![0; self.len()];
-        }
-        self.attention_mask
-            .chunks(self.max_length)
-            .map(crate::row_length)
-            .collect()
-    }
-
-    /// The rows at `indices` padded as `padding` says: (ids, mask, width), the data of two
-    /// `[indices.len(), width]` tensors.
-    pub fn batch(&self, indices: &[usize], padding: crate::Padding) -> (Vec<i64>, Vec<i64>, usize) {
-        let row = |i: usize| &self.attention_mask[i * self.max_length..(i + 1) * self.max_length];
-        let width = padding.width(
-            indices.iter().map(|&i| crate::row_length(row(i))),
-            self.max_length,
-        );
-        let (ids, mask) = crate::gather_rows(
-            &self.input_ids,
-            &self.attention_mask,
-            self.max_length,
-            indices,
-            width,
-        );
-        (ids, mask, width)
-    }
-}
-
 /// Reads a token file written by [`tokenize_splits`].
 pub fn read_tokenized(path: &Path) -> Result<TokenizedRows, TokenizeError> {
     let parquet_error = |source| TokenizeError::Parquet {
@@ -319,7 +264,7 @@ pub fn read_tokenized(path: &Path) -> Result<TokenizedRows, TokenizeError> {
         .map_err(parquet_error)?
         .build()
         .map_err(parquet_error)?;
-    let mut out = TokenizedRows::default();
+    let mut out: Option<TokenizedRows> = None;
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
         let column = |name: &str| {
@@ -348,7 +293,7 @@ pub fn read_tokenized(path: &Path) -> Result<TokenizedRows, TokenizeError> {
             .as_any()
             .downcast_ref::<FixedSizeListArray>()
             .ok_or_else(|| bad("`attention_mask` is not a fixed-size list".into()))?;
-        out.max_length = ids.value_length() as usize;
+        let max_length = ids.value_length() as usize;
         let id_values = ids
             .values()
             .as_any()
@@ -362,14 +307,39 @@ pub fn read_tokenized(path: &Path) -> Result<TokenizedRows, TokenizeError> {
         if id_values.null_count() > 0 || rows.null_count() > 0 || labels.null_count() > 0 {
             return Err(bad("null values".into()));
         }
-        out.rows.extend(rows.values().iter().copied());
-        out.labels.extend(labels.values().iter().copied());
-        out.input_ids
-            .extend(id_values.values().iter().map(|&v| v as u32));
-        out.attention_mask
-            .extend(mask_values.values().iter().map(|&v| v as u8));
+        let (id_values, mask_values) = (id_values.values(), mask_values.values());
+        let out = out.get_or_insert_with(|| {
+            // Every padded position holds the tokenizer's pad id; a file without one never
+            // pads a batch wider than its rows, and RoBERTa's is the fallback.
+            let pad = mask_values.iter().position(|&m| m == 0);
+            TokenizedRows::new(max_length, pad.map_or(1, |p| id_values[p] as u32))
+        });
+        if max_length != out.max_length {
+            return Err(bad(format!(
+                "rows of {max_length} and of {} ids in one file",
+                out.max_length
+            )));
+        }
+        for (i, (&row, &label)) in rows.values().iter().zip(labels.values()).enumerate() {
+            let start = i * max_length;
+            let mask = &mask_values[start..start + max_length];
+            let length = mask
+                .iter()
+                .rposition(|&m| m != 0)
+                .map_or(0, |last| last + 1);
+            if mask[..length].contains(&0) {
+                return Err(bad(format!(
+                    "row {row}: the attention mask is not right-padded (a 0 before a 1)"
+                )));
+            }
+            let ids: Vec<u32> = id_values[start..start + length]
+                .iter()
+                .map(|&v| v as u32)
+                .collect();
+            out.push(row, label, &ids);
+        }
     }
-    Ok(out)
+    Ok(out.unwrap_or_default())
 }
 
 /// Paths of the three token files of `data_dir`, by split.

@@ -15,17 +15,18 @@
 mod cache;
 mod error;
 mod padding;
+mod rows;
 mod tokenizer;
 
 use std::path::Path;
 
 pub use cache::{
-    SplitOutcome, TOKENS_INDEX, TOKENS_VERSION, TRAINED_TOKENIZER_DIR, TokenizedRows,
-    TokenizedSplit, TokensIndex, read_tokenized, sha256_file, token_files, tokenize_splits,
-    tokens_file_name, train_on_split,
+    SplitOutcome, TOKENS_INDEX, TOKENS_VERSION, TRAINED_TOKENIZER_DIR, TokenizedSplit, TokensIndex,
+    read_tokenized, sha256_file, token_files, tokenize_splits, tokens_file_name, train_on_split,
 };
 pub use error::TokenizeError;
 pub use padding::{Padding, by_length, gather_rows, group_by_length, row_length};
+pub use rows::TokenizedRows;
 pub use sentiment_hub::{HubSettings, resolve_pretrained};
 pub use tokenizer::{
     BpeTrainingConfig, DEFAULT_MAX_LENGTH, EncodedBatch, RobertaTokenizer, SPECIAL_TOKENS,

@@ -3,8 +3,8 @@
 //! few, and kernels aligned), never past the sequence length the rows were encoded with; and
 //! the Trainer's `group_by_length` order, which puts rows of similar length together.
 //!
-//! The token caches hold every row padded to `max_length` on the right, so a batch is the first
-//! `width` columns of its rows: nothing is re-tokenized. Padding stays inert because the model
+//! The token caches hold every row's tokens, so a batch is its rows padded on the right to
+//! `width`: nothing is re-tokenized. Padding stays inert because the model
 //! ignores padded positions (attention bias, position ids, pooling at `<s>`); the equivalence
 //! with fixed padding is tested in the train crate.
 

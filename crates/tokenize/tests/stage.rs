@@ -63,8 +63,15 @@ fn trained_tokenizer_and_token_files_are_cached_and_invalidated() {
     let split = read_split(&data.path().join("train.parquet")).unwrap();
     let tokens = read_tokenized(&data.path().join("train.tokens.parquet")).unwrap();
     let expected = tokenizer.encode_batch(&split.texts).unwrap();
-    assert_eq!(tokens.input_ids, expected.input_ids);
-    assert_eq!(tokens.attention_mask, expected.attention_mask);
+    let expected = sentiment_tokenize::TokenizedRows::from_padded(
+        64,
+        tokenizer.special_tokens().pad,
+        split.rows.clone(),
+        split.labels.clone(),
+        &expected.input_ids,
+        &expected.attention_mask,
+    );
+    assert_eq!(tokens, expected);
     assert_eq!(tokens.labels, split.labels);
     assert_eq!(tokens.rows, split.rows);
     assert_eq!(tokens.max_length, 64);

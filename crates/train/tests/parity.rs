@@ -172,13 +172,15 @@ fn accumulated_micro_batches_match_pytorch() {
         .into_iter()
         .map(|v| v as i64)
         .collect();
-    let rows = TokenizedRows {
-        max_length: seq,
-        rows: (0..labels.len() as u64).collect(),
-        attention_mask: input_ids.iter().map(|&t| u8::from(t != 1)).collect(),
-        input_ids,
+    let mask: Vec<u8> = input_ids.iter().map(|&t| u8::from(t != 1)).collect();
+    let rows = TokenizedRows::from_padded(
+        seq,
+        1,
+        (0..labels.len() as u64).collect(),
         labels,
-    };
+        &input_ids,
+        &mask,
+    );
     let device = Device::flex();
     let loaded = RobertaForSequenceClassification::from_pretrained(
         fixtures().join("model/classifier").to_str().unwrap(),
