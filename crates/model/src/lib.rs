@@ -30,15 +30,26 @@
 
 mod config;
 mod error;
-#[cfg(feature = "flex")]
-mod fast_gelu;
 mod fused;
 mod loader;
 mod model;
 
 pub use config::RobertaConfig;
 pub use error::ModelError;
-pub use fused::{is_libtorch, set_fused_attention, set_fused_ops};
+pub use fused::is_libtorch;
+#[cfg(feature = "bench")]
+pub use fused::{set_fused_attention, set_fused_ops};
+
+/// A well-mixed 64-bit hash of `(seed, index)`: SplitMix64's finaliser of
+/// `seed ^ index · 0x9E3779B97F4A7C15`. Counter-based, so the random stream of element or step
+/// `index` is drawn without the ones before it: dropout masks in parallel, and the seed of
+/// training step `index` in a resumed run equal to an uninterrupted one's.
+pub fn mix_seed(seed: u64, index: u64) -> u64 {
+    let z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// Held by the unit tests that draw from Burn's generator: it is one per process and tests run
 /// in parallel, so a test that seeds it and expects a sequence must not meet another's draws.
@@ -46,10 +57,9 @@ pub use fused::{is_libtorch, set_fused_attention, set_fused_ops};
 pub(crate) static GENERATOR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub use loader::{
     CONFIG_FILE, LoadReport, Loaded, PYTORCH_FILE, Pretrained, SAFETENSORS_FILE,
-    SAFETENSORS_INDEX_FILE, WEIGHT_NAMES, load_weights, save_weights,
+    SAFETENSORS_INDEX_FILE, WEIGHT_NAMES, WeightName, load_weights, save_weights,
 };
-pub use model::{
-    Attention, ClassificationHead, Embeddings, Encoder, Intermediate, Layer, LmHead, Output,
-    RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel, SelfAttention, SelfOutput,
-};
+// The layer structs (embeddings, attention, …) stay inside `model`: the three models are the
+// API, and their layers can change without breaking it.
+pub use model::{RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel};
 pub use sentiment_hub::{HubSettings, resolve_pretrained};

@@ -5,7 +5,8 @@
 //! # The weight-name table
 //!
 //! Our modules carry transformers' field names, so a checkpoint key is the module path but for
-//! the renames in [`WEIGHT_NAMES`], applied in order when loading (and reversed when saving):
+//! the renames in [`WEIGHT_NAMES`], the one table that loading, saving and the error messages
+//! (which name checkpoint keys) all read:
 //!
 //! | Hugging Face key | Burn module path | why |
 //! |---|---|---|
@@ -32,18 +33,44 @@ use crate::model::{RobertaForMaskedLM, RobertaForSequenceClassification, Roberta
 use crate::{ModelError, RobertaConfig};
 use sentiment_hub::{HubSettings, resolve_pretrained};
 
-/// Checkpoint key → module path renames, in order (regex, replacement).
-pub const WEIGHT_NAMES: &[(&str, &str)] = &[
-    (r"^(embeddings|encoder)\.", "roberta.${1}."),
-    (r"\.attention\.self\.", ".attention.self_attention."),
-    (r"^roberta\.(.+)\.LayerNorm\.", "roberta.${1}.layer_norm."),
+/// One rename between checkpoint keys and module paths, in both directions.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightName {
+    /// Checkpoint key pattern (regex) → module path replacement, applied when loading.
+    pub load: (&'static str, &'static str),
+    /// Module path pattern (regex) → checkpoint key replacement, applied when saving and when
+    /// naming a module path as its key; None for a rename that only reads other layouts.
+    pub save: Option<(&'static str, &'static str)>,
+}
+
+/// The renames between Hugging Face checkpoint keys and our module paths, in order.
+pub const WEIGHT_NAMES: &[WeightName] = &[
+    // Bare `RobertaModel` files: our heads hold the encoder under `roberta`; we save heads.
+    WeightName {
+        load: (r"^(embeddings|encoder)\.", "roberta.${1}."),
+        save: None,
+    },
+    // `self` is a Rust keyword.
+    WeightName {
+        load: (r"\.attention\.self\.", ".attention.self_attention."),
+        save: Some((r"\.attention\.self_attention\.", ".attention.self.")),
+    },
+    // Rust field names are snake case; the masked-LM head's is already `layer_norm`.
+    WeightName {
+        load: (r"^roberta\.(.+)\.LayerNorm\.", "roberta.${1}.layer_norm."),
+        save: Some((r"^roberta\.(.+)\.layer_norm\.", "roberta.${1}.LayerNorm.")),
+    },
 ];
 
-/// Module path → checkpoint key renames used when saving (the inverse of [`WEIGHT_NAMES`]).
-const SAVE_NAMES: &[(&str, &str)] = &[
-    (r"\.attention\.self_attention\.", ".attention.self."),
-    (r"^roberta\.(.+)\.layer_norm\.", "roberta.${1}.LayerNorm."),
-];
+/// The load direction of [`WEIGHT_NAMES`], as burn-store's key remappings.
+fn load_names() -> impl Iterator<Item = (&'static str, &'static str)> {
+    WEIGHT_NAMES.iter().map(|n| n.load)
+}
+
+/// The save direction of [`WEIGHT_NAMES`].
+fn save_names() -> impl Iterator<Item = (&'static str, &'static str)> {
+    WEIGHT_NAMES.iter().filter_map(|n| n.save)
+}
 
 /// Files a model folder may hold.
 pub const CONFIG_FILE: &str = "config.json";
@@ -192,28 +219,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
         })
 }
 
-/// Names of the tensors in a safetensors file, from its header.
+/// Names of the tensors in a safetensors file, from its header (burn-store reads the tensors'
+/// data lazily, so listing them reads the header alone).
 fn safetensors_keys(path: &Path) -> Result<BTreeSet<String>, ModelError> {
-    use std::io::Read;
-    let bad = |detail: String| ModelError::BadWeights {
-        file: path.to_path_buf(),
-        detail,
-    };
-    let mut file = std::fs::File::open(path).map_err(ModelError::io(path))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let len = u64::from_le_bytes(len);
-    let size = file.metadata().map_err(ModelError::io(path))?.len();
-    if len > size.saturating_sub(8) || len > 100 << 20 {
-        return Err(bad(format!("header length {len} exceeds the file")));
-    }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| bad(format!("truncated header: {e}")))?;
-    let map: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
-    Ok(map.into_keys().filter(|k| k != "__metadata__").collect())
+    use burn_store::ModuleStore;
+    let keys = SafetensorsStore::from_file(path)
+        .keys()
+        .map_err(|e| ModelError::BadWeights {
+            file: path.to_path_buf(),
+            detail: format!("not a readable safetensors file: {e}"),
+        })?;
+    Ok(keys.into_iter().collect())
 }
 
 #[derive(Deserialize)]
@@ -247,12 +263,19 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     })
 }
 
-/// A module path shown as the checkpoint key it comes from.
+/// A module path shown as the checkpoint key it comes from: the save renames, then the layer
+/// norms' parameter names as PyTorch has them (burn-store's adapters rename those).
 fn checkpoint_name(path: &str) -> String {
-    path.replace(".self_attention.", ".self.")
-        .replace(".layer_norm.gamma", ".LayerNorm.weight")
-        .replace(".layer_norm.beta", ".LayerNorm.bias")
-        .replace("lm_head.LayerNorm.", "lm_head.layer_norm.")
+    let mut key = path.to_string();
+    for (pattern, replacement) in save_names() {
+        let pattern = regex::Regex::new(pattern).expect("the weight-name table's regexes parse");
+        key = pattern.replace(&key, replacement).into_owned();
+    }
+    match key.rsplit_once('.') {
+        Some((layer, "gamma")) => format!("{layer}.weight"),
+        Some((layer, "beta")) => format!("{layer}.bias"),
+        _ => key,
+    }
 }
 
 /// Loads every weight file of `dir` into `model`. Missing keys under `optional_prefixes` keep
@@ -276,8 +299,8 @@ pub fn load_weights<M: ModuleSnapshot>(
             let mut store = PytorchStore::from_file(file)
                 .allow_partial(true)
                 .validate(false);
-            for (from, to) in WEIGHT_NAMES {
-                store = store.with_key_remapping(from, *to);
+            for (from, to) in load_names() {
+                store = store.with_key_remapping(from, to);
             }
             model.load_from(&mut store).map_err(|e| unreadable(&e))?
         } else {
@@ -286,8 +309,8 @@ pub fn load_weights<M: ModuleSnapshot>(
                 .with_from_adapter(PyTorchToBurnAdapter)
                 .allow_partial(true)
                 .validate(false);
-            for (from, to) in WEIGHT_NAMES {
-                store = store.with_key_remapping(from, *to);
+            for (from, to) in load_names() {
+                store = store.with_key_remapping(from, to);
             }
             if keys.contains("lm_head.decoder.bias") && !keys.contains("lm_head.bias") {
                 store = store.with_key_remapping(r"^lm_head\.decoder\.bias$", "lm_head.bias");
@@ -371,8 +394,8 @@ pub fn save_weights<M: ModuleSnapshot>(model: &M, path: &Path) -> Result<(), Mod
         // transformers refuses safetensors files whose format is not "pt".
         .metadata("format", "pt")
         .overwrite(true);
-    for (from, to) in SAVE_NAMES {
-        store = store.with_key_remapping(from, *to);
+    for (from, to) in save_names() {
+        store = store.with_key_remapping(from, to);
     }
     model
         .save_into(&mut store)
@@ -380,4 +403,55 @@ pub fn save_weights<M: ModuleSnapshot>(model: &M, path: &Path) -> Result<(), Mod
             file: path.to_path_buf(),
             detail: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_paths_are_named_as_their_checkpoint_keys() {
+        for (path, key) in [
+            (
+                "roberta.encoder.layer.0.attention.self_attention.query.weight",
+                "roberta.encoder.layer.0.attention.self.query.weight",
+            ),
+            (
+                "roberta.embeddings.layer_norm.gamma",
+                "roberta.embeddings.LayerNorm.weight",
+            ),
+            (
+                "roberta.encoder.layer.1.output.layer_norm.beta",
+                "roberta.encoder.layer.1.output.LayerNorm.bias",
+            ),
+            // The masked-LM head's layer norm is `layer_norm` in transformers too.
+            ("lm_head.layer_norm.beta", "lm_head.layer_norm.bias"),
+            ("classifier.dense.weight", "classifier.dense.weight"),
+        ] {
+            assert_eq!(checkpoint_name(path), key);
+        }
+    }
+
+    /// Saving then loading gives every module path back: the two directions of the table are
+    /// inverse.
+    #[test]
+    fn the_table_reads_back_what_it_writes() {
+        let apply = |names: &mut dyn Iterator<Item = (&str, &str)>, path: &str| {
+            names.fold(path.to_string(), |key, (pattern, replacement)| {
+                regex::Regex::new(pattern)
+                    .unwrap()
+                    .replace(&key, replacement)
+                    .into_owned()
+            })
+        };
+        for path in [
+            "roberta.encoder.layer.0.attention.self_attention.key.bias",
+            "roberta.encoder.layer.0.attention.output.layer_norm.gamma",
+            "roberta.embeddings.word_embeddings.weight",
+            "lm_head.layer_norm.gamma",
+        ] {
+            let key = apply(&mut save_names(), path);
+            assert_eq!(apply(&mut load_names(), &key), path, "{key}");
+        }
+    }
 }

@@ -20,64 +20,14 @@ use crate::RobertaConfig;
 const MASKED_SCORE: f32 = -1.0e4;
 
 /// Dropout where `layer` is in training mode on an autodiff device (where Burn's `Dropout`
-/// applies), the identity elsewhere. On the CPU backend (flex) the mask is drawn in parallel
-/// from a counter-based hash: flex draws every mask element from one ChaCha stream, serially,
-/// which took 12% of a training step on two threads (docs/BENCHMARKS.md); each mask's seed comes
-/// from Burn's generator, so `Device::seed` still makes a run reproducible. Other backends use
-/// the fused dropout operation ([`crate::fused::dropout`]: PyTorch's `native_dropout` on
-/// libtorch, seeded by `Device::seed` too), whose masks are drawn on the device.
+/// applies), the identity elsewhere: [`crate::fused::dropout`], whose masks are drawn on the
+/// device (in parallel on the CPU backend; PyTorch's `native_dropout` on libtorch), seeded by
+/// `Device::seed`.
 fn apply_dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
-    let device = x.device();
-    if !layer.training.is_enabled() || !device.is_autodiff() || layer.prob == 0.0 {
+    if !layer.training.is_enabled() || !x.device().is_autodiff() || layer.prob == 0.0 {
         return x;
     }
-    let on_flex = matches!(
-        device.clone().without_autodiff().as_dispatch(),
-        burn_dispatch::DispatchDevice::Flex(_)
-    );
-    if !on_flex {
-        return crate::fused::dropout(x, layer.prob);
-    }
-    let draw = Tensor::<1, Int>::random(
-        [2],
-        // 31 bits each: the default integer type may be i32.
-        burn::tensor::Distribution::Uniform(0.0, 2_147_483_647.0),
-        &device.clone().without_autodiff(),
-    );
-    let words: Vec<i64> = draw
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec()
-        .unwrap_or_default();
-    let seed = words.iter().fold(0u64, |acc, &w| (acc << 31) ^ w as u64);
-    let keep = 1.0 - layer.prob;
-    let scale = (1.0 / keep) as f32;
-    // An element is kept when the top 32 bits of its hash fall below keep * 2^32.
-    let threshold = (keep * 4_294_967_296.0) as u64;
-    let shape = x.shape();
-    let mask: Vec<f32> = {
-        use rayon::prelude::*;
-        (0..shape.num_elements())
-            .into_par_iter()
-            .with_min_len(1 << 14)
-            .map(|i| {
-                let i = i as u64;
-                if split_mix(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32 < threshold {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect()
-    };
-    x * Tensor::from_data(burn::tensor::TensorData::new(mask, shape), &device)
-}
-
-/// SplitMix64's finaliser: a well-mixed 64-bit hash of a counter.
-fn split_mix(z: u64) -> u64 {
-    let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    crate::fused::dropout(x, layer.prob)
 }
 
 fn linear(d_in: usize, d_out: usize, config: &RobertaConfig, device: &Device) -> Linear {

@@ -324,15 +324,6 @@ struct Interval {
     seconds: f64,
 }
 
-/// A deterministic seed for the dropout masks of one optimizer step: a run resumed at any step
-/// draws the masks an uninterrupted run would.
-pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
-    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The folder of the checkpoint taken after optimizer step `step` (the Trainer's
 /// `checkpoint-N`, under `checkpoints/`).
 pub(crate) fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
@@ -511,7 +502,9 @@ where
                 return Err(TrainError::Interrupted { checkpoint: dir });
             }
             let step_started = Instant::now();
-            autodiff.seed(step_seed(settings.seed, step));
+            // The dropout masks of a step depend on (seed, step) only: a run resumed at any
+            // step draws the masks an uninterrupted run would.
+            autodiff.seed(roberta_burn::mix_seed(settings.seed, step as u64));
             let rate = schedule.rate(step);
             // Batch indices count micro-batches, so masks drawn per batch do not depend on K.
             let batches: Vec<T::Batch> = group
