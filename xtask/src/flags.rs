@@ -221,6 +221,73 @@ pub struct DeviceOptions {
     pub device_index: usize,
 }
 
+/// The optimizer and schedule flags `train` and `pretrain` share. Each left unset keeps the
+/// library configuration's default (`TrainConfig::default()`, `PretrainConfig::default()`), so
+/// the defaults are written once, in the library.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OptimizerOptions {
+    /// Peak learning rate.
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Rows per micro-batch (default 32).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Passes over the data (default 3).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Linear warmup steps (default 0).
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// AdamW weight decay (default: 0 for train, as the notebook; 0.01 for pretrain).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// AdamW beta1 (default 0.9).
+    #[arg(long)]
+    pub adam_beta1: Option<f64>,
+    /// AdamW beta2 (default: 0.999 for train, 0.98 for pretrain).
+    #[arg(long)]
+    pub adam_beta2: Option<f64>,
+    /// AdamW epsilon (default: 1e-8 for train, 1e-6 for pretrain).
+    #[arg(long)]
+    pub adam_epsilon: Option<f64>,
+    /// Global gradient-norm bound, 0 for no clipping (default 1).
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Seed (default 42).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl OptimizerOptions {
+    /// Sets what was given over a library configuration's fields.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &self,
+        learning_rate: &mut f64,
+        batch_size: &mut usize,
+        epochs: &mut usize,
+        warmup_steps: &mut usize,
+        optimizer: &mut sentiment_train::AdamWSettings,
+        seed: &mut u64,
+    ) {
+        fn set<T: Copy>(field: &mut T, flag: Option<T>) {
+            if let Some(value) = flag {
+                *field = value;
+            }
+        }
+        set(learning_rate, self.learning_rate);
+        set(batch_size, self.batch_size);
+        set(epochs, self.epochs);
+        set(warmup_steps, self.warmup_steps);
+        set(&mut optimizer.weight_decay, self.weight_decay);
+        set(&mut optimizer.beta1, self.adam_beta1);
+        set(&mut optimizer.beta2, self.adam_beta2);
+        set(&mut optimizer.epsilon, self.adam_epsilon);
+        set(&mut optimizer.max_grad_norm, self.max_grad_norm);
+        set(seed, self.seed);
+    }
+}
+
 /// How batches are padded, and ordered in training: the options of every command that forms
 /// batches.
 #[derive(Debug, Clone, Copy, Args)]
@@ -654,27 +721,10 @@ pub struct TrainArgs {
     /// Sequence length.
     #[arg(long, default_value_t = 64)]
     pub max_length: usize,
-    /// Peak learning rate (default: 5e-5 from a pretrained model, 5e-4 from scratch).
-    #[arg(long)]
-    pub learning_rate: Option<f64>,
-    /// Training batch size.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Epochs.
-    #[arg(long, default_value_t = 3)]
-    pub epochs: usize,
-    /// Linear warmup steps.
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: usize,
-    /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    /// Global gradient-norm bound (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    /// Seed of initialisation, batch order and dropout.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    /// Learning rate, batches, epochs, AdamW and seed (defaults: the Trainer's, a learning
+    /// rate of 5e-5 from a pretrained model and 5e-4 from scratch).
+    #[command(flatten)]
+    pub optimizer: OptimizerOptions,
     /// Metric that picks the best checkpoint.
     #[arg(long, value_enum, default_value_t = MetricFlag::F1)]
     pub metric: MetricFlag,
@@ -727,27 +777,11 @@ pub struct PretrainArgs {
     /// Share of the texts held out for the per-epoch masked-LM loss and accuracy.
     #[arg(long, default_value_t = 0.05)]
     pub holdout: f64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 5e-4)]
-    pub learning_rate: f64,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Passes over the texts, each with fresh masks.
-    #[arg(long, default_value_t = 3)]
-    pub epochs: usize,
-    /// Linear warmup steps.
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: usize,
-    /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.01)]
-    pub weight_decay: f64,
-    /// Global gradient-norm bound (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    /// Seed of the held-out split, initialisation, batch order, masks and dropout.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    /// Learning rate, batches, epochs (each with fresh masks), AdamW and seed (of the held-out
+    /// split, initialisation, batch order, masks and dropout); defaults: RoBERTa's
+    /// pre-training (AdamW 0.9 / 0.98 / 1e-6, weight decay 0.01), a learning rate of 5e-4.
+    #[command(flatten)]
+    pub optimizer: OptimizerOptions,
     /// Padding and length grouping.
     #[command(flatten)]
     pub batching: BatchingOptions,

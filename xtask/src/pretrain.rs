@@ -25,20 +25,19 @@ impl TryFrom<PretrainArgs> for Pretrain {
 
     fn try_from(args: PretrainArgs) -> Result<Self> {
         let device = crate::device(args.device.backend, args.device.device_index)?;
-        let config = PretrainConfig {
-            learning_rate: args.learning_rate,
-            batch_size: args.batch_size,
-            epochs: args.epochs,
-            warmup_steps: args.warmup_steps,
-            optimizer: sentiment_train::AdamWSettings {
-                weight_decay: args.weight_decay,
-                max_grad_norm: args.max_grad_norm,
-                ..PretrainConfig::default().optimizer
-            },
-            seed: args.seed,
+        let mut config = PretrainConfig {
             run: crate::flags::run_options(&args.batching, &args.trainer),
             ..PretrainConfig::default()
         };
+        let c = &mut config;
+        args.optimizer.apply(
+            &mut c.learning_rate,
+            &mut c.batch_size,
+            &mut c.epochs,
+            &mut c.warmup_steps,
+            &mut c.optimizer,
+            &mut c.seed,
+        );
         config.validate()?;
         if !(args.holdout > 0.0 && args.holdout < 1.0) {
             bail!("--holdout must be a fraction strictly between 0 and 1");
@@ -97,7 +96,7 @@ impl Pretrain {
 
     fn model(&self, tokenizer: &RobertaTokenizer) -> Result<(RobertaForMaskedLM, RobertaConfig)> {
         let a = &self.args;
-        self.device.seed(a.seed);
+        self.device.seed(self.config.seed);
         if let Some(name) = a.pretrained.as_deref() {
             let hub = HubSettings::from_env();
             let loaded = RobertaForMaskedLM::from_pretrained(name, &self.device, &hub, |_| {})
@@ -161,7 +160,7 @@ impl Pretrain {
             );
         }
         // A seeded shuffle, then the last --holdout share is held out.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.config.seed);
         texts.shuffle(&mut rng);
         let held = ((texts.len() as f64 * a.holdout).round() as usize).clamp(1, texts.len() - 1);
         let validation_texts = texts.split_off(texts.len() - held);

@@ -24,22 +24,13 @@ impl TryFrom<TrainArgs> for Train {
 
     fn try_from(args: TrainArgs) -> Result<Self> {
         let device = crate::device(args.device.backend, args.device.device_index)?;
-        let default_rate = if args.pretrained.is_some() {
-            5e-5
-        } else {
-            5e-4
-        };
-        let config = TrainConfig {
-            learning_rate: args.learning_rate.unwrap_or(default_rate),
-            batch_size: args.batch_size,
-            epochs: args.epochs,
-            warmup_steps: args.warmup_steps,
-            optimizer: sentiment_train::AdamWSettings {
-                weight_decay: args.weight_decay,
-                max_grad_norm: args.max_grad_norm,
-                ..TrainConfig::default().optimizer
+        let mut config = TrainConfig {
+            // TrainConfig's 5e-5 is fine-tuning's; a model from scratch learns at 5e-4.
+            learning_rate: if args.pretrained.is_some() {
+                TrainConfig::default().learning_rate
+            } else {
+                5e-4
             },
-            seed: args.seed,
             metric_for_best: match args.metric {
                 MetricFlag::F1 => BestMetric::F1,
                 MetricFlag::Accuracy => BestMetric::Accuracy,
@@ -49,6 +40,15 @@ impl TryFrom<TrainArgs> for Train {
             run: crate::flags::run_options(&args.batching, &args.trainer),
             ..TrainConfig::default()
         };
+        let c = &mut config;
+        args.optimizer.apply(
+            &mut c.learning_rate,
+            &mut c.batch_size,
+            &mut c.epochs,
+            &mut c.warmup_steps,
+            &mut c.optimizer,
+            &mut c.seed,
+        );
         config.validate()?;
         Ok(Self {
             args,
@@ -192,7 +192,7 @@ impl Train {
                 tokenizer: a.tokenizer.as_deref(),
                 vocab_size: a.vocab_size,
                 max_length: a.max_length,
-                seed: a.seed,
+                seed: self.config.seed,
             },
             &self.device,
         )?;

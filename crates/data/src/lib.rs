@@ -47,20 +47,21 @@ pub use prepare::{PrepareConfig, Progress, prepare, sha256_file};
 pub use split::{Split, SplitRatios, apportion, stratified_sample, stratified_split};
 pub use texts::{TextColumn, read_text_column};
 
-/// Writes `bytes` to `path` atomically: a temporary sibling, flushed to disk, then renamed, so a
-/// reader sees the old file or the new one, never a part.
+/// Writes `bytes` to `path` atomically: a temporary file beside it (`tempfile`, removed if
+/// anything fails), flushed to disk, then renamed over `path`, so a reader sees the old file or
+/// the new one, never a part.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let temp = parquet_io::temp_sibling(path);
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result.map_err(DataError::io(path))
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(DataError::io(path))?;
+    file.write_all(bytes)
+        .and_then(|()| file.as_file().sync_all())
+        .map_err(DataError::io(path))?;
+    file.persist(path)
+        .map_err(|e| DataError::io(path)(e.error))?;
+    Ok(())
 }
 
 /// At most 120 characters of `text`, control characters escaped, with how much was left out:

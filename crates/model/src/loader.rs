@@ -200,23 +200,25 @@ impl Pretrained for RobertaModel {
     }
 }
 
+/// Writes `bytes` to `path` atomically: a temporary file beside it (`tempfile`), flushed to
+/// disk, then renamed over `path`. (The pipeline's crates share `sentiment_data`'s; this crate
+/// stands alone.)
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let temp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&temp, bytes)
-        .and_then(|()| std::fs::rename(&temp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            ModelError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            }
-        })
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    file.write_all(bytes)
+        .and_then(|()| file.as_file().sync_all())
+        .map_err(io)?;
+    file.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// Names of the tensors in a safetensors file, from its header (burn-store reads the tensors'

@@ -158,7 +158,7 @@ impl Default for PretrainConfig {
         Self {
             learning_rate: 5e-4,
             batch_size: 32,
-            epochs: 1,
+            epochs: 3,
             warmup_steps: 0,
             optimizer: AdamWSettings {
                 beta1: 0.9,
