@@ -223,7 +223,7 @@ impl SelfAttention {
             // libtorch: one kernel each way, dropout included on CUDA (as transformers' SDPA).
             return merge_heads(crate::fused::attention(q, k, v, key_bias, dropout, scale));
         }
-        if dropout == 0.0 {
+        if dropout == 0.0 && !composed_attention_forced() {
             // Without attention dropout (inference, or a model configured without it) the
             // backend's fused scaled-dot-product attention computes the same thing in one op:
             // no score tensor materialised per head on the CPU, flash attention on GPUs. An
@@ -243,6 +243,21 @@ impl SelfAttention {
         let probs = apply_dropout(&self.dropout, crate::fused::softmax(scores, 3));
         merge_heads(probs.matmul(v))
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by a test: attention composed from its parts (what training with attention dropout
+    /// runs) even without dropout, so that path can be compared with transformers.
+    static COMPOSED_ATTENTION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a test asked this thread for the composed attention.
+fn composed_attention_forced() -> bool {
+    #[cfg(test)]
+    return COMPOSED_ATTENTION.get();
+    #[cfg(not(test))]
+    false
 }
 
 /// `RobertaSelfOutput`: dense, dropout, residual, LayerNorm (post-LN).
@@ -529,6 +544,67 @@ impl RobertaForMaskedLM {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attention that training with attention dropout runs (scores, fused softmax,
+    /// dropout, values) against transformers' last hidden states on the fixture classifier:
+    /// with dropout probability 0 it must give what transformers gives. (Inference and runs
+    /// without attention dropout take the backend's scaled-dot-product attention, which the
+    /// parity tests cover.)
+    #[test]
+    fn the_composed_attention_matches_transformers() {
+        use crate::{HubSettings, Pretrained, RobertaForSequenceClassification};
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/model");
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{fixtures}/reference.json")).unwrap(),
+        )
+        .unwrap();
+        let column =
+            |key: &str| -> Vec<serde_json::Value> { reference[key].as_array().unwrap().clone() };
+        let (batch, seq) = (
+            reference["batch"].as_u64().unwrap() as usize,
+            reference["seq"].as_u64().unwrap() as usize,
+        );
+        let device = Device::flex();
+        let ints = |key: &str| {
+            let data: Vec<i64> = column(key).iter().map(|v| v.as_i64().unwrap()).collect();
+            Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, [batch, seq]), &device)
+        };
+        let loaded = RobertaForSequenceClassification::from_pretrained(
+            &format!("{fixtures}/classifier"),
+            &device,
+            &HubSettings::from_vars(|_| None),
+            |_| {},
+        )
+        .unwrap();
+        let hidden = |composed: bool| -> Vec<f32> {
+            COMPOSED_ATTENTION.set(composed);
+            let out = loaded
+                .model
+                .roberta()
+                .forward(ints("input_ids"), ints("attention_mask"))
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            COMPOSED_ATTENTION.set(false);
+            out
+        };
+        let (composed, fused) = (hidden(true), hidden(false));
+        let expected: Vec<f64> = column("last_hidden_state")
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let worst = |got: &[f32]| {
+            got.iter()
+                .zip(&expected)
+                .map(|(g, e)| (f64::from(*g) - e).abs())
+                .fold(0.0, f64::max)
+        };
+        assert_eq!(composed.len(), expected.len());
+        assert!(worst(&composed) < 1e-5, "composed: {}", worst(&composed));
+        // (On the CPU backend the two may agree bit for bit: its scaled-dot-product attention
+        // is composed of the same operations.)
+        assert!(worst(&fused) < 1e-5, "fused: {}", worst(&fused));
+    }
 
     #[test]
     fn cpu_dropout_drops_its_share_scales_the_rest_and_follows_the_seed() {
