@@ -70,7 +70,10 @@ fn saved_classifier_reloads_bit_for_bit_and_matches_the_committed_file() {
 
 #[test]
 fn transformers_read_our_save_with_the_same_logits() {
-    // Recorded by the generator after loading `saved-by-burn` with transformers.
+    // Recorded by the generator after loading `saved-by-burn` with transformers: the logit
+    // difference, and the SHA-256 of the bytes it read. The committed file has those bytes, and
+    // the test above checks that Burn writes exactly the committed file, so what we write today
+    // is what transformers checked.
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap())
             .unwrap();
@@ -78,6 +81,17 @@ fn transformers_read_our_save_with_the_same_logits() {
         .as_f64()
         .expect("generator ran on saved-by-burn");
     assert!(difference < 1e-5, "transformers disagrees by {difference}");
+    use sha2::Digest;
+    let committed = std::fs::read(fixtures().join("saved-by-burn/model.safetensors")).unwrap();
+    let hash: String = sha2::Sha256::digest(&committed)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        reference["saved_by_burn_sha256"].as_str(),
+        Some(hash.as_str()),
+        "saved-by-burn changed since transformers read it: rerun the generator"
+    );
 }
 
 #[test]
