@@ -266,6 +266,70 @@ fn split(
 mod tests {
     use super::*;
 
+    /// The below / above split, constant liar included, against Optuna 5's `TPESampler` on
+    /// 40 random studies (`fixtures/search/split_reference.json`, made by
+    /// `fixtures/search/generate_split_reference.py`).
+    #[test]
+    fn split_matches_optuna() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/search/split_reference.json"
+        );
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let numbers = |v: &serde_json::Value| -> Vec<usize> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap() as usize)
+                .collect()
+        };
+        let cases = reference["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 40);
+        for (i, case) in cases.iter().enumerate() {
+            let trials: Vec<Trial> = case["trials"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| Trial {
+                    number: t["number"].as_u64().unwrap() as usize,
+                    state: match t["state"].as_str().unwrap() {
+                        "complete" => TrialState::Complete,
+                        "pruned" => TrialState::Pruned,
+                        "running" => TrialState::Running,
+                        _ => TrialState::Fail,
+                    },
+                    params: BTreeMap::new(),
+                    internal: BTreeMap::new(),
+                    value: t["value"].as_f64(),
+                    intermediate: t["intermediate"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    started: 0.0,
+                    finished: None,
+                })
+                .collect();
+            let direction = match case["direction"].as_str().unwrap() {
+                "minimize" => Direction::Minimize,
+                _ => Direction::Maximize,
+            };
+            let (below, above) = split(
+                &trials,
+                direction,
+                case["current"].as_u64().unwrap() as usize,
+                case["constant_liar"].as_bool().unwrap(),
+            );
+            let got = |set: Vec<&Trial>| set.iter().map(|t| t.number).collect::<Vec<_>>();
+            assert_eq!(got(below), numbers(&case["below"]), "case {i}: below");
+            assert_eq!(got(above), numbers(&case["above"]), "case {i}: above");
+        }
+    }
+
     #[test]
     fn gamma_matches_optuna() {
         assert_eq!(
