@@ -6,54 +6,64 @@ use sentiment_metrics::{
     ConfusionMatrix, MetricsError, argmax_rows, log_loss_from_logits, log_loss_from_probabilities,
 };
 
-/// ```python
-/// from sklearn.metrics import *
-/// y_true = [0, 1, 1, 0, 1, 1, 0, 0, 1, 0]
-/// y_pred = [0, 1, 0, 0, 1, 1, 1, 0, 1, 1]
-/// accuracy_score(y_true, y_pred)                       # 0.7
-/// precision_score(y_true, y_pred)                      # 0.6666666666666666
-/// recall_score(y_true, y_pred)                         # 0.8
-/// f1_score(y_true, y_pred)                             # 0.7272727272727273
-/// precision_score(y_true, y_pred, pos_label=0)         # 0.75
-/// f1_score(y_true, y_pred, average="macro")            # 0.696969696969697
-/// confusion_matrix(y_true, y_pred)                     # [[3, 2], [1, 4]]
-/// ```
-#[test]
-fn binary_matches_scikit_learn() {
-    let truth = [0, 1, 1, 0, 1, 1, 0, 0, 1, 0];
-    let predicted = [0, 1, 0, 0, 1, 1, 1, 0, 1, 1];
-    let m = ConfusionMatrix::from_labels(&truth, &predicted, 2).unwrap();
-    let b = m.binary(1);
-    assert_abs_diff_eq!(b.accuracy, 0.7, epsilon = 1e-12);
-    assert_abs_diff_eq!(b.precision, 0.6666666666666666, epsilon = 1e-12);
-    assert_abs_diff_eq!(b.recall, 0.8, epsilon = 1e-12);
-    assert_abs_diff_eq!(b.f1, 0.7272727272727273, epsilon = 1e-12);
-    assert_abs_diff_eq!(m.binary(0).precision, 0.75, epsilon = 1e-12);
-    assert_abs_diff_eq!(m.macro_average().f1, 0.696969696969697, epsilon = 1e-12);
-    assert_eq!(m.rows(), vec![vec![3, 2], vec![1, 4]]);
+/// scikit-learn's values, from `fixtures/metrics/reference.json` (made by
+/// `fixtures/metrics/generate_reference.py`).
+fn reference() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/metrics/reference.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// ```python
-/// y_true = [0, 1, 2, 2, 1, 0, 2, 1]
-/// y_pred = [0, 2, 2, 2, 1, 0, 0, 0]
-/// precision_recall_fscore_support(y_true, y_pred, average="macro")
-/// # (0.7222222222222222, 0.6666666666666666, 0.611111111111111, None)
-/// precision_recall_fscore_support(y_true, y_pred, average="weighted")
-/// # (0.75, 0.625, 0.6041666666666666, None)
-/// ```
+fn labels(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
+}
+
+fn number(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap()
+}
+
+#[test]
+fn binary_matches_scikit_learn() {
+    let r = &reference()["binary"];
+    let m = ConfusionMatrix::from_labels(&labels(&r["true"]), &labels(&r["predicted"]), 2).unwrap();
+    let b = m.binary(1);
+    assert_abs_diff_eq!(b.accuracy, number(&r["accuracy"]), epsilon = 1e-12);
+    assert_abs_diff_eq!(b.precision, number(&r["precision"]), epsilon = 1e-12);
+    assert_abs_diff_eq!(b.recall, number(&r["recall"]), epsilon = 1e-12);
+    assert_abs_diff_eq!(b.f1, number(&r["f1"]), epsilon = 1e-12);
+    assert_abs_diff_eq!(
+        m.binary(0).precision,
+        number(&r["precision_of_0"]),
+        epsilon = 1e-12
+    );
+    assert_abs_diff_eq!(
+        m.macro_average().f1,
+        number(&r["macro_f1"]),
+        epsilon = 1e-12
+    );
+    let matrix: Vec<Vec<u64>> = serde_json::from_value(r["confusion_matrix"].clone()).unwrap();
+    assert_eq!(m.rows(), matrix);
+}
+
 #[test]
 fn multiclass_averages_match_scikit_learn() {
-    let truth = [0, 1, 2, 2, 1, 0, 2, 1];
-    let predicted = [0, 2, 2, 2, 1, 0, 0, 0];
-    let m = ConfusionMatrix::from_labels(&truth, &predicted, 3).unwrap();
-    let macro_avg = m.macro_average();
-    assert_abs_diff_eq!(macro_avg.precision, 0.7222222222222222, epsilon = 1e-12);
-    assert_abs_diff_eq!(macro_avg.recall, 0.6666666666666666, epsilon = 1e-12);
-    assert_abs_diff_eq!(macro_avg.f1, 0.611111111111111, epsilon = 1e-12);
-    let weighted = m.weighted_average();
-    assert_abs_diff_eq!(weighted.precision, 0.75, epsilon = 1e-12);
-    assert_abs_diff_eq!(weighted.recall, 0.625, epsilon = 1e-12);
-    assert_abs_diff_eq!(weighted.f1, 0.6041666666666666, epsilon = 1e-12);
+    let r = &reference()["multiclass"];
+    let m = ConfusionMatrix::from_labels(&labels(&r["true"]), &labels(&r["predicted"]), 3).unwrap();
+    for (ours, key) in [
+        (m.macro_average(), "macro"),
+        (m.weighted_average(), "weighted"),
+    ] {
+        let want: Vec<f64> = serde_json::from_value(r[key].clone()).unwrap();
+        assert_abs_diff_eq!(ours.precision, want[0], epsilon = 1e-12);
+        assert_abs_diff_eq!(ours.recall, want[1], epsilon = 1e-12);
+        assert_abs_diff_eq!(ours.f1, want[2], epsilon = 1e-12);
+    }
 }
 
 /// ```python
@@ -70,21 +80,16 @@ fn zero_division_is_zero() {
     assert_eq!(m.binary(1).recall, 0.0);
 }
 
-/// ```python
-/// import numpy as np; from scipy.special import softmax
-/// logits = np.array([[2.0, -1.0], [0.5, 0.25], [-3.0, 4.0]])
-/// log_loss([0, 1, 1], softmax(logits, axis=1), labels=[0, 1])   # 0.29181274596878654
-/// log_loss([0, 1, 2], [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0]])
-/// # 0.19327283175098078
-/// ```
 #[test]
 fn log_loss_matches_scikit_learn() {
-    let logits = [2.0, -1.0, 0.5, 0.25, -3.0, 4.0];
-    let loss = log_loss_from_logits(&[0, 1, 1], &logits, 2).unwrap();
-    assert_abs_diff_eq!(loss, 0.29181274596878654, epsilon = 1e-7);
-    let probabilities = [0.7, 0.2, 0.1, 0.1, 0.8, 0.1, 0.0, 0.0, 1.0];
-    let loss = log_loss_from_probabilities(&[0, 1, 2], &probabilities, 3).unwrap();
-    assert_abs_diff_eq!(loss, 0.19327283175098078, epsilon = 1e-7);
+    let r = &reference()["log_loss"];
+    let logits: Vec<f32> = serde_json::from_value(r["logits"].clone()).unwrap();
+    let loss = log_loss_from_logits(&labels(&r["logit_labels"]), &logits, 2).unwrap();
+    assert_abs_diff_eq!(loss, number(&r["from_logits"]), epsilon = 1e-7);
+    let probabilities: Vec<f32> = serde_json::from_value(r["probabilities"].clone()).unwrap();
+    let loss =
+        log_loss_from_probabilities(&labels(&r["probability_labels"]), &probabilities, 3).unwrap();
+    assert_abs_diff_eq!(loss, number(&r["from_probabilities"]), epsilon = 1e-7);
 }
 
 #[test]
