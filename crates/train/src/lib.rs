@@ -22,6 +22,7 @@ mod checkpoints;
 mod clip;
 mod error;
 mod options;
+pub mod parity;
 mod pretrain;
 mod run;
 mod schedule;

@@ -1,6 +1,7 @@
 //! The training step equals PyTorch's: AdamW (β 0.9 / 0.999, ε 1e-8, weight decay 0.01),
 //! transformers' linear schedule with warmup, and `clip_grad_norm_`, on the fixture classifier
-//! with dropout off and fixed batches. Reference: `fixtures/train/reference.json` from
+//! with dropout off and fixed batches, through `sentiment_train::parity` (the checks `cargo
+//! xtask parity` runs on other backends). Reference: `fixtures/train/reference.json` from
 //! `fixtures/train/generate_reference.py`.
 //!
 //! Tolerances: losses and gradient norms within 1e-4 relative, logits after six steps within
@@ -8,12 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use roberta_burn::{HubSettings, Pretrained, RobertaForSequenceClassification};
-use sentiment_train::{AdamWSettings, FlatAdamW, LinearSchedule};
+use sentiment_train::AdamWSettings;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -34,117 +32,33 @@ fn floats(v: &Value) -> Vec<f64> {
 
 #[test]
 fn six_steps_match_pytorch_adamw_with_schedule_and_clipping() {
-    let inputs = read(fixtures().join("model/reference.json"));
-    let expected = read(fixtures().join("train/reference.json"));
-    let (batch, seq) = (
-        inputs["batch"].as_u64().unwrap() as usize,
-        inputs["seq"].as_u64().unwrap() as usize,
-    );
-    let device = Device::flex().autodiff();
-    let ids: Vec<i64> = inputs["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    let mask: Vec<i64> = inputs["attention_mask"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    let labels: Vec<i64> = expected["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    let rows = |r: &[usize]| {
-        let pick = |data: &[i64]| -> Vec<i64> {
-            r.iter()
-                .flat_map(|&i| data[i * seq..(i + 1) * seq].to_vec())
-                .collect()
+    // The checks `cargo xtask parity` runs on other backends, here on the CPU one.
+    let differences =
+        sentiment_train::parity::training_differences(&Device::flex(), &fixtures()).unwrap();
+    assert_eq!(differences.len(), 4);
+    for d in &differences {
+        let tolerance = if d.what.contains("learning rate") {
+            1e-12
+        } else {
+            1e-4
         };
-        (
-            Tensor::<2, Int>::from_data(TensorData::new(pick(&ids), [r.len(), seq]), &device),
-            Tensor::<2, Int>::from_data(TensorData::new(pick(&mask), [r.len(), seq]), &device),
-            Tensor::<1, Int>::from_data(
-                TensorData::new(r.iter().map(|&i| labels[i]).collect::<Vec<_>>(), [r.len()]),
-                &device,
-            ),
-        )
-    };
-    let loaded = RobertaForSequenceClassification::from_pretrained(
-        fixtures().join("model/classifier").to_str().unwrap(),
-        &device,
-        &HubSettings::from_vars(|_| None),
-        |c| {
-            c.hidden_dropout_prob = 0.0;
-            c.attention_probs_dropout_prob = 0.0;
-            c.classifier_dropout = Some(0.0);
-        },
-    )
-    .unwrap();
-    let mut model = loaded.model;
-    let mut optimizer = FlatAdamW::new(AdamWSettings {
-        beta1: 0.9,
-        beta2: 0.999,
-        epsilon: 1e-8,
-        weight_decay: 0.01,
-        max_grad_norm: 0.5,
-    });
-    let schedule = LinearSchedule {
-        peak: 1e-3,
-        warmup_steps: 2,
-        total_steps: 6,
-    };
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let (want_losses, want_norms, want_rates) = (
-        floats(&expected["losses"]),
-        floats(&expected["grad_norms"]),
-        floats(&expected["learning_rates"]),
-    );
-    for step in 0..6 {
-        let (x, m, y) = rows(if step % 2 == 0 { &[0, 1] } else { &[2, 3] });
-        let loss = loss_fn.forward(model.forward(x, m), y);
-        let value = f64::from(loss.clone().into_scalar::<f32>());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let rate = schedule.rate(step);
-        let report;
-        (model, report) = optimizer.step(rate, model, grads).unwrap();
-        let norm = report.grad_norm();
         assert!(
-            (rate - want_rates[step]).abs() < 1e-12,
-            "step {step}: rate {rate}"
-        );
-        assert!(
-            (value - want_losses[step]).abs() <= 1e-4 * want_losses[step],
-            "step {step}: loss {value} vs {}",
-            want_losses[step]
-        );
-        assert!(
-            (norm - want_norms[step]).abs() <= 1e-4 * want_norms[step],
-            "step {step}: norm {norm} vs {}",
-            want_norms[step]
+            d.worst <= tolerance,
+            "{}: {} > {tolerance}",
+            d.what,
+            d.worst
         );
     }
-    let plain = Device::flex();
-    let eval = model.valid();
-    let all = |data: &[i64]| {
-        Tensor::<2, Int>::from_data(TensorData::new(data.to_vec(), [batch, seq]), &plain)
-    };
-    let logits: Vec<f32> = eval
-        .forward(all(&ids), all(&mask))
-        .into_data()
-        .try_to_vec()
-        .unwrap();
-    let want = floats(&expected["logits_after"]);
-    let worst = logits
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (f64::from(*a) - b).abs())
-        .fold(0.0, f64::max);
-    assert!(worst < 1e-4, "logits after training differ by {worst}");
+}
+
+#[test]
+fn fixture_models_match_transformers_through_the_shared_checks() {
+    let differences =
+        sentiment_train::parity::model_differences(&Device::flex(), &fixtures()).unwrap();
+    assert_eq!(differences.len(), 3);
+    for d in &differences {
+        assert!(d.worst <= 1e-5, "{}: {}", d.what, d.worst);
+    }
 }
 
 /// Gradient accumulation against PyTorch: ten rows, micro-batches of 4, 4 and 2 accumulated
