@@ -66,7 +66,8 @@ impl LogisticRegression {
         classes: usize,
         features: usize,
     ) -> Result<LogisticModel, BaselineError> {
-        if !(self.c.is_finite() && self.c > 0.0) || !(self.tol.is_finite() && self.tol >= 0.0) {
+        let valid = self.c.is_finite() && self.c > 0.0 && self.tol.is_finite() && self.tol >= 0.0;
+        if !valid {
             return Err(BaselineError::Settings(format!(
                 "C must be finite and positive and tol finite and non-negative (C {}, tol {})",
                 self.c, self.tol
@@ -217,8 +218,11 @@ struct Objective<'a> {
     alpha: f64,
     /// The last point evaluated: L-BFGS asks for the cost and the gradient of the same point
     /// one after the other, and one pass over the data gives both.
-    last: RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>,
+    last: RefCell<Option<Evaluated>>,
 }
+
+/// A point, the objective there and its gradient.
+type Evaluated = (Vec<f64>, f64, Vec<f64>);
 
 impl Objective<'_> {
     fn evaluate(&self, params: &[f64]) -> (f64, Vec<f64>) {

@@ -265,6 +265,7 @@ pub fn read_tokenized(path: &Path) -> Result<TokenizedRows, TokenizeError> {
         .build()
         .map_err(parquet_error)?;
     let mut out: Option<TokenizedRows> = None;
+    let mut pad_seen = false;
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
         let column = |name: &str| {
@@ -308,12 +309,14 @@ pub fn read_tokenized(path: &Path) -> Result<TokenizedRows, TokenizeError> {
             return Err(bad("null values".into()));
         }
         let (id_values, mask_values) = (id_values.values(), mask_values.values());
-        let out = out.get_or_insert_with(|| {
-            // Every padded position holds the tokenizer's pad id; a file without one never
-            // pads a batch wider than its rows, and RoBERTa's is the fallback.
-            let pad = mask_values.iter().position(|&m| m == 0);
-            TokenizedRows::new(max_length, pad.map_or(1, |p| id_values[p] as u32))
-        });
+        let out = out.get_or_insert_with(|| TokenizedRows::new(max_length, 1));
+        // Every padded position holds the tokenizer's pad id: the first one seen sets it (a
+        // file with no padded position never pads a batch wider than its rows, so RoBERTa's
+        // id stands until then).
+        if !pad_seen && let Some(p) = mask_values.iter().position(|&m| m == 0) {
+            out.pad_id = id_values[p] as u32;
+            pad_seen = true;
+        }
         if max_length != out.max_length {
             return Err(bad(format!(
                 "rows of {max_length} and of {} ids in one file",
