@@ -873,7 +873,10 @@ fn study_trials(out: &Path) -> Vec<serde_json::Value> {
         .prepare("SELECT number, state FROM trials ORDER BY number")
         .unwrap();
     let mut steps = db
-        .prepare("SELECT step, intermediate_value FROM trial_intermediate_values WHERE number = ?1")
+        .prepare(
+            "SELECT v.step, v.intermediate_value FROM trial_intermediate_values v \
+             JOIN trials t ON t.trial_id = v.trial_id WHERE t.number = ?1",
+        )
         .unwrap();
     let trials: Vec<(i64, String)> = query
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))

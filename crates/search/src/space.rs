@@ -145,6 +145,72 @@ impl Distribution {
         }
     }
 
+    /// Optuna's `distribution_json` of this distribution (the `trial_params` column): the
+    /// JSON Optuna 5 writes and reads back (`json_to_distribution`), compactly spaced.
+    pub fn to_optuna_json(&self) -> String {
+        let value = match self {
+            Distribution::Float {
+                low,
+                high,
+                log,
+                step,
+            } => serde_json::json!({
+                "name": "FloatDistribution",
+                "attributes": {"step": step, "low": low, "high": high, "log": log},
+            }),
+            Distribution::Int {
+                low,
+                high,
+                log,
+                step,
+            } => serde_json::json!({
+                "name": "IntDistribution",
+                "attributes": {"log": log, "step": step.unwrap_or(1), "low": low, "high": high},
+            }),
+            Distribution::Categorical { choices } => serde_json::json!({
+                "name": "CategoricalDistribution",
+                "attributes": {"choices": choices},
+            }),
+        };
+        value.to_string()
+    }
+
+    /// A distribution from Optuna's `distribution_json`.
+    pub fn from_optuna_json(text: &str) -> Result<Self, SearchError> {
+        let bad =
+            |detail: &str| SearchError::InvalidSpace(format!("distribution {text}: {detail}"));
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+        let a = &value["attributes"];
+        let float = |key: &str| a[key].as_f64().ok_or_else(|| bad(&format!("no `{key}`")));
+        let int = |key: &str| a[key].as_i64().ok_or_else(|| bad(&format!("no `{key}`")));
+        let log = a["log"].as_bool().unwrap_or(false);
+        Ok(match value["name"].as_str() {
+            Some("FloatDistribution") => Distribution::Float {
+                low: float("low")?,
+                high: float("high")?,
+                log,
+                step: a["step"].as_f64(),
+            },
+            Some("IntDistribution") => Distribution::Int {
+                low: int("low")?,
+                high: int("high")?,
+                log,
+                step: match a["step"].as_i64() {
+                    Some(1) | None => None,
+                    step => step,
+                },
+            },
+            Some("CategoricalDistribution") => Distribution::Categorical {
+                choices: a["choices"]
+                    .as_array()
+                    .cloned()
+                    .ok_or_else(|| bad("no `choices`"))?,
+            },
+            _ => return Err(bad("not a Float, Int or Categorical distribution")),
+        })
+    }
+
     /// A uniform draw in the transformed space, as Optuna's `RandomSampler`.
     pub fn sample_uniform(&self, rng: &mut impl Rng) -> f64 {
         match *self {

@@ -85,6 +85,11 @@ pub struct StudyRecord {
     pub sampler: Sampler,
     /// Seed of every draw.
     pub seed: u64,
+    /// Whether another tool (Python Optuna) created the study: its space was read from the
+    /// trials' distributions, and it has no sampler or seed of ours. Opening it adopts the
+    /// settings asked for, provided they fit its trials.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub foreign: bool,
     /// Trials so far.
     pub trials: Vec<Trial>,
 }
@@ -145,10 +150,12 @@ pub struct Study {
     storage: Option<Box<dyn StudyStorage>>,
 }
 
+/// The time now, in whole microseconds: what Optuna's date-times hold, so a trial reads back
+/// from its storage as it was written.
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+        .map_or(0.0, |d| d.as_micros() as f64 / 1e6)
 }
 
 impl Study {
@@ -166,6 +173,7 @@ impl Study {
                 space,
                 sampler,
                 seed,
+                foreign: false,
                 trials: Vec::new(),
             },
             storage: None,
@@ -231,11 +239,42 @@ impl Study {
             space,
             sampler,
             seed,
+            foreign: false,
             trials: Vec::new(),
         };
         let place = storage.describe();
         let record = storage.transact(&mut |stored| match stored {
             None => Ok((fresh.clone(), true)),
+            // Written by Optuna: continued in the space asked for, if its trials fit it.
+            Some(stored) if stored.foreign => {
+                if stored.direction != fresh.direction {
+                    return Err(SearchError::Mismatch(format!(
+                        "{place}: the study {}s, this run asks to {}",
+                        direction_verb(stored.direction),
+                        direction_verb(fresh.direction)
+                    )));
+                }
+                for (name, distribution) in &stored.space {
+                    if fresh.space.get(name) != Some(distribution) {
+                        return Err(SearchError::Mismatch(format!(
+                            "{place}: the study's trials have {name} in {}; this run asks \
+                             for {}",
+                            distribution.to_optuna_json(),
+                            fresh
+                                .space
+                                .get(name)
+                                .map_or_else(|| "no such parameter".into(), |d| d.to_optuna_json())
+                        )));
+                    }
+                }
+                Ok((
+                    StudyRecord {
+                        trials: stored.trials,
+                        ..fresh.clone()
+                    },
+                    true,
+                ))
+            }
             Some(stored) => {
                 if (stored.direction, &stored.space, stored.sampler, stored.seed)
                     != (fresh.direction, &fresh.space, fresh.sampler, fresh.seed)
@@ -543,4 +582,12 @@ fn with_lock(path: &Path, change: &mut StudyChange<'_>) -> Result<StudyRecord, S
     }
     lock.unlock().map_err(storage)?;
     Ok(record)
+}
+
+/// "minimize" or "maximize".
+fn direction_verb(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Minimize => "minimize",
+        Direction::Maximize => "maximize",
+    }
 }

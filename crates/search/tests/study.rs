@@ -58,7 +58,7 @@ fn an_sqlite_study_resumes_is_shared_by_workers_and_can_be_queried() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("studies.db");
     resumes_and_is_shared_by_workers(&path);
-    // The tables are Optuna's RDB layout, for users' own queries.
+    // The tables are Optuna's RDB schema (tests/optuna.rs), for users' own queries.
     let db = rusqlite::Connection::open(&path).unwrap();
     let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
     assert_eq!(
@@ -90,8 +90,9 @@ fn an_sqlite_study_resumes_is_shared_by_workers_and_can_be_queried() {
     assert_eq!(count("SELECT COUNT(*) FROM studies"), 2);
     assert_eq!(
         count(
-            "SELECT COUNT(*) FROM trial_intermediate_values v JOIN studies s \
-             ON s.study_id = v.study_id WHERE s.study_name = 'second'"
+            "SELECT COUNT(*) FROM trial_intermediate_values v \
+             JOIN trials t ON t.trial_id = v.trial_id \
+             JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = 'second'"
         ),
         1
     );
