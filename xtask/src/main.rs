@@ -137,25 +137,28 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
 /// it (an atomic load) and requests the stop (an atomic store).
 static CTRL_C: std::sync::OnceLock<sentiment_train::StopToken> = std::sync::OnceLock::new();
 
-extern "C" fn on_sigint(_: libc::c_int) {
+extern "C" fn on_stop_signal(signal: libc::c_int) {
     // Atomic operations only: async-signal-safe. The runs checkpoint at the next step.
     if let Some(token) = CTRL_C.get() {
         token.request();
     }
-    // A second Ctrl-C ends the process at once.
+    // A second Ctrl-C (or SIGTERM) ends the process at once.
     // SAFETY: restoring the default disposition is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(signal, libc::SIG_DFL);
     }
 }
 
-/// Makes the first Ctrl-C save a checkpoint and stop training cleanly: returns the token the
-/// runs of this process are handed, which the handler requests.
+/// Makes the first Ctrl-C or SIGTERM save a checkpoint and stop training cleanly (and an
+/// ask/tell session fail its open trial): returns the token the runs of this process are
+/// handed, which the handler requests.
 pub fn checkpoint_on_ctrl_c() -> sentiment_train::StopToken {
     let token = CTRL_C.get_or_init(sentiment_train::StopToken::new).clone();
     // SAFETY: installs a handler that only performs async-signal-safe operations.
     unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t);
+        }
     }
     token
 }

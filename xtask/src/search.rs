@@ -1,6 +1,8 @@
 //! `cargo xtask search ask-tell`: any program can be the objective, over JSON lines.
 
 use std::io::{BufRead, Write};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use sentiment_search::{Direction, Outcome, Sampler, Study, TpeConfig, space_from_json};
@@ -50,8 +52,17 @@ impl AskTell {
             Some(path) => Study::open(path, direction, space, sampler, a.seed)?,
             None => Study::in_memory(direction, space, sampler, a.seed),
         };
-        let stdin = std::io::stdin();
-        let mut lines = stdin.lock().lines();
+        // Stdin is read on its own thread so that a Ctrl-C or SIGTERM is noticed while a
+        // trial waits for its value.
+        let stop = crate::checkpoint_on_ctrl_c();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut stdout = std::io::stdout().lock();
         let mut line_number = 0;
         for _ in 0..a.trials {
@@ -62,27 +73,47 @@ impl AskTell {
                 json!({"trial": trial.number, "params": trial.params})
             )?;
             stdout.flush()?;
-            let line = loop {
-                line_number += 1;
-                match lines.next() {
-                    None => bail!("stdin closed before trial {} was told", trial.number),
-                    Some(line) => {
-                        let line = line?;
-                        if !line.trim().is_empty() {
-                            break line;
-                        }
+            let told = (|| -> Result<(usize, Outcome)> {
+                loop {
+                    if stop.is_requested() {
+                        bail!("interrupted");
                     }
+                    let line = match receiver.recv_timeout(Duration::from_millis(100)) {
+                        Ok(line) => line?,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            bail!("stdin closed before trial {} was told", trial.number)
+                        }
+                    };
+                    line_number += 1;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let (number, outcome) = parse_tell(&line)
+                        .with_context(|| format!("stdin line {line_number}: {line:?}"))?;
+                    if number != trial.number {
+                        bail!(
+                            "stdin line {line_number}: trial {number} is not the one asked \
+                             (trial {})",
+                            trial.number
+                        );
+                    }
+                    return Ok((number, outcome));
                 }
-            };
-            let (number, outcome) =
-                parse_tell(&line).with_context(|| format!("stdin line {line_number}: {line:?}"))?;
-            if number != trial.number {
-                bail!(
-                    "stdin line {line_number}: trial {number} is not the one asked (trial {})",
-                    trial.number
-                );
+            })();
+            match told {
+                Ok((number, outcome)) => study.tell(number, outcome)?,
+                // A trial asked and never told ends as FAIL (as Optuna's `study.optimize`
+                // fails the trial its objective raised in), never left RUNNING in the study.
+                Err(error) => {
+                    study.tell(trial.number, Outcome::Fail)?;
+                    if stop.is_requested() {
+                        eprintln!("interrupted: trial {} marked FAIL", trial.number);
+                        std::process::exit(130);
+                    }
+                    return Err(error.context(format!("trial {} marked FAIL", trial.number)));
+                }
             }
-            study.tell(number, outcome)?;
         }
         let best = study
             .best_trial()

@@ -669,6 +669,45 @@ fn ask_tell_drives_a_study_over_json_lines() {
     assert_eq!(end["best"]["value"].as_f64().unwrap(), best);
     assert!(child.wait().unwrap().success());
 
+    // A trial asked and never told ends as FAIL in the study, whether stdin closes or the
+    // session is interrupted (exit status 130).
+    for interrupt in [false, true] {
+        let study = dir.path().join(format!("abandoned-{interrupt}.db"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["search", "ask-tell", "--space", space.to_str().unwrap()])
+            .args(["--trials", "3", "--direction", "minimize", "--study"])
+            .arg(&study)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.contains("\"trial\":0"), "{line}");
+        if interrupt {
+            // SAFETY: signalling our own child process.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        } else {
+            drop(stdin);
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("trial 0 marked FAIL"), "{stderr}");
+        assert_eq!(output.status.code(), Some(if interrupt { 130 } else { 1 }));
+        let db = rusqlite::Connection::open(&study).unwrap();
+        let state: String = db
+            .query_row("SELECT state FROM trials WHERE number = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(state, "FAIL");
+    }
+
     // Bad replies are errors that say what is wrong.
     for (reply, needle) in [
         ("not json", "not a JSON object"),
