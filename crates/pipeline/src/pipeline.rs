@@ -91,6 +91,7 @@ impl PipelineConfig {
         if self.space.is_empty() {
             return bad("--space: the search space is empty".into());
         }
+        self.run.validate()?;
         for name in self.space.keys() {
             if !TRIAL_PARAMETERS.contains(&name.as_str()) {
                 return bad(format!(

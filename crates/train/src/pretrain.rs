@@ -201,14 +201,14 @@ impl PretrainConfig {
     }
 }
 
-/// One epoch's numbers.
+/// One evaluation's numbers (one per epoch, unless `eval_steps` is set).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PretrainEpoch {
     /// 1-based epoch.
     pub epoch: usize,
     /// Optimizer steps so far.
     pub step: usize,
-    /// Mean masked-LM loss of the epoch's steps.
+    /// Mean masked-LM loss of the steps since the previous evaluation.
     pub train_loss: f64,
     /// Masked-LM loss on the held-out rows (mean over their targets).
     pub eval_loss: f64,

@@ -1,10 +1,11 @@
 //! The one epoch loop that fine-tuning ([`crate::train`]) and masked-LM pre-training
 //! ([`crate::pretrain`]) share: seeded batch order, per-step dropout seeds, AdamW with the linear
-//! schedule and clipping, divergence checks, a checkpoint every epoch, a mid-epoch checkpoint on
-//! a stop request, exact resume, metrics files, the run log and the hooks.
+//! schedule and clipping, divergence checks, evaluations and checkpoints every epoch or every N
+//! steps (`max_steps`, `eval_steps`, `save_steps`), a checkpoint on a stop request, exact resume
+//! from any of them, metrics files, the run log and the hooks.
 //!
-//! What differs between the two is a [`Task`]: the loss of one batch, the evaluation after an
-//! epoch, the epoch's record, and which checkpoints to keep. A new kind of training implements
+//! What differs between the two is a [`Task`]: the loss of one batch, the evaluation, the
+//! record of an evaluation, and which checkpoints to keep. A new kind of training implements
 //! `Task` and gets everything else.
 
 use std::path::{Path, PathBuf};
@@ -157,13 +158,13 @@ pub(crate) struct EpochSummary {
     pub epoch: usize,
     /// Optimizer steps so far.
     pub step: usize,
-    /// Mean training loss over the epoch's steps.
+    /// Mean training loss of the steps since the previous evaluation.
     pub train_loss: f64,
-    /// Learning rate of the epoch's last step.
+    /// Learning rate of the last step before the evaluation.
     pub learning_rate: f64,
-    /// Training samples per second over the epoch.
+    /// Training samples per second since the previous evaluation.
     pub train_samples_per_second: f64,
-    /// Wall time of the epoch, evaluation included.
+    /// Wall time since the previous evaluation, this evaluation included.
     pub seconds: f64,
 }
 
@@ -318,9 +319,7 @@ struct Interval {
     steps: usize,
     /// Training rows.
     rows: usize,
-    /// Wall time of the steps.
-    train_seconds: f64,
-    /// Wall time of the steps and of the evaluations' bookkeeping before them.
+    /// Wall time of the steps (the record adds its evaluation's).
     seconds: f64,
 }
 
@@ -535,9 +534,7 @@ where
             rows_done += rows;
             interval.rows += rows;
             interval.steps += 1;
-            let seconds = step_started.elapsed().as_secs_f64();
-            interval.train_seconds += seconds;
-            interval.seconds += seconds;
+            interval.seconds += step_started.elapsed().as_secs_f64();
             if let (Some(tb), Some(loss), Some(norm)) = (&mut tensorboard, step_loss, grad_norm) {
                 tb.scalar("train/loss", loss, step)?;
                 tb.scalar("train/learning_rate", rate, step)?;
@@ -606,8 +603,7 @@ where
                     step,
                     train_loss: interval.loss_sum / interval.steps.max(1) as f64,
                     learning_rate: rate,
-                    train_samples_per_second: interval.rows as f64
-                        / interval.train_seconds.max(1e-9),
+                    train_samples_per_second: interval.rows as f64 / interval.seconds.max(1e-9),
                     seconds: interval.seconds + evaluation_started.elapsed().as_secs_f64(),
                 },
                 evaluation,

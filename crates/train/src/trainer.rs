@@ -138,14 +138,15 @@ pub(crate) fn validate_schedule(
     Ok(())
 }
 
-/// Metrics at the end of one epoch.
+/// The metrics of one evaluation (at the end of each epoch, unless `eval_steps` is set).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// 1-based epoch.
     pub epoch: usize,
     /// Optimizer steps so far.
     pub step: usize,
-    /// Mean training loss over the epoch.
+    /// Mean training loss of the steps since the previous evaluation (the epoch's, when
+    /// evaluating every epoch).
     pub train_loss: f64,
     /// Validation cross-entropy.
     pub eval_loss: f64,
@@ -157,11 +158,11 @@ pub struct EpochMetrics {
     pub recall: f64,
     /// Validation F1 of the positive class.
     pub f1: f64,
-    /// Learning rate of the epoch's last step.
+    /// Learning rate of the last step before the evaluation.
     pub learning_rate: f64,
-    /// Training samples per second over the epoch.
+    /// Training samples per second since the previous evaluation.
     pub train_samples_per_second: f64,
-    /// Wall time of the epoch, evaluation included.
+    /// Wall time since the previous evaluation, this evaluation included.
     pub seconds: f64,
 }
 
