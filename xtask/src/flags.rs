@@ -921,10 +921,14 @@ pub struct AskTellArgs {
     /// Random startup trials of TPE (Optuna's default 10).
     #[arg(long, default_value_t = 10)]
     pub startup_trials: usize,
-    /// Keep the study in this file (resumable, shareable) instead of in memory: SQLite for
-    /// `.db` / `.sqlite` / `.sqlite3` (study "default"), else JSON.
-    #[arg(long)]
-    pub study: Option<PathBuf>,
+    /// Keep the study in a storage (resumable, shareable) instead of in memory, named as
+    /// Optuna names storages: `sqlite:///PATH`, or a file path (SQLite for `.db` / `.sqlite` /
+    /// `.sqlite3`, else JSON). `--study` is an older name of this flag.
+    #[arg(long, alias = "study")]
+    pub storage: Option<String>,
+    /// The study's name in the storage (Optuna's `study_name`).
+    #[arg(long, default_value = sentiment_search::DEFAULT_STUDY_NAME)]
+    pub study_name: String,
 }
 
 /// Flags of `cargo xtask bench search`.

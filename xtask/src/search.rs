@@ -48,8 +48,14 @@ impl AskTell {
             }
             SamplerFlag::Random => Sampler::Random,
         };
-        let mut study = match &a.study {
-            Some(path) => Study::open(path, direction, space, sampler, a.seed)?,
+        let mut study = match &a.storage {
+            Some(url) => Study::with_storage(
+                sentiment_search::storage(url, &a.study_name)?,
+                direction,
+                space,
+                sampler,
+                a.seed,
+            )?,
             None => Study::in_memory(direction, space, sampler, a.seed),
         };
         // Stdin is read on its own thread so that a Ctrl-C or SIGTERM is noticed while a

@@ -673,10 +673,19 @@ fn ask_tell_drives_a_study_over_json_lines() {
     // session is interrupted (exit status 130).
     for interrupt in [false, true] {
         let study = dir.path().join(format!("abandoned-{interrupt}.db"));
+        // `--study PATH` (the older flag) and Optuna's `--storage sqlite:///PATH` alike.
+        let storage = if interrupt {
+            vec![
+                "--storage".to_string(),
+                format!("sqlite:///{}", study.display()),
+            ]
+        } else {
+            vec!["--study".to_string(), study.display().to_string()]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
             .args(["search", "ask-tell", "--space", space.to_str().unwrap()])
-            .args(["--trials", "3", "--direction", "minimize", "--study"])
-            .arg(&study)
+            .args(["--trials", "3", "--direction", "minimize"])
+            .args(&storage)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -33,7 +33,7 @@ pub use space::{Distribution, Param, SearchSpace, parse_space, snap, space_from_
 pub use sqlite::{SqliteStorage, is_sqlite_path};
 pub use study::{
     DEFAULT_STUDY_NAME, Direction, JsonFileStorage, Outcome, STUDY_VERSION, Study, StudyChange,
-    StudyRecord, StudyStorage, Trial, TrialState,
+    StudyRecord, StudyStorage, Trial, TrialState, storage,
 };
 
 /// Errors of a search.

@@ -191,12 +191,13 @@ impl Study {
         sampler: Sampler,
         seed: u64,
     ) -> Result<Self, SearchError> {
-        let storage: Box<dyn StudyStorage> = if is_sqlite_path(path) {
-            Box::new(SqliteStorage::new(path, DEFAULT_STUDY_NAME))
-        } else {
-            Box::new(JsonFileStorage::new(path))
-        };
-        Self::with_storage(storage, direction, space, sampler, seed)
+        Self::with_storage(
+            file_storage(path, DEFAULT_STUDY_NAME),
+            direction,
+            space,
+            sampler,
+            seed,
+        )
     }
 
     /// The study at `path` as stored, whatever it was created with; None when there is none.
@@ -205,11 +206,7 @@ impl Study {
         if !path.exists() {
             return Ok(None);
         }
-        let storage: Box<dyn StudyStorage> = if is_sqlite_path(path) {
-            Box::new(SqliteStorage::new(path, DEFAULT_STUDY_NAME))
-        } else {
-            Box::new(JsonFileStorage::new(path))
-        };
+        let storage = file_storage(path, DEFAULT_STUDY_NAME);
         let mut found = true;
         let record = storage.transact(&mut |stored| match stored {
             Some(stored) => Ok((stored, false)),
@@ -590,4 +587,42 @@ fn direction_verb(direction: Direction) -> &'static str {
         Direction::Minimize => "minimize",
         Direction::Maximize => "maximize",
     }
+}
+
+/// The storage of a study file: SQLite for `.db` / `.sqlite` / `.sqlite3` (the study `name` in
+/// it), else a JSON file (one study).
+fn file_storage(path: &Path, name: &str) -> Box<dyn StudyStorage> {
+    if is_sqlite_path(path) {
+        Box::new(SqliteStorage::new(path, name))
+    } else {
+        Box::new(JsonFileStorage::new(path))
+    }
+}
+
+/// The study `name` in a storage given as Optuna names it: `sqlite:///PATH` (a relative
+/// path; `sqlite:////abs/path` for an absolute one), or a bare file path (SQLite by its
+/// extension, else JSON, which holds one study).
+pub fn storage(url: &str, name: &str) -> Result<Box<dyn StudyStorage>, SearchError> {
+    if let Some(path) = url.strip_prefix("sqlite:///") {
+        return Ok(Box::new(SqliteStorage::new(path, name)));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        let detail = if scheme.starts_with("postgres") {
+            "PostgreSQL storages are not supported by this version yet; share a study through an \
+             SQLite file (sqlite:///PATH) on one machine"
+        } else {
+            "the storages are sqlite:///PATH or a file path"
+        };
+        return Err(SearchError::Storage(format!(
+            "storage {url:?}: unknown scheme {scheme}://: {detail}"
+        )));
+    }
+    let path = Path::new(url);
+    if !is_sqlite_path(path) && name != DEFAULT_STUDY_NAME {
+        return Err(SearchError::Storage(format!(
+            "{url}: a JSON study file holds one study; --study-name {name:?} needs an SQLite \
+             storage (.db, or sqlite:///PATH)"
+        )));
+    }
+    Ok(file_storage(path, name))
 }

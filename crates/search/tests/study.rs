@@ -316,3 +316,39 @@ fn trials_csv_quotes_a_choice_that_holds_a_comma() {
     assert_eq!(read, asked);
     assert!(asked.iter().any(|a| a.contains(',')), "{asked:?}");
 }
+
+#[test]
+fn storages_are_named_as_optuna_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("named.db");
+    let url = format!("sqlite:///{}", path.display());
+    let mut study = Study::with_storage(
+        sentiment_search::storage(&url, "mine").unwrap(),
+        Direction::Minimize,
+        space(),
+        Sampler::Random,
+        1,
+    )
+    .unwrap();
+    let t = study.ask().unwrap();
+    study.tell(t.number, Outcome::Complete(1.0)).unwrap();
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let name: String = db
+        .query_row("SELECT study_name FROM studies", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name, "mine");
+    for (url, name, needle) in [
+        (
+            "postgresql://me@db:5432/studies",
+            "s",
+            "PostgreSQL storages are not supported",
+        ),
+        ("ftp://host/x.db", "s", "unknown scheme ftp://"),
+        ("study.json", "other", "a JSON study file holds one study"),
+    ] {
+        let err = sentiment_search::storage(url, name)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{url}: {err}");
+    }
+}
