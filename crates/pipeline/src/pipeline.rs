@@ -244,10 +244,20 @@ impl Pipeline {
             (Err(e), _) if self.config.overwrite => vec![e.to_string()],
             (Err(_), _) => return record.map(drop),
         };
+        // A study this version cannot read (the layout of an earlier version, say) is
+        // discarded with --overwrite and refused, with the reason, otherwise.
+        let stored = match Study::read(&study_path) {
+            Ok(stored) => stored,
+            Err(e) if self.config.overwrite => {
+                observer.message(&format!("discarding the study: {e}"));
+                return self.discard_search_outputs();
+            }
+            Err(e) => return Err(e.into()),
+        };
         if changes.is_empty() {
             return Ok(());
         }
-        let numbers: Vec<usize> = Study::read(&study_path)?
+        let numbers: Vec<usize> = stored
             .map(|record| record.trials.iter().map(|t| t.number).collect())
             .unwrap_or_default();
         let what = changes.join("; ");

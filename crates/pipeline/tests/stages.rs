@@ -303,3 +303,29 @@ fn trials_evaluated_every_n_steps_report_by_step() {
     let chart = std::fs::read_to_string(out.join("learning_curves_f1.svg")).unwrap();
     assert!(chart.contains("Validation F1 per evaluation"), "{chart}");
 }
+
+#[test]
+fn a_study_file_of_an_earlier_layout_is_refused_then_replaced_with_overwrite() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    std::fs::create_dir_all(&out).unwrap();
+    // The tables an earlier version wrote: not Optuna's schema.
+    let db = rusqlite::Connection::open(out.join("study.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT NOT NULL UNIQUE,
+         version INTEGER NOT NULL, direction TEXT NOT NULL, space_json TEXT NOT NULL,
+         sampler_json TEXT NOT NULL, seed INTEGER NOT NULL);",
+    )
+    .unwrap();
+    drop(db);
+    let mut settings = config(&out, 300, 1);
+    settings.trials = 1;
+    let (refused, _) = run(settings.clone());
+    let err = refused.unwrap_err().to_string();
+    assert!(err.contains("earlier version of this tool"), "{err}");
+    assert!(err.contains("--overwrite"), "{err}");
+    settings.overwrite = true;
+    let (done, messages) = run(settings);
+    done.unwrap();
+    assert!(messages.contains("discarding the study"), "{messages}");
+}
