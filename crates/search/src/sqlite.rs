@@ -201,6 +201,21 @@ fn seconds(text: &str) -> Option<f64> {
     Some(local.timestamp_micros() as f64 / 1e6)
 }
 
+/// The rows `sql` gives for the study `id` (its one parameter), each mapped by `row`.
+fn query<T>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    id: i64,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut statement = tx.prepare(sql)?;
+    // Collected into a binding before returning: the rows borrow `statement`, which a tail
+    // expression would outlive.
+    #[allow(clippy::let_and_return)]
+    let rows = statement.query_map([id], row)?.collect();
+    rows
+}
+
 /// What Optuna has no column for, kept in [`STUDY_ATTRIBUTE`].
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Settings {
@@ -251,14 +266,12 @@ impl SqliteStorage {
             .map_err(e)?;
 
         let mut trials: BTreeMap<i64, Trial> = BTreeMap::new();
-        let mut statement = tx
-            .prepare(
-                "SELECT trial_id, number, state, datetime_start, datetime_complete
-                 FROM trials WHERE study_id = ?1 ORDER BY number",
-            )
-            .map_err(e)?;
-        let rows = statement
-            .query_map([id], |r| {
+        let rows = query(
+            tx,
+            "SELECT trial_id, number, state, datetime_start, datetime_complete
+             FROM trials WHERE study_id = ?1 ORDER BY number",
+            id,
+            |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
@@ -266,10 +279,10 @@ impl SqliteStorage {
                     r.get::<_, Option<String>>(3)?,
                     r.get::<_, Option<String>>(4)?,
                 ))
-            })
-            .map_err(e)?;
-        for row in rows {
-            let (trial_id, number, state, started, finished) = row.map_err(e)?;
+            },
+        )
+        .map_err(e)?;
+        for (trial_id, number, state, started, finished) in rows {
             let state = parse_state(&state).ok_or_else(|| {
                 self.error(format!(
                     "trial {number} has a state we do not run: {state:?}"
@@ -289,27 +302,24 @@ impl SqliteStorage {
                 },
             );
         }
-        drop(statement);
         let mut space = crate::SearchSpace::new();
-        let mut statement = tx
-            .prepare(
-                "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json
-                 FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id
-                 WHERE t.study_id = ?1",
-            )
-            .map_err(e)?;
-        let rows = statement
-            .query_map([id], |r| {
+        let rows = query(
+            tx,
+            "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json
+             FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id
+             WHERE t.study_id = ?1",
+            id,
+            |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, f64>(2)?,
                     r.get::<_, String>(3)?,
                 ))
-            })
-            .map_err(e)?;
-        for row in rows {
-            let (trial_id, name, internal, distribution) = row.map_err(e)?;
+            },
+        )
+        .map_err(e)?;
+        for (trial_id, name, internal, distribution) in rows {
             let distribution = Distribution::from_optuna_json(&distribution)?;
             if let Some(trial) = trials.get_mut(&trial_id) {
                 trial
@@ -319,56 +329,49 @@ impl SqliteStorage {
             }
             space.insert(name, distribution);
         }
-        drop(statement);
-        let mut statement = tx
-            .prepare(
-                "SELECT v.trial_id, v.value, v.value_type
-                 FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id
-                 WHERE t.study_id = ?1 AND v.objective = 0",
-            )
-            .map_err(e)?;
-        let rows = statement
-            .query_map([id], |r| {
+        let rows = query(
+            tx,
+            "SELECT v.trial_id, v.value, v.value_type
+             FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id
+             WHERE t.study_id = ?1 AND v.objective = 0",
+            id,
+            |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, Option<f64>>(1)?,
                     r.get::<_, String>(2)?,
                 ))
-            })
-            .map_err(e)?;
-        for row in rows {
-            let (trial_id, value, kind) = row.map_err(e)?;
+            },
+        )
+        .map_err(e)?;
+        for (trial_id, value, kind) in rows {
             if let Some(trial) = trials.get_mut(&trial_id) {
                 trial.value = Some(from_stored(value, &kind));
             }
         }
-        drop(statement);
-        let mut statement = tx
-            .prepare(
-                "SELECT v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type
-                 FROM trial_intermediate_values v JOIN trials t ON t.trial_id = v.trial_id
-                 WHERE t.study_id = ?1",
-            )
-            .map_err(e)?;
-        let rows = statement
-            .query_map([id], |r| {
+        let rows = query(
+            tx,
+            "SELECT v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type
+             FROM trial_intermediate_values v JOIN trials t ON t.trial_id = v.trial_id
+             WHERE t.study_id = ?1",
+            id,
+            |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, Option<f64>>(2)?,
                     r.get::<_, String>(3)?,
                 ))
-            })
-            .map_err(e)?;
-        for row in rows {
-            let (trial_id, step, value, kind) = row.map_err(e)?;
+            },
+        )
+        .map_err(e)?;
+        for (trial_id, step, value, kind) in rows {
             if let Some(trial) = trials.get_mut(&trial_id) {
                 trial
                     .intermediate
                     .insert(step as usize, from_stored(value, &kind));
             }
         }
-        drop(statement);
 
         let trials: Vec<Trial> = trials.into_values().collect();
         let record = match settings {

@@ -16,6 +16,22 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// A case's space, its parameter names in the case's order, and the observations of each.
+fn case_inputs(case: &Value) -> (sentiment_search::SearchSpace, Vec<String>, Vec<Vec<f64>>) {
+    let space = space_from_json(&case["space"].to_string()).unwrap();
+    let names: Vec<String> = case["space"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    let observations = names
+        .iter()
+        .map(|n| floats(&case["observations"][n.as_str()]))
+        .collect();
+    (space, names, observations)
+}
+
 #[test]
 fn log_densities_equal_optunas() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/search/reference.json");
@@ -24,19 +40,12 @@ fn log_densities_equal_optunas() {
     assert_eq!(cases.len(), 9);
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        let space = space_from_json(&case["space"].to_string()).unwrap();
-        let names: Vec<&str> = case["space"]
-            .as_array()
-            .unwrap()
+        let (space, names, observations) = case_inputs(case);
+        let distributions: Vec<_> = names.iter().map(|n| &space[n]).collect();
+        let columns: Vec<Vec<f64>> = names
             .iter()
-            .map(|p| p["name"].as_str().unwrap())
+            .map(|n| floats(&case["points"][n.as_str()]))
             .collect();
-        let distributions: Vec<_> = names.iter().map(|n| &space[*n]).collect();
-        let observations: Vec<Vec<f64>> = names
-            .iter()
-            .map(|n| floats(&case["observations"][n]))
-            .collect();
-        let columns: Vec<Vec<f64>> = names.iter().map(|n| floats(&case["points"][n])).collect();
         let points: Vec<Vec<f64>> = (0..columns[0].len())
             .map(|i| columns.iter().map(|c| c[i]).collect())
             .collect();
@@ -98,18 +107,8 @@ fn candidate_draws_match_optunas() {
     assert_eq!(cases.len(), 2);
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        let space = space_from_json(&case["space"].to_string()).unwrap();
-        let names: Vec<&str> = case["space"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap())
-            .collect();
-        let distributions: Vec<_> = names.iter().map(|n| &space[*n]).collect();
-        let observations: Vec<Vec<f64>> = names
-            .iter()
-            .map(|n| floats(&case["observations"][n]))
-            .collect();
+        let (space, names, observations) = case_inputs(case);
+        let distributions: Vec<_> = names.iter().map(|n| &space[n]).collect();
         let estimator =
             ParzenEstimator::new(&distributions, &observations, &ParzenConfig::default());
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -119,7 +118,7 @@ fn candidate_draws_match_optunas() {
             // 0.15 and 0.15000000000000002 are the same value on both sides.
             let round = |x: f64| format!("{x:.6e}").parse::<f64>().unwrap();
             let mut mine: Vec<f64> = ours.iter().map(|point| round(point[d])).collect();
-            let mut theirs: Vec<f64> = floats(&case["draws"][parameter])
+            let mut theirs: Vec<f64> = floats(&case["draws"][parameter.as_str()])
                 .into_iter()
                 .map(round)
                 .collect();
