@@ -4,13 +4,10 @@
 use std::io::Write;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
+use burn::tensor::Device;
+use roberta_burn::{Pretrained, RobertaForSequenceClassification};
 use sentiment_data::TextColumn;
-use sentiment_tokenize::{
-    DEFAULT_MAX_LENGTH, HubSettings, Padding, RobertaTokenizer, by_length, gather_rows, row_length,
-};
+use sentiment_tokenize::{DEFAULT_MAX_LENGTH, HubSettings, Padding, RobertaTokenizer};
 
 use crate::flags::PredictArgs;
 
@@ -102,7 +99,7 @@ impl Predict {
             .unwrap_or_else(|| DEFAULT_MAX_LENGTH.min(loaded.config.max_sequence_length()));
         let tokenizer = RobertaTokenizer::from_pretrained(&self.tokenizer, max_length, &hub)
             .with_context(|| format!("loading the tokenizer of {}", self.tokenizer))?;
-        check_compatible(&loaded.config, &tokenizer, max_length)?;
+        sentiment_train::check_compatible(&loaded.config, &tokenizer, max_length)?;
         if !loaded.report.newly_initialized.is_empty() {
             eprintln!(
                 "warning: {} has no trained classifier head ({} newly initialised): predictions \
@@ -111,54 +108,24 @@ impl Predict {
                 loaded.report.newly_initialized.join(", ")
             );
         }
-        let num_labels = loaded.config.num_labels();
+        // Texts are classified in windows of 50 batches (each batched longest first, so it
+        // pads little) and printed window by window, in their input order: output starts at
+        // once and memory stays bounded whatever the input's size.
         let mut out = std::io::stdout().lock();
-        // Texts are batched longest first within windows of 50 batches, so each batch pads
-        // little, and printed in their input order window by window.
         for (w, window) in self.texts.chunks(self.batch_size * 50).enumerate() {
-            let encoded = tokenizer.encode_batch(window)?;
-            let lengths: Vec<usize> = encoded
-                .attention_mask
-                .chunks(max_length)
-                .map(row_length)
-                .collect();
-            let mut logits = vec![0f32; window.len() * num_labels];
-            let mut probs = vec![0f32; window.len() * num_labels];
-            for batch in by_length(&lengths).chunks(self.batch_size) {
-                let width = self
-                    .padding
-                    .width(batch.iter().map(|&i| lengths[i]), max_length);
-                let (ids, mask) = gather_rows(
-                    &encoded.input_ids,
-                    &encoded.attention_mask,
-                    max_length,
-                    batch,
-                    width,
-                );
-                let shape = [batch.len(), width];
-                let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, shape), &self.device);
-                let mask = Tensor::<2, Int>::from_data(TensorData::new(mask, shape), &self.device);
-                let batch_logits = loaded.model.forward(ids, mask);
-                let batch_probs: Vec<f32> = softmax(batch_logits.clone(), 1)
-                    .into_data()
-                    .try_to_vec()
-                    .context("reading probabilities")?;
-                let batch_logits: Vec<f32> = batch_logits
-                    .into_data()
-                    .try_to_vec()
-                    .context("reading logits")?;
-                for (k, &row) in batch.iter().enumerate() {
-                    let (to, from) = (
-                        row * num_labels..(row + 1) * num_labels,
-                        k * num_labels..(k + 1) * num_labels,
-                    );
-                    logits[to.clone()].copy_from_slice(&batch_logits[from.clone()]);
-                    probs[to].copy_from_slice(&batch_probs[from]);
-                }
-            }
+            let predicted = sentiment_train::classify(
+                &loaded.model,
+                &loaded.config,
+                &tokenizer,
+                window,
+                self.batch_size,
+                self.padding,
+                &self.device,
+            )?;
+            let num_labels = predicted.num_labels;
             for (i, text) in window.iter().enumerate() {
                 let row = i * num_labels..(i + 1) * num_labels;
-                let probs = probs[row.clone()].to_vec();
+                let probs = predicted.probs[row.clone()].to_vec();
                 let best = sentiment_metrics::argmax_rows(&probs, num_labels)?[0];
                 let index = w * self.batch_size * 50 + i;
                 let prediction = Prediction {
@@ -167,7 +134,7 @@ impl Predict {
                     text,
                     label: loaded.config.label_name(best),
                     probs,
-                    logits: logits[row].to_vec(),
+                    logits: predicted.logits[row].to_vec(),
                 };
                 let written = if self.json {
                     writeln!(out, "{}", serde_json::to_string(&prediction)?)
@@ -189,29 +156,4 @@ impl Predict {
         }
         Ok(())
     }
-}
-
-/// The tokenizer must not produce ids beyond the embedding, nor sequences beyond positions.
-fn check_compatible(
-    config: &RobertaConfig,
-    tokenizer: &RobertaTokenizer,
-    max_length: usize,
-) -> Result<()> {
-    config.check_sequence_length(max_length)?;
-    if tokenizer.vocab_size() > config.vocab_size {
-        bail!(
-            "the tokenizer has {} tokens but the model's vocabulary only {}: they do not belong \
-             together",
-            tokenizer.vocab_size(),
-            config.vocab_size
-        );
-    }
-    if tokenizer.special_tokens().pad as usize != config.pad_token_id {
-        bail!(
-            "the tokenizer pads with id {} but the model expects {}",
-            tokenizer.special_tokens().pad,
-            config.pad_token_id
-        );
-    }
-    Ok(())
 }

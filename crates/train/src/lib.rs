@@ -23,6 +23,7 @@ mod clip;
 mod error;
 mod options;
 pub mod parity;
+mod predict;
 mod pretrain;
 mod run;
 mod schedule;
@@ -36,6 +37,7 @@ pub use checkpoints::KeepBestCheckpoints;
 pub use clip::{clip_grad_norm, global_grad_norm};
 pub use error::TrainError;
 pub use options::RunOptions;
+pub use predict::{Predictions, check_compatible, classify};
 pub use pretrain::{
     MaskedBatch, MaskingConfig, MlmEvaluation, NOT_A_TARGET, PretrainConfig, PretrainEpoch,
     PretrainOutcome, evaluate_mlm, mask_rng, mask_tokens, masked_lm_loss, pretrain,
@@ -44,7 +46,7 @@ pub use run::{EarlyStopping, RUN_VERSION, StopToken, TrainHooks};
 pub use schedule::LinearSchedule;
 pub use trainer::{
     BestMetric, EpochMetrics, Evaluation, Progress, TrainConfig, TrainData, TrainOutcome, evaluate,
-    train,
+    logits, train,
 };
 
 /// Writes a file atomically (temporary sibling, then rename).

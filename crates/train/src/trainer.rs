@@ -272,19 +272,17 @@ fn batch(
     )
 }
 
-/// Evaluates `model` (already in validation mode) on `rows`. Batches are formed longest rows
-/// first, so that each pads little (with dynamic `padding`); the logits are put back in the
-/// rows' order before anything is computed from them.
-pub fn evaluate(
+/// The logits of every row (`num_labels` per row, in the rows' order) from `model` (in
+/// validation mode). Batches are formed longest rows first, so that each pads little (with
+/// dynamic `padding`), and the logits are put back in the rows' order.
+pub fn logits(
     model: &RobertaForSequenceClassification,
     rows: &TokenizedRows,
     num_labels: usize,
     batch_size: usize,
-    positive_class: usize,
     padding: Padding,
     device: &Device,
-) -> Result<Evaluation, TrainError> {
-    let started = Instant::now();
+) -> Result<Vec<f32>, TrainError> {
     let mut logits: Vec<f32> = vec![0.0; rows.len() * num_labels];
     let order = by_length(&rows.lengths());
     for chunk in order.chunks(batch_size.max(1)) {
@@ -299,6 +297,23 @@ pub fn evaluate(
                 .copy_from_slice(&out[k * num_labels..(k + 1) * num_labels]);
         }
     }
+    Ok(logits)
+}
+
+/// Evaluates `model` (already in validation mode) on `rows`. Batches are formed longest rows
+/// first, so that each pads little (with dynamic `padding`); the logits are put back in the
+/// rows' order before anything is computed from them.
+pub fn evaluate(
+    model: &RobertaForSequenceClassification,
+    rows: &TokenizedRows,
+    num_labels: usize,
+    batch_size: usize,
+    positive_class: usize,
+    padding: Padding,
+    device: &Device,
+) -> Result<Evaluation, TrainError> {
+    let started = Instant::now();
+    let logits = logits(model, rows, num_labels, batch_size, padding, device)?;
     let truth: Vec<usize> = rows.labels.iter().map(|&l| l as usize).collect();
     let matrix = ConfusionMatrix::from_logits(&truth, &logits, num_labels)?;
     let loss = if truth.is_empty() {
