@@ -1,14 +1,8 @@
 //! `cargo xtask pretrain`: masked-LM pre-training on the text column of a CSV or Parquet file,
 //! into a Hugging Face folder that `train` and `pipeline --pretrained` fine-tune.
 
-use std::path::Path;
-
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use roberta_burn::{Pretrained, RobertaConfig, RobertaForMaskedLM};
-use sentiment_tokenize::{BpeTrainingConfig, HubSettings, RobertaTokenizer, TokenizedRows};
 use sentiment_train::{PretrainConfig, PretrainOutcome};
 
 use crate::flags::PretrainArgs;
@@ -50,84 +44,7 @@ impl TryFrom<PretrainArgs> for Pretrain {
     }
 }
 
-/// Encoded texts as the trainer's rows (labels unused).
-fn encode(tokenizer: &RobertaTokenizer, texts: &[String]) -> Result<(TokenizedRows, usize)> {
-    let batch = tokenizer.encode_batch(texts)?;
-    Ok((
-        TokenizedRows::from_padded(
-            tokenizer.max_length(),
-            tokenizer.special_tokens().pad,
-            (0..texts.len() as u64).collect(),
-            vec![0; texts.len()],
-            &batch.input_ids,
-            &batch.attention_mask,
-        ),
-        batch.truncated,
-    ))
-}
-
 impl Pretrain {
-    fn tokenizer(&self, train_texts: &[String]) -> Result<RobertaTokenizer> {
-        let a = &self.args;
-        let hub = HubSettings::from_env();
-        if let Some(name) = a.tokenizer.as_deref().or(a.pretrained.as_deref()) {
-            return RobertaTokenizer::from_pretrained(name, a.max_length, &hub)
-                .with_context(|| format!("loading tokenizer {name}"));
-        }
-        // A tokenizer trained here is kept in the run folder, so that a resumed run uses it.
-        let dir = a.out.join("tokenizer");
-        if dir.join("tokenizer.json").exists() {
-            return RobertaTokenizer::from_folder(&dir, a.max_length)
-                .with_context(|| format!("loading {}", dir.display()));
-        }
-        println!(
-            "training a byte-level BPE of {} tokens on {} texts",
-            a.vocab_size,
-            train_texts.len()
-        );
-        let training = BpeTrainingConfig {
-            vocab_size: a.vocab_size,
-            min_frequency: 2,
-        };
-        let tokenizer = RobertaTokenizer::train(train_texts, &training, a.max_length)?;
-        tokenizer.save(&dir)?;
-        Ok(tokenizer)
-    }
-
-    fn model(&self, tokenizer: &RobertaTokenizer) -> Result<(RobertaForMaskedLM, RobertaConfig)> {
-        let a = &self.args;
-        self.device.seed(self.config.seed);
-        if let Some(name) = a.pretrained.as_deref() {
-            let hub = HubSettings::from_env();
-            let loaded = RobertaForMaskedLM::from_pretrained(name, &self.device, &hub, |_| {})
-                .with_context(|| format!("loading pretrained model {name}"))?;
-            if !loaded.report.newly_initialized.is_empty() {
-                eprintln!(
-                    "note: newly initialised (not in the checkpoint): {}",
-                    loaded.report.newly_initialized.join(", ")
-                );
-            }
-            return Ok((loaded.model, loaded.config));
-        }
-        let special = tokenizer.special_tokens();
-        let mut config = match a.config.as_str() {
-            preset @ ("tiny" | "small" | "base") => {
-                RobertaConfig::preset(preset, tokenizer.vocab_size())?
-            }
-            file => RobertaConfig::load(Path::new(file))?,
-        };
-        config.pad_token_id = special.pad as usize;
-        config.bos_token_id = special.bos as usize;
-        config.eos_token_id = special.eos as usize;
-        config.max_position_embeddings = config
-            .max_position_embeddings
-            .max(a.max_length + config.pad_token_id + 1);
-        config
-            .validate()
-            .map_err(|e| anyhow::anyhow!("model configuration: {e}"))?;
-        Ok((RobertaForMaskedLM::new(&config, &self.device), config))
-    }
-
     /// Reads, splits, tokenizes, pre-trains, prints the per-epoch table.
     pub fn run(self) -> Result<PretrainOutcome> {
         let stop = crate::checkpoint_on_ctrl_c();
@@ -160,25 +77,40 @@ impl Pretrain {
             );
         }
         // A seeded shuffle, then the last --holdout share is held out.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.config.seed);
-        texts.shuffle(&mut rng);
-        let held = ((texts.len() as f64 * a.holdout).round() as usize).clamp(1, texts.len() - 1);
-        let validation_texts = texts.split_off(texts.len() - held);
+        let (texts, validation_texts) =
+            sentiment_train::hold_out(texts, a.holdout, self.config.seed)
+                .context("pre-training needs at least two texts")?;
         say!(
-            "{}: {total} texts ({empty} empty skipped), {} for training, {held} held out",
+            "{}: {total} texts ({empty} empty skipped), {} for training, {} held out",
             input.display(),
-            texts.len()
+            texts.len(),
+            validation_texts.len()
         );
-        let tokenizer = self.tokenizer(&texts)?;
-        let (train, truncated) = encode(&tokenizer, &texts)?;
-        let (validation, _) = encode(&tokenizer, &validation_texts)?;
+        let start = sentiment_pipeline::masked_lm_start(
+            &sentiment_pipeline::MaskedLmOptions {
+                out: &a.out,
+                pretrained: a.pretrained.as_deref(),
+                fresh_config: &a.config,
+                tokenizer: a.tokenizer.as_deref(),
+                vocab_size: a.vocab_size,
+                max_length: a.max_length,
+                seed: self.config.seed,
+            },
+            &texts,
+            &self.device,
+        )?;
+        for note in &start.notes {
+            eprintln!("note: {note}");
+        }
+        let (tokenizer, model, model_config) = (start.tokenizer, start.model, start.config);
+        let (train, truncated) = tokenizer.encode_rows(&texts)?;
+        let (validation, _) = tokenizer.encode_rows(&validation_texts)?;
         if truncated > 0 {
             say!(
                 "{truncated} training texts were longer than {} tokens and were truncated",
                 a.max_length
             );
         }
-        let (model, model_config) = self.model(&tokenizer)?;
         say!(
             "pre-training a {}-layer, {}-wide masked LM: {} epochs, batch {}, learning rate {:e}",
             model_config.num_hidden_layers,

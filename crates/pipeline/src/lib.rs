@@ -62,5 +62,7 @@ mod trial;
 
 pub use error::PipelineError;
 pub use pipeline::{Observer, Pipeline, PipelineConfig, PipelineOutcome};
-pub use start::{Start, StartOptions, starting_point};
+pub use start::{
+    MaskedLmOptions, MaskedLmStart, Start, StartOptions, masked_lm_start, starting_point,
+};
 pub use trial::{PruneSettings, TRIAL_PARAMETERS, trial_config};

@@ -1,9 +1,12 @@
 //! Where a run starts from: the tokenizer (pretrained, or a byte-level BPE trained on the
 //! train split and cached next to it) and the classifier (a pretrained encoder with a fresh
-//! head, or a fresh model from a preset or a `config.json`), checked against each other.
+//! head, or a fresh model from a preset or a `config.json`), checked against each other; and
+//! where masked-LM pre-training starts from, likewise.
 
 use burn::tensor::Device;
-use roberta_burn::{Pretrained, RobertaConfig, RobertaForSequenceClassification};
+use roberta_burn::{
+    Pretrained, RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification,
+};
 use sentiment_data::Manifest;
 use sentiment_tokenize::{BpeTrainingConfig, HubSettings, RobertaTokenizer, train_on_split};
 
@@ -102,17 +105,7 @@ pub fn starting_point(options: &StartOptions<'_>, device: &Device) -> Result<Sta
             (loaded.model, loaded.config)
         }
         None => {
-            let config = match fresh_config {
-                "tiny" | "small" | "base" => {
-                    let mut c = RobertaConfig::preset(fresh_config, tokenizer.vocab_size())?;
-                    c.pad_token_id = tokenizer.special_tokens().pad as usize;
-                    c.bos_token_id = tokenizer.special_tokens().bos as usize;
-                    c.eos_token_id = tokenizer.special_tokens().eos as usize;
-                    c
-                }
-                file => RobertaConfig::load(file.as_ref())?,
-            }
-            .with_labels(&labels);
+            let config = fresh_config_for(fresh_config, &tokenizer)?.with_labels(&labels);
             config
                 .validate()
                 .map_err(|e| PipelineError::InvalidSetting(format!("model configuration: {e}")))?;
@@ -152,4 +145,121 @@ fn pretraining_output(name: &str, notes: &mut Vec<String>) -> String {
         return model.display().to_string();
     }
     name.to_string()
+}
+
+/// A fresh model's configuration: a preset (`tiny`, `small`, `base`) sized to the tokenizer's
+/// vocabulary and carrying its special ids, or a `config.json` as it is.
+fn fresh_config_for(
+    name: &str,
+    tokenizer: &RobertaTokenizer,
+) -> Result<RobertaConfig, PipelineError> {
+    Ok(match name {
+        "tiny" | "small" | "base" => {
+            let special = tokenizer.special_tokens();
+            let mut config = RobertaConfig::preset(name, tokenizer.vocab_size())?;
+            config.pad_token_id = special.pad as usize;
+            config.bos_token_id = special.bos as usize;
+            config.eos_token_id = special.eos as usize;
+            config
+        }
+        file => RobertaConfig::load(file.as_ref())?,
+    })
+}
+
+/// The masked LM pre-training starts from, with its configuration and tokenizer.
+pub struct MaskedLmStart {
+    /// The masked LM (pretrained, or fresh).
+    pub model: RobertaForMaskedLM,
+    /// Its configuration.
+    pub config: RobertaConfig,
+    /// The tokenizer the texts are encoded with.
+    pub tokenizer: RobertaTokenizer,
+    /// What a user should know (a tokenizer trained, weights newly initialised).
+    pub notes: Vec<String>,
+}
+
+/// Where masked-LM pre-training starts from.
+pub struct MaskedLmOptions<'a> {
+    /// The run folder: a tokenizer trained here is kept in its `tokenizer/`, so that a resumed
+    /// run encodes the same way.
+    pub out: &'a std::path::Path,
+    /// Pretrained masked LM (folder or hub id) to continue.
+    pub pretrained: Option<&'a str>,
+    /// Preset or config file of a fresh model.
+    pub fresh_config: &'a str,
+    /// Tokenizer folder or hub id (default: the pretrained model's, or trained here).
+    pub tokenizer: Option<&'a str>,
+    /// Vocabulary of a tokenizer trained here.
+    pub vocab_size: usize,
+    /// Sequence length.
+    pub max_length: usize,
+    /// Seed of the fresh initialisation.
+    pub seed: u64,
+}
+
+/// Loads or creates the tokenizer (trained on `train_texts` when none is named) and the
+/// masked LM.
+pub fn masked_lm_start(
+    options: &MaskedLmOptions<'_>,
+    train_texts: &[String],
+    device: &Device,
+) -> Result<MaskedLmStart, PipelineError> {
+    let o = options;
+    let hub = HubSettings::from_env();
+    let mut notes = Vec::new();
+    let kept = o.out.join(sentiment_tokenize::TRAINED_TOKENIZER_DIR);
+    let tokenizer = match o.tokenizer.or(o.pretrained) {
+        Some(name) => RobertaTokenizer::from_pretrained(name, o.max_length, &hub)
+            .map_err(PipelineError::stage(format!("loading tokenizer {name}")))?,
+        None if kept.join("tokenizer.json").exists() => {
+            RobertaTokenizer::from_folder(&kept, o.max_length)?
+        }
+        None => {
+            notes.push(format!(
+                "training a byte-level BPE of {} tokens on {} texts, kept in {}",
+                o.vocab_size,
+                train_texts.len(),
+                kept.display()
+            ));
+            let training = BpeTrainingConfig {
+                vocab_size: o.vocab_size,
+                min_frequency: 2,
+            };
+            let tokenizer = RobertaTokenizer::train(train_texts, &training, o.max_length)?;
+            tokenizer.save(&kept)?;
+            tokenizer
+        }
+    };
+    device.seed(o.seed);
+    let (model, config) = match o.pretrained {
+        Some(name) => {
+            let loaded = RobertaForMaskedLM::from_pretrained(name, device, &hub, |_| {}).map_err(
+                PipelineError::stage(format!("loading pretrained model {name}")),
+            )?;
+            if !loaded.report.newly_initialized.is_empty() {
+                notes.push(format!(
+                    "newly initialised (not in the checkpoint): {}",
+                    loaded.report.newly_initialized.join(", ")
+                ));
+            }
+            (loaded.model, loaded.config)
+        }
+        None => {
+            let mut config = fresh_config_for(o.fresh_config, &tokenizer)?;
+            // RoBERTa's positions start after the padding id: room for max_length of them.
+            config.max_position_embeddings = config
+                .max_position_embeddings
+                .max(o.max_length + config.pad_token_id + 1);
+            config
+                .validate()
+                .map_err(|e| PipelineError::InvalidSetting(format!("model configuration: {e}")))?;
+            (RobertaForMaskedLM::new(&config, device), config)
+        }
+    };
+    Ok(MaskedLmStart {
+        model,
+        config,
+        tokenizer,
+        notes,
+    })
 }

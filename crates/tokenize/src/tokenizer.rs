@@ -318,6 +318,23 @@ impl RobertaTokenizer {
         &self.tokenizer
     }
 
+    /// `texts` as rows to batch (row ids 0, 1, …, labels 0), and how many were truncated.
+    pub fn encode_rows<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+    ) -> Result<(crate::TokenizedRows, usize), TokenizeError> {
+        let batch = self.encode_batch(texts)?;
+        let rows = crate::TokenizedRows::from_padded(
+            self.max_length(),
+            self.special_tokens().pad,
+            (0..texts.len() as u64).collect(),
+            vec![0; texts.len()],
+            &batch.input_ids,
+            &batch.attention_mask,
+        );
+        Ok((rows, batch.truncated))
+    }
+
     /// Encodes a batch on every core: `<s> … </s>`, truncated and padded to `max_length`.
     pub fn encode_batch<S: AsRef<str> + Sync>(
         &self,

@@ -40,7 +40,7 @@ pub use options::RunOptions;
 pub use predict::{Predictions, check_compatible, classify};
 pub use pretrain::{
     MaskedBatch, MaskingConfig, MlmEvaluation, NOT_A_TARGET, PretrainConfig, PretrainEpoch,
-    PretrainOutcome, evaluate_mlm, mask_rng, mask_tokens, masked_lm_loss, pretrain,
+    PretrainOutcome, evaluate_mlm, hold_out, mask_rng, mask_tokens, masked_lm_loss, pretrain,
 };
 pub use run::{EarlyStopping, RUN_VERSION, StopToken, TrainHooks};
 pub use schedule::LinearSchedule;

@@ -4,7 +4,7 @@
 
 use burn::tensor::Device;
 use roberta_burn::{RobertaConfig, RobertaForSequenceClassification};
-use sentiment_tokenize::{Padding, RobertaTokenizer, TokenizedRows};
+use sentiment_tokenize::{Padding, RobertaTokenizer};
 
 use crate::TrainError;
 
@@ -55,15 +55,7 @@ pub fn classify(
     padding: Padding,
     device: &Device,
 ) -> Result<Predictions, TrainError> {
-    let encoded = tokenizer.encode_batch(texts)?;
-    let rows = TokenizedRows::from_padded(
-        tokenizer.max_length(),
-        tokenizer.special_tokens().pad,
-        (0..texts.len() as u64).collect(),
-        vec![0; texts.len()],
-        &encoded.input_ids,
-        &encoded.attention_mask,
-    );
+    let (rows, _) = tokenizer.encode_rows(texts)?;
     let num_labels = config.num_labels();
     let logits = crate::logits(model, &rows, num_labels, batch_size, padding, device)?;
     let probs = logits

@@ -573,3 +573,23 @@ pub fn pretrain(
     log(run_dir, "pre-training finished")?;
     Ok(outcome)
 }
+
+/// Splits `texts` for pre-training: a seeded shuffle, then the last `share` of them (at least
+/// one, and at least one left to train on) held out for the per-epoch masked-LM loss. Returns
+/// (training texts, held-out texts); None when there are fewer than two texts.
+pub fn hold_out(
+    mut texts: Vec<String>,
+    share: f64,
+    seed: u64,
+) -> Option<(Vec<String>, Vec<String>)> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    if texts.len() < 2 {
+        return None;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    texts.shuffle(&mut rng);
+    let held = ((texts.len() as f64 * share).round() as usize).clamp(1, texts.len() - 1);
+    let validation = texts.split_off(texts.len() - held);
+    Some((texts, validation))
+}

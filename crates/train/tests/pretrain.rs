@@ -323,3 +323,26 @@ fn pretraining_checks_the_optimizer_settings_as_fine_tuning_does() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+#[test]
+fn the_held_out_texts_are_a_seeded_share_and_nothing_is_lost() {
+    let texts: Vec<String> = (0..10).map(|i| format!("text {i}")).collect();
+    let (train, held) = sentiment_train::hold_out(texts.clone(), 0.3, 5).unwrap();
+    assert_eq!((train.len(), held.len()), (7, 3));
+    let mut all: Vec<String> = train.iter().chain(&held).cloned().collect();
+    all.sort();
+    let mut sorted = texts.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    assert_eq!(
+        sentiment_train::hold_out(texts.clone(), 0.3, 5).unwrap().1,
+        held
+    );
+    assert_ne!(
+        sentiment_train::hold_out(texts.clone(), 0.3, 6).unwrap().1,
+        held
+    );
+    // At least one held out and one to train on, whatever the share.
+    assert_eq!(sentiment_train::hold_out(texts, 0.0, 5).unwrap().1.len(), 1);
+    assert!(sentiment_train::hold_out(vec!["only".into()], 0.5, 5).is_none());
+}
