@@ -1,20 +1,22 @@
 //! Fine-tuning RoBERTa for sequence classification, as transformers' `Trainer` does it for the
 //! notebook, and sturdier: AdamW (PyTorch's defaults, not Burn's), a linear schedule with optional
 //! warmup ([`LinearSchedule`]), clipping by the global gradient norm, batches reshuffled every
-//! epoch from the seed, evaluation every epoch with the metrics crate, a checkpoint every epoch
-//! with [`KeepBestCheckpoints`], the best model loaded at the end, evaluated on the test split and
-//! exported as a Hugging Face folder; and resume from the last checkpoint. [`pretrain`] does
-//! masked-LM pre-training with RoBERTa's dynamic masking on the same machinery.
+//! epoch from the seed, evaluation with the metrics crate and a checkpoint every epoch or every
+//! N steps, kept by [`KeepBestCheckpoints`], the best model loaded at the end, evaluated on the
+//! test split and exported as a Hugging Face folder; and resume from the last checkpoint, mid-epoch
+//! or not. [`pretrain`] does masked-LM pre-training with RoBERTa's dynamic masking on the same
+//! machinery; [`classify`] predicts with a fine-tuned model; [`parity`] checks a backend against
+//! the committed PyTorch references.
 //!
 //! Run folder:
 //! ```text
 //! train_config.json          hyperparameters and model configuration
-//! metrics.json, metrics.csv  one row per epoch
+//! metrics.json, metrics.csv  one row per evaluation (epoch and step)
 //! checkpoints/step-N/        model.bpk, optimizer.bpk + .json, state.json (kept by the policy)
 //! test_metrics.json          the best model on the test split
 //! best_model/                config.json, model.safetensors, tokenizer files
-//! outcome.json               history, best epoch, test evaluation
-//! train.log                  what happened when: start, resume, epochs, interruption, end
+//! outcome.json               history, best epoch and step, test evaluation
+//! train.log                  what happened when: start, resume, evaluations, interruption, end
 //! ```
 
 mod adamw;
