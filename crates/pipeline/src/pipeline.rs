@@ -420,6 +420,12 @@ impl Pipeline {
             // parameters only, and the best one is the final run.
             let config = trial_config(&trial.params, &self.base_config())?;
             let run_dir = self.trial_dir(trial.number);
+            // Where the trial's checkpoints, metrics and TensorBoard events are, for Optuna's
+            // tools (a user attribute, as Optuna's integrations record theirs).
+            if !trial.user_attrs.contains_key("run_dir") {
+                let shown = run_dir.strip_prefix(&self.config.out).unwrap_or(&run_dir);
+                study.set_user_attr(trial.number, "run_dir", shown.display().to_string().into())?;
+            }
             let printer: Box<dyn FnMut(Progress)> = if quiet {
                 Box::new(|_| {})
             } else {

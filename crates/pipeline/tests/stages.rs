@@ -123,6 +123,16 @@ fn changed_data_or_epochs_never_mix_with_the_old_trials() {
         "{row}"
     );
     assert!(report.contains("| majority class |"), "{report}");
+    // Each trial's run folder is a user attribute of its trial, for Optuna's tools.
+    let record = sentiment_search::Study::read(&out.join("study.db"))
+        .unwrap()
+        .unwrap();
+    for trial in &record.trials {
+        assert_eq!(
+            trial.user_attrs["run_dir"],
+            format!("trials/trial_{}", trial.number)
+        );
+    }
     let manifest = std::fs::read(out.join("data/manifest.json")).unwrap();
 
     // Another sample: refused before anything is written, with the flag that changed.

@@ -312,6 +312,7 @@ mod tests {
                         .unwrap_or_default(),
                     started: 0.0,
                     finished: None,
+                    user_attrs: BTreeMap::new(),
                 })
                 .collect();
             let direction = match case["direction"].as_str().unwrap() {

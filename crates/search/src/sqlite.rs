@@ -299,6 +299,7 @@ impl SqliteStorage {
                     intermediate: BTreeMap::new(),
                     started: started.as_deref().and_then(seconds).unwrap_or(0.0),
                     finished: finished.as_deref().and_then(seconds),
+                    user_attrs: BTreeMap::new(),
                 },
             );
         }
@@ -370,6 +371,29 @@ impl SqliteStorage {
                 trial
                     .intermediate
                     .insert(step as usize, from_stored(value, &kind));
+            }
+        }
+
+        let rows = query(
+            tx,
+            "SELECT a.trial_id, a.key, a.value_json
+             FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id
+             WHERE t.study_id = ?1",
+            id,
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .map_err(e)?;
+        for (trial_id, key, value) in rows {
+            let value = serde_json::from_str(&value)
+                .map_err(|e| self.error(format!("user attribute {key:?}: {e}")))?;
+            if let Some(trial) = trials.get_mut(&trial_id) {
+                trial.user_attrs.insert(key, value);
             }
         }
 
@@ -467,7 +491,12 @@ impl SqliteStorage {
                         params![trial_id, state_name(trial.state), started, finished],
                     )
                     .map_err(e)?;
-                    for table in ["trial_params", "trial_values", "trial_intermediate_values"] {
+                    for table in [
+                        "trial_params",
+                        "trial_values",
+                        "trial_intermediate_values",
+                        "trial_user_attributes",
+                    ] {
                         tx.execute(
                             &format!("DELETE FROM {table} WHERE trial_id = ?1"),
                             [trial_id],
@@ -505,6 +534,14 @@ impl SqliteStorage {
                     "INSERT INTO trial_values (trial_id, objective, value, value_type)
                      VALUES (?1, 0, ?2, ?3)",
                     params![trial_id, value, kind],
+                )
+                .map_err(e)?;
+            }
+            for (key, value) in &trial.user_attrs {
+                tx.execute(
+                    "INSERT INTO trial_user_attributes (trial_id, key, value_json)
+                     VALUES (?1, ?2, ?3)",
+                    params![trial_id, key, value.to_string()],
                 )
                 .map_err(e)?;
             }

@@ -63,6 +63,10 @@ pub struct Trial {
     pub started: f64,
     /// End time, seconds since the Unix epoch.
     pub finished: Option<f64>,
+    /// What the objective recorded beside its value (Optuna's user attributes: the run folder
+    /// of a pipeline trial, say), shown by Optuna's tools.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_attrs: BTreeMap<String, serde_json::Value>,
 }
 
 impl Trial {
@@ -357,11 +361,25 @@ impl Study {
                 intermediate: BTreeMap::new(),
                 started: now(),
                 finished: None,
+                user_attrs: BTreeMap::new(),
             };
             record.trials.push(trial.clone());
             Ok(trial)
         };
         self.apply(ask)
+    }
+
+    /// Records a user attribute of a trial (Optuna's `trial.set_user_attr`).
+    pub fn set_user_attr(
+        &mut self,
+        number: usize,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<(), SearchError> {
+        self.modify(number, |t| {
+            t.user_attrs.insert(key.to_string(), value);
+            Ok(())
+        })
     }
 
     /// Records an intermediate value (for example the validation F1 after an epoch).

@@ -115,12 +115,16 @@ fn a_study_optuna_wrote_is_read_and_continued() {
     assert_eq!(trials[1].params["batch_size"], 32);
     assert_eq!(trials[1].params["learning_rate"], 0.0012);
     assert_eq!(trials[0].intermediate.get(&2), Some(&0.78));
+    assert_eq!(trials[3].user_attrs["run_dir"], "trials/trial_3");
     assert_eq!(study.best_trial().unwrap().number, 5);
 
     // Our TPE continues it (four complete trials: past the startup count).
     let t = study.ask().unwrap();
     assert_eq!(t.number, 6);
     study.report(t.number, 1, 0.7).unwrap();
+    study
+        .set_user_attr(t.number, "run_dir", "trials/trial_6".into())
+        .unwrap();
     study.tell(t.number, Outcome::Complete(0.79)).unwrap();
 
     // What we wrote reads as Optuna's own: the distribution of each new parameter equals the
@@ -144,6 +148,16 @@ fn a_study_optuna_wrote_is_read_and_continued() {
         .query_row("SELECT COUNT(*) FROM trials", [], |r| r.get(0))
         .unwrap();
     assert_eq!(count, 7);
+    // The user attribute as Optuna writes its own: JSON text.
+    let attr: String = db
+        .query_row(
+            "SELECT a.value_json FROM trial_user_attributes a JOIN trials t \
+             ON t.trial_id = a.trial_id WHERE t.number = 6 AND a.key = 'run_dir'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(attr, "\"trials/trial_6\"");
     // Reopened, the study is ours now: its settings are recorded, the trials unchanged.
     let again = open(notebook_space()).unwrap();
     assert_eq!(again.trials().len(), 7);
