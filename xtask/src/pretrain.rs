@@ -69,17 +69,15 @@ impl Pretrain {
         let total = texts.len();
         texts.retain(|t| !t.trim().is_empty());
         let empty = total - texts.len();
-        if texts.len() < 2 {
-            bail!(
-                "{}: {} non-empty texts; pre-training needs at least two",
-                input.display(),
-                texts.len()
-            );
-        }
         // A seeded shuffle, then the last --holdout share is held out.
+        let usable = texts.len();
         let (texts, validation_texts) =
-            sentiment_train::hold_out(texts, a.holdout, self.config.seed)
-                .context("pre-training needs at least two texts")?;
+            sentiment_train::hold_out(texts, a.holdout, self.config.seed).with_context(|| {
+                format!(
+                    "{}: {usable} non-empty texts; pre-training needs at least two",
+                    input.display()
+                )
+            })?;
         say!(
             "{}: {total} texts ({empty} empty skipped), {} for training, {} held out",
             input.display(),
@@ -87,8 +85,8 @@ impl Pretrain {
             validation_texts.len()
         );
         let start = sentiment_pipeline::masked_lm_start(
-            &sentiment_pipeline::MaskedLmOptions {
-                out: &a.out,
+            &sentiment_pipeline::StartOptions {
+                data: &a.out,
                 pretrained: a.pretrained.as_deref(),
                 fresh_config: &a.config,
                 tokenizer: a.tokenizer.as_deref(),

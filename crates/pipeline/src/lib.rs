@@ -62,7 +62,5 @@ mod trial;
 
 pub use error::PipelineError;
 pub use pipeline::{Observer, Pipeline, PipelineConfig, PipelineOutcome};
-pub use start::{
-    MaskedLmOptions, MaskedLmStart, Start, StartOptions, masked_lm_start, starting_point,
-};
+pub use start::{Start, StartOptions, masked_lm_start, starting_point};
 pub use trial::{PruneSettings, TRIAL_PARAMETERS, trial_config};

@@ -12,11 +12,12 @@ use sentiment_tokenize::{BpeTrainingConfig, HubSettings, RobertaTokenizer, train
 
 use crate::PipelineError;
 
-/// The model a run starts from, with its configuration and tokenizer.
-pub struct Start {
-    /// The classifier (pretrained encoder, or fresh).
-    pub model: RobertaForSequenceClassification,
-    /// Its configuration, with the data's classes.
+/// The model a run starts from, with its configuration and tokenizer: the classifier of
+/// fine-tuning, or the masked LM of pre-training.
+pub struct Start<M = RobertaForSequenceClassification> {
+    /// The model (pretrained, or fresh).
+    pub model: M,
+    /// Its configuration (a classifier's with the data's classes).
     pub config: RobertaConfig,
     /// The tokenizer the splits are encoded with.
     pub tokenizer: RobertaTokenizer,
@@ -28,7 +29,9 @@ pub struct Start {
 
 /// Where a run starts from.
 pub struct StartOptions<'a> {
-    /// The prepared data folder.
+    /// The folder a tokenizer trained here is kept in (its `tokenizer/`): for fine-tuning the
+    /// prepared data folder, whose train split it is trained on; for pre-training the run
+    /// folder, so that a resumed run encodes the same way.
     pub data: &'a std::path::Path,
     /// Pretrained folder or hub id.
     pub pretrained: Option<&'a str>,
@@ -166,54 +169,27 @@ fn fresh_config_for(
     })
 }
 
-/// The masked LM pre-training starts from, with its configuration and tokenizer.
-pub struct MaskedLmStart {
-    /// The masked LM (pretrained, or fresh).
-    pub model: RobertaForMaskedLM,
-    /// Its configuration.
-    pub config: RobertaConfig,
-    /// The tokenizer the texts are encoded with.
-    pub tokenizer: RobertaTokenizer,
-    /// What a user should know (a tokenizer trained, weights newly initialised).
-    pub notes: Vec<String>,
-}
-
-/// Where masked-LM pre-training starts from.
-pub struct MaskedLmOptions<'a> {
-    /// The run folder: a tokenizer trained here is kept in its `tokenizer/`, so that a resumed
-    /// run encodes the same way.
-    pub out: &'a std::path::Path,
-    /// Pretrained masked LM (folder or hub id) to continue.
-    pub pretrained: Option<&'a str>,
-    /// Preset or config file of a fresh model.
-    pub fresh_config: &'a str,
-    /// Tokenizer folder or hub id (default: the pretrained model's, or trained here).
-    pub tokenizer: Option<&'a str>,
-    /// Vocabulary of a tokenizer trained here.
-    pub vocab_size: usize,
-    /// Sequence length.
-    pub max_length: usize,
-    /// Seed of the fresh initialisation.
-    pub seed: u64,
-}
-
 /// Loads or creates the tokenizer (trained on `train_texts` when none is named) and the
 /// masked LM.
 pub fn masked_lm_start(
-    options: &MaskedLmOptions<'_>,
+    options: &StartOptions<'_>,
     train_texts: &[String],
     device: &Device,
-) -> Result<MaskedLmStart, PipelineError> {
+) -> Result<Start<RobertaForMaskedLM>, PipelineError> {
     let o = options;
     let hub = HubSettings::from_env();
     let mut notes = Vec::new();
-    let kept = o.out.join(sentiment_tokenize::TRAINED_TOKENIZER_DIR);
-    let tokenizer = match o.tokenizer.or(o.pretrained) {
-        Some(name) => RobertaTokenizer::from_pretrained(name, o.max_length, &hub)
-            .map_err(PipelineError::stage(format!("loading tokenizer {name}")))?,
-        None if kept.join("tokenizer.json").exists() => {
-            RobertaTokenizer::from_folder(&kept, o.max_length)?
-        }
+    let kept = o.data.join(sentiment_tokenize::TRAINED_TOKENIZER_DIR);
+    let (tokenizer, tokenizer_origin) = match o.tokenizer.or(o.pretrained) {
+        Some(name) => (
+            RobertaTokenizer::from_pretrained(name, o.max_length, &hub)
+                .map_err(PipelineError::stage(format!("loading tokenizer {name}")))?,
+            name.to_string(),
+        ),
+        None if kept.join("tokenizer.json").exists() => (
+            RobertaTokenizer::from_folder(&kept, o.max_length)?,
+            kept.display().to_string(),
+        ),
         None => {
             notes.push(format!(
                 "training a byte-level BPE of {} tokens on {} texts, kept in {}",
@@ -227,7 +203,7 @@ pub fn masked_lm_start(
             };
             let tokenizer = RobertaTokenizer::train(train_texts, &training, o.max_length)?;
             tokenizer.save(&kept)?;
-            tokenizer
+            (tokenizer, kept.display().to_string())
         }
     };
     device.seed(o.seed);
@@ -256,10 +232,11 @@ pub fn masked_lm_start(
             (RobertaForMaskedLM::new(&config, device), config)
         }
     };
-    Ok(MaskedLmStart {
+    Ok(Start {
         model,
         config,
         tokenizer,
+        tokenizer_origin,
         notes,
     })
 }

@@ -84,14 +84,17 @@ impl SqliteStorage {
         if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| self.error(e))?;
         }
-        let mut connection = Connection::open(&self.path).map_err(|e| self.error(e))?;
+        let connection = Connection::open(&self.path).map_err(|e| self.error(e))?;
         connection
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| self.error(e))?;
+        Ok(connection)
+    }
+
+    /// Creates Optuna's schema in a new file, or checks that the file has it, inside the
+    /// operation's own transaction: workers starting at once on a new file take turns.
+    fn ensure_schema(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), SearchError> {
         let e = |e: rusqlite::Error| self.error(e);
-        let tx = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(e)?;
         let has = |table: &str| -> rusqlite::Result<bool> {
             tx.query_row(
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
@@ -133,8 +136,7 @@ impl SqliteStorage {
                 )));
             }
         }
-        tx.commit().map_err(e)?;
-        Ok(connection)
+        Ok(())
     }
 }
 
@@ -567,6 +569,7 @@ impl StudyStorage for SqliteStorage {
         let tx = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.error(e))?;
+        self.ensure_schema(&tx)?;
         let (id, stored) = match self.read(&tx)? {
             Some((id, record)) => (Some(id), Some(record)),
             None => (None, None),
@@ -574,8 +577,9 @@ impl StudyStorage for SqliteStorage {
         let (record, write) = change(stored.clone())?;
         if write {
             self.write(&tx, id, stored.as_ref(), &record)?;
-            tx.commit().map_err(|e| self.error(e))?;
         }
+        // Committed even without a change: a new file keeps the schema just created.
+        tx.commit().map_err(|e| self.error(e))?;
         Ok(record)
     }
 

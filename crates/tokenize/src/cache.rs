@@ -335,11 +335,11 @@ pub fn read_tokenized(path: &Path) -> Result<TokenizedRows, TokenizeError> {
                     "row {row}: the attention mask is not right-padded (a 0 before a 1)"
                 )));
             }
-            let ids: Vec<u32> = id_values[start..start + length]
-                .iter()
-                .map(|&v| v as u32)
-                .collect();
-            out.push(row, label, &ids);
+            out.push(
+                row,
+                label,
+                id_values[start..start + length].iter().map(|&v| v as u32),
+            );
         }
     }
     Ok(out.unwrap_or_default())

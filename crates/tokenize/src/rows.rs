@@ -60,7 +60,7 @@ impl TokenizedRows {
                 .chunks(max_length)
                 .zip(attention_mask.chunks(max_length))
             {
-                out.push_ids(&ids[..crate::row_length(mask)]);
+                out.push_ids(ids[..crate::row_length(mask)].iter().copied());
             }
         }
         out.rows = rows;
@@ -69,15 +69,19 @@ impl TokenizedRows {
     }
 
     /// Appends a row: its source line, its label and its real ids (at most `max_length`).
-    pub fn push(&mut self, row: u64, label: i64, ids: &[u32]) {
+    pub fn push(&mut self, row: u64, label: i64, ids: impl IntoIterator<Item = u32>) {
         self.rows.push(row);
         self.labels.push(label);
         self.push_ids(ids);
     }
 
-    fn push_ids(&mut self, ids: &[u32]) {
-        debug_assert!(ids.len() <= self.max_length, "a row longer than max_length");
-        self.ids.extend_from_slice(ids);
+    fn push_ids(&mut self, ids: impl IntoIterator<Item = u32>) {
+        let start = self.ids.len();
+        self.ids.extend(ids);
+        debug_assert!(
+            self.ids.len() - start <= self.max_length,
+            "a row longer than max_length"
+        );
         self.offsets.push(self.ids.len());
     }
 
@@ -152,8 +156,8 @@ mod tests {
             )
         );
         let mut pushed = TokenizedRows::new(4, 1);
-        pushed.push(10, 0, &[0, 5, 2]);
-        pushed.push(11, 1, &[0, 6, 7, 2]);
+        pushed.push(10, 0, [0, 5, 2]);
+        pushed.push(11, 1, [0, 6, 7, 2]);
         assert_eq!(pushed, rows);
     }
 }
