@@ -2,8 +2,9 @@
 //! ([`TpeSampler`]: multivariate, 10 random startup trials, 24 candidates, γ = min(⌈0.1 n⌉, 25),
 //! Optuna's weights, prior and magic clip, constant liar), a [`RandomSampler`], and [`Study`]:
 //! trials with states, values and per-epoch intermediate values, a median pruner, a trials CSV,
-//! and storage that resumes after a kill and that several worker processes can share: an SQLite
-//! file (Optuna's table layout, the default) or a JSON file, behind the [`StudyStorage`] trait.
+//! and storage in Optuna 5's own RDB schema that resumes after a kill and that workers on many
+//! machines share: an SQLite file ([`SqliteStorage`]) or a PostgreSQL database
+//! ([`PostgresStorage`]), with Optuna's heartbeats and retries of dead workers' trials.
 //!
 //! ```
 //! use sentiment_search::{Direction, Outcome, Sampler, Study, TpeConfig, parse_space};
@@ -22,6 +23,8 @@
 
 mod math;
 mod parzen;
+mod postgres;
+mod rdb;
 mod sampler;
 mod space;
 mod sqlite;
@@ -30,10 +33,11 @@ mod study;
 pub use parzen::{Kernel, ParzenConfig, ParzenEstimator, default_weights};
 pub use sampler::{Params, RandomSampler, Sampler, TpeConfig, TpeSampler, default_gamma};
 pub use space::{Distribution, Param, SearchSpace, parse_space, snap, space_from_json};
-pub use sqlite::{SqliteStorage, is_sqlite_path};
+pub use postgres::PostgresStorage;
+pub use sqlite::SqliteStorage;
 pub use study::{
-    DEFAULT_STUDY_NAME, Direction, JsonFileStorage, Outcome, STUDY_VERSION, Study, StudyChange,
-    StudyRecord, StudyStorage, Trial, TrialState, storage,
+    DEFAULT_STUDY_NAME, Direction, Heartbeats, Outcome, STUDY_VERSION, Study, StudyChange,
+    StudyRecord, StudyStorage, Trial, TrialState, WORKER_ATTRIBUTE, storage,
 };
 
 /// Errors of a search.

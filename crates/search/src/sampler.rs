@@ -204,7 +204,8 @@ fn split(
         .filter(|t| match t.state {
             TrialState::Complete | TrialState::Pruned => true,
             TrialState::Running => constant_liar && t.number != current,
-            TrialState::Fail => false,
+            // Optuna's TPE leaves out queued trials, even with their parameters set.
+            TrialState::Fail | TrialState::Waiting => false,
         })
         .collect();
     let n = considered
@@ -313,6 +314,8 @@ mod tests {
                     started: 0.0,
                     finished: None,
                     user_attrs: BTreeMap::new(),
+                    system_attrs: BTreeMap::new(),
+                    heartbeat_age: None,
                 })
                 .collect();
             let direction = match case["direction"].as_str().unwrap() {

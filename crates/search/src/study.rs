@@ -1,20 +1,24 @@
-//! Studies: trials with their state, parameters, values and intermediate values, kept in a
-//! JSON file that several processes can share (an exclusive lock around every change), so an
-//! interrupted study resumes where it stopped and workers never get the same trial number.
+//! Studies: trials with their state, parameters, values and intermediate values, kept in
+//! Optuna's RDB schema (an SQLite file or a PostgreSQL database) that several processes on
+//! several machines share, each change in one transaction, so an interrupted study resumes
+//! where it stopped, workers never get the same trial number, and a dead worker's trial is
+//! failed and run again (Optuna's heartbeats and `RetryHeartbeatStaleTrialCallback`).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::SearchError;
 use crate::sampler::{Params, RandomSampler, Sampler, TpeSampler};
 use crate::space::SearchSpace;
-use crate::sqlite::{SqliteStorage, is_sqlite_path};
+use crate::postgres::PostgresStorage;
+use crate::sqlite::SqliteStorage;
 
-/// The study name that [`Study::open`] uses in an SQLite file.
+/// The study name used when none is given (Optuna's tools need one to open a study).
 pub const DEFAULT_STUDY_NAME: &str = "default";
 
 /// Version of the study file.
@@ -36,6 +40,9 @@ pub enum Direction {
 pub enum TrialState {
     /// Asked, not told yet.
     Running,
+    /// Queued with its parameters (a retry of a failed trial, Optuna's `enqueue_trial`): the
+    /// next ask takes it.
+    Waiting,
     /// Finished with a value.
     Complete,
     /// Stopped early by the pruner.
@@ -67,12 +74,37 @@ pub struct Trial {
     /// of a pipeline trial, say), shown by Optuna's tools.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user_attrs: BTreeMap<String, serde_json::Value>,
+    /// Optuna's trial system attributes: `failed_trial` and `retry_history` of a retry,
+    /// `fixed_params` of an enqueued trial, [`WORKER_ATTRIBUTE`] of the worker running it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub system_attrs: BTreeMap<String, serde_json::Value>,
+    /// Seconds since the trial's last heartbeat, by the storage's clock, when the study was
+    /// read; None when it has none (a worker without heartbeats, or a finished trial).
+    #[serde(default, skip)]
+    pub heartbeat_age: Option<f64>,
 }
+
+/// The trial system attribute naming the worker that runs a trial (`host:pid`, and the device
+/// when a process runs several).
+pub const WORKER_ATTRIBUTE: &str = "sentiment:worker";
 
 impl Trial {
     /// Wall time of a finished trial.
     pub fn duration(&self) -> Option<f64> {
         self.finished.map(|f| f - self.started)
+    }
+
+    /// The worker that ran (or runs) the trial, if it recorded itself.
+    pub fn worker(&self) -> Option<&str> {
+        self.system_attrs.get(WORKER_ATTRIBUTE)?.as_str()
+    }
+
+    /// Whether the trial is finished (complete, pruned or failed).
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.state,
+            TrialState::Complete | TrialState::Pruned | TrialState::Fail
+        )
     }
 }
 
@@ -94,6 +126,10 @@ pub struct StudyRecord {
     /// settings asked for, provided they fit its trials.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub foreign: bool,
+    /// Optuna's study system attributes, but for the one that holds the fields above: what
+    /// the programs that run the study record in it (the pipeline's settings, say).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub system_attrs: BTreeMap<String, serde_json::Value>,
     /// Trials so far.
     pub trials: Vec<Trial>,
 }
@@ -115,43 +151,22 @@ pub type StudyChange<'a> =
     dyn FnMut(Option<StudyRecord>) -> Result<(StudyRecord, bool), SearchError> + 'a;
 
 /// Where a study lives. `transact` must run the change atomically with respect to every other
-/// process sharing the study, which is what lets several workers run one study.
-pub trait StudyStorage: std::fmt::Debug + Send {
+/// process sharing the study, which is what lets several workers run one study; it may run
+/// `change` more than once (a transaction that lost a race is run again).
+pub trait StudyStorage: std::fmt::Debug + Send + Sync {
     /// Reads the record, applies `change`, writes the result when asked, returns it.
     fn transact(&self, change: &mut StudyChange<'_>) -> Result<StudyRecord, SearchError>;
-    /// Where the study is, for messages.
+    /// Records that the worker running trial `number` is alive (Optuna's heartbeat).
+    fn heartbeat(&self, number: usize) -> Result<(), SearchError>;
+    /// Where the study is, for messages (never with a password).
     fn describe(&self) -> String;
-}
-
-/// A study in one JSON file, changed under an exclusive lock on a `.lock` sibling and replaced
-/// atomically.
-#[derive(Debug, Clone)]
-pub struct JsonFileStorage {
-    path: PathBuf,
-}
-
-impl JsonFileStorage {
-    /// Storage at `path` (created on first write).
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
-    }
-}
-
-impl StudyStorage for JsonFileStorage {
-    fn transact(&self, change: &mut StudyChange<'_>) -> Result<StudyRecord, SearchError> {
-        with_lock(&self.path, change)
-    }
-
-    fn describe(&self) -> String {
-        self.path.display().to_string()
-    }
 }
 
 /// A study, in memory or in a [`StudyStorage`].
 #[derive(Debug)]
 pub struct Study {
     record: StudyRecord,
-    storage: Option<Box<dyn StudyStorage>>,
+    storage: Option<Arc<dyn StudyStorage>>,
 }
 
 /// The time now, in whole microseconds: what Optuna's date-times hold, so a trial reads back
@@ -178,16 +193,15 @@ impl Study {
                 sampler,
                 seed,
                 foreign: false,
+                system_attrs: BTreeMap::new(),
                 trials: Vec::new(),
             },
             storage: None,
         }
     }
 
-    /// Opens the study file at `path`, creating it if absent: SQLite for `.db`, `.sqlite` and
-    /// `.sqlite3` ([`SqliteStorage`], the study named [`DEFAULT_STUDY_NAME`]), else a JSON file
-    /// ([`JsonFileStorage`]). An existing study must have the same direction, space, sampler and
-    /// seed: it then resumes.
+    /// Opens the study named [`DEFAULT_STUDY_NAME`] in the SQLite file at `path`, creating
+    /// it if absent ([`Study::with_storage`]).
     pub fn open(
         path: &Path,
         direction: Direction,
@@ -196,7 +210,7 @@ impl Study {
         seed: u64,
     ) -> Result<Self, SearchError> {
         Self::with_storage(
-            file_storage(path, DEFAULT_STUDY_NAME),
+            Box::new(SqliteStorage::new(path, DEFAULT_STUDY_NAME)),
             direction,
             space,
             sampler,
@@ -204,13 +218,9 @@ impl Study {
         )
     }
 
-    /// The study at `path` as stored, whatever it was created with; None when there is none.
-    /// Nothing is created or changed.
-    pub fn read(path: &Path) -> Result<Option<StudyRecord>, SearchError> {
-        if !path.exists() {
-            return Ok(None);
-        }
-        let storage = file_storage(path, DEFAULT_STUDY_NAME);
+    /// The study in `storage` as stored, whatever it was created with; None when there is
+    /// none. Nothing is created or changed.
+    pub fn read(storage: &dyn StudyStorage) -> Result<Option<StudyRecord>, SearchError> {
         let mut found = true;
         let record = storage.transact(&mut |stored| match stored {
             Some(stored) => Ok((stored, false)),
@@ -226,7 +236,9 @@ impl Study {
         }
     }
 
-    /// Opens (or creates) the study kept in `storage`.
+    /// Opens (or creates) the study kept in `storage`. An existing study must have the same
+    /// direction, space, sampler and seed (the refusal says which differ); one that Python
+    /// Optuna created is continued in the space asked for, if its trials fit it.
     pub fn with_storage(
         storage: Box<dyn StudyStorage>,
         direction: Direction,
@@ -241,6 +253,7 @@ impl Study {
             sampler,
             seed,
             foreign: false,
+            system_attrs: BTreeMap::new(),
             trials: Vec::new(),
         };
         let place = storage.describe();
@@ -248,41 +261,28 @@ impl Study {
             None => Ok((fresh.clone(), true)),
             // Written by Optuna: continued in the space asked for, if its trials fit it.
             Some(stored) if stored.foreign => {
-                if stored.direction != fresh.direction {
+                let differences = differences(&stored, &fresh, true);
+                if !differences.is_empty() {
                     return Err(SearchError::Mismatch(format!(
-                        "{place}: the study {}s, this run asks to {}",
-                        direction_verb(stored.direction),
-                        direction_verb(fresh.direction)
+                        "{place}: {}",
+                        differences.join("; ")
                     )));
-                }
-                for (name, distribution) in &stored.space {
-                    if fresh.space.get(name) != Some(distribution) {
-                        return Err(SearchError::Mismatch(format!(
-                            "{place}: the study's trials have {name} in {}; this run asks \
-                             for {}",
-                            distribution.to_optuna_json(),
-                            fresh
-                                .space
-                                .get(name)
-                                .map_or_else(|| "no such parameter".into(), |d| d.to_optuna_json())
-                        )));
-                    }
                 }
                 Ok((
                     StudyRecord {
                         trials: stored.trials,
+                        system_attrs: stored.system_attrs,
                         ..fresh.clone()
                     },
                     true,
                 ))
             }
             Some(stored) => {
-                if (stored.direction, &stored.space, stored.sampler, stored.seed)
-                    != (fresh.direction, &fresh.space, fresh.sampler, fresh.seed)
-                {
+                let differences = differences(&stored, &fresh, false);
+                if !differences.is_empty() {
                     return Err(SearchError::Mismatch(format!(
-                        "{place}: the study was created with another direction, space, sampler \
-                         or seed"
+                        "{place}: {}",
+                        differences.join("; ")
                     )));
                 }
                 Ok((stored, false))
@@ -290,7 +290,7 @@ impl Study {
         })?;
         Ok(Self {
             record,
-            storage: Some(storage),
+            storage: Some(Arc::from(storage)),
         })
     }
 
@@ -304,69 +304,161 @@ impl Study {
         &self.record.trials
     }
 
+    /// Where the study is, for messages.
+    pub fn describe(&self) -> String {
+        self.storage
+            .as_ref()
+            .map_or_else(|| "(in memory)".into(), |s| s.describe())
+    }
+
     /// Re-reads the shared storage (other workers' trials).
     pub fn refresh(&mut self) -> Result<(), SearchError> {
         if self.storage.is_some() {
-            self.apply(|_| Ok(()))?;
+            self.update(|_| Ok(()))?;
         }
         Ok(())
     }
 
-    /// Runs `change` on the current record: in the storage's transaction when there is one.
-    fn apply<T>(
+    /// Runs `change` on the current record, in the storage's transaction when there is one
+    /// (where it may run more than once, each time on the record as stored), and keeps the
+    /// result.
+    pub fn update<T>(
         &mut self,
-        change: impl FnOnce(&mut StudyRecord) -> Result<T, SearchError>,
+        mut change: impl FnMut(&mut StudyRecord) -> Result<T, SearchError>,
     ) -> Result<T, SearchError> {
         let Some(storage) = &self.storage else {
             return change(&mut self.record);
         };
         let place = storage.describe();
-        let mut change = Some(change);
         let mut result = None;
         let record = storage.transact(&mut |stored| {
             let mut record = stored
                 .ok_or_else(|| SearchError::Storage(format!("{place}: the study disappeared")))?;
-            let change = change.take().expect("a transaction runs its change once");
+            let before = record.clone();
             result = Some(change(&mut record)?);
-            Ok((record, true))
+            let changed = record != before;
+            Ok((record, changed))
         })?;
         self.record = record;
         Ok(result.expect("set by the change"))
     }
 
-    /// Starts a new trial: samples its parameters and marks it running.
+    /// Starts a trial: the first waiting one (a retry, or one Optuna enqueued), with its
+    /// parameters, else a new one, sampled; either way marked running.
     pub fn ask(&mut self) -> Result<Trial, SearchError> {
-        let ask = |record: &mut StudyRecord| {
-            let number = record.trials.len();
-            let internal: Params = match record.sampler {
-                Sampler::Random => RandomSampler::sample(&record.space, record.seed, number),
-                Sampler::Tpe(config) => TpeSampler { config }.sample(
-                    &record.space,
-                    &record.trials,
-                    record.direction,
-                    record.seed,
-                    number,
-                ),
-            };
-            let params = internal
+        self.update(|record| start_trial(record).map(|(trial, _)| trial))
+    }
+
+    /// Starts a trial while the study holds fewer than `total` trials that are finished with
+    /// a result (complete or pruned) or under way (running or waiting): Optuna's
+    /// `MaxTrialsCallback`, counted in the transaction that creates the trial, so workers
+    /// sharing the study never overshoot. A waiting trial is always taken. None when the study
+    /// has its count.
+    pub fn ask_within(&mut self, total: usize) -> Result<Option<Trial>, SearchError> {
+        self.update(|record| {
+            let counted = record
+                .trials
                 .iter()
-                .map(|(n, &v)| (n.clone(), record.space[n].to_external(v)))
+                .filter(|t| t.state != TrialState::Fail)
+                .count();
+            let waiting = record.trials.iter().any(|t| t.state == TrialState::Waiting);
+            if !waiting && counted >= total {
+                return Ok(None);
+            }
+            start_trial(record).map(|(trial, _)| Some(trial))
+        })
+    }
+
+    /// Fails the running trials that `dead` says are dead (a stale heartbeat, say; see
+    /// [`Trial::heartbeat_age`]), and, with `retry`, queues each again with its parameters and
+    /// user attributes, as Optuna's `RetryHeartbeatStaleTrialCallback` does (`failed_trial`
+    /// and `retry_history` in the new trial's system attributes). Returns each failed trial's
+    /// number with its retry's.
+    pub fn fail_stale(
+        &mut self,
+        dead: impl Fn(&Trial) -> bool,
+        retry: bool,
+    ) -> Result<Vec<(usize, Option<usize>)>, SearchError> {
+        self.update(|record| {
+            let stale: Vec<usize> = record
+                .trials
+                .iter()
+                .filter(|t| t.state == TrialState::Running && dead(t))
+                .map(|t| t.number)
                 .collect();
-            let trial = Trial {
-                number,
-                state: TrialState::Running,
-                params,
-                internal,
-                value: None,
-                intermediate: BTreeMap::new(),
-                started: now(),
-                finished: None,
-                user_attrs: BTreeMap::new(),
-            };
-            record.trials.push(trial.clone());
-            Ok(trial)
+            let mut failed = Vec::new();
+            for number in stale {
+                let trial = &mut record.trials[number];
+                trial.state = TrialState::Fail;
+                trial.finished = Some(now());
+                let original = trial.clone();
+                let retried = retry.then(|| {
+                    let mut system_attrs = original.system_attrs.clone();
+                    system_attrs.remove(WORKER_ATTRIBUTE);
+                    system_attrs
+                        .entry("failed_trial".into())
+                        .or_insert(number.into());
+                    let mut history = system_attrs
+                        .get("retry_history")
+                        .and_then(|h| h.as_array().cloned())
+                        .unwrap_or_default();
+                    history.push(number.into());
+                    system_attrs.insert("retry_history".into(), history.into());
+                    let retry_number = record.trials.len();
+                    record.trials.push(Trial {
+                        number: retry_number,
+                        state: TrialState::Waiting,
+                        value: None,
+                        intermediate: BTreeMap::new(),
+                        started: now(),
+                        finished: None,
+                        system_attrs,
+                        heartbeat_age: None,
+                        ..original
+                    });
+                    retry_number
+                });
+                failed.push((number, retried));
+            }
+            Ok(failed)
+        })
+    }
+
+    /// Records that the worker running trial `number` is alive.
+    pub fn heartbeat(&self, number: usize) -> Result<(), SearchError> {
+        match &self.storage {
+            Some(storage) => storage.heartbeat(number),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a heartbeat of trial `number` now and then every `interval` on a thread of its
+    /// own, until the returned guard is dropped (Optuna's heartbeat thread). A failed beat is
+    /// passed to `on_error` and the beats go on.
+    pub fn heartbeats(
+        &self,
+        number: usize,
+        interval: Duration,
+        on_error: impl Fn(SearchError) + Send + 'static,
+    ) -> Heartbeats {
+        let Some(storage) = self.storage.clone() else {
+            return Heartbeats { stop: None };
         };
-        self.apply(ask)
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            loop {
+                if let Err(e) = storage.heartbeat(number) {
+                    on_error(e);
+                }
+                match stopped.recv_timeout(interval) {
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    _ => return,
+                }
+            }
+        });
+        Heartbeats {
+            stop: Some((stop, thread)),
+        }
     }
 
     /// Records a user attribute of a trial (Optuna's `trial.set_user_attr`).
@@ -377,7 +469,20 @@ impl Study {
         value: serde_json::Value,
     ) -> Result<(), SearchError> {
         self.modify(number, |t| {
-            t.user_attrs.insert(key.to_string(), value);
+            t.user_attrs.insert(key.to_string(), value.clone());
+            Ok(())
+        })
+    }
+
+    /// Records a system attribute of a trial (Optuna's `set_trial_system_attr`).
+    pub fn set_system_attr(
+        &mut self,
+        number: usize,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<(), SearchError> {
+        self.modify(number, |t| {
+            t.system_attrs.insert(key.to_string(), value.clone());
             Ok(())
         })
     }
@@ -420,16 +525,15 @@ impl Study {
     fn modify(
         &mut self,
         number: usize,
-        change: impl FnOnce(&mut Trial) -> Result<(), SearchError>,
+        mut change: impl FnMut(&mut Trial) -> Result<(), SearchError>,
     ) -> Result<(), SearchError> {
-        let apply = |record: &mut StudyRecord| {
+        self.update(|record| {
             let trial = record
                 .trials
                 .get_mut(number)
                 .ok_or(SearchError::UnknownTrial(number))?;
             change(trial)
-        };
-        self.apply(apply)
+        })
     }
 
     /// The best complete trial (the earliest on ties).
@@ -555,48 +659,173 @@ fn iso8601(seconds: f64) -> String {
         .unwrap_or_default()
 }
 
-/// Runs `change` on the stored record (None when the file does not exist yet) under an
-/// exclusive lock, and writes the result back atomically when it asks to.
-fn with_lock(path: &Path, change: &mut StudyChange<'_>) -> Result<StudyRecord, SearchError> {
-    let storage = |e: std::io::Error| SearchError::Storage(format!("{}: {e}", path.display()));
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(storage)?;
-    }
-    let lock_path = path.with_extension("lock");
-    let lock: File = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(storage)?;
-    lock.lock().map_err(storage)?;
-    let stored = match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let record: StudyRecord = serde_json::from_str(&text).map_err(|e| {
-                SearchError::Storage(format!("{}: not a study file: {e}", path.display()))
-            })?;
-            if record.version != STUDY_VERSION {
-                return Err(SearchError::Storage(format!(
-                    "{}: study version {} (expected {STUDY_VERSION})",
-                    path.display(),
-                    record.version
-                )));
-            }
-            Some(record)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(storage(e)),
+/// Starts the first waiting trial, or a new one: its parameters are the waiting trial's own
+/// and its `fixed_params` (Optuna's enqueued parameters), the rest sampled. Returns the trial
+/// and whether it was waiting.
+fn start_trial(record: &mut StudyRecord) -> Result<(Trial, bool), SearchError> {
+    let waiting = record
+        .trials
+        .iter()
+        .position(|t| t.state == TrialState::Waiting);
+    let number = waiting.unwrap_or(record.trials.len());
+    let mut internal: Params = match record.sampler {
+        Sampler::Random => RandomSampler::sample(&record.space, record.seed, number),
+        Sampler::Tpe(config) => TpeSampler { config }.sample(
+            &record.space,
+            &record.trials,
+            record.direction,
+            record.seed,
+            number,
+        ),
     };
-    let (record, write) = change(stored)?;
-    if write {
-        let temp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(&record).expect("study serialises");
-        std::fs::write(&temp, text)
-            .and_then(|()| std::fs::rename(&temp, path))
-            .map_err(storage)?;
+    let mut trial = match waiting {
+        Some(index) => record.trials[index].clone(),
+        None => Trial {
+            number,
+            state: TrialState::Running,
+            params: BTreeMap::new(),
+            internal: BTreeMap::new(),
+            value: None,
+            intermediate: BTreeMap::new(),
+            started: 0.0,
+            finished: None,
+            user_attrs: BTreeMap::new(),
+            system_attrs: BTreeMap::new(),
+            heartbeat_age: None,
+        },
+    };
+    internal.extend(trial.internal.iter().map(|(n, v)| (n.clone(), *v)));
+    if let Some(fixed) = trial
+        .system_attrs
+        .get("fixed_params")
+        .and_then(|f| f.as_object())
+    {
+        for (name, external) in fixed {
+            let value = record
+                .space
+                .get(name)
+                .and_then(|d| d.to_internal(external))
+                .ok_or_else(|| {
+                    SearchError::Mismatch(format!(
+                        "trial {number} was enqueued with {name} = {external}, which is not in \
+                         the study's space"
+                    ))
+                })?;
+            internal.insert(name.clone(), value);
+        }
     }
-    lock.unlock().map_err(storage)?;
-    Ok(record)
+    trial.params = internal
+        .iter()
+        .map(|(n, &v)| (n.clone(), record.space[n].to_external(v)))
+        .collect();
+    trial.internal = internal;
+    trial.state = TrialState::Running;
+    trial.started = now();
+    match waiting {
+        Some(index) => record.trials[index] = trial.clone(),
+        None => record.trials.push(trial.clone()),
+    }
+    Ok((trial, waiting.is_some()))
+}
+
+/// What differs between a stored study and the one asked for, in words: direction, each
+/// parameter's distribution, and (unless the stored study is `foreign`, which has none of
+/// ours) sampler and seed.
+fn differences(stored: &StudyRecord, asked: &StudyRecord, foreign: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if stored.direction != asked.direction {
+        out.push(format!(
+            "the study {}s, this run asks to {}",
+            direction_verb(stored.direction),
+            direction_verb(asked.direction)
+        ));
+    }
+    let shown = |d: Option<&crate::Distribution>| d.map_or_else(|| "nothing".into(), describe);
+    let names: std::collections::BTreeSet<&String> =
+        stored.space.keys().chain(asked.space.keys()).collect();
+    for name in names {
+        let (was, now) = (stored.space.get(name), asked.space.get(name));
+        // A study Optuna made knows only the parameters its trials have: the run may add more.
+        if was != now && !(foreign && was.is_none()) {
+            out.push(format!(
+                "the study was created with {name} in {}; this run asks for {}",
+                shown(was),
+                shown(now)
+            ));
+        }
+    }
+    if !foreign {
+        if stored.sampler != asked.sampler {
+            out.push(format!(
+                "the study was created with the sampler {}; this run asks for {}",
+                serde_json::to_string(&stored.sampler).expect("serialisable"),
+                serde_json::to_string(&asked.sampler).expect("serialisable")
+            ));
+        }
+        if stored.seed != asked.seed {
+            out.push(format!(
+                "the study was created with seed {}; this run asks for {}",
+                stored.seed, asked.seed
+            ));
+        }
+    }
+    out
+}
+
+/// A distribution as a reader writes it: `{16, 32}`, `[1e-05, 5e-05] (log)`.
+fn describe(distribution: &crate::Distribution) -> String {
+    use crate::Distribution::*;
+    let scale = |log: bool, step: Option<String>| match (log, step) {
+        (true, _) => " (log)".to_string(),
+        (false, Some(step)) => format!(" step {step}"),
+        (false, None) => String::new(),
+    };
+    match distribution {
+        Float {
+            low,
+            high,
+            log,
+            step,
+        } => format!(
+            "[{low:e}, {high:e}]{}",
+            scale(*log, step.map(|s| format!("{s:e}")))
+        ),
+        Int {
+            low,
+            high,
+            log,
+            step,
+        } => format!(
+            "[{low}, {high}]{}",
+            scale(*log, step.filter(|&s| s != 1).map(|s| s.to_string()))
+        ),
+        Categorical { choices } => format!(
+            "{{{}}}",
+            choices
+                .iter()
+                .map(|c| match c {
+                    serde_json::Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The heartbeat thread of one trial ([`Study::heartbeats`]): stopped and joined when dropped.
+#[derive(Debug)]
+pub struct Heartbeats {
+    stop: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.stop.take() {
+            stop.send(()).ok();
+            drop(thread.join());
+        }
+    }
 }
 
 /// "minimize" or "maximize".
@@ -607,40 +836,31 @@ fn direction_verb(direction: Direction) -> &'static str {
     }
 }
 
-/// The storage of a study file: SQLite for `.db` / `.sqlite` / `.sqlite3` (the study `name` in
-/// it), else a JSON file (one study).
-fn file_storage(path: &Path, name: &str) -> Box<dyn StudyStorage> {
-    if is_sqlite_path(path) {
-        Box::new(SqliteStorage::new(path, name))
-    } else {
-        Box::new(JsonFileStorage::new(path))
-    }
-}
-
 /// The study `name` in a storage given as Optuna names it: `sqlite:///PATH` (a relative
-/// path; `sqlite:////abs/path` for an absolute one), or a bare file path (SQLite by its
-/// extension, else JSON, which holds one study).
+/// path; `sqlite:////abs/path` for an absolute one), `postgresql://USER@HOST:PORT/DB` (also
+/// `postgres://` and `postgresql+DRIVER://`; [`PostgresStorage`] says what else it reads), or a
+/// bare path to an SQLite file.
 pub fn storage(url: &str, name: &str) -> Result<Box<dyn StudyStorage>, SearchError> {
     if let Some(path) = url.strip_prefix("sqlite:///") {
         return Ok(Box::new(SqliteStorage::new(path, name)));
     }
     if let Some((scheme, _)) = url.split_once("://") {
-        let detail = if scheme.starts_with("postgres") {
-            "PostgreSQL storages are not supported by this version yet; share a study through an \
-             SQLite file (sqlite:///PATH) on one machine"
-        } else {
-            "the storages are sqlite:///PATH or a file path"
-        };
+        if scheme == "postgres" || scheme == "postgresql" || scheme.starts_with("postgresql+") {
+            return Ok(Box::new(PostgresStorage::new(url, name)?));
+        }
         return Err(SearchError::Storage(format!(
-            "storage {url:?}: unknown scheme {scheme}://: {detail}"
+            "storage {}: unknown scheme {scheme}://: the storages are sqlite:///PATH, \
+             postgresql://USER@HOST:PORT/DB or a file path",
+            crate::postgres::without_password(url)
         )));
     }
     let path = Path::new(url);
-    if !is_sqlite_path(path) && name != DEFAULT_STUDY_NAME {
+    if path.extension().is_some_and(|e| e == "json") {
         return Err(SearchError::Storage(format!(
-            "{url}: a JSON study file holds one study; --study-name {name:?} needs an SQLite \
-             storage (.db, or sqlite:///PATH)"
+            "{url}: studies are kept in Optuna's schema (an SQLite file such as study.db, or \
+             PostgreSQL), not JSON; a JSON study of an earlier version is not read: start the \
+             study again in a .db file"
         )));
     }
-    Ok(file_storage(path, name))
+    Ok(Box::new(SqliteStorage::new(path, name)))
 }

@@ -48,12 +48,6 @@ fn tpe_beats_random_search_on_a_mixed_problem() {
 }
 
 #[test]
-fn a_json_study_file_resumes_and_is_shared_by_workers() {
-    let dir = tempfile::tempdir().unwrap();
-    resumes_and_is_shared_by_workers(&dir.path().join("study.json"));
-}
-
-#[test]
 fn an_sqlite_study_resumes_is_shared_by_workers_and_can_be_queried() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("studies.db");
@@ -166,7 +160,23 @@ fn resumes_and_is_shared_by_workers(path: &std::path::Path) {
 
     // Another definition is refused.
     let err = Study::open(&path, Direction::Maximize, space(), sampler, 7).unwrap_err();
-    assert!(err.to_string().contains("another direction"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the study minimizes, this run asks to maximize"),
+        "{err}"
+    );
+    let other_space = parse_space(["x=float:-5:5", "y=float:1e-3:1e1:log", "k=int:1:8", "c=cat:a,b"])
+        .unwrap();
+    let err = Study::open(&path, Direction::Minimize, other_space, sampler, 8).unwrap_err();
+    let err = err.to_string();
+    assert!(
+        err.contains("the study was created with c in {a, b, c}; this run asks for {a, b}"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the study was created with seed 7; this run asks for 8"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -259,6 +269,10 @@ impl sentiment_search::StudyStorage for SharedMemory {
         Ok(record)
     }
 
+    fn heartbeat(&self, _: usize) -> Result<(), SearchError> {
+        Err(SearchError::Storage("no heartbeats in shared memory".into()))
+    }
+
     fn describe(&self) -> String {
         "shared memory".into()
     }
@@ -337,14 +351,16 @@ fn storages_are_named_as_optuna_names_them() {
         .query_row("SELECT study_name FROM studies", [], |r| r.get(0))
         .unwrap();
     assert_eq!(name, "mine");
+    let postgres = sentiment_search::storage("postgresql+psycopg2://me:pw@db:5432/studies", "s")
+        .unwrap()
+        .describe();
+    assert_eq!(
+        postgres,
+        "postgresql+psycopg2://me:***@db:5432/studies (study \"s\")"
+    );
     for (url, name, needle) in [
-        (
-            "postgresql://me@db:5432/studies",
-            "s",
-            "PostgreSQL storages are not supported",
-        ),
         ("ftp://host/x.db", "s", "unknown scheme ftp://"),
-        ("study.json", "other", "a JSON study file holds one study"),
+        ("study.json", "default", "not JSON"),
     ] {
         let err = sentiment_search::storage(url, name)
             .unwrap_err()
