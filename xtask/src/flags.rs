@@ -832,9 +832,31 @@ pub struct PipelineArgs {
     /// Sequence length.
     #[arg(long, default_value_t = 64)]
     pub max_length: usize,
-    /// Search trials (the notebook: 8).
+    /// Trials the study should hold, whoever runs them: complete or pruned, or under way
+    /// (the notebook: 8). A rerun, or another worker on the same study, runs only what is
+    /// missing; a larger count extends a finished study.
     #[arg(long, default_value_t = 4)]
     pub trials: usize,
+    /// Where the study is kept (default: OUT/study.db). Workers on many machines share one
+    /// study through PostgreSQL: start the same command, with the same --storage and
+    /// --study-name, on each (docs/search.md).
+    #[command(flatten)]
+    pub study: StorageOptions,
+    /// Seconds between the heartbeats of a running trial (Optuna's heartbeat_interval).
+    #[arg(long, default_value_t = 60)]
+    pub heartbeat_interval: u64,
+    /// Seconds after its last heartbeat that a running trial is failed as dead (default:
+    /// twice the interval, as Optuna).
+    #[arg(long)]
+    pub grace_period: Option<u64>,
+    /// Queue a dead worker's trial again with its parameters (Optuna's
+    /// RetryHeartbeatStaleTrialCallback): on by default; `--retry-failed false` turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub retry_failed: bool,
+    /// Ask no trial: run the final stage (best trial's model, test evaluation, report) on
+    /// the study as it stands, here.
+    #[arg(long)]
+    pub final_only: bool,
     /// Random trials before TPE (default: half the trials, at most 10, so TPE acts).
     #[arg(long)]
     pub startup_trials: Option<usize>,
@@ -921,9 +943,18 @@ pub struct AskTellArgs {
     /// Random startup trials of TPE (Optuna's default 10).
     #[arg(long, default_value_t = 10)]
     pub startup_trials: usize,
-    /// Keep the study in a storage (resumable, shareable) instead of in memory, named as
-    /// Optuna names storages: `sqlite:///PATH`, or a file path (SQLite for `.db` / `.sqlite` /
-    /// `.sqlite3`, else JSON). `--study` is an older name of this flag.
+    /// Where the study is kept (default: in memory).
+    #[command(flatten)]
+    pub study: StorageOptions,
+}
+
+/// Where a study is kept, named as Optuna names it.
+#[derive(Debug, Args)]
+pub struct StorageOptions {
+    /// An Optuna storage, resumable and shared by every worker that names it:
+    /// `sqlite:///PATH`, `postgresql://USER@HOST:PORT/DB` (the password from the URL or
+    /// PGPASSWORD; the rest may come from PGHOST, PGPORT, PGUSER, PGDATABASE), or the path of
+    /// an SQLite file. `--study` is an older name of this flag.
     #[arg(long, alias = "study")]
     pub storage: Option<String>,
     /// The study's name in the storage (Optuna's `study_name`).

@@ -2,7 +2,11 @@
 //! progress on the terminal, and the summary at the end.
 
 use anyhow::{Context, Result};
-use sentiment_pipeline::{Observer, Pipeline as Stages, PipelineConfig, PruneSettings};
+use std::time::Duration;
+
+use sentiment_pipeline::{
+    Observer, Pipeline as Stages, PipelineConfig, PruneSettings, StudySettings,
+};
 use sentiment_search::parse_space;
 use sentiment_train::Progress;
 
@@ -56,6 +60,14 @@ impl TryFrom<PipelineArgs> for Pipeline {
             }),
             space,
             seed: args.seed,
+            study: StudySettings {
+                storage: args.study.storage,
+                name: args.study.study_name,
+                heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
+                grace_period: args.grace_period.map(Duration::from_secs),
+                retry_failed: args.retry_failed,
+                final_only: args.final_only,
+            },
             overwrite: args.overwrite,
             command: reproduce_command(),
         };
@@ -120,6 +132,10 @@ impl Pipeline {
                 anyhow::Error::new(e)
             }
         })?;
+        // Another worker sharing the study runs the final stage (the library said which).
+        let Some(done) = done else {
+            return Ok(());
+        };
         if self.quiet {
             return Ok(());
         }

@@ -48,9 +48,9 @@ impl AskTell {
             }
             SamplerFlag::Random => Sampler::Random,
         };
-        let mut study = match &a.storage {
+        let mut study = match &a.study.storage {
             Some(url) => Study::with_storage(
-                sentiment_search::storage(url, &a.study_name)?,
+                sentiment_search::storage(url, &a.study.study_name)?,
                 direction,
                 space,
                 sampler,

@@ -20,6 +20,9 @@ pub enum PipelineError {
     /// flag allows discarding them.
     #[error("{0}")]
     Refused(String),
+    /// A stop was requested between two trials: the study is as the last one left it.
+    #[error("interrupted between trials")]
+    Interrupted,
     /// No trial of the search completed.
     #[error("no trial completed: see the errors above")]
     NoCompleteTrial,
@@ -67,6 +70,7 @@ impl PipelineError {
     /// Whether the error is a training run stopped on request (Ctrl-C), which resumes.
     pub fn is_interrupted(&self) -> bool {
         match self {
+            PipelineError::Interrupted => true,
             PipelineError::Train(e) => matches!(e, sentiment_train::TrainError::Interrupted { .. }),
             PipelineError::Stage { source, .. } => matches!(
                 source.downcast_ref::<sentiment_train::TrainError>(),

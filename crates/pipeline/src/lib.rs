@@ -10,7 +10,7 @@
 //! what the [`Observer`] is told.
 //!
 //! ```no_run
-//! # use sentiment_pipeline::{Observer, Pipeline, PipelineConfig};
+//! # use sentiment_pipeline::{Observer, Pipeline, PipelineConfig, StudySettings};
 //! # use sentiment_train::{Progress, StopToken};
 //! struct Print;
 //! impl Observer for Print {
@@ -32,19 +32,22 @@
 //!     prune: None,
 //!     space: PipelineConfig::default_space(false),
 //!     seed: 734,
+//!     study: StudySettings::default(),
 //!     overwrite: false,
 //!     command: "my-pipeline".into(),
 //! };
 //! let pipeline = Pipeline::new(config, vec![burn::tensor::Device::flex()])?;
-//! let done = pipeline.run(&StopToken::new(), &Print)?;
-//! println!("best trial {} -> {}", done.best.number, done.report.display());
+//! // None when another worker sharing the study runs the final stage.
+//! if let Some(done) = pipeline.run(&StopToken::new(), &Print)? {
+//!     println!("best trial {} -> {}", done.best.number, done.report.display());
+//! }
 //! # Ok::<(), sentiment_pipeline::PipelineError>(())
 //! ```
 //!
 //! Output folder:
 //! ```text
 //! data/                      prepared splits, manifest, tokenizer, token files
-//! study.db                   the study (SQLite)
+//! study.db                   the study (Optuna's schema in SQLite), unless --storage names one
 //! pipeline.json              what the study was started with (data, model, epochs, space, …)
 //! trials/trial_N/            each trial's run folder (see sentiment-train)
 //! final/                     the final run, when the best trial's could not be reused
@@ -59,8 +62,9 @@ pub mod report;
 pub mod stages;
 mod start;
 mod trial;
+mod worker;
 
 pub use error::PipelineError;
-pub use pipeline::{Observer, Pipeline, PipelineConfig, PipelineOutcome};
+pub use pipeline::{Observer, Pipeline, PipelineConfig, PipelineOutcome, StudySettings};
 pub use start::{Start, StartOptions, masked_lm_start, starting_point};
 pub use trial::{PruneSettings, TRIAL_PARAMETERS, trial_config};

@@ -4,13 +4,14 @@
 //! same command and a changed one never mixes old results with new.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use sentiment_data::{Manifest, PrepareConfig, Split};
 use sentiment_search::{
-    Direction, Outcome, Sampler, SearchSpace, Study, TpeConfig, Trial, TrialState, parse_space,
+    DEFAULT_STUDY_NAME, Direction, Outcome, Sampler, SearchSpace, SqliteStorage, Study,
+    StudyStorage, TpeConfig, Trial, TrialState, WORKER_ATTRIBUTE, parse_space,
 };
 use sentiment_tokenize::{TokenizedRows, read_tokenized, token_files, tokenize_splits};
 use sentiment_train::{
@@ -22,6 +23,58 @@ use crate::report::{self, ReportInput};
 use crate::stages::{DataKey, SearchKey, StageRecord, show_numbers};
 use crate::start::{StartOptions, starting_point};
 use crate::trial::{PruneSettings, TRIAL_PARAMETERS, TrialHooks, trial_config};
+use crate::worker::Worker;
+
+/// The study system attribute holding the pipeline's settings ([`SearchKey`]): every worker
+/// sharing the study must run its trials with the same ones.
+const SETTINGS_ATTRIBUTE: &str = "sentiment:pipeline";
+/// The study system attribute naming the worker that runs the final stage, and for how many
+/// finished trials.
+const FINAL_ATTRIBUTE: &str = "sentiment:final";
+
+/// Where the study lives and how the workers that share it behave: Optuna's storage, study
+/// name, heartbeats and retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudySettings {
+    /// An Optuna storage (`sqlite:///PATH`, `postgresql://USER@HOST:PORT/DB`) or the path of
+    /// an SQLite file, shared by every worker; None keeps the study in `OUT/study.db`, the
+    /// pipeline's own.
+    pub storage: Option<String>,
+    /// The study's name in the storage.
+    pub name: String,
+    /// How often a running trial's worker records that it is alive.
+    pub heartbeat_interval: Duration,
+    /// How old a running trial's heartbeat may be before the trial is failed (None: twice the
+    /// interval, as Optuna).
+    pub grace_period: Option<Duration>,
+    /// Queue a dead worker's trial again with its parameters (Optuna's
+    /// `RetryHeartbeatStaleTrialCallback`); it resumes from its checkpoints when its run
+    /// folder is on this machine.
+    pub retry_failed: bool,
+    /// Ask no trial: train the best trial's parameters, evaluate and report on the study as
+    /// it stands.
+    pub final_only: bool,
+}
+
+impl Default for StudySettings {
+    fn default() -> Self {
+        Self {
+            storage: None,
+            name: DEFAULT_STUDY_NAME.to_string(),
+            heartbeat_interval: Duration::from_secs(60),
+            grace_period: None,
+            retry_failed: true,
+            final_only: false,
+        }
+    }
+}
+
+impl StudySettings {
+    /// The grace period in force.
+    pub fn grace(&self) -> Duration {
+        self.grace_period.unwrap_or(2 * self.heartbeat_interval)
+    }
+}
 
 /// Everything a pipeline run is given.
 #[derive(Debug, Clone)]
@@ -42,7 +95,9 @@ pub struct PipelineConfig {
     pub vocab_size: usize,
     /// Sequence length.
     pub max_length: usize,
-    /// Trials the study should hold.
+    /// Trials the study should hold, whoever runs them: complete or pruned, or under way
+    /// (failed ones do not count). A rerun or another worker runs only what is missing; a
+    /// larger count extends a finished study.
     pub trials: usize,
     /// Random trials before TPE acts (None: half the budget, at most 10).
     pub startup_trials: Option<usize>,
@@ -60,7 +115,10 @@ pub struct PipelineConfig {
     pub space: SearchSpace,
     /// Seed of the data split, the sampler and every run.
     pub seed: u64,
-    /// Discard a study (and its trials) that other settings made, instead of refusing.
+    /// Where the study lives and how workers share it.
+    pub study: StudySettings,
+    /// Discard a study (and its trials) that other settings made, instead of refusing (the
+    /// pipeline's own study in OUT only: a shared one is never deleted).
     pub overwrite: bool,
     /// The command that reproduces the run, shown in the report.
     pub command: String,
@@ -92,6 +150,17 @@ impl PipelineConfig {
             return bad("--space: the search space is empty".into());
         }
         self.run.validate()?;
+        if self.study.heartbeat_interval.is_zero() {
+            return bad("--heartbeat-interval must be at least 1 second".into());
+        }
+        if self.study.grace() <= self.study.heartbeat_interval {
+            return bad(format!(
+                "--grace-period {} s must be longer than --heartbeat-interval {} s, or live \
+                 trials would be failed",
+                self.study.grace().as_secs(),
+                self.study.heartbeat_interval.as_secs()
+            ));
+        }
         for name in self.space.keys() {
             if !TRIAL_PARAMETERS.contains(&name.as_str()) {
                 return bad(format!(
@@ -139,6 +208,8 @@ pub struct Pipeline {
     data_dir: PathBuf,
     /// One search worker per device; the first also runs the single-device stages.
     devices: Vec<Device>,
+    /// This process, as trials record it.
+    worker: Worker,
 }
 
 impl Pipeline {
@@ -154,6 +225,7 @@ impl Pipeline {
             data_dir: config.out.join("data"),
             config,
             devices,
+            worker: Worker::this(),
         })
     }
 
@@ -168,11 +240,18 @@ impl Pipeline {
         }
     }
 
-    fn trial_dir(&self, number: usize) -> PathBuf {
-        self.config
-            .out
-            .join("trials")
-            .join(format!("trial_{number}"))
+    /// A trial's run folder: the one its `run_dir` user attribute names (a retried trial
+    /// inherits its failed original's, and resumes from its checkpoints), else
+    /// `trials/trial_N`.
+    fn trial_dir(&self, trial: &Trial) -> PathBuf {
+        match trial.user_attrs.get("run_dir").and_then(|d| d.as_str()) {
+            Some(dir) => self.config.out.join(dir),
+            None => self
+                .config
+                .out
+                .join("trials")
+                .join(format!("trial_{}", trial.number)),
+        }
     }
 
     fn start_options(&self, seed: u64) -> StartOptions<'_> {
@@ -217,22 +296,25 @@ impl Pipeline {
         }
     }
 
-    fn study_path(&self) -> PathBuf {
-        // A run folder from before the SQLite storage keeps its JSON study.
-        let legacy = self.config.out.join("study.json");
-        if legacy.exists() {
-            legacy
-        } else {
-            self.config.out.join("study.db")
-        }
+    /// The study's storage: the one given, else `OUT/study.db`.
+    fn storage(&self) -> Result<Box<dyn StudyStorage>, PipelineError> {
+        let name = &self.config.study.name;
+        Ok(match &self.config.study.storage {
+            Some(url) => sentiment_search::storage(url, name)?,
+            None => Box::new(SqliteStorage::new(self.config.out.join("study.db"), name)),
+        })
     }
 
     /// Checks the study in OUT against this run's settings before anything is written:
     /// reused when they are equal; refused when they differ and trials would be lost (unless
     /// `overwrite`); otherwise its outputs are removed so that they are made afresh.
     fn check_study(&self, key: &SearchKey, observer: &dyn Observer) -> Result<(), PipelineError> {
+        // A shared study is checked against the settings it records, when it is opened.
+        if self.config.study.storage.is_some() {
+            return Ok(());
+        }
         let out = &self.config.out;
-        let study_path = self.study_path();
+        let study_path = out.join("study.db");
         let record = StageRecord::load(out);
         let changes = match (&record, study_path.exists()) {
             (Ok(Some(record)), _) => key.changes_since(&record.search),
@@ -246,8 +328,12 @@ impl Pipeline {
         };
         // A study this version cannot read (the layout of an earlier version, say) is
         // discarded with --overwrite and refused, with the reason, otherwise.
-        let stored = match Study::read(&study_path) {
-            Ok(stored) => stored,
+        let stored = match study_path
+            .exists()
+            .then(|| self.storage().and_then(|s| Ok(Study::read(s.as_ref())?)))
+            .transpose()
+        {
+            Ok(stored) => stored.flatten(),
             Err(e) if self.config.overwrite => {
                 observer.message(&format!("discarding the study: {e}"));
                 return self.discard_search_outputs();
@@ -385,33 +471,72 @@ impl Pipeline {
         )?)
     }
 
-    /// One search worker: claims trials (a left-over running one first, else a new one while
-    /// the budget allows) and trains them on `device`, until none is left.
+    /// Whether a running trial's worker is dead: its heartbeat is older than the grace
+    /// period, or it ran on this machine in a process that has ended (a pipeline killed or
+    /// interrupted here: its trial is retried at once, and resumes from its checkpoints).
+    fn is_dead(&self, trial: &Trial) -> bool {
+        let grace = self.config.study.grace().as_secs_f64();
+        trial.heartbeat_age.is_some_and(|age| age > grace)
+            || trial
+                .worker()
+                .and_then(Worker::parse)
+                .is_some_and(|w| self.worker.knows_ended(&w))
+    }
+
+    /// Fails the study's dead trials and, with `retry_failed`, queues them again, saying so.
+    fn fail_dead_trials(&self, study: &mut Study, observer: &dyn Observer) -> Result<(), PipelineError> {
+        let failed = study.fail_stale(|t| self.is_dead(t), self.config.study.retry_failed)?;
+        for (number, retry) in failed {
+            let trial = &study.trials()[number];
+            let worker = trial.worker().unwrap_or("an unknown worker");
+            let why = match trial.heartbeat_age {
+                Some(age) if age > self.config.study.grace().as_secs_f64() => {
+                    format!("its last heartbeat is {age:.0} s old")
+                }
+                _ => "its process has ended".to_string(),
+            };
+            let then = retry.map_or_else(
+                || " (--retry-failed is off)".to_string(),
+                |r| format!("; queued again as trial {r}"),
+            );
+            observer.message(&format!(
+                "      trial {number} of {worker} failed: {why}{then}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// One search worker: fails dead workers' trials, then takes a trial (a queued retry
+    /// first, else a new one while the study holds fewer than `--trials`) and trains it on
+    /// `device`, beating its heartbeat, until the study has its count.
     #[allow(clippy::too_many_arguments)]
     fn search_worker(
         &self,
         device: &Device,
+        device_index: Option<usize>,
         mut study: Study,
-        claims: &Mutex<Claims>,
         splits: &[TokenizedRows; 3],
         quiet: bool,
         stop: &StopToken,
         observer: &dyn Observer,
     ) -> Result<(), PipelineError> {
+        let worker = self.worker.name(device_index);
         loop {
-            let trial = {
-                let mut claims = claims.lock().unwrap_or_else(|e| e.into_inner());
-                match claims.resumable.pop() {
-                    Some(t) => t,
-                    None if claims.asked < self.config.trials => {
-                        claims.asked += 1;
-                        study.ask()?
-                    }
-                    None => return Ok(()),
-                }
+            if stop.is_requested() {
+                return Ok(());
+            }
+            self.fail_dead_trials(&mut study, observer)?;
+            let Some(trial) = study.ask_within(self.config.trials)? else {
+                return Ok(());
             };
+            study.set_system_attr(trial.number, WORKER_ATTRIBUTE, worker.clone().into())?;
+            let retry = trial
+                .system_attrs
+                .get("failed_trial")
+                .map(|f| format!(" (retry of trial {f})"))
+                .unwrap_or_default();
             observer.message(&format!(
-                "[3/5] search: trial {} of {} {}",
+                "[3/5] search: trial {} of {}{retry} {}",
                 trial.number,
                 self.config.trials,
                 serde_json::to_string(&trial.params).expect("serialisable")
@@ -419,13 +544,22 @@ impl Pipeline {
             // One seed for every trial, as the notebook's Trainer: trials differ by their
             // parameters only, and the best one is the final run.
             let config = trial_config(&trial.params, &self.base_config())?;
-            let run_dir = self.trial_dir(trial.number);
+            let run_dir = self.trial_dir(&trial);
             // Where the trial's checkpoints, metrics and TensorBoard events are, for Optuna's
             // tools (a user attribute, as Optuna's integrations record theirs).
             if !trial.user_attrs.contains_key("run_dir") {
                 let shown = run_dir.strip_prefix(&self.config.out).unwrap_or(&run_dir);
                 study.set_user_attr(trial.number, "run_dir", shown.display().to_string().into())?;
             }
+            let heartbeat_error = Arc::new(Mutex::new(None));
+            let beats = {
+                let slot = Arc::clone(&heartbeat_error);
+                study.heartbeats(
+                    trial.number,
+                    self.config.study.heartbeat_interval,
+                    move |e| *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
+                )
+            };
             let printer: Box<dyn FnMut(Progress)> = if quiet {
                 Box::new(|_| {})
             } else {
@@ -445,6 +579,14 @@ impl Pipeline {
             );
             let (pruned, error) = (hooks.pruned, hooks.error.take());
             drop(hooks);
+            drop(beats);
+            if let Some(e) = heartbeat_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                observer.warning(&format!(
+                    "trial {}: a heartbeat could not be recorded ({e}); other workers may have \
+                     failed the trial",
+                    trial.number
+                ));
+            }
             if let Some(e) = error {
                 return Err(e);
             }
@@ -469,7 +611,8 @@ impl Pipeline {
                     ));
                     study.tell(trial.number, Outcome::Complete(best))?;
                 }
-                // Ctrl-C: the trial stays running and continues on the next run.
+                // Ctrl-C: the trial stays running; the next run here finds its process ended,
+                // fails it and retries it from its checkpoints.
                 Err(e) if e.is_interrupted() => return Err(e),
                 Err(e) => {
                     observer.warning(&format!("trial {} failed: {e}", trial.number));
@@ -479,13 +622,97 @@ impl Pipeline {
         }
     }
 
+    /// Records the pipeline's settings in the study, or checks them against those it holds:
+    /// workers sharing a study run its trials alike.
+    fn check_settings(&self, study: &mut Study, key: &SearchKey) -> Result<(), PipelineError> {
+        let value = serde_json::to_value(key).expect("the settings serialise");
+        let changes = study.update(|record| {
+            Ok(match record.system_attrs.get(SETTINGS_ATTRIBUTE) {
+                None => {
+                    record
+                        .system_attrs
+                        .insert(SETTINGS_ATTRIBUTE.into(), value.clone());
+                    Vec::new()
+                }
+                Some(stored) => match serde_json::from_value::<SearchKey>(stored.clone()) {
+                    Ok(stored) => key.changes_since(&stored),
+                    Err(e) => vec![format!("its recorded settings are unreadable ({e})")],
+                },
+            })
+        })?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        Err(PipelineError::Refused(format!(
+            "{}: the study's trials were run with other settings: {}. Run with the study's \
+             settings, choose another --study-name, or delete the study (optuna delete-study \
+             --storage URL --study-name NAME)",
+            study.describe(),
+            changes.join("; ")
+        )))
+    }
+
+    /// Whether this worker runs the final stage: the study has no trial under way (else the
+    /// worker that finishes the last one does), and, in a shared study, no other worker has
+    /// claimed the final stage of these trials (the claim is recorded in the study).
+    fn claims_final(&self, study: &mut Study, observer: &dyn Observer) -> Result<bool, PipelineError> {
+        let busy: Vec<&Trial> = study
+            .trials()
+            .iter()
+            .filter(|t| matches!(t.state, TrialState::Running | TrialState::Waiting))
+            .collect();
+        if !busy.is_empty() {
+            let shown: Vec<String> = busy
+                .iter()
+                .map(|t| format!("{} on {}", t.number, t.worker().unwrap_or("a worker")))
+                .collect();
+            observer.message(&format!(
+                "      trials under way elsewhere: {}. The worker that finishes the last runs \
+                 the final stage (or run this command with --final-only when they are done)",
+                shown.join(", ")
+            ));
+            return Ok(false);
+        }
+        if self.config.study.storage.is_none() {
+            return Ok(true);
+        }
+        // Named by machine and output folder: a rerun here is the same worker.
+        let out = std::fs::canonicalize(&self.config.out).unwrap_or(self.config.out.clone());
+        let me = format!("{}:{}", self.worker.host, out.display());
+        let finished = study.trials().iter().filter(|t| t.is_finished()).count();
+        let claim = serde_json::json!({"worker": me, "trials": finished});
+        let other = study.update(|record| {
+            let held = record.system_attrs.get(FINAL_ATTRIBUTE);
+            if let Some(held) = held
+                && held["trials"] == finished
+                && held["worker"] != me.as_str()
+            {
+                return Ok(held["worker"].as_str().map(str::to_string));
+            }
+            record
+                .system_attrs
+                .insert(FINAL_ATTRIBUTE.into(), claim.clone());
+            Ok(None)
+        })?;
+        if let Some(other) = other {
+            observer.message(&format!(
+                "      the final stage of these {finished} trials is run by {other} (run this \
+                 command with --final-only to run it here too)"
+            ));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Runs every stage. A request on `stop` checkpoints the running trials and returns the
-    /// interruption; the same call resumes.
+    /// interruption; the same call resumes. None when this worker's search is done but the
+    /// final stage is another's (trials still run elsewhere, or another worker claimed it):
+    /// the observer is told which.
     pub fn run(
         &self,
         stop: &StopToken,
         observer: &dyn Observer,
-    ) -> Result<PipelineOutcome, PipelineError> {
+    ) -> Result<Option<PipelineOutcome>, PipelineError> {
         let started = Instant::now();
         let out = &self.config.out;
         std::fs::create_dir_all(out).map_err(PipelineError::io(out))?;
@@ -516,8 +743,7 @@ impl Pipeline {
         // Stage 3: the search, resumable through the study file. Without --startup-trials, a
         // study that exists keeps the startup count it was created with (the default depends
         // on --trials, and a larger --trials extends the study rather than changing it).
-        let study_path = self.study_path();
-        let stored_startup = match Study::read(&study_path)? {
+        let stored_startup = match Study::read(self.storage()?.as_ref())? {
             Some(record) if self.config.startup_trials.is_none() => match record.sampler {
                 Sampler::Tpe(tpe) => Some(tpe.n_startup_trials),
                 Sampler::Random => None,
@@ -525,7 +751,7 @@ impl Pipeline {
             _ => None,
         };
         let startup = stored_startup.unwrap_or_else(|| self.config.startup_trials());
-        if startup >= self.config.trials {
+        if startup >= self.config.trials && !self.config.study.final_only {
             observer.warning(&format!(
                 "{startup} startup trials of {} in all: every trial is random and TPE never \
                  acts; lower --startup-trials or raise --trials",
@@ -536,16 +762,24 @@ impl Pipeline {
             n_startup_trials: startup,
             ..TpeConfig::default()
         });
-        let open = || {
-            Study::open(
-                &study_path,
+        let open = || -> Result<Study, PipelineError> {
+            Ok(Study::with_storage(
+                self.storage()?,
                 Direction::Maximize,
                 self.config.space.clone(),
                 sampler,
                 self.config.seed,
-            )
+            )?)
         };
         let mut study = open()?;
+        self.check_settings(&mut study, &search_key)?;
+        if self.config.study.storage.is_some() {
+            observer.message(&format!(
+                "[3/5] search: study {} as worker {}",
+                study.describe(),
+                self.worker.name(None)
+            ));
+        }
         // The record goes next to the study as soon as the study exists: its trials are the
         // ones these settings made.
         StageRecord {
@@ -553,37 +787,41 @@ impl Pipeline {
             search: search_key,
         }
         .save(out)?;
-        // Trials a killed pipeline left running are continued, not asked again.
-        let claims = Mutex::new(Claims {
-            resumable: study
-                .trials()
-                .iter()
-                .filter(|t| t.state == TrialState::Running)
-                .cloned()
-                .collect(),
-            asked: study.trials().len(),
-        });
-        let parallel = self.devices.len() > 1;
-        std::thread::scope(|scope| -> Result<(), PipelineError> {
-            let workers: Vec<_> = self
-                .devices
-                .iter()
-                .map(|device| {
-                    let study = open()?;
-                    let (claims, splits) = (&claims, &splits);
-                    Ok(scope.spawn(move || {
-                        self.search_worker(device, study, claims, splits, parallel, stop, observer)
-                    }))
-                })
-                .collect::<Result<_, PipelineError>>()?;
-            for worker in workers {
-                worker.join().expect("search workers do not panic")?;
+        if self.config.study.final_only {
+            self.fail_dead_trials(&mut study, observer)?;
+        } else {
+            let parallel = self.devices.len() > 1;
+            std::thread::scope(|scope| -> Result<(), PipelineError> {
+                let workers: Vec<_> = self
+                    .devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, device)| {
+                        let study = open()?;
+                        let splits = &splits;
+                        let index = parallel.then_some(i);
+                        Ok(scope.spawn(move || {
+                            self.search_worker(
+                                device, index, study, splits, parallel, stop, observer,
+                            )
+                        }))
+                    })
+                    .collect::<Result<_, PipelineError>>()?;
+                for worker in workers {
+                    worker.join().expect("search workers do not panic")?;
+                }
+                Ok(())
+            })?;
+            if stop.is_requested() {
+                return Err(PipelineError::Interrupted);
             }
-            Ok(())
-        })?;
+        }
         study.refresh()?;
         let trials_csv = out.join("trials.csv");
         sentiment_data::write_file_atomic(&trials_csv, study.trials_csv().as_bytes())?;
+        if !self.config.study.final_only && !self.claims_final(&mut study, observer)? {
+            return Ok(None);
+        }
         let best = study
             .best_trial()
             .ok_or(PipelineError::NoCompleteTrial)?
@@ -600,7 +838,7 @@ impl Pipeline {
         // run is the best trial's run itself: its outputs are reused rather than computed
         // again.
         let config = trial_config(&best.params, &self.base_config())?;
-        let best_dir = self.trial_dir(best.number);
+        let best_dir = self.trial_dir(&best);
         let outcome = match read_outcome(&best_dir).filter(|_| config_matches(&best_dir, &config)) {
             Some(done) => {
                 observer.message(&format!(
@@ -640,7 +878,7 @@ impl Pipeline {
             .trials()
             .iter()
             .filter_map(|t| {
-                let path = self.trial_dir(t.number).join("metrics.json");
+                let path = self.trial_dir(t).join("metrics.json");
                 let text = std::fs::read_to_string(path).ok()?;
                 Some((t.number, serde_json::from_str(&text).ok()?))
             })
@@ -680,20 +918,12 @@ impl Pipeline {
             report::html(&markdown, &charts).as_bytes(),
         )?;
         observer.message(&format!("[5/5] report: {}", report_path.display()));
-        Ok(PipelineOutcome {
+        Ok(Some(PipelineOutcome {
             best,
             outcome: shown,
             report: report_path,
-        })
+        }))
     }
-}
-
-/// Which trials the search workers of this process may take.
-struct Claims {
-    /// Running trials left by an interrupted pipeline.
-    resumable: Vec<Trial>,
-    /// Trials in the study, finished or not: new ones are asked while below the budget.
-    asked: usize,
 }
 
 fn read_splits(data: &Path) -> Result<[TokenizedRows; 3], PipelineError> {

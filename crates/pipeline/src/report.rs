@@ -429,7 +429,7 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         md,
-        "| trial | state | {} | {} | epochs run | seconds |",
+        "| trial | state | {} | {} | epochs run | seconds | worker |",
         input.objective,
         names
             .iter()
@@ -437,7 +437,7 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    let _ = writeln!(md, "|---|---|---|{}---|---|", "---|".repeat(names.len()));
+    let _ = writeln!(md, "|---|---|---|{}---|---|---|", "---|".repeat(names.len()));
     for t in input.trials {
         // Where each trial stopped: pruned, stopped early, or all epochs.
         let epochs = input
@@ -450,14 +450,21 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             .iter()
             .map(|n| t.params.get(*n).map(show_value).unwrap_or_default())
             .collect();
+        // A retry says which trial it retried.
+        let retry = t
+            .system_attrs
+            .get("failed_trial")
+            .map(|f| format!(" (retry of {f})"))
+            .unwrap_or_default();
         let _ = writeln!(
             md,
-            "| {} | {:?} | {} | {} | {epochs} | {:.0} |",
+            "| {}{retry} | {:?} | {} | {} | {epochs} | {:.0} | {} |",
             t.number,
             t.state,
             t.value.map(|v| format!("{v:.4}")).unwrap_or_default(),
             params.join(" | "),
-            t.duration().unwrap_or(0.0)
+            t.duration().unwrap_or(0.0),
+            t.worker().unwrap_or_default()
         );
     }
     if let Some(best) = input

@@ -51,9 +51,15 @@ fn config(out: &Path, sample: usize, epochs: usize) -> PipelineConfig {
         prune: None,
         space: PipelineConfig::default_space(false),
         seed: 734,
+        study: sentiment_pipeline::StudySettings::default(),
         overwrite: false,
         command: "test".into(),
     }
+}
+
+/// The pipeline's own study in OUT.
+fn own_study(out: &Path) -> sentiment_search::SqliteStorage {
+    sentiment_search::SqliteStorage::new(out.join("study.db"), sentiment_search::DEFAULT_STUDY_NAME)
 }
 
 fn run(
@@ -64,7 +70,8 @@ fn run(
 ) {
     let messages = Messages::default();
     let result = Pipeline::new(config, vec![Device::flex()])
-        .and_then(|p| p.run(&StopToken::new(), &messages));
+        .and_then(|p| p.run(&StopToken::new(), &messages))
+        .map(|done| done.expect("a lone worker runs the final stage"));
     (result, messages.all())
 }
 
@@ -124,7 +131,7 @@ fn changed_data_or_epochs_never_mix_with_the_old_trials() {
     );
     assert!(report.contains("| majority class |"), "{report}");
     // Each trial's run folder is a user attribute of its trial, for Optuna's tools.
-    let record = sentiment_search::Study::read(&out.join("study.db"))
+    let record = sentiment_search::Study::read(&own_study(&out))
         .unwrap()
         .unwrap();
     for trial in &record.trials {
@@ -253,14 +260,14 @@ fn a_trial_stopped_early_is_complete_and_the_report_says_where_it_stopped() {
         "{messages}"
     );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| epochs run |"), "{report}");
+    assert!(report.contains("| epochs run | seconds | worker |"), "{report}");
     let row = report
         .lines()
         .find(|l| l.starts_with("| 0 | Complete |"))
         .expect("the trial's row");
     assert_eq!(
         row.split('|')
-            .nth(row.split('|').count() - 3)
+            .nth(row.split('|').count() - 4)
             .unwrap()
             .trim(),
         "2",
@@ -286,7 +293,7 @@ fn a_larger_trial_count_extends_a_finished_study() {
     );
     assert!(!messages.contains("search: trial 0"), "{messages}");
     assert!(second.best.number <= 2);
-    let record = sentiment_search::Study::read(&out.join("study.db"))
+    let record = sentiment_search::Study::read(&own_study(&out))
         .unwrap()
         .unwrap();
     assert_eq!(record.trials.len(), 3);
