@@ -928,7 +928,9 @@ pub struct AskTellArgs {
     /// "log", "step", "choices"}.
     #[arg(long)]
     pub space: PathBuf,
-    /// Trials to run.
+    /// Trials the study should hold, whoever runs them: complete or pruned, or under way (a
+    /// failed trial is asked again). With a shared --storage, each client asks only what is
+    /// missing.
     #[arg(long)]
     pub trials: usize,
     /// Seed of the sampler.

@@ -71,8 +71,7 @@ impl AskTell {
         });
         let mut stdout = std::io::stdout().lock();
         let mut line_number = 0;
-        for _ in 0..a.trials {
-            let trial = study.ask()?;
+        while let Some(trial) = study.ask_within(a.trials)? {
             writeln!(
                 stdout,
                 "{}",

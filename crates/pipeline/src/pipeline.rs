@@ -338,7 +338,7 @@ impl Pipeline {
                 observer.message(&format!("discarding the study: {e}"));
                 return self.discard_search_outputs();
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         if changes.is_empty() {
             return Ok(());
@@ -484,7 +484,11 @@ impl Pipeline {
     }
 
     /// Fails the study's dead trials and, with `retry_failed`, queues them again, saying so.
-    fn fail_dead_trials(&self, study: &mut Study, observer: &dyn Observer) -> Result<(), PipelineError> {
+    fn fail_dead_trials(
+        &self,
+        study: &mut Study,
+        observer: &dyn Observer,
+    ) -> Result<(), PipelineError> {
         let failed = study.fail_stale(|t| self.is_dead(t), self.config.study.retry_failed)?;
         for (number, retry) in failed {
             let trial = &study.trials()[number];
@@ -580,7 +584,11 @@ impl Pipeline {
             let (pruned, error) = (hooks.pruned, hooks.error.take());
             drop(hooks);
             drop(beats);
-            if let Some(e) = heartbeat_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(e) = heartbeat_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
                 observer.warning(&format!(
                     "trial {}: a heartbeat could not be recorded ({e}); other workers may have \
                      failed the trial",
@@ -655,7 +663,11 @@ impl Pipeline {
     /// Whether this worker runs the final stage: the study has no trial under way (else the
     /// worker that finishes the last one does), and, in a shared study, no other worker has
     /// claimed the final stage of these trials (the claim is recorded in the study).
-    fn claims_final(&self, study: &mut Study, observer: &dyn Observer) -> Result<bool, PipelineError> {
+    fn claims_final(
+        &self,
+        study: &mut Study,
+        observer: &dyn Observer,
+    ) -> Result<bool, PipelineError> {
         let busy: Vec<&Trial> = study
             .trials()
             .iter()

@@ -437,7 +437,11 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    let _ = writeln!(md, "|---|---|---|{}---|---|---|", "---|".repeat(names.len()));
+    let _ = writeln!(
+        md,
+        "|---|---|---|{}---|---|---|",
+        "---|".repeat(names.len())
+    );
     for t in input.trials {
         // Where each trial stopped: pruned, stopped early, or all epochs.
         let epochs = input

@@ -2,78 +2,13 @@
 //! before writing anything, names what changed as flags, and with `overwrite` retrains every
 //! trial, so that the report's figures all come from one run.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+mod common;
+
+use std::path::Path;
 
 use burn::tensor::Device;
-use sentiment_pipeline::{Observer, Pipeline, PipelineConfig, PipelineError};
-use sentiment_train::{Progress, StopToken};
-
-/// Collects the pipeline's messages.
-#[derive(Default)]
-struct Messages(Mutex<Vec<String>>);
-
-impl Observer for Messages {
-    fn message(&self, line: &str) {
-        self.0.lock().unwrap().push(line.to_string());
-    }
-
-    fn progress(&self) -> Box<dyn FnMut(Progress) + '_> {
-        Box::new(|_| {})
-    }
-}
-
-impl Messages {
-    fn all(&self) -> String {
-        self.0.lock().unwrap().join("\n")
-    }
-}
-
-fn sample_csv() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sentiment140/sample.csv")
-}
-
-fn config(out: &Path, sample: usize, epochs: usize) -> PipelineConfig {
-    let mut prepare = sentiment_data::PrepareConfig::new(sample_csv(), out.join("data"));
-    prepare.sample = Some(sample);
-    PipelineConfig {
-        out: out.to_path_buf(),
-        prepare,
-        pretrained: None,
-        model_config: "tiny".into(),
-        tokenizer: None,
-        vocab_size: 400,
-        max_length: 32,
-        trials: 2,
-        startup_trials: Some(1),
-        epochs,
-        run: sentiment_train::RunOptions::default(),
-        prune: None,
-        space: PipelineConfig::default_space(false),
-        seed: 734,
-        study: sentiment_pipeline::StudySettings::default(),
-        overwrite: false,
-        command: "test".into(),
-    }
-}
-
-/// The pipeline's own study in OUT.
-fn own_study(out: &Path) -> sentiment_search::SqliteStorage {
-    sentiment_search::SqliteStorage::new(out.join("study.db"), sentiment_search::DEFAULT_STUDY_NAME)
-}
-
-fn run(
-    config: PipelineConfig,
-) -> (
-    Result<sentiment_pipeline::PipelineOutcome, PipelineError>,
-    String,
-) {
-    let messages = Messages::default();
-    let result = Pipeline::new(config, vec![Device::flex()])
-        .and_then(|p| p.run(&StopToken::new(), &messages))
-        .map(|done| done.expect("a lone worker runs the final stage"));
-    (result, messages.all())
-}
+use common::{config, own_study, run, sample_csv};
+use sentiment_pipeline::{Pipeline, PipelineConfig, PipelineError};
 
 /// The test split's row count in the report's data table.
 fn report_test_rows(out: &Path) -> u64 {
@@ -260,7 +195,10 @@ fn a_trial_stopped_early_is_complete_and_the_report_says_where_it_stopped() {
         "{messages}"
     );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| epochs run | seconds | worker |"), "{report}");
+    assert!(
+        report.contains("| epochs run | seconds | worker |"),
+        "{report}"
+    );
     let row = report
         .lines()
         .find(|l| l.starts_with("| 0 | Complete |"))

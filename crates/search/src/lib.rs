@@ -31,9 +31,9 @@ mod sqlite;
 mod study;
 
 pub use parzen::{Kernel, ParzenConfig, ParzenEstimator, default_weights};
+pub use postgres::PostgresStorage;
 pub use sampler::{Params, RandomSampler, Sampler, TpeConfig, TpeSampler, default_gamma};
 pub use space::{Distribution, Param, SearchSpace, parse_space, snap, space_from_json};
-pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 pub use study::{
     DEFAULT_STUDY_NAME, Direction, Heartbeats, Outcome, STUDY_VERSION, Study, StudyChange,

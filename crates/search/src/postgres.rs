@@ -194,10 +194,7 @@ impl PostgresStorage {
                 Failure::Search(e) => return Err(e),
                 Failure::Db(e) if !e.retry => return Err(self.error(e.message)),
                 Failure::Db(e) if attempt == MAX_RETRIES => {
-                    return Err(self.error(format!(
-                        "{} (after {MAX_RETRIES} retries)",
-                        e.message
-                    )));
+                    return Err(self.error(format!("{} (after {MAX_RETRIES} retries)", e.message)));
                 }
                 Failure::Db(_) => {
                     attempt += 1;
@@ -215,11 +212,17 @@ impl PostgresStorage {
     ) -> Result<T, Failure> {
         let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
-            *slot = Some(self.config.connect(NoTls).map_err(|e| Failure::Db(pg_error(&e)))?);
+            *slot = Some(
+                self.config
+                    .connect(NoTls)
+                    .map_err(|e| Failure::Db(pg_error(&e)))?,
+            );
         }
         let client = slot.as_mut().expect("connected above");
         let result = (|| {
-            let mut tx = client.transaction().map_err(|e| Failure::Db(pg_error(&e)))?;
+            let mut tx = client
+                .transaction()
+                .map_err(|e| Failure::Db(pg_error(&e)))?;
             let value = {
                 let mut db = Pg(&mut tx);
                 ensure_schema(&mut db).map_err(Failure::Db)?;
@@ -451,7 +454,12 @@ mod tests {
             ("postgres://ann@/studies", "postgres://ann@/studies"),
         ] {
             assert_eq!(without_password(url), shown);
-            assert!(!PostgresStorage::new(url, "s").unwrap().describe().contains("s3cret"));
+            assert!(
+                !PostgresStorage::new(url, "s")
+                    .unwrap()
+                    .describe()
+                    .contains("s3cret")
+            );
         }
     }
 

@@ -251,11 +251,7 @@ struct Settings {
 }
 
 /// The rows of `sql` over the study `id`, keyed by their first column (a trial id).
-fn by_trial(
-    db: &mut dyn Database,
-    sql: &str,
-    id: i64,
-) -> Result<Vec<(i64, Vec<Value>)>, DbError> {
+fn by_trial(db: &mut dyn Database, sql: &str, id: i64) -> Result<Vec<(i64, Vec<Value>)>, DbError> {
     Ok(db
         .query(sql, &[id.into()])?
         .into_iter()
@@ -388,7 +384,9 @@ pub(crate) fn read(
     )? {
         if let Some(trial) = trials.get_mut(&trial_id) {
             let step = row[0].int().unwrap_or_default() as usize;
-            trial.intermediate.insert(step, from_stored(&row[1], &row[2]));
+            trial
+                .intermediate
+                .insert(step, from_stored(&row[1], &row[2]));
         }
     }
     for (table, user) in [
@@ -421,7 +419,8 @@ pub(crate) fn read(
          JOIN trials t ON t.trial_id = h.trial_id WHERE t.study_id = $1",
         id,
     )? {
-        if let (Some(trial), Some(now), Some(beat)) = (trials.get_mut(&trial_id), now, row[0].time())
+        if let (Some(trial), Some(now), Some(beat)) =
+            (trials.get_mut(&trial_id), now, row[0].time())
         {
             trial.heartbeat_age = Some((now - beat).as_seconds_f64());
         }
@@ -530,7 +529,9 @@ fn write_trial(
 ) -> Result<(), DbError> {
     let number = trial.number as i64;
     let started = Value::Time(local_time(trial.started));
-    let finished = trial.finished.map_or(Value::Null, |f| Value::Time(local_time(f)));
+    let finished = trial
+        .finished
+        .map_or(Value::Null, |f| Value::Time(local_time(f)));
     let state = state_name(trial.state);
     let existing = scalar(
         db,
@@ -600,7 +601,11 @@ fn write_trial(
         for (key, value) in attrs {
             db.execute(
                 &format!("INSERT INTO {table} (trial_id, key, value_json) VALUES ($1, $2, $3)"),
-                &[trial_id.into(), key.as_str().into(), value.to_string().into()],
+                &[
+                    trial_id.into(),
+                    key.as_str().into(),
+                    value.to_string().into(),
+                ],
             )?;
         }
     }

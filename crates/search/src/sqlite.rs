@@ -209,7 +209,9 @@ impl StudyStorage for SqliteStorage {
     }
 
     fn heartbeat(&self, number: usize) -> Result<(), SearchError> {
-        self.in_transaction(|db| rdb::heartbeat(db, &self.name, number).map_err(|e| self.error(e.message)))
+        self.in_transaction(|db| {
+            rdb::heartbeat(db, &self.name, number).map_err(|e| self.error(e.message))
+        })
     }
 
     fn describe(&self) -> String {

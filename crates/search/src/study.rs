@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::SearchError;
+use crate::postgres::PostgresStorage;
 use crate::sampler::{Params, RandomSampler, Sampler, TpeSampler};
 use crate::space::SearchSpace;
-use crate::postgres::PostgresStorage;
 use crate::sqlite::SqliteStorage;
 
 /// The study name used when none is given (Optuna's tools need one to open a study).

@@ -165,8 +165,13 @@ fn resumes_and_is_shared_by_workers(path: &std::path::Path) {
             .contains("the study minimizes, this run asks to maximize"),
         "{err}"
     );
-    let other_space = parse_space(["x=float:-5:5", "y=float:1e-3:1e1:log", "k=int:1:8", "c=cat:a,b"])
-        .unwrap();
+    let other_space = parse_space([
+        "x=float:-5:5",
+        "y=float:1e-3:1e1:log",
+        "k=int:1:8",
+        "c=cat:a,b",
+    ])
+    .unwrap();
     let err = Study::open(&path, Direction::Minimize, other_space, sampler, 8).unwrap_err();
     let err = err.to_string();
     assert!(
@@ -270,7 +275,9 @@ impl sentiment_search::StudyStorage for SharedMemory {
     }
 
     fn heartbeat(&self, _: usize) -> Result<(), SearchError> {
-        Err(SearchError::Storage("no heartbeats in shared memory".into()))
+        Err(SearchError::Storage(
+            "no heartbeats in shared memory".into(),
+        ))
     }
 
     fn describe(&self) -> String {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use postgres_server::TestServer;
 use sentiment_search::{
-    Direction, Outcome, Sampler, SearchSpace, Study, TpeConfig, TrialState,
-    WORKER_ATTRIBUTE, parse_space, storage,
+    Direction, Outcome, Sampler, SearchSpace, Study, TpeConfig, TrialState, WORKER_ATTRIBUTE,
+    parse_space, storage,
 };
 
 fn space() -> SearchSpace {
@@ -63,7 +63,12 @@ fn workers_never_overshoot_the_count(url: &str) {
     assert_eq!(numbers, (0..12).collect::<Vec<_>>());
     let mut study = study(url);
     assert_eq!(study.trials().len(), 12);
-    assert!(study.trials().iter().all(|t| t.state == TrialState::Complete));
+    assert!(
+        study
+            .trials()
+            .iter()
+            .all(|t| t.state == TrialState::Complete)
+    );
     // The same count adds nothing; a larger one extends the study; a failed trial does not
     // count.
     assert!(study.ask_within(12).unwrap().is_none());
@@ -103,7 +108,10 @@ fn dead_workers_trials_are_failed_and_retried(url: &str) {
     assert_eq!(retry.params, t.params);
     assert_eq!(retry.user_attrs["run_dir"], "trials/trial_0");
     assert_eq!(retry.system_attrs["failed_trial"], t.number);
-    assert_eq!(retry.system_attrs["retry_history"], serde_json::json!([t.number]));
+    assert_eq!(
+        retry.system_attrs["retry_history"],
+        serde_json::json!([t.number])
+    );
     assert_eq!(retry.worker(), None);
     assert!(retry.intermediate.is_empty());
     assert_eq!(alive.trials()[t.number].state, TrialState::Fail);
@@ -116,7 +124,10 @@ fn dead_workers_trials_are_failed_and_retried(url: &str) {
     assert_eq!(next.state, TrialState::Running);
     dead.heartbeat(next.number).unwrap();
     let failed = alive
-        .fail_stale(|x| x.number == next.number && x.heartbeat_age.is_some(), true)
+        .fail_stale(
+            |x| x.number == next.number && x.heartbeat_age.is_some(),
+            true,
+        )
         .unwrap();
     assert_eq!(failed, vec![(next.number, Some(next.number + 1))]);
     let second = &alive.trials()[next.number + 1];
@@ -216,7 +227,12 @@ fn run_all(url: impl Fn(&str) -> String) {
 #[test]
 fn workers_share_a_study_in_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    run_all(|name| format!("sqlite:///{}", dir.path().join(format!("{name}.db")).display()));
+    run_all(|name| {
+        format!(
+            "sqlite:///{}",
+            dir.path().join(format!("{name}.db")).display()
+        )
+    });
 }
 
 #[test]
