@@ -6,8 +6,9 @@
 //! - The tokenizer and token files are cached by content in the tokenize crate.
 //! - The study and its trials are determined by the data, the starting point (model and
 //!   tokenizer), the epochs, the search space, the sampler and the seed: [`SearchKey`], kept in
-//!   `OUT/pipeline.json` next to the study. `--trials` is not part of it: a larger count
-//!   extends the study.
+//!   `OUT/pipeline.json` next to the study and in the study itself (the system attribute
+//!   `sentiment:pipeline`, which every worker sharing the study is checked against).
+//!   `--trials` is not part of it: a larger count extends the study.
 //! - The final run is determined by the best trial's parameters and everything above; its
 //!   own `train_config.json` is compared before it is reused.
 
