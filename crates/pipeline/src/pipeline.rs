@@ -477,10 +477,12 @@ impl Pipeline {
     fn is_dead(&self, trial: &Trial) -> bool {
         let grace = self.config.study.grace().as_secs_f64();
         trial.heartbeat_age.is_some_and(|age| age > grace)
-            || trial
-                .worker()
-                .and_then(Worker::parse)
-                .is_some_and(|w| self.worker.knows_ended(&w))
+            || match trial.worker().and_then(Worker::parse) {
+                Some(worker) => self.worker.knows_ended(&worker),
+                // In the pipeline's own study, a trial without worker or heartbeat was left
+                // by an earlier version of the pipeline, which nothing runs any more.
+                None => self.config.study.storage.is_none() && trial.heartbeat_age.is_none(),
+            }
     }
 
     /// Fails the study's dead trials and, with `retry_failed`, queues them again, saying so.
