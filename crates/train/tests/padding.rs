@@ -64,17 +64,18 @@ fn dynamic_batches_give_the_logits_of_fixed_ones() {
     let config = model_config(p.tokenizer.vocab_size());
     let model = RobertaForSequenceClassification::new(&config, &device);
     let rows = &p.validation;
-    let lengths = rows.lengths();
-    let longest = *lengths.iter().max().unwrap();
-    assert!(longest < MAX_LENGTH, "no row fills the length: {longest}");
     let all: Vec<usize> = (0..rows.len()).collect();
+    let mut narrower = 0;
     for batch in all.chunks(16) {
         let (dynamic, width) = logits_of(&model, rows, batch, Padding::default(), &device);
         let (fixed, _) = logits_of(&model, rows, batch, Padding::FIXED, &device);
-        assert!(width < MAX_LENGTH && width % 8 == 0, "{width}");
+        assert!(width <= MAX_LENGTH && width % 8 == 0, "{width}");
+        narrower += usize::from(width < MAX_LENGTH);
         let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
         assert_close(&widen(dynamic), &widen(fixed), "logit");
     }
+    // Real tweets' lengths: most batches of 16 are narrower than the limit, some reach it.
+    assert!(narrower > 0, "no batch was narrower than {MAX_LENGTH}");
     // The evaluation (length-sorted batches, results put back in row order) equals the fixed
     // one: loss within 1e-5, the same confusion matrix.
     let eval =
