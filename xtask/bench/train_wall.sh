@@ -3,13 +3,16 @@
 # the bundled sample over three seeds: an earlier build (fixed padding), this build with fixed
 # padding, and this build's defaults (dynamic padding, length grouping).
 #   xtask/bench/train_wall.sh OLD_XTASK NEW_XTASK WORK_DIR
-# OLD_XTASK: an xtask binary built from an earlier commit (git worktree add …; cargo build --release -p xtask).
+# OLD_XTASK: an xtask binary built from an earlier commit (git worktree add …; cargo build --release -p xtask),
+# or `-` to leave that variant out.
 set -euo pipefail
 old=$1 new=$2 work=$3
+variants=(old fixed dynamic)
+[ "$old" = - ] && variants=(fixed dynamic)
 mkdir -p "$work"
 "$new" prepare --out "$work/data" -q
 for seed in 42 43 44; do
-  for variant in old fixed dynamic; do
+  for variant in "${variants[@]}"; do
     case $variant in
       old) bin=$old extra=() ;;
       fixed) bin=$new extra=(--pad-to-max-length --group-by-length false) ;;
