@@ -8,6 +8,7 @@ import contextlib
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -35,7 +36,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--lengths-file",
-        help="a JSON list of row lengths (an epoch): --iters evenly spaced batches of it are timed instead of "
+        help="a JSON list of row lengths (an epoch): --iters batches of it, spread over it, are timed instead of "
         "--iters copies of one full batch",
     )
     parser.add_argument(
@@ -145,12 +146,14 @@ def length_batches(lengths, args, vocab_size, device):
             out["labels"] = torch.tensor([f["labels"] for f in batch])
             return out
 
-    # Evenly spaced batches of the epoch, as the Rust side picks them.
+    # Batches of the epoch at the golden ratio's multiples, as the Rust side picks them
+    # (xtask/src/bench.rs, `spread`).
     chunks = [order[k : k + args.batch] for k in range(0, len(order), args.batch)]
     count = min(args.iters, len(chunks))
     batches = []
     for k in range(count):
-        batch = collate([features[i] for i in chunks[k * len(chunks) // count]])
+        index = int(math.modf(k * 0.6180339887498949)[0] * len(chunks))
+        batch = collate([features[i] for i in chunks[index]])
         batches.append(tuple(batch[key].to(device) for key in ("input_ids", "attention_mask", "labels")))
     return batches
 

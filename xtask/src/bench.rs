@@ -354,6 +354,13 @@ struct WorkerBatches {
     rows: usize,
 }
 
+/// The `k`-th of the batches a benchmark times out of `n`: the fractional part of `k` times the
+/// golden ratio, scaled to `n` (0 first); `xtask/bench/model_reference.py` picks the same.
+fn spread(k: usize, n: usize) -> usize {
+    const GOLDEN: f64 = 0.618_033_988_749_894_9;
+    ((k as f64 * GOLDEN).fract() * n as f64) as usize
+}
+
 /// Random token rows for a worker. Without `--lengths-file`: one full batch of 64-token rows,
 /// `warmup` then `--iters` times. With it: one pass over rows of those lengths (`<s> … </s>`
 /// then `<pad>`), in a seeded shuffled order padded to 64 (`--padding fixed`), or length-grouped
@@ -421,11 +428,13 @@ fn worker_batches(
             Padding::default()
         }
     };
-    // The epoch's batches, of which `--iters` evenly spaced ones are timed: a sample of a
-    // whole epoch's widths (the first, longest, batch included) without timing every step.
+    // The epoch's batches, of which `--iters` are timed: a sample of a whole epoch's widths
+    // (the first, longest, batch included) without timing every step. Picked at the golden
+    // ratio's multiples rather than a fixed stride, which could fall on the same place in each
+    // sorted mega-batch (a stride of 50 batches: always the longest).
     let all: Vec<&[usize]> = order.chunks(args.batch).collect();
     let picked: Vec<&[usize]> = (0..args.iters.min(all.len()))
-        .map(|k| all[k * all.len() / args.iters.min(all.len())])
+        .map(|k| all[spread(k, all.len())])
         .collect();
     let batches: Vec<BenchBatch> = picked
         .iter()
@@ -675,7 +684,7 @@ impl BenchModel {
     }
 
     /// `--lengths tweets`: an epoch of rows of real tweets' lengths, fixed and dynamic padding
-    /// on both sides, `iters` evenly spaced batches of it timed (the Python side batches the
+    /// on both sides, `iters` batches spread over it timed (the Python side batches the
     /// same rows with transformers' own `LengthGroupedSampler` and `DataCollatorWithPadding`).
     fn run_tweet_lengths(&self) -> Result<()> {
         println!(

@@ -655,7 +655,7 @@ pub struct ModelWorkerArgs {
     /// Attention composed from Burn's operations instead of libtorch's fused kernel (A/B).
     #[arg(long)]
     pub composed_attention: bool,
-    /// A JSON list of row lengths (an epoch): `--iters` evenly spaced batches of it are timed
+    /// A JSON list of row lengths (an epoch): `--iters` batches spread over it are timed
     /// instead of `--iters` copies of one full batch.
     #[arg(long)]
     pub lengths_file: Option<PathBuf>,

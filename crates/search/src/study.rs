@@ -468,10 +468,7 @@ impl Study {
         key: &str,
         value: serde_json::Value,
     ) -> Result<(), SearchError> {
-        self.modify(number, |t| {
-            t.user_attrs.insert(key.to_string(), value.clone());
-            Ok(())
-        })
+        self.set_attr(number, key, value, |t| &mut t.user_attrs)
     }
 
     /// Records a system attribute of a trial (Optuna's `set_trial_system_attr`).
@@ -481,8 +478,18 @@ impl Study {
         key: &str,
         value: serde_json::Value,
     ) -> Result<(), SearchError> {
+        self.set_attr(number, key, value, |t| &mut t.system_attrs)
+    }
+
+    fn set_attr(
+        &mut self,
+        number: usize,
+        key: &str,
+        value: serde_json::Value,
+        attrs: fn(&mut Trial) -> &mut BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), SearchError> {
         self.modify(number, |t| {
-            t.system_attrs.insert(key.to_string(), value.clone());
+            attrs(t).insert(key.to_string(), value.clone());
             Ok(())
         })
     }
