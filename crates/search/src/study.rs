@@ -219,7 +219,8 @@ impl Study {
     }
 
     /// The study in `storage` as stored, whatever it was created with; None when there is
-    /// none. Nothing is created or changed.
+    /// none. No study is created or changed (a new SQLite file or an empty database gets
+    /// Optuna's empty schema).
     pub fn read(storage: &dyn StudyStorage) -> Result<Option<StudyRecord>, SearchError> {
         let mut found = true;
         let record = storage.transact(&mut |stored| match stored {
