@@ -537,8 +537,7 @@ impl Pipeline {
             };
             study.set_system_attr(trial.number, WORKER_ATTRIBUTE, worker.clone().into())?;
             let retry = trial
-                .system_attrs
-                .get("failed_trial")
+                .retried_from()
                 .map(|f| format!(" (retry of trial {f})"))
                 .unwrap_or_default();
             observer.message(&format!(

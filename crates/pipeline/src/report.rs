@@ -456,8 +456,7 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             .collect();
         // A retry says which trial it retried.
         let retry = t
-            .system_attrs
-            .get("failed_trial")
+            .retried_from()
             .map(|f| format!(" (retry of {f})"))
             .unwrap_or_default();
         let _ = writeln!(

@@ -93,18 +93,7 @@ pub fn starting_point(options: &StartOptions<'_>, device: &Device) -> Result<Sta
                 .map_err(PipelineError::stage(format!(
                     "loading pretrained model {name}"
                 )))?;
-            if !loaded.report.newly_initialized.is_empty() {
-                notes.push(format!(
-                    "newly initialised (not in the checkpoint): {}",
-                    loaded.report.newly_initialized.join(", ")
-                ));
-            }
-            if !loaded.report.unused.is_empty() {
-                notes.push(format!(
-                    "checkpoint weights not used by a classifier: {}",
-                    loaded.report.unused.join(", ")
-                ));
-            }
+            notes.extend(load_notes(&loaded.report, true));
             (loaded.model, loaded.config)
         }
         None => {
@@ -212,12 +201,7 @@ pub fn masked_lm_start(
             let loaded = RobertaForMaskedLM::from_pretrained(name, device, &hub, |_| {}).map_err(
                 PipelineError::stage(format!("loading pretrained model {name}")),
             )?;
-            if !loaded.report.newly_initialized.is_empty() {
-                notes.push(format!(
-                    "newly initialised (not in the checkpoint): {}",
-                    loaded.report.newly_initialized.join(", ")
-                ));
-            }
+            notes.extend(load_notes(&loaded.report, false));
             (loaded.model, loaded.config)
         }
         None => {
@@ -239,4 +223,23 @@ pub fn masked_lm_start(
         tokenizer_origin,
         notes,
     })
+}
+
+/// What loading a checkpoint left out, for the user: the weights newly initialised and, for a
+/// classifier (`unused`), the checkpoint's weights it does not use (a masked-LM head, say).
+fn load_notes(report: &roberta_burn::LoadReport, unused: bool) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !report.newly_initialized.is_empty() {
+        notes.push(format!(
+            "newly initialised (not in the checkpoint): {}",
+            report.newly_initialized.join(", ")
+        ));
+    }
+    if unused && !report.unused.is_empty() {
+        notes.push(format!(
+            "checkpoint weights not used by a classifier: {}",
+            report.unused.join(", ")
+        ));
+    }
+    notes
 }

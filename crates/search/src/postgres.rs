@@ -71,7 +71,14 @@ pub struct PostgresStorage {
     shown: String,
     config: Config,
     name: String,
-    client: Mutex<Option<Client>>,
+    connection: Mutex<Option<Connection>>,
+}
+
+/// The storage's open connection.
+struct Connection {
+    client: Client,
+    /// Whether a transaction on it has created or checked Optuna's schema.
+    schema_checked: bool,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -169,7 +176,7 @@ impl PostgresStorage {
             shown,
             config,
             name: name.to_string(),
-            client: Mutex::new(None),
+            connection: Mutex::new(None),
         })
     }
 
@@ -178,8 +185,8 @@ impl PostgresStorage {
     }
 
     /// Runs `work` in a transaction on this storage's connection (opened, or opened again
-    /// after it broke), with Optuna's schema created or checked first; runs it again when it
-    /// loses a race.
+    /// after it broke; Optuna's schema is created or checked in its first transaction); runs
+    /// it again when it loses a race.
     fn in_transaction<T>(
         &self,
         work: &mut dyn FnMut(&mut Pg<'_, '_>) -> Result<T, Failure>,
@@ -210,29 +217,38 @@ impl PostgresStorage {
         &self,
         work: &mut dyn FnMut(&mut Pg<'_, '_>) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
-        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
-            *slot = Some(
-                self.config
-                    .connect(NoTls)
-                    .map_err(|e| Failure::Db(pg_error(&e)))?,
-            );
+            let client = self
+                .config
+                .connect(NoTls)
+                .map_err(|e| Failure::Db(pg_error(&e)))?;
+            *slot = Some(Connection {
+                client,
+                schema_checked: false,
+            });
         }
-        let client = slot.as_mut().expect("connected above");
+        let connection = slot.as_mut().expect("connected above");
+        // Optuna's schema is created or checked once per connection, in its first transaction.
+        let check_schema = !connection.schema_checked;
         let result = (|| {
-            let mut tx = client
+            let mut tx = connection
+                .client
                 .transaction()
                 .map_err(|e| Failure::Db(pg_error(&e)))?;
             let value = {
                 let mut db = Pg(&mut tx);
-                ensure_schema(&mut db).map_err(Failure::Db)?;
+                if check_schema {
+                    ensure_schema(&mut db).map_err(Failure::Db)?;
+                }
                 work(&mut db)?
             };
             tx.commit().map_err(|e| Failure::Db(pg_error(&e)))?;
             Ok(value)
         })();
+        connection.schema_checked |= result.is_ok();
         // A broken connection is opened afresh by the next attempt.
-        if client.is_closed() {
+        if connection.client.is_closed() {
             *slot = None;
         }
         result

@@ -486,14 +486,22 @@ pub(crate) fn write(
             id
         }
     };
-    let settings = serde_json::to_string(&Settings {
-        version: new.version,
-        space: new.space.clone(),
-        sampler: new.sampler,
-        seed: new.seed,
-    })
-    .map_err(DbError::fatal)?;
-    let mut attrs: Vec<(&str, String)> = vec![(STUDY_ATTRIBUTE, settings)];
+    // What changed is written, and only that: a change that changed nothing writes nothing.
+    let same_settings = |o: &StudyRecord| {
+        (o.version, &o.space, o.sampler, o.seed, o.foreign)
+            == (new.version, &new.space, new.sampler, new.seed, new.foreign)
+    };
+    let mut attrs: Vec<(&str, String)> = Vec::new();
+    if !old.is_some_and(same_settings) {
+        let text = serde_json::to_string(&Settings {
+            version: new.version,
+            space: new.space.clone(),
+            sampler: new.sampler,
+            seed: new.seed,
+        })
+        .map_err(DbError::fatal)?;
+        attrs.push((STUDY_ATTRIBUTE, text));
+    }
     for (key, value) in &new.system_attrs {
         if old.and_then(|o| o.system_attrs.get(key)) != Some(value) {
             attrs.push((key, value.to_string()));

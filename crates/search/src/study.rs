@@ -84,6 +84,9 @@ pub struct Trial {
     pub heartbeat_age: Option<f64>,
 }
 
+/// Optuna's trial system attribute naming the trial a retry was queued for.
+const FAILED_TRIAL_ATTRIBUTE: &str = "failed_trial";
+
 /// The trial system attribute naming the worker that runs a trial (`host:pid`, and the device
 /// when a process runs several).
 pub const WORKER_ATTRIBUTE: &str = "sentiment:worker";
@@ -97,6 +100,13 @@ impl Trial {
     /// The worker that ran (or runs) the trial, if it recorded itself.
     pub fn worker(&self) -> Option<&str> {
         self.system_attrs.get(WORKER_ATTRIBUTE)?.as_str()
+    }
+
+    /// The trial a retry was queued for (the first of a chain of retries), as Optuna's
+    /// `RetryHeartbeatStaleTrialCallback.retried_trial_number`; None for any other trial.
+    pub fn retried_from(&self) -> Option<usize> {
+        let number = self.system_attrs.get(FAILED_TRIAL_ATTRIBUTE)?.as_u64()?;
+        usize::try_from(number).ok()
     }
 
     /// Whether the trial is finished (complete, pruned or failed).
@@ -154,7 +164,8 @@ pub type StudyChange<'a> =
 /// process sharing the study, which is what lets several workers run one study; it may run
 /// `change` more than once (a transaction that lost a race is run again).
 pub trait StudyStorage: std::fmt::Debug + Send + Sync {
-    /// Reads the record, applies `change`, writes the result when asked, returns it.
+    /// Reads the record, applies `change`, writes the result when asked (what differs from
+    /// the record read), returns it.
     fn transact(&self, change: &mut StudyChange<'_>) -> Result<StudyRecord, SearchError>;
     /// Records that the worker running trial `number` is alive (Optuna's heartbeat).
     fn heartbeat(&self, number: usize) -> Result<(), SearchError>;
@@ -335,10 +346,9 @@ impl Study {
         let record = storage.transact(&mut |stored| {
             let mut record = stored
                 .ok_or_else(|| SearchError::Storage(format!("{place}: the study disappeared")))?;
-            let before = record.clone();
             result = Some(change(&mut record)?);
-            let changed = record != before;
-            Ok((record, changed))
+            // The storage writes what differs from what it read.
+            Ok((record, true))
         })?;
         self.record = record;
         Ok(result.expect("set by the change"))
@@ -397,7 +407,7 @@ impl Study {
                     let mut system_attrs = original.system_attrs.clone();
                     system_attrs.remove(WORKER_ATTRIBUTE);
                     system_attrs
-                        .entry("failed_trial".into())
+                        .entry(FAILED_TRIAL_ATTRIBUTE.into())
                         .or_insert(number.into());
                     let mut history = system_attrs
                         .get("retry_history")

@@ -17,26 +17,27 @@ impl<B: Backend + FusedKernels> Backward<B, 3> for LayerNormBackward {
     );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let (x, gamma, mean, rstd) = ops.state;
-        let (grad_x, grad_gamma, grad_beta) = B::layer_norm_backward(grad, x, gamma, mean, rstd);
-        register::<B, 3>(
-            grads,
-            ops.parents.map(|node| node.map(|n| n.id)),
-            [grad_x, grad_gamma, grad_beta],
-        );
+        ternary::<B, _>(ops, grads, |grad, (x, gamma, mean, rstd)| {
+            let (grad_x, grad_gamma, grad_beta) =
+                B::layer_norm_backward(grad, x, gamma, mean, rstd);
+            [grad_x, grad_gamma, grad_beta]
+        });
     }
 }
 
-/// Registers each gradient with its parent, for the parents the graph tracks.
-fn register<B: Backend, const N: usize>(
+/// A backward step with three parents (burn's `unary` for one): `step` turns the output's
+/// gradient and the saved state into the parents' gradients, each registered with its parent
+/// when the graph tracks it.
+fn ternary<B: Backend, S>(
+    ops: Ops<S, 3>,
     grads: &mut Gradients,
-    parents: [Option<NodeId>; N],
-    values: [FloatTensor<B>; N],
+    step: impl FnOnce(FloatTensor<B>, S) -> [FloatTensor<B>; 3],
 ) {
-    for (parent, value) in parents.into_iter().zip(values) {
-        if let Some(id) = parent {
-            grads.register::<B>(id, value);
+    let grad = grads.consume::<B>(&ops.node);
+    let values = step(grad, ops.state);
+    for (parent, value) in ops.parents.into_iter().zip(values) {
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, value);
         }
     }
 }
@@ -181,14 +182,10 @@ impl<B: Backend + FusedKernels> Backward<B, 3> for LinearBackward {
     type State = (FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let (x, weight) = ops.state;
-        let (grad_x, grad_weight, grad_bias) = B::linear_backward(grad, x, weight);
-        register::<B, 3>(
-            grads,
-            ops.parents.map(|node| node.map(|n| n.id)),
-            [grad_x, grad_weight, grad_bias],
-        );
+        ternary::<B, _>(ops, grads, |grad, (x, weight)| {
+            let (grad_x, grad_weight, grad_bias) = B::linear_backward(grad, x, weight);
+            [grad_x, grad_weight, grad_bias]
+        });
     }
 }
 
@@ -201,13 +198,10 @@ impl<B: Backend + FusedKernels> Backward<B, 3> for AttentionBackward {
     type State = AttentionSaved<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let (grad_query, grad_key, grad_value) = B::attention_backward(grad, ops.state);
-        register::<B, 3>(
-            grads,
-            ops.parents.map(|node| node.map(|n| n.id)),
-            [grad_query, grad_key, grad_value],
-        );
+        ternary::<B, _>(ops, grads, |grad, saved| {
+            let (grad_query, grad_key, grad_value) = B::attention_backward(grad, saved);
+            [grad_query, grad_key, grad_value]
+        });
     }
 }
 
@@ -227,7 +221,7 @@ impl<B: Backend + FusedKernels> Backward<B, 1> for DropoutBackward {
     }
 }
 
-/// The softmax backward step: its output and dimension are all it needs.
+/// The exact GELU's backward step, from its input.
 #[derive(Debug)]
 struct GeluBackward;
 
@@ -243,6 +237,7 @@ impl<B: Backend + FusedKernels> Backward<B, 1> for GeluBackward {
     }
 }
 
+/// The softmax backward step: its output and dimension are all it needs.
 #[derive(Debug)]
 struct SoftmaxBackward;
 

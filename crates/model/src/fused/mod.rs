@@ -43,7 +43,7 @@ mod flex;
 mod libtorch;
 
 use burn::backend::autodiff::{
-    Autodiff, NodeId,
+    Autodiff,
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
     grads::Gradients,
     ops::{Backward, Ops, OpsKind, unary},
