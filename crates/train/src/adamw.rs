@@ -6,15 +6,17 @@
 //! is launch-bound (21 ms of a 70 ms roberta-base step on an H200, where PyTorch's multi-tensor
 //! `foreach` AdamW takes a few). [`FlatAdamW`] concatenates every gradient into one vector, keeps
 //! both moments as one vector each, updates all parameters with one chain of operations over
-//! those vectors and hands the parameters back as slices of the result (on the CPU backend, where
-//! launches cost nothing, each parameter is updated from its slice of the flat update instead:
-//! see `update_per_tensor`). The global gradient norm falls out of the flat gradient at the cost
-//! of one reduction; on GPUs it stays on the device (reading it would drain the device's queue
-//! mid-step). On libtorch the update is PyTorch's in-place operations on the flat buffers
-//! (`mod libtorch` below).
+//! those vectors and hands the parameters back as slices of the result. The global gradient
+//! norm falls out of the flat gradient at the cost of one reduction; on GPUs it stays on the
+//! device (reading it would drain the device's queue mid-step). On libtorch the update is
+//! PyTorch's in-place operations on the flat buffers (`mod libtorch` below).
 //!
-//! Measured on the CPU (docs/BENCHMARKS.md): the same throughput as Burn's AdamW for the base
-//! shape, a few per cent less for the small one, whose per-tensor chains stay in cache.
+//! On the CPU backend (`mod flex` below) the chain of operations was a dozen serial passes over
+//! roberta-base's 125 million parameters, each into a freshly allocated 500 MB vector: 13% of a
+//! training step on two threads, half of it the kernel clearing those pages
+//! (docs/BENCHMARKS.md). There the update is one parallel pass that reads each gradient where
+//! the backward pass left it, updates the moments in place and writes each parameter a buffer
+//! of its own, with the same arithmetic in the same order.
 //!
 //! The update is `torch.optim.AdamW`'s (`_single_tensor_adamw` / `_multi_tensor_adamw`):
 //! ```text
@@ -232,12 +234,12 @@ impl FlatAdamW {
             check_layout(&state.slots, &slots)?;
         }
 
-        let gradient = Tensor::cat(gradients, 0);
         let steps = self.steps() + 1;
-        let device = gradient.device();
+        let device = gradients[0].device();
         #[cfg(feature = "tch")]
         if roberta_burn::is_libtorch(&device) {
             let moments = self.state.take().map(|s| (s.moment_1, s.moment_2));
+            let gradient = Tensor::cat(gradients, 0);
             let update = libtorch::step(&self.settings, lr, steps, gradient, params, moments);
             let pieces = ids
                 .into_iter()
@@ -254,38 +256,37 @@ impl FlatAdamW {
             ));
         }
 
-        let on_cpu = update_per_tensor(&device) && !self.gpu_code_paths;
+        if on_flex(&device) && !self.gpu_code_paths {
+            let moments = self.state.take().map(|s| (s.moment_1, s.moment_2));
+            let update = flex::step(&self.settings, lr, steps, gradients, params, moments);
+            let pieces = ids.into_iter().zip(update.params).collect();
+            return Ok(self.finish(
+                module,
+                pieces,
+                slots,
+                steps,
+                (update.moment_1, update.moment_2),
+                GradNorm::Read(update.grad_norm),
+            ));
+        }
+
+        let gradient = Tensor::cat(gradients, 0);
+        // The norm stays on the device: reading it would drain the device's queue in the
+        // middle of every step.
         let max_norm = self.settings.max_grad_norm;
-        let (gradient, grad_norm) = if on_cpu {
-            // One read per step on the CPU backend, where it costs nothing: the factor then
-            // enters as a scalar, which flex handles on its fast path (a one-element tensor
-            // broadcast is a slow strided loop there).
-            let squared: f32 = gradient.clone().square().sum().into_scalar();
-            let grad_norm = f64::from(squared).sqrt();
-            let factor = max_norm / (grad_norm + 1e-6);
-            let gradient = if max_norm > 0.0 && factor < 1.0 {
-                gradient.mul_scalar(factor)
-            } else {
-                gradient
-            };
-            (gradient, GradNorm::Read(grad_norm))
+        let norm = gradient.clone().square().sum().sqrt();
+        let gradient = if max_norm > 0.0 {
+            let factor = norm
+                .clone()
+                .add_scalar(1e-6)
+                .recip()
+                .mul_scalar(max_norm)
+                .clamp_max(1.0);
+            gradient * factor
         } else {
-            // On a GPU the norm stays on the device: reading it would drain the device's queue
-            // in the middle of every step.
-            let norm = gradient.clone().square().sum().sqrt();
-            let gradient = if max_norm > 0.0 {
-                let factor = norm
-                    .clone()
-                    .add_scalar(1e-6)
-                    .recip()
-                    .mul_scalar(max_norm)
-                    .clamp_max(1.0);
-                gradient * factor
-            } else {
-                gradient
-            };
-            (gradient, GradNorm::OnDevice(Box::new(norm)))
+            gradient
         };
+        let grad_norm = GradNorm::OnDevice(Box::new(norm));
 
         let AdamWSettings {
             beta1,
@@ -325,22 +326,12 @@ impl FlatAdamW {
             }
         };
 
-        let pieces: HashMap<ParamId, Tensor<1>> = if on_cpu {
-            // The CPU backend copies a view that does not start its buffer before most
-            // operations, so slices of one flat result would be copied at every use in the next
-            // forward and backward pass: give each parameter a buffer of its own instead.
-            ids.into_iter()
-                .zip(params)
-                .zip(ranges(&slots))
-                .map(|((id, param), range)| (id, decayed(param) - delta.clone().slice(range)))
-                .collect()
-        } else {
-            let flat = decayed(Tensor::cat(params, 0)) - delta;
-            ids.into_iter()
-                .zip(ranges(&slots))
-                .map(|(id, range)| (id, flat.clone().slice(range)))
-                .collect()
-        };
+        let flat = decayed(Tensor::cat(params, 0)) - delta;
+        let pieces = ids
+            .into_iter()
+            .zip(ranges(&slots))
+            .map(|(id, range)| (id, flat.clone().slice(range)))
+            .collect();
         Ok(self.finish(
             module,
             pieces,
@@ -461,10 +452,9 @@ fn ranges(slots: &[FlatSlot]) -> impl Iterator<Item = std::ops::Range<usize>> + 
     })
 }
 
-/// Whether the parameters are best updated one by one from slices of the flat update: true on
-/// the CPU backend (flex), where kernel launches are free and views with an offset are copied
-/// at use; GPU backends take the fully flat path.
-fn update_per_tensor(device: &Device) -> bool {
+/// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's, whose
+/// update is [`flex::step`].
+fn on_flex(device: &Device) -> bool {
     matches!(
         device.clone().without_autodiff().as_dispatch(),
         burn_dispatch::DispatchDevice::Flex(_)
@@ -552,6 +542,177 @@ impl ModuleMapper for Scatter {
             updated = updated.require_grad();
         }
         Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+/// The update on the CPU backend: clipping, both moments and every parameter in one parallel
+/// pass (see the module documentation).
+mod flex {
+    use burn::backend::Flex;
+    use burn::backend::flex::{FlexTensor, Layout};
+    use burn::tensor::{Bytes, DType, Shape, Tensor};
+    use rayon::prelude::*;
+
+    use super::AdamWSettings;
+
+    /// Elements per parallel task: below this, the pool's overhead outweighs the work.
+    const CHUNK: usize = 1 << 14;
+
+    /// The step's results: each parameter's new values (in the order given), the moments and
+    /// the norm before clipping.
+    pub(super) struct Update {
+        pub params: Vec<Tensor<1>>,
+        pub moment_1: Tensor<1>,
+        pub moment_2: Tensor<1>,
+        pub grad_norm: f64,
+    }
+
+    /// The CPU backend's tensor of `tensor`, contiguous (copied when it is a strided view).
+    fn contiguous(tensor: Tensor<1>) -> FlexTensor {
+        let tensor = tensor
+            .try_into_primitive::<Flex>()
+            .expect("a tensor on the CPU backend");
+        if tensor.is_contiguous() {
+            tensor
+        } else {
+            tensor.to_contiguous()
+        }
+    }
+
+    /// The elements of the contiguous f32 tensor `t`, in order.
+    fn values(t: &FlexTensor) -> &[f32] {
+        let start = t.layout().start_offset();
+        &t.storage::<f32>()[start..start + t.layout().num_elements()]
+    }
+
+    /// A `[len]` f32 tensor over `values`.
+    fn tensor(values: Vec<f32>) -> FlexTensor {
+        let len = values.len();
+        FlexTensor::new(
+            Bytes::from_elems(values),
+            Layout::contiguous(Shape::new([len])),
+            DType::F32,
+        )
+    }
+
+    /// A moment of `len` elements that this step may update in place: its own buffer when no
+    /// other tensor shares it (a checkpoint being written may), else a copy; zeros before the
+    /// first step.
+    fn exclusive(moment: Option<Tensor<1>>, len: usize) -> FlexTensor {
+        let Some(moment) = moment else {
+            return tensor(vec![0.0; len]);
+        };
+        let mut moment = contiguous(moment);
+        let whole = moment.layout().start_offset() == 0 && moment.storage::<f32>().len() == len;
+        if whole && moment.try_storage_mut::<f32>().is_some() {
+            moment
+        } else {
+            tensor(values(&moment).to_vec())
+        }
+    }
+
+    /// `Σ x²` in f64, over eight independent accumulators so that the loop vectorises (one
+    /// running sum is a chain of dependent additions).
+    fn sum_of_squares(values: &[f32]) -> f64 {
+        let mut lanes = [0.0f64; 8];
+        let mut blocks = values.chunks_exact(8);
+        for block in &mut blocks {
+            for (lane, &x) in lanes.iter_mut().zip(block) {
+                *lane += f64::from(x) * f64::from(x);
+            }
+        }
+        let tail: f64 = blocks
+            .remainder()
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum();
+        lanes.iter().sum::<f64>() + tail
+    }
+
+    /// One AdamW step (`steps` counts this one): `clip_grad_norm_` then `torch.optim.AdamW`,
+    /// the arithmetic of the composed path in its order, each parameter read from and written
+    /// to a buffer of its own (so the next forward pass reads them without copies).
+    pub(super) fn step(
+        settings: &AdamWSettings,
+        lr: f64,
+        steps: u64,
+        gradients: Vec<Tensor<1>>,
+        params: Vec<Tensor<1>>,
+        moments: Option<(Tensor<1>, Tensor<1>)>,
+    ) -> Update {
+        let AdamWSettings {
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+            max_grad_norm,
+        } = *settings;
+        let gradients: Vec<FlexTensor> = gradients.into_iter().map(contiguous).collect();
+        let params: Vec<FlexTensor> = params.into_iter().map(contiguous).collect();
+        let len = gradients.iter().map(|g| values(g).len()).sum();
+
+        // Partial sums per chunk, added in order: the norm does not depend on the pool.
+        let partial: Vec<f64> = gradients
+            .par_iter()
+            .flat_map(|g| values(g).par_chunks(CHUNK))
+            .map(sum_of_squares)
+            .collect();
+        let grad_norm = partial.iter().sum::<f64>().sqrt();
+        let factor = max_grad_norm / (grad_norm + 1e-6);
+        let clip = (max_grad_norm > 0.0 && factor < 1.0).then_some(factor as f32);
+
+        let (mut moment_1, mut moment_2) = match moments {
+            Some((m, v)) => (exclusive(Some(m), len), exclusive(Some(v), len)),
+            None => (exclusive(None, len), exclusive(None, len)),
+        };
+        let correction_1 = 1.0 - beta1.powi(steps as i32);
+        let correction_2 = ((1.0 - beta2.powi(steps as i32)).sqrt()) as f32;
+        let (b1, b1_rest) = (beta1 as f32, (1.0 - beta1) as f32);
+        let (b2, b2_rest) = (beta2 as f32, (1.0 - beta2) as f32);
+        let (epsilon, step_size) = (epsilon as f32, (lr / correction_1) as f32);
+        let decay = (weight_decay > 0.0).then_some((1.0 - lr * weight_decay) as f32);
+
+        // Each parameter's slices of the moments.
+        let mut pieces = Vec::with_capacity(params.len());
+        let (mut m_rest, mut v_rest) =
+            (moment_1.storage_mut::<f32>(), moment_2.storage_mut::<f32>());
+        for (g, p) in gradients.iter().zip(&params) {
+            let n = values(g).len();
+            let (m, m_next) = std::mem::take(&mut m_rest).split_at_mut(n);
+            let (v, v_next) = std::mem::take(&mut v_rest).split_at_mut(n);
+            (m_rest, v_rest) = (m_next, v_next);
+            pieces.push((values(g), values(p), m, v));
+        }
+        let updated: Vec<Tensor<1>> = pieces
+            .into_par_iter()
+            .map(|(g, p, m, v)| {
+                let mut out = Vec::<f32>::with_capacity(p.len());
+                out.spare_capacity_mut()
+                    .par_chunks_mut(CHUNK)
+                    .zip(m.par_chunks_mut(CHUNK))
+                    .zip(v.par_chunks_mut(CHUNK))
+                    .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
+                    .for_each(|(((out, m), v), (g, p))| {
+                        for ((((out, m), v), &g), &p) in out.iter_mut().zip(m).zip(v).zip(g).zip(p)
+                        {
+                            let g = clip.map_or(g, |c| g * c);
+                            *m = *m * b1 + g * b1_rest;
+                            *v = *v * b2 + g * g * b2_rest;
+                            let delta = *m / (v.sqrt() / correction_2 + epsilon) * step_size;
+                            out.write(decay.map_or(p, |d| p * d) - delta);
+                        }
+                    });
+                // SAFETY: the chunks cover `out` and every element was written above.
+                unsafe { out.set_len(p.len()) };
+                Tensor::from_primitive::<Flex>(tensor(out))
+            })
+            .collect();
+        Update {
+            params: updated,
+            moment_1: Tensor::from_primitive::<Flex>(moment_1),
+            moment_2: Tensor::from_primitive::<Flex>(moment_2),
+            grad_norm,
+        }
     }
 }
 

@@ -1,7 +1,8 @@
-//! The CPU backend (flex): its vectorised, parallel GELU ([`fast_gelu`]) and dropout masks
-//! drawn in parallel.
+//! The CPU backend (flex): its vectorised, parallel GELU ([`fast_gelu`]), the linear layer as
+//! one GEMM over all rows each way ([`linear`]) and dropout masks drawn in parallel.
 
 mod fast_gelu;
+mod linear;
 
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{Device, Int, Tensor};
@@ -9,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor};
 use super::{FusedKernels, FusedOps};
 
 /// The flex backend's GELU through [`fast_gelu`]: vectorised and parallel, where flex's
-/// own is scalar libm `erff` on one thread.
+/// own is scalar libm `erff` on one thread; its linear layer through [`linear`].
 impl FusedKernels for burn::backend::Flex {
     fn exact_gelu_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
         flex_gelu(x)
@@ -33,12 +34,59 @@ impl FusedKernels for burn::backend::Flex {
         );
         grad
     }
+
+    fn linear_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        flex_linear(x, weight, bias)
+    }
+
+    fn linear_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        if let Some(grads) = linear::backward(&grad, &x, &weight) {
+            return grads;
+        }
+        use burn::backend::ops::ModuleOps;
+        (
+            Self::linear_x_backward(weight, grad.clone()),
+            Self::linear_weight_backward(x, grad.clone()),
+            Self::linear_bias_backward(grad),
+        )
+    }
 }
 
 impl FusedOps for burn::backend::Flex {
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         flex_gelu(x)
     }
+
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        flex_linear(x, weight, bias)
+    }
+}
+
+/// The linear layer through [`linear`] for f32, through Burn's for other float types.
+fn flex_linear(
+    x: FloatTensor<burn::backend::Flex>,
+    weight: FloatTensor<burn::backend::Flex>,
+    bias: FloatTensor<burn::backend::Flex>,
+) -> FloatTensor<burn::backend::Flex> {
+    linear::forward(&x, &weight, &bias).unwrap_or_else(|| {
+        <burn::backend::Flex as burn::backend::ops::ModuleOps<burn::backend::Flex>>::linear(
+            x,
+            weight,
+            Some(bias),
+        )
+    })
 }
 
 /// GELU on a flex tensor: in place when the tensor is this operation's alone, else on a

@@ -370,10 +370,13 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     ))
 }
 
-/// `layer` applied to `x`: on libtorch as one operation (PyTorch's `addmm` forward, two GEMMs and
-/// a sum backward), elsewhere Burn's `Linear`, which those backends run well.
+/// `layer` applied to `x` as one operation: one GEMM over all rows with the bias added in it,
+/// two GEMMs and a column sum backward; on libtorch PyTorch's `addmm`, on the CPU backend the
+/// `gemm` crate ([`flex`]'s `linear`). The GPU backends keep Burn's `Linear`, which they run
+/// well.
 pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
-    let (Some(bias), true) = (&layer.bias, is_libtorch(&x.device())) else {
+    let device = x.device();
+    let (Some(bias), true) = (&layer.bias, is_libtorch(&device) || on_flex(&device)) else {
         return layer.forward(x);
     };
     if !FUSED.load(Ordering::Relaxed) {
@@ -384,6 +387,17 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
         layer.weight.val().into_dispatch(),
         bias.val().into_dispatch(),
     ))
+}
+
+/// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's.
+fn on_flex(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "flex")]
+    return flex::is_flex(device);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
 }
 
 /// Whether `device` (or the device under its autodiff wrapper) is a libtorch one (CPU or CUDA).
@@ -618,44 +632,79 @@ mod tests {
         }
     }
 
-    /// libtorch's linear (`addmm` forward, two GEMMs and a sum backward) against Burn's
-    /// `Linear`, on libtorch's CPU device (needs the `tch` feature and libtorch).
-    #[cfg(feature = "tch")]
-    #[test]
-    fn libtorch_linear_equals_burns() {
+    /// The fused linear layer against Burn's `Linear` on `device`: output and the gradients of
+    /// a weighted sum, for a batch of sequences, for plain rows, and for an input that is a
+    /// transposed view (not contiguous).
+    fn linear_equals_burns(device: &Device) {
         use burn::nn::LinearConfig;
-        let device = Device::libtorch().autodiff();
-        let x = Tensor::<3>::from_data(TensorData::new(wave(160, 0.1), [2, 5, 16]), &device);
-        let weights = Tensor::<3>::from_data(TensorData::new(wave(120, 1.3), [2, 5, 12]), &device);
-        let mut layer = LinearConfig::new(16, 12).init(&device);
+        let mut layer = LinearConfig::new(16, 12).init(device);
         layer.weight = Param::from_tensor(Tensor::from_data(
             TensorData::new(wave(192, 2.0), [16, 12]),
-            &device,
+            device,
         ));
         layer.bias = Some(Param::from_tensor(Tensor::from_data(
             TensorData::new(wave(12, 0.7), [12]),
-            &device,
+            device,
         )));
         let bias = layer.bias.as_ref().unwrap();
-        let run = |fused: bool| {
-            let x = x.clone().detach().require_grad();
-            let y = if fused {
-                super::linear(&layer, x.clone())
-            } else {
-                layer.forward(x.clone())
+        let batch = Tensor::<3>::from_data(TensorData::new(wave(160, 0.1), [2, 5, 16]), device);
+        let transposed =
+            Tensor::<3>::from_data(TensorData::new(wave(160, 0.4), [2, 16, 5]), device)
+                .swap_dims(1, 2);
+        let rows = Tensor::<3>::from_data(TensorData::new(wave(48, 0.9), [1, 3, 16]), device);
+        for (name, x) in [("batch", batch), ("transposed", transposed), ("rows", rows)] {
+            let [b, s, _] = x.dims();
+            let weights =
+                Tensor::<3>::from_data(TensorData::new(wave(b * s * 12, 1.3), [b, s, 12]), device);
+            let run = |fused: bool| {
+                let x = x.clone().detach().require_grad();
+                let y = if fused {
+                    super::linear(&layer, x.clone())
+                } else {
+                    layer.forward(x.clone())
+                };
+                let grads = (y.clone() * weights.clone()).sum().backward();
+                [
+                    values(y.inner()),
+                    values(x.grad(&grads).unwrap()),
+                    values(layer.weight.val().grad(&grads).unwrap()),
+                    values(bias.val().grad(&grads).unwrap()),
+                ]
             };
-            let grads = (y.clone() * weights.clone()).sum().backward();
-            [
-                values(y.inner()),
-                values(x.grad(&grads).unwrap()),
-                values(layer.weight.val().grad(&grads).unwrap()),
-                values(bias.val().grad(&grads).unwrap()),
-            ]
-        };
-        let (fused, composed) = (run(true), run(false));
-        for (i, name) in ["output", "∂x", "∂w", "∂b"].into_iter().enumerate() {
-            assert_close(name, &fused[i], &composed[i], 1e-5);
+            let (fused, composed) = (run(true), run(false));
+            for (i, part) in ["output", "∂x", "∂w", "∂b"].into_iter().enumerate() {
+                assert_close(&format!("{name}: {part}"), &fused[i], &composed[i], 1e-5);
+            }
         }
+    }
+
+    /// The CPU backend's linear layer (one GEMM over all rows each way, `flex::linear`).
+    #[test]
+    fn flex_linear_equals_burns() {
+        linear_equals_burns(&Device::flex().autodiff());
+    }
+
+    /// Off the autodiff graph the CPU backend's fused linear gives Burn's output too.
+    #[test]
+    fn flex_linear_without_autodiff_equals_burns() {
+        use burn::nn::LinearConfig;
+        let device = Device::flex();
+        let layer = LinearConfig::new(8, 24).init(&device);
+        let x = Tensor::<3>::from_data(TensorData::new(wave(80, 0.3), [2, 5, 8]), &device);
+        assert_close(
+            "output",
+            &values(super::linear(&layer, x.clone())),
+            &values(layer.forward(x)),
+            1e-5,
+        );
+    }
+
+    /// libtorch's linear (`addmm` forward, two GEMMs and a sum backward), on libtorch's CPU
+    /// device (needs the `tch` feature and libtorch).
+    #[cfg(feature = "tch")]
+    #[test]
+    fn libtorch_linear_equals_burns() {
+        linear_equals_burns(&Device::libtorch().autodiff());
     }
 
     /// libtorch's attention (its CPU flash attention under autodiff, `scaled_dot_product_

@@ -1,0 +1,260 @@
+//! The linear layer on the CPU backend: one GEMM over all rows each way, the bias in the
+//! forward GEMM's destination.
+//!
+//! Burn's `linear` on flex runs a GEMM per sequence of the batch against the broadcast weight
+//! (the weight packed again for each), adds the bias in a separate serial pass, and under
+//! autodiff takes the weight's gradient as one `[in, out]` product per sequence, summed
+//! afterwards: 32 matrices of 768×3072 for an FFN layer of roberta-base at batch 32, zero-filled,
+//! copied into aligned storage (flex's `FlexTensor::empty` allocates twice) and reduced on one
+//! thread. In a profile of a roberta-base training step on two threads that was 8% of the time
+//! in copies, fills and the reduction (docs/BENCHMARKS.md). Here, as PyTorch's `addmm` does, the
+//! rows of every sequence are one matrix:
+//! ```text
+//! y  = x·w + b      the destination starts as b in every row, GEMM adds x·w
+//! ∂x = g·wᵀ         wᵀ read through strides, not copied
+//! ∂w = xᵀ·g         one GEMM whose inner dimension is every row of the batch
+//! ∂b = Σ_rows g     columns split over the pool, rows summed in order
+//! ```
+//! with the `gemm` crate (flex's own) parallel over the rayon pool.
+
+use burn::tensor::{DType, Shape};
+use burn_flex::{FlexTensor, Layout};
+use rayon::prelude::*;
+
+/// Multiply-adds below which a product runs on one thread (flex's own threshold).
+const PARALLEL_WORK: usize = 192 * 192 * 192;
+
+/// Columns of the bias gradient per parallel task.
+const BIAS_COLUMNS: usize = 256;
+
+/// A matrix operand: its first element and the strides between rows and between columns.
+#[derive(Clone, Copy)]
+struct Operand {
+    start: *const f32,
+    row_stride: isize,
+    column_stride: isize,
+}
+
+/// `y = x·w + b` for `x` `[..., in]`, `w` `[in, out]`, `b` `[out]` (f32; `None` for others).
+pub(super) fn forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+) -> Option<FlexTensor> {
+    if [x, weight, bias].iter().any(|t| t.dtype() != DType::F32) {
+        return None;
+    }
+    let x = contiguous(x);
+    let bias = contiguous(bias);
+    let (rows, d_in) = rows_and_width(&x);
+    let d_out = weight.layout().shape()[1];
+    let bias = elements(&bias);
+
+    let mut y = Vec::<f32>::with_capacity(rows * d_out);
+    // Every row starts as the bias; the GEMM adds the product to it.
+    y.spare_capacity_mut()
+        .par_chunks_mut(d_out)
+        .with_min_len(rows_per_task(d_out))
+        .for_each(|row| {
+            for (slot, &b) in row.iter_mut().zip(bias) {
+                slot.write(b);
+            }
+        });
+    // SAFETY: every element was written just above.
+    unsafe { y.set_len(rows * d_out) };
+    // SAFETY: the operands' extents are their tensors' (checked by Burn's shape rules: `x` is
+    // `[rows, in]` contiguous, `w` `[in, out]` by its strides) and `y` has rows × out elements.
+    unsafe {
+        product(
+            y.as_mut_ptr(),
+            (rows, d_out, d_in),
+            true,
+            row_major(&x, d_in),
+            matrix(weight),
+        );
+    }
+    let mut shape = x.layout().shape().clone();
+    let last = shape.num_dims() - 1;
+    shape[last] = d_out;
+    Some(from_vec(y, shape))
+}
+
+/// `(∂x, ∂w, ∂b)` of [`forward`] for the output's gradient `grad` (f32; `None` for others).
+pub(super) fn backward(
+    grad: &FlexTensor,
+    x: &FlexTensor,
+    weight: &FlexTensor,
+) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
+    if [grad, x, weight].iter().any(|t| t.dtype() != DType::F32) {
+        return None;
+    }
+    let grad = contiguous(grad);
+    let x = contiguous(x);
+    let (rows, d_in) = rows_and_width(&x);
+    let d_out = weight.layout().shape()[1];
+    let g = row_major(&grad, d_out);
+    let w = matrix(weight);
+
+    // ∂x = g·wᵀ: wᵀ is w with its strides swapped.
+    let w_transposed = Operand {
+        start: w.start,
+        row_stride: w.column_stride,
+        column_stride: w.row_stride,
+    };
+    // SAFETY: the GEMM writes all rows × in elements (it reads none: `read_dst` is false);
+    // the operands are `[rows, out]` contiguous and `w` read within its own extent.
+    let grad_x = unsafe {
+        filled_by_product(rows * d_in, |dst| {
+            product(dst, (rows, d_in, d_out), false, g, w_transposed)
+        })
+    };
+    // ∂w = xᵀ·g: xᵀ is the contiguous `[rows, in]` read by columns.
+    let x_start = row_major(&x, d_in).start;
+    let x_transposed = Operand {
+        start: x_start,
+        row_stride: 1,
+        column_stride: d_in as isize,
+    };
+    // SAFETY: as above, with in × out elements.
+    let grad_weight = unsafe {
+        filled_by_product(d_in * d_out, |dst| {
+            product(dst, (d_in, d_out, rows), false, x_transposed, g)
+        })
+    };
+    let grad_bias = column_sums(elements(&grad), d_out);
+
+    Some((
+        from_vec(grad_x, x.layout().shape().clone()),
+        from_vec(grad_weight, Shape::new([d_in, d_out])),
+        from_vec(grad_bias, Shape::new([d_out])),
+    ))
+}
+
+/// Sums of the columns of the row-major `[rows, width]` matrix `values`: columns split over
+/// the pool, each summed over the rows in order, so the result does not depend on the number
+/// of threads.
+fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; width];
+    sums.par_chunks_mut(BIAS_COLUMNS)
+        .enumerate()
+        .for_each(|(block, sums)| {
+            let first = block * BIAS_COLUMNS;
+            for row in values.chunks_exact(width) {
+                for (sum, value) in sums.iter_mut().zip(&row[first..]) {
+                    *sum += value;
+                }
+            }
+        });
+    sums
+}
+
+/// A vector of `len` f32 that `fill` writes in full through the pointer it gets.
+///
+/// # Safety
+/// `fill` must write every one of the `len` elements.
+unsafe fn filled_by_product(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    // No zero fill: the product overwrites every element.
+    let mut values = Vec::<f32>::with_capacity(len);
+    fill(values.as_mut_ptr());
+    // SAFETY: the caller's promise.
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// `dst = (dst if accumulate) + lhs·rhs` for an `[m, k]` by `[k, n]` product into a
+/// row-major `[m, n]` destination, on the rayon pool when it is large enough.
+///
+/// # Safety
+/// `dst` must hold m × n elements and the operands must be readable over their extents.
+unsafe fn product(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+) {
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller's promise; gemm reads `dst` only when `read_dst` is true.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            accumulate,
+            lhs.start,
+            lhs.column_stride,
+            lhs.row_stride,
+            rhs.start,
+            rhs.column_stride,
+            rhs.row_stride,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `t` itself when it is contiguous, else a contiguous copy.
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The number of rows and the width (last dimension) of `t`.
+fn rows_and_width(t: &FlexTensor) -> (usize, usize) {
+    let shape = t.layout().shape();
+    let width = shape[shape.num_dims() - 1];
+    (shape.num_elements() / width.max(1), width)
+}
+
+/// The elements of the contiguous tensor `t`, in order.
+fn elements(t: &FlexTensor) -> &[f32] {
+    let start = t.layout().start_offset();
+    &t.storage::<f32>()[start..start + t.layout().num_elements()]
+}
+
+/// The contiguous tensor `t` as a row-major matrix of rows of `width`.
+fn row_major(t: &FlexTensor, width: usize) -> Operand {
+    Operand {
+        start: elements(t).as_ptr(),
+        row_stride: width as isize,
+        column_stride: 1,
+    }
+}
+
+/// The rank-2 tensor `t` as a matrix, through its own strides.
+fn matrix(t: &FlexTensor) -> Operand {
+    let strides = t.layout().strides();
+    Operand {
+        start: t.storage::<f32>()[t.layout().start_offset()..].as_ptr(),
+        row_stride: strides[0],
+        column_stride: strides[1],
+    }
+}
+
+/// Parallel tasks of at least this many rows of `width` (about 16k elements each).
+fn rows_per_task(width: usize) -> usize {
+    ((1 << 14) / width.max(1)).max(1)
+}
+
+/// A contiguous f32 tensor of `shape` over `values`.
+fn from_vec(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(
+        burn::tensor::Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
