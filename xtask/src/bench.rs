@@ -386,7 +386,19 @@ fn worker_batches(
             device,
         ),
     };
-    let Some(path) = &args.lengths_file else {
+    let lengths = match (&args.lengths_file, args.lengths) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let lengths: Vec<usize> = serde_json::from_str(&text)
+                .with_context(|| format!("{}: expected a JSON list of lengths", path.display()))?;
+            anyhow::ensure!(!lengths.is_empty(), "{}: no lengths", path.display());
+            Some(lengths)
+        }
+        (None, crate::flags::LengthsFlag::Tweets) => Some(tweet_epoch(args.shape, args.batch)),
+        (None, crate::flags::LengthsFlag::Fixed) => None,
+    };
+    let Some(lengths) = lengths else {
         let mut ids: Vec<i64> = (0..args.batch * BENCH_SEQ)
             .map(|_| i64::from(rng.random_range(3..vocab)))
             .collect();
@@ -401,10 +413,6 @@ fn worker_batches(
             rows: args.batch * args.iters,
         });
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let lengths: Vec<usize> = serde_json::from_str(&text)
-        .with_context(|| format!("{}: expected a JSON list of lengths", path.display()))?;
     let n = lengths.len();
     let mut input_ids = vec![1u32; n * BENCH_SEQ];
     let mut attention = vec![0u8; n * BENCH_SEQ];
@@ -517,25 +525,21 @@ fn train_worker(
     Ok(())
 }
 
+/// The epoch of real tweets' lengths that `--lengths tweets` times for `shape`: 400 batches,
+/// mega-batches of 50 batches as the Trainer's sampler forms them on any real data set.
+fn tweet_epoch(shape: crate::flags::ShapeFlag, batch: usize) -> Vec<usize> {
+    crate::synth::tweet_lengths(400 * batch, shape as u64, BENCH_SEQ)
+}
+
 /// Runs `command`, measuring it, and parses the JSON line it prints.
 fn measure_json(command: &mut Command) -> Result<(Measurement, serde_json::Value)> {
-    let out = tempfile_path("bench-out");
-    let file = std::fs::File::create(&out)?;
-    let measurement = measure(command.stdout(file))?;
-    let text = std::fs::read_to_string(&out)?;
-    let _ = std::fs::remove_file(&out);
+    let out = tempfile::Builder::new().prefix("bench-out-").tempfile()?;
+    let measurement = measure(command.stdout(out.reopen()?))?;
+    let text = std::fs::read_to_string(out.path())?;
     let line = text.lines().last().unwrap_or_default();
     let value = serde_json::from_str(line)
         .with_context(|| format!("parsing the output of {command:?}: {text:?}"))?;
     Ok((measurement, value))
-}
-
-fn tempfile_path(stem: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "{stem}-{}-{:?}",
-        std::process::id(),
-        Instant::now()
-    ))
 }
 
 /// A flag value as it is written on the command line.
@@ -705,18 +709,18 @@ impl BenchModel {
         for &shape in &self.shapes {
             for &threads in &self.threads {
                 let iters = self.iterations(shape);
-                // An epoch of 400 batches: mega-batches of 50 batches, as the Trainer's
-                // sampler forms them on any real data set, of which `iters` are timed.
-                let lengths =
-                    crate::synth::tweet_lengths(400 * self.batch, shape as u64, BENCH_SEQ);
-                let lengths_file = tempfile_path("bench-lengths");
-                std::fs::write(&lengths_file, serde_json::to_string(&lengths)?)?;
+                let lengths = tweet_epoch(shape, self.batch);
+                let lengths_file = tempfile::Builder::new()
+                    .prefix("bench-lengths-")
+                    .suffix(".json")
+                    .tempfile()?;
+                std::fs::write(lengths_file.path(), serde_json::to_string(&lengths)?)?;
                 let mut row = Vec::new();
                 for padding in ["fixed", "dynamic"] {
                     let (m, v) = measure_json(
                         self.ours(shape, iters, threads)?
                             .arg("--lengths-file")
-                            .arg(&lengths_file)
+                            .arg(lengths_file.path())
                             .args(["--padding", padding]),
                     )?;
                     row.push((m, v));
@@ -725,12 +729,11 @@ impl BenchModel {
                     let (m, v) = measure_json(
                         self.pytorch(shape, iters, threads)
                             .arg("--lengths-file")
-                            .arg(&lengths_file)
+                            .arg(lengths_file.path())
                             .args(["--padding", padding]),
                     )?;
                     row.push((m, v));
                 }
-                let _ = std::fs::remove_file(&lengths_file);
                 let rate = |i: usize| row[i].1["samples_per_s"].as_f64().unwrap_or(f64::NAN);
                 let mib = |i: usize| row[i].0.peak_rss as f64 / (1024.0 * 1024.0);
                 let cells: Vec<String> = (0..4)

@@ -659,6 +659,11 @@ pub struct ModelWorkerArgs {
     /// instead of `--iters` copies of one full batch.
     #[arg(long)]
     pub lengths_file: Option<PathBuf>,
+    /// `tweets`: the epoch of real tweets' lengths that `bench model --lengths tweets` draws
+    /// for this shape and batch, as if given with `--lengths-file` (to profile a row of its
+    /// table alone).
+    #[arg(long, value_enum, default_value_t = LengthsFlag::Fixed, conflicts_with = "lengths_file")]
+    pub lengths: LengthsFlag,
     /// How the rows of `--lengths-file` are batched.
     #[arg(long, value_enum, default_value_t = PaddingFlag::Dynamic)]
     pub padding: PaddingFlag,
