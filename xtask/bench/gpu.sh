@@ -14,7 +14,10 @@
 #   composed operations, the step without its optimizer); `profile` looks at where a tch-cuda
 #   training step's time goes, next to PyTorch's: batch 32 and 64, the GPU's utilisation and
 #   the CPU time while each side trains, PyTorch's kernels per step, and a launch-bound tiny
-#   model.
+#   model. `cpu` benchmarks the machine's host CPU instead (flex against PyTorch on the CPU,
+#   real tweets' lengths, 1 and 2 threads), pinned to two cores as on the 2-vCPU machines our
+#   users and CI have: machines of our kind differ in their host CPU, and a lent GPU machine may
+#   bring one (an Intel Xeon, say) that no CPU session has seen.
 set -u
 out=$(realpath "$2")
 deadline=${3:-540}
@@ -58,6 +61,7 @@ torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(tor
 export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
 
 step 30 "machine" bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc;
+    lscpu | grep -E "^(Vendor ID|Model name|CPU family|Model|L1d|L2|L3)"; grep -o -w -E "avx512f|avx512_bf16|avx512_fp16|amx_bf16|amx_tile" /proc/cpuinfo | sort -u | tr "\n" " "; echo;
     python3 -c "import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__, \"cuda\", torch.cuda.is_available())";
     ls /usr/local/nvidia/share/vulkan/icd.d/ 2>&1; ldd '"$xtask"' | grep -i "not found"'
 
@@ -87,6 +91,20 @@ sampled() { # sampled LIMIT NAME COMMAND...
     kill "$sampler"
     say "GPU utilisation: mean $(awk '{ s += $1; n++ } END { printf "%.0f%% over %d samples", s / n, n }' /tmp/util.txt)"
 }
+if [ "$mode" = cpu ]; then
+    cpu() { # cpu LIMIT FLAGS: `bench model` on cores 0 and 1, PyTorch on the CPU beside it
+        local limit=$1
+        shift
+        step "$limit" "cpu bench $*" taskset -c 0,1 "$xtask" bench model "$@" --lengths tweets \
+            --threads 1,2 --python python3
+    }
+    cpu 150 --train --shapes small --iters 20
+    cpu 100 --shapes small --iters 40
+    cpu 200 --train --shapes base --iters 4
+    cpu 120 --shapes base --iters 6
+    say "done after $SECONDS s"
+    exit 0
+fi
 if [ "$mode" = profile ]; then
     bench 60 tch-cuda f32 --train
     bench 60 tch-cuda f32 --train --batch 64

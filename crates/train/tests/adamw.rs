@@ -181,6 +181,41 @@ fn a_saved_optimizer_continues_bit_for_bit() {
     );
 }
 
+/// The CPU backend's update is the same to the bit on any number of threads: its norm is
+/// summed per chunk in a fixed order and everything else is per element. The embedding of a
+/// 1,000-word vocabulary spans several of its chunks.
+#[test]
+fn the_cpu_update_does_not_depend_on_the_thread_count() {
+    let device = Device::flex().autodiff();
+    let start = model(&device, 1000);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut optimizer = FlatAdamW::new(SETTINGS);
+        let mut model = start.clone();
+        let mut norms = Vec::new();
+        for step in 0..3 {
+            // The gradients outside the pool, the same for both runs.
+            let grads = gradients(&model, step, &device);
+            let report;
+            (model, report) = pool
+                .install(|| optimizer.step(rate(step), model, grads))
+                .unwrap();
+            norms.push(report.grad_norm());
+        }
+        (weights(&model), norms)
+    };
+    let (one, three) = (run(1), run(3));
+    assert!(one.1[0] > 0.3, "clipping is exercised: {:?}", one.1);
+    assert_eq!(one.1, three.1, "gradient norms");
+    assert!(
+        one.0 == three.0,
+        "the weights differ between 1 and 3 threads"
+    );
+}
+
 #[test]
 fn another_parameter_layout_is_refused_by_name() {
     let device = Device::flex().autodiff();

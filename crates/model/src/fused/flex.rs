@@ -1,8 +1,16 @@
-//! The CPU backend (flex): its vectorised, parallel GELU ([`fast_gelu`]), the linear layer as
-//! one GEMM over all rows each way ([`linear`]) and dropout masks drawn in parallel.
+//! The CPU backend (flex): its vectorised, parallel GELU ([`fast_gelu`]), layer norm in one
+//! parallel pass each way ([`layer_norm`]), the linear layer as one GEMM over all rows each way
+//! ([`linear`]) and dropout masks drawn in parallel.
 
 mod fast_gelu;
+mod layer_norm;
 mod linear;
+
+use std::mem::MaybeUninit;
+
+use burn::tensor::{DType, Shape};
+use burn_flex::{FlexTensor, Layout};
+use rayon::prelude::*;
 
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{Device, Int, Tensor};
@@ -10,7 +18,8 @@ use burn::tensor::{Device, Int, Tensor};
 use super::{FusedKernels, FusedOps};
 
 /// The flex backend's GELU through [`fast_gelu`]: vectorised and parallel, where flex's
-/// own is scalar libm `erff` on one thread; its linear layer through [`linear`].
+/// own is scalar libm `erff` on one thread; its layer norm under autodiff through
+/// [`layer_norm`] and its linear layer through [`linear`].
 impl FusedKernels for burn::backend::Flex {
     fn exact_gelu_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
         flex_gelu(x)
@@ -33,6 +42,28 @@ impl FusedKernels for burn::backend::Flex {
             &mut grad.storage_mut::<f32>()[..n],
         );
         grad
+    }
+
+    fn layer_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        layer_norm::forward(&x, &gamma, &beta, epsilon)
+            .unwrap_or_else(|| super::layer_norm_forward_composed::<Self>(x, gamma, beta, epsilon))
+    }
+
+    fn layer_norm_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        layer_norm::backward(&grad, &x, &gamma, &mean, &rstd).unwrap_or_else(|| {
+            super::layer_norm_backward_composed::<Self>(grad, x, gamma, mean, rstd)
+        })
     }
 
     fn linear_forward(
@@ -151,4 +182,69 @@ pub(super) fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
             .collect()
     };
     x * Tensor::from_data(burn::tensor::TensorData::new(mask, shape), &device)
+}
+
+/// Columns per parallel task when summing a row-major matrix's columns.
+const COLUMN_BLOCK: usize = 256;
+
+/// `t` itself when it is contiguous, else a contiguous copy.
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The elements of the contiguous f32 tensor `t`, in order.
+fn elements(t: &FlexTensor) -> &[f32] {
+    let start = t.layout().start_offset();
+    &t.storage::<f32>()[start..start + t.layout().num_elements()]
+}
+
+/// A contiguous f32 tensor of `shape` over `values`.
+fn from_vec(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(
+        burn::tensor::Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// A vector of `len` f32 written by `fill` in parallel, one call per row of `width` elements
+/// (with the row's index), rows grouped into tasks of about 16k elements; no zero fill first.
+///
+/// # Safety
+/// `fill` must write every element of the row it is given.
+unsafe fn written(
+    len: usize,
+    width: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let mut values = Vec::<f32>::with_capacity(len);
+    values
+        .spare_capacity_mut()
+        .par_chunks_mut(width.max(1))
+        .enumerate()
+        .with_min_len(((1 << 14) / width.max(1)).max(1))
+        .for_each(|(row, slots)| fill(row, slots));
+    // SAFETY: the rows cover the capacity, and the caller's promise.
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// `Σ f(i)` for `i` in `0..n` over eight interleaved accumulators, so that the loop
+/// vectorises (one running sum is a chain of dependent additions). Inlined into the kernels,
+/// which `multiversion` compiles for AVX-512 and AVX2 + FMA.
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let full = n - n % 8;
+    for start in (0..full).step_by(8) {
+        for (lane, sum) in lanes.iter_mut().enumerate() {
+            *sum += f(start + lane);
+        }
+    }
+    let tail: f32 = (full..n).map(&f).sum();
+    lanes.iter().sum::<f32>() + tail
 }

@@ -20,16 +20,17 @@
 //! `native_dropout_backward` and, on CUDA, PyTorch's batch-norm backward kernels for the layer
 //! norm.
 //!
-//! On libtorch two more operations are PyTorch's kernels: [`linear`] (`addmm` forward, two GEMMs
-//! and a sum backward) and [`attention`] (on CUDA the memory-efficient attention kernel with
-//! dropout inside, as transformers trains; its flash attention on the CPU without dropout; and
-//! `scaled_dot_product_attention` off the autodiff graph). Other backends keep Burn's `Linear`
-//! and the composed attention in the model.
-
+//! [`linear`] is one operation on libtorch (`addmm` forward, two GEMMs and a sum backward) and
+//! on the CPU backend (the same with the `gemm` crate); the GPU backends keep Burn's `Linear`.
+//! On libtorch [`attention`] is PyTorch's kernels too (on CUDA the memory-efficient attention
+//! kernel with dropout inside, as transformers trains; its flash attention on the CPU without
+//! dropout; and `scaled_dot_product_attention` off the autodiff graph); other backends compose
+//! attention in the model.
+//!
 //! The backend-specific code lives here and nowhere else: [`flex`] (the CPU backend's
-//! vectorised GELU and parallel dropout masks), `cubecl` (the WebGPU backends, which take the
-//! composed default bodies), `libtorch` (PyTorch's kernels) and [`autodiff`] (the backward steps
-//! of the fused operations, for every backend).
+//! vectorised GELU, layer norm and linear layer, and parallel dropout masks), `cubecl` (the
+//! WebGPU backends, which take the composed default bodies), `libtorch` (PyTorch's kernels) and
+//! [`autodiff`] (the backward steps of the fused operations, for every backend).
 
 // burn-tch is deprecated upstream, and still the fastest GPU backend here (docs/BENCHMARKS.md).
 #![cfg_attr(feature = "tch", allow(deprecated))]
@@ -106,16 +107,7 @@ pub trait FusedKernels: Backend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let last = x.shape().num_dims() - 1;
-        let mean = Self::float_mean_dim(x.clone(), last);
-        let centered = Self::float_sub(x.clone(), mean.clone());
-        let variance = Self::float_mean_dim(Self::float_mul(centered.clone(), centered), last);
-        let rstd = Self::float_recip(Self::float_sqrt(Self::float_add_scalar(
-            variance,
-            epsilon.into(),
-        )));
-        let y = Self::layer_norm(x, gamma, Some(beta), epsilon);
-        (y, mean, rstd)
+        layer_norm_forward_composed::<Self>(x, gamma, beta, epsilon)
     }
 
     /// `(∂x, ∂γ, ∂β)` from the output gradient `grad` and what the forward kept.
@@ -207,6 +199,23 @@ pub trait FusedKernels: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         unreachable!("fused attention on a backend without the kernel (see attention_available)")
     }
+}
+
+/// The layer norm's output and row statistics from the backend's operations (its own layer
+/// norm for the output).
+fn layer_norm_forward_composed<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    epsilon: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let last = x.shape().num_dims() - 1;
+    let mean = B::float_mean_dim(x.clone(), last);
+    let centered = B::float_sub(x.clone(), mean.clone());
+    let variance = B::float_mean_dim(B::float_mul(centered.clone(), centered), last);
+    let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(variance, epsilon.into())));
+    let y = B::layer_norm(x, gamma, Some(beta), epsilon);
+    (y, mean, rstd)
 }
 
 /// The layer-norm backward pass (module documentation) from the backend's operations.
@@ -697,6 +706,48 @@ mod tests {
             &values(layer.forward(x)),
             1e-5,
         );
+    }
+
+    /// The CPU backend's linear layer gives the same bits on one thread and on three, for a
+    /// layer large enough that its GEMMs run on the pool (`flex::linear`).
+    #[test]
+    fn flex_linear_does_not_depend_on_the_thread_count() {
+        use burn::nn::LinearConfig;
+        let device = Device::flex().autodiff();
+        let mut layer = LinearConfig::new(128, 512).init(&device);
+        layer.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(wave(128 * 512, 0.2), [128, 512]),
+            &device,
+        ));
+        let x = Tensor::<3>::from_data(
+            TensorData::new(wave(4 * 64 * 128, 0.5), [4, 64, 128]),
+            &device,
+        );
+        let weights = Tensor::<3>::from_data(
+            TensorData::new(wave(4 * 64 * 512, 1.1), [4, 64, 512]),
+            &device,
+        );
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let x = x.clone().detach().require_grad();
+                let y = super::linear(&layer, x.clone());
+                let grads = (y.clone() * weights.clone()).sum().backward();
+                [
+                    values(y.inner()),
+                    values(x.grad(&grads).unwrap()),
+                    values(layer.weight.val().grad(&grads).unwrap()),
+                    values(layer.bias.as_ref().unwrap().val().grad(&grads).unwrap()),
+                ]
+            })
+        };
+        let (one, three) = (run(1), run(3));
+        for (i, part) in ["output", "∂x", "∂w", "∂b"].into_iter().enumerate() {
+            assert!(one[i] == three[i], "{part} differs between 1 and 3 threads");
+        }
     }
 
     /// libtorch's linear (`addmm` forward, two GEMMs and a sum backward), on libtorch's CPU

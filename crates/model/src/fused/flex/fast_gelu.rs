@@ -13,6 +13,7 @@
 // The polynomial coefficients are written as published (Eigen, Cephes), not as f32 rounds them.
 #![allow(clippy::excessive_precision)]
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Elements per parallel task: below this, the pool's overhead outweighs the work.
@@ -71,86 +72,33 @@ fn gelu_grad(x: f32, g: f32) -> f32 {
     g * x.mul_add(pdf, cdf)
 }
 
-/// Applies `f` to every element of `values`, in parallel chunks, with the widest vector
-/// instructions this CPU has (chosen once per call; the build targets baseline x86-64).
-fn map_in_place<F: Fn(f32) -> f32 + Copy + Send + Sync>(values: &mut [f32], f: F) {
-    values.par_chunks_mut(CHUNK).for_each(|chunk| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, checked just above.
-                return unsafe { map_avx512(chunk, f) };
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                return unsafe { map_avx2(chunk, f) };
-            }
-        }
-        map_plain(chunk, f)
-    });
-}
-
-#[inline(always)]
-fn map_plain<F: Fn(f32) -> f32>(values: &mut [f32], f: F) {
-    for v in values {
-        *v = f(*v);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn map_avx512<F: Fn(f32) -> f32>(values: &mut [f32], f: F) {
-    map_plain(values, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_avx2<F: Fn(f32) -> f32>(values: &mut [f32], f: F) {
-    map_plain(values, f)
-}
-
 /// GELU of every element, in place.
 pub(crate) fn gelu_in_place(values: &mut [f32]) {
-    map_in_place(values, gelu);
+    values.par_chunks_mut(CHUNK).for_each(gelu_chunk);
 }
 
 /// `grad[i] = gelu'(x[i]) · grad[i]`, in place in `grad`.
 pub(crate) fn gelu_backward_in_place(x: &[f32], grad: &mut [f32]) {
     grad.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(g, x)| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F, checked just above.
-                    return unsafe { backward_avx512(x, g) };
-                }
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                    return unsafe { backward_avx2(x, g) };
-                }
-            }
-            backward_plain(x, g)
-        });
+        .for_each(|(g, x)| gelu_backward_chunk(x, g));
 }
 
-#[inline(always)]
-fn backward_plain(x: &[f32], g: &mut [f32]) {
-    for (g, &x) in g.iter_mut().zip(x) {
-        *g = gelu_grad(x, *g);
+/// One task's share of [`gelu_in_place`], compiled for the widest vector instructions this
+/// CPU has (the build targets baseline x86-64).
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn gelu_chunk(values: &mut [f32]) {
+    for v in values {
+        *v = gelu(*v);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn backward_avx512(x: &[f32], g: &mut [f32]) {
-    backward_plain(x, g)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn backward_avx2(x: &[f32], g: &mut [f32]) {
-    backward_plain(x, g)
+/// One task's share of [`gelu_backward_in_place`], compiled as [`gelu_chunk`] is.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn gelu_backward_chunk(x: &[f32], g: &mut [f32]) {
+    for (g, &x) in g.iter_mut().zip(x) {
+        *g = gelu_grad(x, *g);
+    }
 }
 
 #[cfg(test)]

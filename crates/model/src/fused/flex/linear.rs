@@ -18,14 +18,15 @@
 //! with the `gemm` crate (flex's own) parallel over the rayon pool.
 
 use burn::tensor::{DType, Shape};
-use burn_flex::{FlexTensor, Layout};
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
+
+use multiversion::multiversion;
+
+use super::{COLUMN_BLOCK, contiguous, elements, from_vec, written};
 
 /// Multiply-adds below which a product runs on one thread (flex's own threshold).
 const PARALLEL_WORK: usize = 192 * 192 * 192;
-
-/// Columns of the bias gradient per parallel task.
-const BIAS_COLUMNS: usize = 256;
 
 /// A matrix operand: its first element and the strides between rows and between columns.
 #[derive(Clone, Copy)]
@@ -49,19 +50,23 @@ pub(super) fn forward(
     let (rows, d_in) = rows_and_width(&x);
     let d_out = weight.layout().shape()[1];
     let bias = elements(&bias);
+    // The GEMM reads by these sizes: a mismatch would read past the tensors.
+    assert!(
+        weight.layout().shape()[0] == d_in && bias.len() == d_out,
+        "linear: input width {d_in}, weight {:?}, bias {}",
+        weight.layout().shape(),
+        bias.len()
+    );
 
-    let mut y = Vec::<f32>::with_capacity(rows * d_out);
-    // Every row starts as the bias; the GEMM adds the product to it.
-    y.spare_capacity_mut()
-        .par_chunks_mut(d_out)
-        .with_min_len(rows_per_task(d_out))
-        .for_each(|row| {
+    // SAFETY: every row is written in full.
+    let mut y = unsafe {
+        written(rows * d_out, d_out, |_, row| {
             for (slot, &b) in row.iter_mut().zip(bias) {
                 slot.write(b);
             }
-        });
-    // SAFETY: every element was written just above.
-    unsafe { y.set_len(rows * d_out) };
+        })
+    };
+    // Every row starts as the bias; the GEMM adds the product to it.
     // SAFETY: the operands' extents are their tensors' (checked by Burn's shape rules: `x` is
     // `[rows, in]` contiguous, `w` `[in, out]` by its strides) and `y` has rows × out elements.
     unsafe {
@@ -92,6 +97,13 @@ pub(super) fn backward(
     let x = contiguous(x);
     let (rows, d_in) = rows_and_width(&x);
     let d_out = weight.layout().shape()[1];
+    assert!(
+        weight.layout().shape()[0] == d_in && elements(&grad).len() == rows * d_out,
+        "linear backward: input {:?}, weight {:?}, output gradient {:?}",
+        x.layout().shape(),
+        weight.layout().shape(),
+        grad.layout().shape()
+    );
     let g = row_major(&grad, d_out);
     let w = matrix(weight);
 
@@ -135,17 +147,23 @@ pub(super) fn backward(
 /// of threads.
 fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
     let mut sums = vec![0.0f32; width];
-    sums.par_chunks_mut(BIAS_COLUMNS)
+    sums.par_chunks_mut(COLUMN_BLOCK)
         .enumerate()
         .for_each(|(block, sums)| {
-            let first = block * BIAS_COLUMNS;
+            let first = block * COLUMN_BLOCK;
             for row in values.chunks_exact(width) {
-                for (sum, value) in sums.iter_mut().zip(&row[first..]) {
-                    *sum += value;
-                }
+                add_row(sums, &row[first..]);
             }
         });
     sums
+}
+
+/// `sums += row`, element by element (as far as the shorter goes).
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn add_row(sums: &mut [f32], row: &[f32]) {
+    for (sum, value) in sums.iter_mut().zip(row) {
+        *sum += value;
+    }
 }
 
 /// A vector of `len` f32 that `fill` writes in full through the pointer it gets.
@@ -204,26 +222,11 @@ unsafe fn product(
     }
 }
 
-/// `t` itself when it is contiguous, else a contiguous copy.
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.is_contiguous() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
 /// The number of rows and the width (last dimension) of `t`.
 fn rows_and_width(t: &FlexTensor) -> (usize, usize) {
     let shape = t.layout().shape();
     let width = shape[shape.num_dims() - 1];
     (shape.num_elements() / width.max(1), width)
-}
-
-/// The elements of the contiguous tensor `t`, in order.
-fn elements(t: &FlexTensor) -> &[f32] {
-    let start = t.layout().start_offset();
-    &t.storage::<f32>()[start..start + t.layout().num_elements()]
 }
 
 /// The contiguous tensor `t` as a row-major matrix of rows of `width`.
@@ -243,18 +246,4 @@ fn matrix(t: &FlexTensor) -> Operand {
         row_stride: strides[0],
         column_stride: strides[1],
     }
-}
-
-/// Parallel tasks of at least this many rows of `width` (about 16k elements each).
-fn rows_per_task(width: usize) -> usize {
-    ((1 << 14) / width.max(1)).max(1)
-}
-
-/// A contiguous f32 tensor of `shape` over `values`.
-fn from_vec(values: Vec<f32>, shape: Shape) -> FlexTensor {
-    FlexTensor::new(
-        burn::tensor::Bytes::from_elems(values),
-        Layout::contiguous(shape),
-        DType::F32,
-    )
 }
