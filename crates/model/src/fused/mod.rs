@@ -750,6 +750,49 @@ mod tests {
         }
     }
 
+    /// The CPU backend's layer norm gives the same bits on one thread and on three, with rows
+    /// wider than one column block of its parameter gradients (`flex::layer_norm`).
+    #[test]
+    fn flex_layer_norm_does_not_depend_on_the_thread_count() {
+        let device = Device::flex().autodiff();
+        let (rows, width) = (200, 300);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(wave(rows * width, 0.3), [rows, width]),
+            &device,
+        );
+        let weights = Tensor::<2>::from_data(
+            TensorData::new(wave(rows * width, 1.7), [rows, width]),
+            &device,
+        );
+        let gamma = Tensor::<1>::from_data(TensorData::new(wave(width, 2.1), [width]), &device);
+        let beta = Tensor::<1>::from_data(TensorData::new(wave(width, 0.4), [width]), &device);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (x, gamma, beta) = (
+                    x.clone().require_grad(),
+                    gamma.clone().require_grad(),
+                    beta.clone().require_grad(),
+                );
+                let y = super::layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+                let grads = (y.clone() * weights.clone()).sum().backward();
+                [
+                    values(y.inner()),
+                    values(x.grad(&grads).unwrap()),
+                    values(gamma.grad(&grads).unwrap()),
+                    values(beta.grad(&grads).unwrap()),
+                ]
+            })
+        };
+        let (one, three) = (run(1), run(3));
+        for (i, part) in ["output", "∂x", "∂γ", "∂β"].into_iter().enumerate() {
+            assert!(one[i] == three[i], "{part} differs between 1 and 3 threads");
+        }
+    }
+
     /// libtorch's linear (`addmm` forward, two GEMMs and a sum backward), on libtorch's CPU
     /// device (needs the `tch` feature and libtorch).
     #[cfg(feature = "tch")]
