@@ -539,6 +539,28 @@ mod tests {
         );
     }
 
+    /// `work` run on a rayon pool of `threads` threads (the flex kernels and `gemm` use the
+    /// current pool).
+    fn on_threads<R: Send>(threads: usize, work: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(work)
+    }
+
+    /// Asserts that each named part of `one` (run on one thread) equals that of `three` (run
+    /// on three) to the bit.
+    fn assert_same_bits<const N: usize>(
+        parts: [&str; N],
+        one: [Vec<f32>; N],
+        three: [Vec<f32>; N],
+    ) {
+        for ((part, one), three) in parts.into_iter().zip(one).zip(three) {
+            assert!(one == three, "{part} differs between 1 and 3 threads");
+        }
+    }
+
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_to_vec::<f32>().unwrap()
     }
@@ -728,11 +750,7 @@ mod tests {
             &device,
         );
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 let x = x.clone().detach().require_grad();
                 let y = super::linear(&layer, x.clone());
                 let grads = (y.clone() * weights.clone()).sum().backward();
@@ -744,10 +762,7 @@ mod tests {
                 ]
             })
         };
-        let (one, three) = (run(1), run(3));
-        for (i, part) in ["output", "∂x", "∂w", "∂b"].into_iter().enumerate() {
-            assert!(one[i] == three[i], "{part} differs between 1 and 3 threads");
-        }
+        assert_same_bits(["output", "∂x", "∂w", "∂b"], run(1), run(3));
     }
 
     /// The CPU backend's layer norm gives the same bits on one thread and on three, with rows
@@ -767,11 +782,7 @@ mod tests {
         let gamma = Tensor::<1>::from_data(TensorData::new(wave(width, 2.1), [width]), &device);
         let beta = Tensor::<1>::from_data(TensorData::new(wave(width, 0.4), [width]), &device);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 let (x, gamma, beta) = (
                     x.clone().require_grad(),
                     gamma.clone().require_grad(),
@@ -787,10 +798,7 @@ mod tests {
                 ]
             })
         };
-        let (one, three) = (run(1), run(3));
-        for (i, part) in ["output", "∂x", "∂γ", "∂β"].into_iter().enumerate() {
-            assert!(one[i] == three[i], "{part} differs between 1 and 3 threads");
-        }
+        assert_same_bits(["output", "∂x", "∂γ", "∂β"], run(1), run(3));
     }
 
     /// libtorch's linear (`addmm` forward, two GEMMs and a sum backward), on libtorch's CPU
