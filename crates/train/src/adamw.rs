@@ -12,8 +12,8 @@
 //! PyTorch's in-place operations on the flat buffers (`mod libtorch` below).
 //!
 //! On the CPU backend (`mod flex` below) the chain of operations was a dozen serial passes over
-//! roberta-base's 125 million parameters, each into a freshly allocated 500 MB vector: 13% of a
-//! training step on two threads, half of it the kernel clearing those pages
+//! roberta-base's 125 million parameters, each into a freshly allocated 500 MB vector: 12.5% of
+//! a profile of training steps on two threads, half of it the kernel clearing those pages
 //! (docs/BENCHMARKS.md). There the update is one parallel pass that reads each gradient where
 //! the backward pass left it, updates the moments in place and writes each parameter a buffer
 //! of its own, with the same arithmetic in the same order.
@@ -32,7 +32,7 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -256,7 +256,11 @@ impl FlatAdamW {
             ));
         }
 
-        if on_flex(&device) && !self.gpu_code_paths {
+        let all_f32 = gradients
+            .iter()
+            .chain(&params)
+            .all(|t| t.dtype() == DType::F32);
+        if on_flex(&device) && all_f32 && !self.gpu_code_paths {
             let moments = self.state.take().map(|s| (s.moment_1, s.moment_2));
             let update = flex::step(&self.settings, lr, steps, gradients, params, moments);
             let pieces = ids.into_iter().zip(update.params).collect();
@@ -453,7 +457,7 @@ fn ranges(slots: &[FlatSlot]) -> impl Iterator<Item = std::ops::Range<usize>> + 
 }
 
 /// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's, whose
-/// update is [`flex::step`].
+/// update is [`flex::step`] (for f32 parameters; others take the composed path).
 fn on_flex(device: &Device) -> bool {
     matches!(
         device.clone().without_autodiff().as_dispatch(),

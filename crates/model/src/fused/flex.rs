@@ -235,7 +235,8 @@ unsafe fn written(
 
 /// `Σ f(i)` for `i` in `0..n` over eight interleaved accumulators, so that the loop
 /// vectorises (one running sum is a chain of dependent additions). Inlined into the kernels,
-/// which `multiversion` compiles for AVX-512 and AVX2 + FMA.
+/// which `multiversion` compiles for AVX-512 and AVX2 + FMA (its AVX-512 version also asks for
+/// Ice Lake's extensions; older AVX-512 CPUs run the AVX2 one).
 #[inline(always)]
 fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     let mut lanes = [0.0f32; 8];

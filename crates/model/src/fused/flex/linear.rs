@@ -19,9 +19,8 @@
 
 use burn::tensor::{DType, Shape};
 use burn_flex::FlexTensor;
-use rayon::prelude::*;
-
 use multiversion::multiversion;
+use rayon::prelude::*;
 
 use super::{COLUMN_BLOCK, contiguous, elements, from_vec, written};
 
@@ -58,7 +57,8 @@ pub(super) fn forward(
         bias.len()
     );
 
-    // SAFETY: every row is written in full.
+    // Every row starts as the bias; the GEMM adds the product to it.
+    // SAFETY: every row is written in full (`bias` has `d_out` elements, checked above).
     let mut y = unsafe {
         written(rows * d_out, d_out, |_, row| {
             for (slot, &b) in row.iter_mut().zip(bias) {
@@ -66,9 +66,8 @@ pub(super) fn forward(
             }
         })
     };
-    // Every row starts as the bias; the GEMM adds the product to it.
-    // SAFETY: the operands' extents are their tensors' (checked by Burn's shape rules: `x` is
-    // `[rows, in]` contiguous, `w` `[in, out]` by its strides) and `y` has rows × out elements.
+    // SAFETY: `x` is `[rows, in]` contiguous, `w` `[in, out]` read by its strides (the sizes
+    // checked above) and `y` has rows × out elements.
     unsafe {
         product(
             y.as_mut_ptr(),
