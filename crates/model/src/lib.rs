@@ -36,7 +36,7 @@ mod model;
 
 pub use config::RobertaConfig;
 pub use error::ModelError;
-pub use fused::is_libtorch;
+pub use fused::{is_flex, is_libtorch};
 #[cfg(feature = "bench")]
 pub use fused::{set_fused_attention, set_fused_ops};
 

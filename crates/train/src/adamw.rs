@@ -260,7 +260,8 @@ impl FlatAdamW {
             .iter()
             .chain(&params)
             .all(|t| t.dtype() == DType::F32);
-        if on_flex(&device) && all_f32 && !self.gpu_code_paths {
+        // The CPU backend's one-pass update, for f32 parameters; others take the composed path.
+        if roberta_burn::is_flex(&device) && all_f32 && !self.gpu_code_paths {
             let moments = self.state.take().map(|s| (s.moment_1, s.moment_2));
             let update = flex::step(&self.settings, lr, steps, gradients, params, moments);
             let pieces = ids.into_iter().zip(update.params).collect();
@@ -454,15 +455,6 @@ fn ranges(slots: &[FlatSlot]) -> impl Iterator<Item = std::ops::Range<usize>> + 
         *offset = range.end;
         Some(range)
     })
-}
-
-/// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's, whose
-/// update is [`flex::step`] (for f32 parameters; others take the composed path).
-fn on_flex(device: &Device) -> bool {
-    matches!(
-        device.clone().without_autodiff().as_dispatch(),
-        burn_dispatch::DispatchDevice::Flex(_)
-    )
 }
 
 /// Refuses a parameter layout that differs from the one the moments were built for.
@@ -665,10 +657,8 @@ mod flex {
         let factor = max_grad_norm / (grad_norm + 1e-6);
         let clip = (max_grad_norm > 0.0 && factor < 1.0).then_some(factor as f32);
 
-        let (mut moment_1, mut moment_2) = match moments {
-            Some((m, v)) => (exclusive(Some(m), len), exclusive(Some(v), len)),
-            None => (exclusive(None, len), exclusive(None, len)),
-        };
+        let (moment_1, moment_2) = moments.unzip();
+        let (mut moment_1, mut moment_2) = (exclusive(moment_1, len), exclusive(moment_2, len));
         let correction_1 = 1.0 - beta1.powi(steps as i32);
         let correction_2 = ((1.0 - beta2.powi(steps as i32)).sqrt()) as f32;
         let (b1, b1_rest) = (beta1 as f32, (1.0 - beta1) as f32);

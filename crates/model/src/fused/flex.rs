@@ -79,15 +79,8 @@ impl FusedKernels for burn::backend::Flex {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        if let Some(grads) = linear::backward(&grad, &x, &weight) {
-            return grads;
-        }
-        use burn::backend::ops::ModuleOps;
-        (
-            Self::linear_x_backward(weight, grad.clone()),
-            Self::linear_weight_backward(x, grad.clone()),
-            Self::linear_bias_backward(grad),
-        )
+        linear::backward(&grad, &x, &weight)
+            .unwrap_or_else(|| super::linear_backward_composed::<Self>(grad, x, weight))
     }
 }
 
@@ -187,7 +180,13 @@ pub(super) fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
 /// Columns per parallel task when summing a row-major matrix's columns.
 const COLUMN_BLOCK: usize = 256;
 
-/// `t` itself when it is contiguous, else a contiguous copy.
+/// Parallel tasks of at least this many rows of `width` (about 16k elements each).
+fn rows_per_task(width: usize) -> usize {
+    ((1 << 14) / width.max(1)).max(1)
+}
+
+/// `t` itself when it is contiguous, else a contiguous copy. Unlike flex's `to_contiguous`, a
+/// contiguous view that starts inside its buffer is not copied: [`elements`] reads it in place.
 fn contiguous(t: &FlexTensor) -> FlexTensor {
     if t.is_contiguous() {
         t.clone()
@@ -226,7 +225,7 @@ unsafe fn written(
         .spare_capacity_mut()
         .par_chunks_mut(width.max(1))
         .enumerate()
-        .with_min_len(((1 << 14) / width.max(1)).max(1))
+        .with_min_len(rows_per_task(width))
         .for_each(|(row, slots)| fill(row, slots));
     // SAFETY: the rows cover the capacity, and the caller's promise.
     unsafe { values.set_len(len) };

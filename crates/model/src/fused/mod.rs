@@ -171,11 +171,7 @@ pub trait FusedKernels: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        (
-            Self::linear_x_backward(weight, grad.clone()),
-            Self::linear_weight_backward(x, grad.clone()),
-            Self::linear_bias_backward(grad),
-        )
+        linear_backward_composed::<Self>(grad, x, weight)
     }
 
     /// `(output, saved)`: `softmax(q·kᵀ·scale + bias)` with dropout on the probabilities, times
@@ -199,6 +195,19 @@ pub trait FusedKernels: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         unreachable!("fused attention on a backend without the kernel (see attention_available)")
     }
+}
+
+/// `(∂x, ∂w, ∂b)` of the linear layer from the backend's own backward operations.
+fn linear_backward_composed<B: Backend>(
+    grad: FloatTensor<B>,
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    (
+        B::linear_x_backward(weight, grad.clone()),
+        B::linear_weight_backward(x, grad.clone()),
+        B::linear_bias_backward(grad),
+    )
 }
 
 /// The layer norm's output and row statistics from the backend's operations (its own layer
@@ -385,7 +394,7 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
 /// well.
 pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
-    let (Some(bias), true) = (&layer.bias, is_libtorch(&device) || on_flex(&device)) else {
+    let (Some(bias), true) = (&layer.bias, is_libtorch(&device) || is_flex(&device)) else {
         return layer.forward(x);
     };
     if !FUSED.load(Ordering::Relaxed) {
@@ -398,8 +407,8 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
     ))
 }
 
-/// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's.
-fn on_flex(device: &burn::tensor::Device) -> bool {
+/// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's (flex).
+pub fn is_flex(device: &burn::tensor::Device) -> bool {
     #[cfg(feature = "flex")]
     return flex::is_flex(device);
     #[cfg(not(feature = "flex"))]

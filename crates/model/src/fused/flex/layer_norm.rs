@@ -20,12 +20,7 @@ use std::mem::MaybeUninit;
 
 use multiversion::multiversion;
 
-use super::{COLUMN_BLOCK, contiguous, elements, from_vec, lane_sum, written};
-
-/// Parallel tasks of at least this many rows of `width` (about 16k elements each).
-fn rows_per_task(width: usize) -> usize {
-    ((1 << 14) / width.max(1)).max(1)
-}
+use super::{COLUMN_BLOCK, contiguous, elements, from_vec, lane_sum, rows_per_task, written};
 
 /// `(y, mean, rstd)` of the layer norm of `x` (`[..., width]`) with scale `gamma` and shift
 /// `beta`; mean and rstd shaped like `x` with a last dimension of 1 (f32; `None` for others).
