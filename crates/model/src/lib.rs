@@ -28,6 +28,7 @@
 //! # Ok::<(), roberta_burn::ModelError>(())
 //! ```
 
+pub mod autocast;
 mod config;
 mod error;
 mod fused;

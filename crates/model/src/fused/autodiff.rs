@@ -47,6 +47,7 @@ impl<B: Backend + FusedKernels + FusedOps, C: CheckpointStrategy> FusedOps for A
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        bf16: bool,
     ) -> FloatTensor<Self> {
         match LinearBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -55,13 +56,14 @@ impl<B: Backend + FusedKernels + FusedOps, C: CheckpointStrategy> FusedOps for A
         {
             OpsKind::Tracked(prep) => {
                 let (x, weight) = (x.into_primitive(), weight.into_primitive());
-                let y = B::linear_forward(x.clone(), weight.clone(), bias.into_primitive());
-                prep.finish((x, weight), y)
+                let y = B::linear_forward(x.clone(), weight.clone(), bias.into_primitive(), bf16);
+                prep.finish((x, weight, bf16), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::linear_forward(
                 x.into_primitive(),
                 weight.into_primitive(),
                 bias.into_primitive(),
+                bf16,
             )),
         }
     }
@@ -178,12 +180,12 @@ impl<B: Backend + FusedKernels + FusedOps, C: CheckpointStrategy> FusedOps for A
 struct LinearBackward;
 
 impl<B: Backend + FusedKernels> Backward<B, 3> for LinearBackward {
-    /// `x` and `w`.
-    type State = (FloatTensor<B>, FloatTensor<B>);
+    /// `x`, `w`, and whether the forward products were bf16 ones.
+    type State = (FloatTensor<B>, FloatTensor<B>, bool);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        ternary::<B, _>(ops, grads, |grad, (x, weight)| {
-            let (grad_x, grad_weight, grad_bias) = B::linear_backward(grad, x, weight);
+        ternary::<B, _>(ops, grads, |grad, (x, weight, bf16)| {
+            let (grad_x, grad_weight, grad_bias) = B::linear_backward(grad, x, weight, bf16);
             [grad_x, grad_weight, grad_bias]
         });
     }

@@ -2,6 +2,7 @@
 //! parallel pass each way ([`layer_norm`]), the linear layer as one GEMM over all rows each way
 //! ([`linear`]) and dropout masks drawn in parallel.
 
+mod bf16_gemm;
 mod fast_gelu;
 mod layer_norm;
 mod linear;
@@ -70,16 +71,18 @@ impl FusedKernels for burn::backend::Flex {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        bf16: bool,
     ) -> FloatTensor<Self> {
-        flex_linear(x, weight, bias)
+        flex_linear(x, weight, bias, bf16)
     }
 
     fn linear_backward(
         grad: FloatTensor<Self>,
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        bf16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        linear::backward(&grad, &x, &weight)
+        linear::backward(&grad, &x, &weight, bf16)
             .unwrap_or_else(|| super::linear_backward_composed::<Self>(grad, x, weight))
     }
 }
@@ -93,18 +96,21 @@ impl FusedOps for burn::backend::Flex {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        bf16: bool,
     ) -> FloatTensor<Self> {
-        flex_linear(x, weight, bias)
+        flex_linear(x, weight, bias, bf16)
     }
 }
 
-/// The linear layer through [`linear`] for f32, through Burn's for other float types.
+/// The linear layer through [`linear`] for f32 (its products from bf16 operands with `bf16`),
+/// through Burn's for other float types.
 fn flex_linear(
     x: FloatTensor<burn::backend::Flex>,
     weight: FloatTensor<burn::backend::Flex>,
     bias: FloatTensor<burn::backend::Flex>,
+    bf16: bool,
 ) -> FloatTensor<burn::backend::Flex> {
-    linear::forward(&x, &weight, &bias).unwrap_or_else(|| {
+    linear::forward(&x, &weight, &bias, bf16).unwrap_or_else(|| {
         <burn::backend::Flex as burn::backend::ops::ModuleOps<burn::backend::Flex>>::linear(
             x,
             weight,
@@ -127,6 +133,11 @@ fn flex_gelu(x: FloatTensor<burn::backend::Flex>) -> FloatTensor<burn::backend::
     let n = x.layout().num_elements();
     fast_gelu::gelu_in_place(&mut x.storage_mut::<f32>()[..n]);
     x
+}
+
+/// Whether this CPU has the bf16 products' native kernel.
+pub(super) fn bf16_native() -> bool {
+    bf16_gemm::native()
 }
 
 /// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's.
@@ -176,6 +187,20 @@ pub(super) fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     };
     x * Tensor::from_data(burn::tensor::TensorData::new(mask, shape), &device)
 }
+
+/// A matrix operand of the linear layer's products: its first element and the strides between
+/// rows and between columns.
+#[derive(Clone, Copy)]
+struct Operand {
+    start: *const f32,
+    row_stride: isize,
+    column_stride: isize,
+}
+
+// SAFETY: an operand is only read, and only while the tensor it points into is borrowed by the
+// product's caller.
+unsafe impl Send for Operand {}
+unsafe impl Sync for Operand {}
 
 /// Columns per parallel task when summing a row-major matrix's columns.
 const COLUMN_BLOCK: usize = 256;

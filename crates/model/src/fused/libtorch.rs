@@ -9,8 +9,9 @@ impl FusedOps for burn_tch::LibTorch {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        bf16: bool,
     ) -> FloatTensor<Self> {
-        <Self as FusedKernels>::linear_forward(x, weight, bias)
+        <Self as FusedKernels>::linear_forward(x, weight, bias, bf16)
     }
 
     fn fused_attention(
@@ -156,6 +157,7 @@ impl FusedKernels for burn_tch::LibTorch {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        _bf16: bool,
     ) -> FloatTensor<Self> {
         let mut size = x.tensor.size();
         let width = *size.last().expect("a tensor of rank at least 1");
@@ -169,6 +171,7 @@ impl FusedKernels for burn_tch::LibTorch {
         grad: FloatTensor<Self>,
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        _bf16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let size = x.tensor.size();
         let (d_in, d_out) = (size[size.len() - 1], weight.tensor.size()[1]);

@@ -156,21 +156,28 @@ pub trait FusedKernels: Backend {
         Self::float_mul(grad, saved)
     }
 
-    /// `x·w + b` over the last dimension of `x` (`w`: `[in, out]`).
+    /// `x·w + b` over the last dimension of `x` (`w`: `[in, out]`); with `bf16`, the product
+    /// from bf16-rounded operands where the backend has such products (the CPU backend; see
+    /// [`crate::autocast`]), in the tensors' own float type elsewhere.
     fn linear_forward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        bf16: bool,
     ) -> FloatTensor<Self> {
+        let _ = bf16;
         Self::linear(x, weight, Some(bias))
     }
 
-    /// `(∂x, ∂w, ∂b)` of [`linear_forward`](Self::linear_forward).
+    /// `(∂x, ∂w, ∂b)` of [`linear_forward`](Self::linear_forward), its products in the same
+    /// precision.
     fn linear_backward(
         grad: FloatTensor<Self>,
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        bf16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = bf16;
         linear_backward_composed::<Self>(grad, x, weight)
     }
 
@@ -322,13 +329,16 @@ pub trait FusedOps: Backend {
         dropout_with_mask::<Self>(x, prob).0
     }
 
-    /// `x·w + b` over the last dimension of `x` (`w`: `[in, out]`, Burn's layout).
+    /// `x·w + b` over the last dimension of `x` (`w`: `[in, out]`, Burn's layout); `bf16` as
+    /// [`FusedKernels::linear_forward`]'s.
     #[fusion(default)]
     fn fused_linear(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        bf16: bool,
     ) -> FloatTensor<Self> {
+        let _ = bf16;
         Self::linear(x, weight, Some(bias))
     }
 
@@ -404,7 +414,15 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
         x.into_dispatch(),
         layer.weight.val().into_dispatch(),
         bias.val().into_dispatch(),
+        crate::autocast::is_bf16(),
     ))
+}
+
+/// Whether this CPU runs the CPU backend's bf16 products natively (see
+/// [`crate::autocast::bf16_native`]).
+#[cfg(feature = "flex")]
+pub(crate) fn bf16_native() -> bool {
+    flex::bf16_native()
 }
 
 /// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's (flex).
@@ -740,7 +758,8 @@ mod tests {
     }
 
     /// The CPU backend's linear layer gives the same bits on one thread and on three, for a
-    /// layer large enough that its GEMMs run on the pool (`flex::linear`).
+    /// layer large enough that its GEMMs run on the pool (`flex::linear`), in f32 and under
+    /// bf16 autocast.
     #[test]
     fn flex_linear_does_not_depend_on_the_thread_count() {
         use burn::nn::LinearConfig;
@@ -758,10 +777,15 @@ mod tests {
             TensorData::new(wave(4 * 64 * 512, 1.1), [4, 64, 512]),
             &device,
         );
-        let run = |threads: usize| {
+        let run = |threads: usize, bf16: bool| {
             on_threads(threads, || {
                 let x = x.clone().detach().require_grad();
-                let y = super::linear(&layer, x.clone());
+                let forward = || super::linear(&layer, x.clone());
+                let y = if bf16 {
+                    crate::autocast::bf16(forward)
+                } else {
+                    forward()
+                };
                 let grads = (y.clone() * weights.clone()).sum().backward();
                 [
                     values(y.inner()),
@@ -771,7 +795,98 @@ mod tests {
                 ]
             })
         };
-        assert_same_bits(["output", "∂x", "∂w", "∂b"], run(1), run(3));
+        for bf16 in [false, true] {
+            assert_same_bits(["output", "∂x", "∂w", "∂b"], run(1, bf16), run(3, bf16));
+        }
+    }
+
+    /// `x` rounded to the nearest bf16 (ties to even), as an f32.
+    fn to_bf16(x: f32) -> f32 {
+        let bits = x.to_bits();
+        f32::from_bits((bits + 0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
+    }
+
+    /// Under [`crate::autocast::bf16`] the CPU backend's linear layer gives, forward and
+    /// backward, the f32 layer's results for bf16-rounded input and weight (the output's
+    /// gradient here is exact in bf16): its products round their operands and sum in f32. The
+    /// shapes cross the bf16 kernel's tile and block edges; the input is also a transposed
+    /// view. And the results differ from f32 ones on the unrounded operands: the switch acts.
+    #[test]
+    fn flex_linear_under_bf16_autocast_is_f32_on_rounded_operands() {
+        use burn::nn::LinearConfig;
+        let device = Device::flex().autodiff();
+        let (d_in, d_out) = (400, 72);
+        let layer_with = |round: fn(f32) -> f32| {
+            let mut layer = LinearConfig::new(d_in, d_out).init(&device);
+            let weight: Vec<f32> = wave(d_in * d_out, 0.2).into_iter().map(round).collect();
+            layer.weight = Param::from_tensor(Tensor::from_data(
+                TensorData::new(weight, [d_in, d_out]),
+                &device,
+            ));
+            layer.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(wave(d_out, 0.7), [d_out]),
+                &device,
+            )));
+            layer
+        };
+        let (exact, rounded) = (layer_with(|x| x), layer_with(to_bf16));
+        let input = |round: fn(f32) -> f32, transposed: bool| {
+            let values: Vec<f32> = wave(3 * 37 * d_in, 0.5).into_iter().map(round).collect();
+            if transposed {
+                Tensor::<3>::from_data(TensorData::new(values, [3, d_in, 37]), &device)
+                    .swap_dims(1, 2)
+            } else {
+                Tensor::<3>::from_data(TensorData::new(values, [3, 37, d_in]), &device)
+            }
+        };
+        // Multiples of 1/4 up to 3/4: exact in bf16.
+        let weights = Tensor::<3>::from_data(
+            TensorData::new(
+                (0..3 * 37 * d_out)
+                    .map(|i| (i % 7) as f32 * 0.25 - 0.75)
+                    .collect::<Vec<f32>>(),
+                [3, 37, d_out],
+            ),
+            &device,
+        );
+        let run = |layer: &burn::nn::Linear, x: Tensor<3>, bf16: bool| {
+            let x = x.detach().require_grad();
+            let forward = || super::linear(layer, x.clone());
+            let y = if bf16 {
+                crate::autocast::bf16(forward)
+            } else {
+                forward()
+            };
+            let grads = (y.clone() * weights.clone()).sum().backward();
+            [
+                values(y.inner()),
+                values(x.grad(&grads).unwrap()),
+                values(layer.weight.val().grad(&grads).unwrap()),
+                values(layer.bias.as_ref().unwrap().val().grad(&grads).unwrap()),
+            ]
+        };
+        for transposed in [false, true] {
+            let mixed = run(&exact, input(|x| x, transposed), true);
+            let want = run(&rounded, input(to_bf16, transposed), false);
+            for (i, part) in ["output", "∂x", "∂w", "∂b"].into_iter().enumerate() {
+                assert_close(
+                    &format!("{part} (transposed {transposed})"),
+                    &mixed[i],
+                    &want[i],
+                    1e-5,
+                );
+            }
+            let full = run(&exact, input(|x| x, transposed), false);
+            let moved = mixed[0]
+                .iter()
+                .zip(&full[0])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                moved > 1e-3,
+                "bf16 products changed the output by only {moved}"
+            );
+        }
     }
 
     /// The CPU backend's layer norm gives the same bits on one thread and on three, with rows

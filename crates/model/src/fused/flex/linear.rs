@@ -15,31 +15,27 @@
 //! ∂w = xᵀ·g         one GEMM whose inner dimension is every row of the batch
 //! ∂b = Σ_rows g     columns split over the pool, rows summed in order
 //! ```
-//! with the `gemm` crate (flex's own) parallel over the rayon pool.
+//! with the `gemm` crate (flex's own) parallel over the rayon pool, or under
+//! [`crate::autocast`] the products of [`bf16_gemm`] (bf16 operands, f32 sums); the bias, the
+//! output and the gradients stay f32.
 
 use burn::tensor::{DType, Shape};
 use burn_flex::FlexTensor;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{COLUMN_BLOCK, contiguous, elements, from_vec, written};
+use super::{COLUMN_BLOCK, Operand, bf16_gemm, contiguous, elements, from_vec, written};
 
 /// Multiply-adds below which a product runs on one thread (flex's own threshold).
 const PARALLEL_WORK: usize = 192 * 192 * 192;
 
-/// A matrix operand: its first element and the strides between rows and between columns.
-#[derive(Clone, Copy)]
-struct Operand {
-    start: *const f32,
-    row_stride: isize,
-    column_stride: isize,
-}
-
-/// `y = x·w + b` for `x` `[..., in]`, `w` `[in, out]`, `b` `[out]` (f32; `None` for others).
+/// `y = x·w + b` for `x` `[..., in]`, `w` `[in, out]`, `b` `[out]` (f32; `None` for others),
+/// with `bf16` the product from bf16-rounded operands ([`bf16_gemm`]).
 pub(super) fn forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: &FlexTensor,
+    bf16: bool,
 ) -> Option<FlexTensor> {
     if [x, weight, bias].iter().any(|t| t.dtype() != DType::F32) {
         return None;
@@ -75,6 +71,7 @@ pub(super) fn forward(
             true,
             row_major(&x, d_in),
             matrix(weight),
+            bf16,
         );
     }
     let mut shape = x.layout().shape().clone();
@@ -83,11 +80,13 @@ pub(super) fn forward(
     Some(from_vec(y, shape))
 }
 
-/// `(∂x, ∂w, ∂b)` of [`forward`] for the output's gradient `grad` (f32; `None` for others).
+/// `(∂x, ∂w, ∂b)` of [`forward`] for the output's gradient `grad` (f32; `None` for others),
+/// with `bf16` the products from bf16-rounded operands as in the forward pass.
 pub(super) fn backward(
     grad: &FlexTensor,
     x: &FlexTensor,
     weight: &FlexTensor,
+    bf16: bool,
 ) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
     if [grad, x, weight].iter().any(|t| t.dtype() != DType::F32) {
         return None;
@@ -116,7 +115,7 @@ pub(super) fn backward(
     // the operands are `[rows, out]` contiguous and `w` read within its own extent.
     let grad_x = unsafe {
         filled_by_product(rows * d_in, |dst| {
-            product(dst, (rows, d_in, d_out), false, g, w_transposed)
+            product(dst, (rows, d_in, d_out), false, g, w_transposed, bf16)
         })
     };
     // ∂w = xᵀ·g: xᵀ is the contiguous `[rows, in]` read by columns.
@@ -129,7 +128,7 @@ pub(super) fn backward(
     // SAFETY: as above, with in × out elements.
     let grad_weight = unsafe {
         filled_by_product(d_in * d_out, |dst| {
-            product(dst, (d_in, d_out, rows), false, x_transposed, g)
+            product(dst, (d_in, d_out, rows), false, x_transposed, g, bf16)
         })
     };
     let grad_bias = column_sums(elements(&grad), d_out);
@@ -179,7 +178,8 @@ unsafe fn filled_by_product(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32>
 }
 
 /// `dst = (dst if accumulate) + lhs·rhs` for an `[m, k]` by `[k, n]` product into a
-/// row-major `[m, n]` destination, on the rayon pool when it is large enough.
+/// row-major `[m, n]` destination, on the rayon pool when it is large enough; with `bf16` from
+/// bf16-rounded operands ([`bf16_gemm`]).
 ///
 /// # Safety
 /// `dst` must hold m × n elements and the operands must be readable over their extents.
@@ -189,7 +189,12 @@ unsafe fn product(
     accumulate: bool,
     lhs: Operand,
     rhs: Operand,
+    bf16: bool,
 ) {
+    if bf16 {
+        // SAFETY: the caller's promise.
+        return unsafe { bf16_gemm::product(dst, (m, n, k), accumulate, lhs, rhs) };
+    }
     let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK {
         gemm::Parallelism::Rayon(0)
     } else {

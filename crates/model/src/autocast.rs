@@ -1,0 +1,50 @@
+//! Mixed precision on the CPU backend, as `torch.autocast("cpu", dtype=torch.bfloat16)` runs
+//! PyTorch's: inside [`bf16`], the linear layers' matrix products take their operands rounded
+//! to bf16 and sum the products in f32; parameters, activations, gradients and every other
+//! operation (layer norm, softmax, GELU, the attention scores) stay f32. On a CPU with
+//! AVX512-BF16 (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on) a bf16 product does
+//! twice the multiply-adds per instruction of an f32 one; elsewhere the same rounding gives
+//! the same results more slowly ([`bf16_native`]).
+//!
+//! PyTorch's autocast also rounds the products' outputs, and what reads them, to bf16; here
+//! only the products' operands are rounded, so a run is at least as close to f32 as PyTorch's.
+//! The precision is recorded with each product of the autodiff graph: the backward pass
+//! computes its gradient products as the forward pass did, wherever `backward` is called.
+//! Other backends compute in their own float type (the device's, e.g. bf16 on a GPU) and
+//! ignore this switch.
+
+use std::cell::Cell;
+
+thread_local! {
+    /// Whether this thread is inside [`bf16`].
+    static BF16: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the CPU backend's linear layers computing in mixed bf16 precision on this
+/// thread (see the module documentation), then restores the previous setting, also when `f`
+/// panics.
+pub fn bf16<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the setting it saved when dropped.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BF16.with(|bf16| bf16.set(self.0));
+        }
+    }
+    let _restore = Restore(BF16.with(|bf16| bf16.replace(true)));
+    f()
+}
+
+/// Whether this thread is inside [`bf16`].
+pub fn is_bf16() -> bool {
+    BF16.with(Cell::get)
+}
+
+/// Whether this CPU multiplies bf16 natively (AVX512-BF16), so that [`bf16`] is faster than f32
+/// here; without it mixed precision computes the same numbers, more slowly.
+pub fn bf16_native() -> bool {
+    #[cfg(feature = "flex")]
+    return crate::fused::bf16_native();
+    #[cfg(not(feature = "flex"))]
+    false
+}

@@ -1,0 +1,782 @@
+//! Matrix products from bf16 operands with f32 accumulation: the linear layers' products under
+//! [`crate::autocast`] on the CPU backend, as `torch.autocast("cpu", dtype=torch.bfloat16)`
+//! computes PyTorch's.
+//!
+//! The `gemm` crate has no bf16 kernel (its f16 path widens the operands to f32 while packing
+//! and multiplies at f32 speed), so this one is ours, laid out as BLIS and `gemm` are: both
+//! operands rounded to bf16 (to nearest, ties to even) and packed once per product, then micro
+//! tiles of [`MR`] × [`NR`] outputs accumulated in registers over blocks of [`KC`] of the inner
+//! dimension, tasks of [`MC`] × [`NC`] outputs spread over the rayon pool. Operands are packed
+//! in pairs along the inner dimension, two bf16 in one 32-bit word, the layout of AVX512-BF16's
+//! `vdpbf16ps`: one instruction adds two bf16 products into each of sixteen f32 lanes, twice
+//! the multiply-adds of an f32 FMA. CPUs without AVX512-BF16 run the same packed operands
+//! through a portable kernel: the same products (exact in f32) added in the same order, so the
+//! same result for normal numbers (AVX512-BF16 flushes subnormals to zero), at f32 speed or
+//! less.
+
+use rayon::prelude::*;
+
+use super::Operand;
+
+/// Rows of a micro tile: 12 × 2 accumulators, two panel vectors and a broadcast fill 27 of the
+/// 32 AVX-512 registers.
+const MR: usize = 12;
+/// Columns of a micro tile: two vectors of 16 f32 lanes.
+const NR: usize = 32;
+/// Inner-dimension block (even): a packed [`NR`]-column panel of it is 24 KiB and stays in L1
+/// while the task's row panels stream past it.
+const KC: usize = 384;
+/// Rows per task (a multiple of [`MR`]): its packed rows of one block are 72 KiB, in L2.
+const MC: usize = 96;
+/// Columns per task (a multiple of [`NR`]).
+const NC: usize = 512;
+/// Multiply-adds below which a product runs on one thread.
+const PARALLEL_WORK: usize = 128 * 128 * 128;
+
+/// `x` rounded to bf16, to nearest with ties to even (as PyTorch and `vcvtne2ps2bf16` round);
+/// NaN stays a (quiet) NaN.
+#[inline(always)]
+pub(super) fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// Two bf16 in one word: `low` (the even index of the inner dimension) in the low half.
+#[inline(always)]
+fn pair(low: f32, high: f32) -> u32 {
+    bf16_bits(low) as u32 | (bf16_bits(high) as u32) << 16
+}
+
+/// `dst = (dst if accumulate) + lhs·rhs` for an `[m, k]` by `[k, n]` product into a row-major
+/// `[m, n]` destination, the operands rounded to bf16 and the products summed in f32; on the
+/// rayon pool when it is large enough.
+///
+/// # Safety
+/// `dst` must hold m × n elements (read only when `accumulate`), and the operands must be
+/// readable over their `[m, k]` and `[k, n]` extents.
+pub(super) unsafe fn product(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            // SAFETY: the caller's promise on `dst`.
+            unsafe { std::ptr::write_bytes(dst, 0, m * n) };
+        }
+        return;
+    }
+    let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK;
+    let kernel = Kernel::detect();
+    let pairs = k.div_ceil(2);
+    let lengths = [m.div_ceil(MR) * MR * pairs, n.div_ceil(NR) * NR * pairs];
+    with_buffers(lengths, |a, b| {
+        // SAFETY: the caller's promise on the operands; the buffers' lengths as `pack` needs.
+        let (a, b) = unsafe {
+            (
+                pack::<MR>(kernel, Source::rows(lhs, m, k), a, parallel),
+                pack::<NR>(kernel, Source::columns(rhs, k, n), b, parallel),
+            )
+        };
+        let row_tasks = m.div_ceil(MC);
+        let tasks = row_tasks * n.div_ceil(NC);
+        let dst = Destination(dst);
+        let task = |t: usize| {
+            let (rows, columns) = (t % row_tasks * MC, t / row_tasks * NC);
+            // SAFETY: the tasks' tiles are disjoint parts of `dst`, which holds m × n elements.
+            unsafe {
+                tile(
+                    kernel,
+                    (&a, &b),
+                    dst,
+                    (m, n, k),
+                    (rows, columns),
+                    accumulate,
+                )
+            }
+        };
+        if parallel {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    })
+}
+
+/// The destination pointer, shared by tasks that write disjoint tiles of it.
+#[derive(Clone, Copy)]
+struct Destination(*mut f32);
+// SAFETY: every task writes its own tile only.
+unsafe impl Send for Destination {}
+unsafe impl Sync for Destination {}
+
+/// A packed operand: per [`KC`] block of the inner dimension, per panel of `W` lanes (rows of
+/// the left operand, columns of the right one), per pair of the block, the panel's `W` words:
+/// the order in which the micro kernel reads them.
+struct Packed<'a> {
+    words: &'a [u32],
+    /// Lanes rounded up to whole panels.
+    padded: usize,
+}
+
+impl Packed<'_> {
+    /// The panel of `W` lanes holding `lane`, in the block starting at `first`, of `pairs` pairs.
+    fn panel<const W: usize>(&self, first: usize, lane: usize, pairs: usize) -> &[u32] {
+        &self.words[first / 2 * self.padded + lane / W * pairs * W..][..pairs * W]
+    }
+}
+
+/// The pairs of the inner-dimension block starting at `first` of `inner`.
+fn block_pairs(first: usize, inner: usize) -> usize {
+    (inner - first).min(KC).div_ceil(2)
+}
+
+/// An operand read lane by lane: element `(lane, index)` of the inner dimension at
+/// `start + lane·lane_stride + index·inner_stride`.
+#[derive(Clone, Copy)]
+struct Source {
+    start: *const f32,
+    lane_stride: isize,
+    inner_stride: isize,
+    lanes: usize,
+    inner: usize,
+}
+
+// SAFETY: as for `Operand`: read only, while the caller of `product` borrows the tensor.
+unsafe impl Send for Source {}
+unsafe impl Sync for Source {}
+
+impl Source {
+    /// The left operand `[m, k]`: its lanes are rows.
+    fn rows(lhs: Operand, m: usize, k: usize) -> Self {
+        Source {
+            start: lhs.start,
+            lane_stride: lhs.row_stride,
+            inner_stride: lhs.column_stride,
+            lanes: m,
+            inner: k,
+        }
+    }
+
+    /// The right operand `[k, n]`: its lanes are columns.
+    fn columns(rhs: Operand, k: usize, n: usize) -> Self {
+        Source {
+            start: rhs.start,
+            lane_stride: rhs.column_stride,
+            inner_stride: rhs.row_stride,
+            lanes: n,
+            inner: k,
+        }
+    }
+
+    /// Element `(lane, index)`, or 0 outside the operand (the packing's padding).
+    ///
+    /// # Safety
+    /// Inside the bounds, the element must be readable.
+    #[inline(always)]
+    unsafe fn get(&self, lane: usize, index: usize) -> f32 {
+        if lane < self.lanes && index < self.inner {
+            // SAFETY: the caller's promise.
+            unsafe { *self.at(lane, index) }
+        } else {
+            0.0
+        }
+    }
+
+    /// The address of element `(lane, index)` (not checked).
+    #[inline(always)]
+    fn at(&self, lane: usize, index: usize) -> *const f32 {
+        self.start
+            .wrapping_offset(lane as isize * self.lane_stride + index as isize * self.inner_stride)
+    }
+}
+
+thread_local! {
+    /// The packed operands of the thread's last product, kept so that a training step's
+    /// hundreds of products do not allocate (and fault in) fresh buffers each.
+    static BUFFERS: std::cell::RefCell<[Vec<u32>; 2]> = const {
+        std::cell::RefCell::new([Vec::new(), Vec::new()])
+    };
+}
+
+/// `f` with two word buffers of at least `lengths` (the thread's kept ones, or new ones if a
+/// product on this thread is already using them); their contents are left over from before.
+fn with_buffers<R>(lengths: [usize; 2], f: impl FnOnce(&mut [u32], &mut [u32]) -> R) -> R {
+    BUFFERS.with(|buffers| {
+        let mut fresh;
+        let mut kept = buffers.try_borrow_mut();
+        let [a, b] = match kept.as_deref_mut() {
+            Ok(kept) => kept,
+            Err(_) => {
+                fresh = [Vec::new(), Vec::new()];
+                &mut fresh
+            }
+        };
+        for (buffer, &length) in [&mut *a, &mut *b].into_iter().zip(&lengths) {
+            if buffer.len() < length {
+                buffer.resize(length, 0);
+            }
+        }
+        f(&mut a[..lengths[0]], &mut b[..lengths[1]])
+    })
+}
+
+/// `source` packed into `words` (lanes in panels of `W`; see [`Packed`]), every word written.
+///
+/// # Safety
+/// `source` must be readable over its lanes × inner extent; `words` must hold
+/// `padded lanes × ⌈inner / 2⌉` words.
+unsafe fn pack<const W: usize>(
+    kernel: Kernel,
+    source: Source,
+    words: &mut [u32],
+    parallel: bool,
+) -> Packed<'_> {
+    let padded = source.lanes.div_ceil(W) * W;
+    for first in (0..source.inner).step_by(KC) {
+        let pairs = block_pairs(first, source.inner);
+        let block = &mut words[first / 2 * padded..][..pairs * padded];
+        let fill = |(panel, out): (usize, &mut [u32])| {
+            let lane = panel * W;
+            match kernel {
+                // SAFETY: detected on this CPU; the caller's promise on `source`.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Bf16 => unsafe { avx512::pack_panel::<W>(source, lane, first, out) },
+                // SAFETY: the caller's promise on `source`.
+                Kernel::Portable => unsafe { pack_panel::<W>(source, lane, first, out) },
+            }
+        };
+        if parallel {
+            block.par_chunks_mut(pairs * W).enumerate().for_each(fill);
+        } else {
+            block.chunks_mut(pairs * W).enumerate().for_each(fill);
+        }
+    }
+    Packed { words, padded }
+}
+
+/// One panel of [`pack`], element by element: the `W` lanes from `lane`, the pairs of the
+/// block from `first`, into `out` (pairs × `W` words).
+///
+/// # Safety
+/// As [`pack`]'s.
+unsafe fn pack_panel<const W: usize>(source: Source, lane: usize, first: usize, out: &mut [u32]) {
+    for (p, slots) in out.chunks_exact_mut(W).enumerate() {
+        let index = first + 2 * p;
+        for (l, slot) in slots.iter_mut().enumerate() {
+            // SAFETY: `get` reads inside the operand only, the caller's promise.
+            *slot = unsafe { pair(source.get(lane + l, index), source.get(lane + l, index + 1)) };
+        }
+    }
+}
+
+/// Which micro kernel this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// `vdpbf16ps` (AVX512-BF16), packing with AVX512-BW's permutes.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
+    /// Plain Rust, vectorised by the compiler where it can.
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512bf16")
+        {
+            return Kernel::Avx512Bf16;
+        }
+        Kernel::Portable
+    }
+}
+
+/// Whether this CPU multiplies bf16 operands natively (AVX512-BF16), where mixed precision is
+/// faster than f32; elsewhere the portable kernel gives the same results more slowly.
+pub(super) fn native() -> bool {
+    Kernel::detect() != Kernel::Portable
+}
+
+/// The task whose outputs start at `(rows, columns)`: up to [`MC`] × [`NC`] of them, each block
+/// of the inner dimension in turn, every micro tile of the task per block.
+///
+/// # Safety
+/// `dst` must hold m × n elements, and no other task may write this task's tile.
+unsafe fn tile(
+    kernel: Kernel,
+    (a, b): (&Packed, &Packed),
+    dst: Destination,
+    (m, n, k): (usize, usize, usize),
+    (rows, columns): (usize, usize),
+    accumulate: bool,
+) {
+    let row_end = (rows + MC).min(m);
+    let column_end = (columns + NC).min(n);
+    for (block, first) in (0..k).step_by(KC).enumerate() {
+        let pairs = block_pairs(first, k);
+        // The first block overwrites the destination unless the caller accumulates.
+        let add = accumulate || block > 0;
+        for column in (columns..column_end).step_by(NR) {
+            let b_panel = b.panel::<NR>(first, column, pairs);
+            let width = (column_end - column).min(NR);
+            for row in (rows..row_end).step_by(MR) {
+                let a_panel = a.panel::<MR>(first, row, pairs);
+                let height = (row_end - row).min(MR);
+                // SAFETY: the tile `(row, column)` of `height` × `width` lies inside `[m, n]`.
+                let out = unsafe { dst.0.add(row * n + column) };
+                // SAFETY: the panels hold `pairs` pairs; `out` as above.
+                unsafe { micro(kernel, pairs, a_panel, b_panel, out, n, height, width, add) };
+            }
+        }
+    }
+}
+
+/// One micro tile: `out[i][j] = (out[i][j] if add) + Σ_p a·b` over `pairs` pairs, for the
+/// `height` × `width` outputs of the tile at `out` (rows `stride` apart).
+///
+/// # Safety
+/// `a` and `b` must hold `pairs` × [`MR`] and `pairs` × [`NR`] words, and `out` the tile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn micro(
+    kernel: Kernel,
+    pairs: usize,
+    a: &[u32],
+    b: &[u32],
+    out: *mut f32,
+    stride: usize,
+    height: usize,
+    width: usize,
+    add: bool,
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detected on this CPU; the caller's promise on the buffers.
+        Kernel::Avx512Bf16 => unsafe {
+            avx512::micro(pairs, a, b, out, stride, height, width, add)
+        },
+        Kernel::Portable => {
+            let sums = portable_micro(pairs, a, b);
+            for (i, row) in sums.iter().enumerate().take(height) {
+                for (j, &sum) in row.iter().enumerate().take(width) {
+                    // SAFETY: `(i, j)` is inside the tile, the caller's promise.
+                    unsafe {
+                        let slot = out.add(i * stride + j);
+                        *slot = if add { *slot + sum } else { sum };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The widened value of the bf16 in the low (`shift` 0) or high (16) half of `word`.
+#[inline(always)]
+fn widen(word: u32, shift: u32) -> f32 {
+    f32::from_bits((word >> shift) << 16)
+}
+
+/// The portable micro kernel: per lane the odd product then the even one, each added in f32,
+/// as `vdpbf16ps` orders them (the products of two bf16 are exact in f32).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn portable_micro(pairs: usize, a: &[u32], b: &[u32]) -> [[f32; NR]; MR] {
+    let mut sums = [[0.0f32; NR]; MR];
+    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(pairs) {
+        for (row, &left) in sums.iter_mut().zip(a) {
+            let (low, high) = (widen(left, 0), widen(left, 16));
+            for (sum, &right) in row.iter_mut().zip(b) {
+                *sum += high * widen(right, 16);
+                *sum += low * widen(right, 0);
+            }
+        }
+    }
+    sums
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR, Source};
+    use std::arch::x86_64::*;
+
+    /// One panel of [`super::pack`] (as [`super::pack_panel`]) sixteen words at a time, where
+    /// the operand is contiguous along the inner dimension or along the lanes; element by
+    /// element otherwise. Rounds as [`super::bf16_bits`] does except for subnormals, which
+    /// `vcvtne2ps2bf16` flushes to zero.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-F, -BW and -BF16; otherwise as [`super::pack_panel`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_panel<const W: usize>(
+        source: Source,
+        lane: usize,
+        first: usize,
+        out: &mut [u32],
+    ) {
+        let pairs = out.len() / W;
+        let lanes = source.lanes.saturating_sub(lane).min(W);
+        let inner = (source.inner - first).min(2 * pairs);
+        if source.inner_stride == 1 {
+            // Each lane's inner values are contiguous: 32 of them round to 16 words at once
+            // (in order: the even index in the low half), written `W` apart.
+            if lanes < W {
+                out.fill(0);
+            }
+            for l in 0..lanes {
+                let values = source.at(lane + l, first);
+                for p in (0..pairs).step_by(16) {
+                    let count = (inner - 2 * p).min(32);
+                    // SAFETY: the masks keep the loads inside this lane's `inner` values
+                    // (masked-off elements do not fault).
+                    let words: [u32; 16] = unsafe {
+                        let low =
+                            _mm512_maskz_loadu_ps(lane_mask(count), values.wrapping_add(2 * p));
+                        let high = _mm512_maskz_loadu_ps(
+                            lane_mask(count.saturating_sub(16)),
+                            values.wrapping_add(2 * p + 16),
+                        );
+                        std::mem::transmute(_mm512_cvtne2ps_pbh(high, low))
+                    };
+                    for (q, &word) in words.iter().enumerate().take(pairs - p) {
+                        out[(p + q) * W + l] = word;
+                    }
+                }
+            }
+        } else if source.lane_stride == 1 {
+            // Each inner index's lanes are contiguous: two indices round to 32 bf16, which
+            // one permute interleaves into 16 words.
+            let order: [u16; 32] =
+                std::array::from_fn(|i| if i % 2 == 0 { i / 2 } else { 16 + i / 2 } as u16);
+            // SAFETY: 64 bytes read from a 64-byte array.
+            let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
+            for p in 0..pairs {
+                let index = first + 2 * p;
+                for half in (0..W).step_by(16) {
+                    let mask = lane_mask(lanes.saturating_sub(half));
+                    // SAFETY: the mask keeps the loads inside the operand's lanes; the
+                    // second index is read only when it exists; the store writes the
+                    // panel's `W` words of pair `p` (`out` holds `pairs` × `W`).
+                    unsafe {
+                        let low = _mm512_maskz_loadu_ps(mask, source.at(lane + half, index));
+                        let high = if 2 * p + 1 < inner {
+                            _mm512_maskz_loadu_ps(mask, source.at(lane + half, index + 1))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        let words = _mm512_permutexvar_epi16(
+                            order,
+                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                                high, low,
+                            )),
+                        );
+                        _mm512_mask_storeu_epi32(
+                            out.as_mut_ptr().add(p * W + half).cast(),
+                            lane_mask(W - half),
+                            words,
+                        );
+                    }
+                }
+            }
+        } else {
+            // SAFETY: the caller's promise.
+            unsafe { super::pack_panel::<W>(source, lane, first, out) }
+        }
+    }
+
+    /// The AVX512-BF16 micro kernel: [`MR`] × 2 vectors of accumulators, per pair one
+    /// broadcast word of each row against the panel's two vectors.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-F and AVX512-BF16; `a`, `b` and `out` as [`super::micro`]'s.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn micro(
+        pairs: usize,
+        a: &[u32],
+        b: &[u32],
+        out: *mut f32,
+        stride: usize,
+        height: usize,
+        width: usize,
+        add: bool,
+    ) {
+        debug_assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+        let mut sums = [[_mm512_setzero_ps(); 2]; MR];
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        for p in 0..pairs {
+            // SAFETY: `p` < `pairs`, so both panels hold these words.
+            unsafe {
+                let right: [__m512bh; 2] = [
+                    std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast())),
+                    std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast())),
+                ];
+                for (i, row) in sums.iter_mut().enumerate() {
+                    let left: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + i) as i32));
+                    row[0] = _mm512_dpbf16_ps(row[0], left, right[0]);
+                    row[1] = _mm512_dpbf16_ps(row[1], left, right[1]);
+                }
+            }
+        }
+        let masks = [lane_mask(width), lane_mask(width.saturating_sub(16))];
+        for (i, row) in sums.iter().enumerate().take(height) {
+            for (half, &sum) in row.iter().enumerate() {
+                // SAFETY: the masks keep the lanes inside the tile's `width` columns of row
+                // `i` < `height`, the caller's promise.
+                unsafe {
+                    let slot = out.add(i * stride + half * 16);
+                    let value = if add {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(masks[half], slot), sum)
+                    } else {
+                        sum
+                    };
+                    _mm512_mask_storeu_ps(slot, masks[half], value);
+                }
+            }
+        }
+    }
+
+    /// The first `lanes` (at most 16) of a vector.
+    fn lane_mask(lanes: usize) -> __mmask16 {
+        if lanes >= 16 {
+            0xffff
+        } else {
+            ((1u32 << lanes) - 1) as __mmask16
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values of varied magnitude and sign.
+    fn wave(n: usize, phase: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f32 * 0.37 + phase).sin() * 3.0) * (1.0 + (i % 7) as f32))
+            .collect()
+    }
+
+    fn rounded(x: f32) -> f64 {
+        f32::from_bits((bf16_bits(x) as u32) << 16) as f64
+    }
+
+    /// `lhs·rhs` in f64 from the bf16-rounded operands (row-major `[m, k]` and `[k, n]`).
+    fn reference(lhs: &[f32], rhs: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for p in 0..k {
+                let a = rounded(lhs[i * k + p]);
+                for j in 0..n {
+                    out[i * n + j] += a * rounded(rhs[p * n + j]);
+                }
+            }
+        }
+        out
+    }
+
+    fn row_major(values: &[f32], width: usize) -> Operand {
+        Operand {
+            start: values.as_ptr(),
+            row_stride: width as isize,
+            column_stride: 1,
+        }
+    }
+
+    #[test]
+    fn speed() {
+        for &(m, n, k) in &[
+            (2048, 768, 768),
+            (2048, 3072, 768),
+            (2048, 768, 3072),
+            (768, 3072, 2048),
+            (2048, 256, 256),
+        ] {
+            let lhs = wave(m * k, 0.1);
+            let rhs = wave(k * n, 0.7);
+            let mut out = vec![0.0f32; m * n];
+            for round in 0..3 {
+                let t = std::time::Instant::now();
+                unsafe {
+                    product(
+                        out.as_mut_ptr(),
+                        (m, n, k),
+                        false,
+                        row_major(&lhs, k),
+                        row_major(&rhs, n),
+                    )
+                };
+                let bf = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        lhs.as_ptr(),
+                        1,
+                        k as isize,
+                        rhs.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(0),
+                    )
+                };
+                let f = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                let kernel = Kernel::detect();
+                let pairs = k.div_ceil(2);
+                with_buffers(
+                    [m.div_ceil(MR) * MR * pairs, n.div_ceil(NR) * NR * pairs],
+                    |a, b| unsafe {
+                        pack::<MR>(kernel, Source::rows(row_major(&lhs, k), m, k), a, true);
+                        pack::<NR>(kernel, Source::columns(row_major(&rhs, n), k, n), b, true);
+                    },
+                );
+                let pk = t.elapsed().as_secs_f64();
+                let fl = 2.0 * (m * n * k) as f64;
+                if round == 2 {
+                    eprintln!(
+                        "{m}x{n}x{k}: bf16 {:.0} GFLOPS, f32 gemm {:.0} GFLOPS, packing {:.1}% of bf16",
+                        fl / bf / 1e9,
+                        fl / f / 1e9,
+                        100.0 * pk / bf
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounds_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between bf16's 1 and 1 + 2^-7: ties go to the even (1).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3·2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: to the even (1 + 2^-6).
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0 + 1e-6), 0x3f81);
+        assert_eq!(bf16_bits(-2.0), 0xc000);
+        assert!(f32::from_bits((bf16_bits(f32::NAN) as u32) << 16).is_nan());
+        assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
+    }
+
+    /// Every edge at once: rows and columns not whole tiles or tasks, an odd inner dimension
+    /// longer than one block, accumulation into the destination, and a transposed operand.
+    #[test]
+    fn equals_the_product_of_the_rounded_operands() {
+        for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (100, 530, 385), (250, 70, 800)] {
+            let lhs = wave(m * k, 0.1);
+            let rhs = wave(k * n, 0.7);
+            let want = reference(&lhs, &rhs, (m, n, k));
+            // The right operand stored transposed (`[n, k]`), read through its strides.
+            let rhs_t: Vec<f32> = (0..n * k).map(|i| rhs[(i % k) * n + i / k]).collect();
+            let transposed = Operand {
+                start: rhs_t.as_ptr(),
+                row_stride: 1,
+                column_stride: k as isize,
+            };
+            let start = wave(m * n, 2.0);
+            for (accumulate, rhs) in [(false, row_major(&rhs, n)), (true, transposed)] {
+                let mut got = start.clone();
+                // SAFETY: the buffers hold the extents given.
+                unsafe {
+                    product(
+                        got.as_mut_ptr(),
+                        (m, n, k),
+                        accumulate,
+                        row_major(&lhs, k),
+                        rhs,
+                    )
+                };
+                for (index, (&got, &want)) in got.iter().zip(&want).enumerate() {
+                    let want = want + if accumulate { start[index] as f64 } else { 0.0 };
+                    let scale: f64 = (0..k)
+                        .map(|p| {
+                            (rounded(lhs[index / n * k + p]) * rounded(rhs_at(&rhs, p, index % n)))
+                                .abs()
+                        })
+                        .sum::<f64>()
+                        + want.abs();
+                    assert!(
+                        (got as f64 - want).abs() <= k as f64 * 1.2e-7 * scale,
+                        "{m}x{n}x{k} accumulate {accumulate}: [{index}] {got} against {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn rhs_at(rhs: &Operand, row: usize, column: usize) -> f32 {
+        // SAFETY: the tests' operands are read inside their extents.
+        unsafe {
+            *rhs.start
+                .offset(row as isize * rhs.row_stride + column as isize * rhs.column_stride)
+        }
+    }
+
+    /// The native kernel adds the same exact products in the same order as the portable one.
+    #[test]
+    fn the_native_kernel_equals_the_portable_one() {
+        if !native() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let (pairs, height, width) = (50, MR, NR);
+        let a: Vec<u32> = wave(pairs * MR * 2, 0.3)
+            .chunks(2)
+            .map(|p| pair(p[0], p[1]))
+            .collect();
+        let b: Vec<u32> = wave(pairs * NR * 2, 1.3)
+            .chunks(2)
+            .map(|p| pair(p[0], p[1]))
+            .collect();
+        let mut native = vec![0.0f32; MR * NR];
+        let mut portable = vec![0.0f32; MR * NR];
+        // SAFETY: the buffers hold `pairs` pairs and one tile.
+        unsafe {
+            micro(
+                Kernel::Avx512Bf16,
+                pairs,
+                &a,
+                &b,
+                native.as_mut_ptr(),
+                NR,
+                height,
+                width,
+                false,
+            );
+            micro(
+                Kernel::Portable,
+                pairs,
+                &a,
+                &b,
+                portable.as_mut_ptr(),
+                NR,
+                height,
+                width,
+                false,
+            );
+        }
+        assert_eq!(
+            native.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            portable.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+    }
+}
