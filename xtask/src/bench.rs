@@ -310,8 +310,26 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
     let config = shape_config(args.shape);
     roberta_burn::set_fused_ops(!args.composed_ops);
     roberta_burn::set_fused_attention(!args.composed_attention);
+    // bf16 on the CPU backend is mixed precision, as PyTorch's autocast on the other side: f32
+    // parameters, the linear layers' products from bf16 operands.
+    let autocast = args.device.backend == crate::flags::BackendFlag::Flex
+        && args.dtype == crate::flags::DTypeFlag::Bf16;
+    if autocast {
+        let device = crate::device(args.device.backend, args.device.device_index)?;
+        return roberta_burn::autocast::bf16(|| time_model(&config, args, device));
+    }
     let device =
         crate::device_with_dtype(args.device.backend, args.device.device_index, args.dtype)?;
+    time_model(&config, args, device)
+}
+
+/// The timing of [`model_worker`] on `device`.
+fn time_model(
+    config: &roberta_burn::RobertaConfig,
+    args: &crate::flags::ModelWorkerArgs,
+    device: burn::tensor::Device,
+) -> Result<()> {
+    let config = config.clone();
     if args.train {
         let device = device.autodiff();
         let batches = worker_batches(&config, args, 3, &device)?;

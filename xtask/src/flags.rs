@@ -506,7 +506,9 @@ pub enum BackendFlag {
 pub enum DTypeFlag {
     /// 32-bit floats (every backend).
     F32,
-    /// bfloat16 (GPU backends that support it).
+    /// bfloat16: on GPU backends that support it, parameters and activations in bf16; on the
+    /// CPU backend (flex), mixed precision as `torch.autocast("cpu", dtype=torch.bfloat16)`:
+    /// f32 parameters, the linear layers' products from bf16 operands.
     Bf16,
     /// IEEE half precision (GPU backends that support it).
     F16,
