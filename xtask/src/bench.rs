@@ -316,7 +316,7 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
         && args.dtype == crate::flags::DTypeFlag::Bf16;
     if autocast {
         let device = crate::device(args.device.backend, args.device.device_index)?;
-        return roberta_burn::autocast::bf16(|| time_model(&config, args, device));
+        return roberta_burn::autocast::bf16(true, || time_model(&config, args, device));
     }
     let device =
         crate::device_with_dtype(args.device.backend, args.device.device_index, args.dtype)?;

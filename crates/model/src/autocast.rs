@@ -16,14 +16,15 @@
 use std::cell::Cell;
 
 thread_local! {
-    /// Whether this thread is inside [`bf16`].
+    /// Whether this thread is inside an enabled [`bf16`].
     static BF16: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with the CPU backend's linear layers computing in mixed bf16 precision on this
-/// thread (see the module documentation), then restores the previous setting, also when `f`
-/// panics.
-pub fn bf16<R>(f: impl FnOnce() -> R) -> R {
+/// thread if `enabled`, in f32 if not (as `torch.autocast(..., enabled=False)` turns it off
+/// inside an autocast region; see the module documentation), then restores the previous
+/// setting, also when `f` panics.
+pub fn bf16<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
     /// Restores the setting it saved when dropped.
     struct Restore(bool);
     impl Drop for Restore {
@@ -31,11 +32,11 @@ pub fn bf16<R>(f: impl FnOnce() -> R) -> R {
             BF16.with(|bf16| bf16.set(self.0));
         }
     }
-    let _restore = Restore(BF16.with(|bf16| bf16.replace(true)));
+    let _restore = Restore(BF16.with(|bf16| bf16.replace(enabled)));
     f()
 }
 
-/// Whether this thread is inside [`bf16`].
+/// Whether this thread is inside an enabled [`bf16`].
 pub fn is_bf16() -> bool {
     BF16.with(Cell::get)
 }

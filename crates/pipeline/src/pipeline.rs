@@ -289,6 +289,7 @@ impl Pipeline {
             early_stopping: c.run.early_stopping(),
             max_steps: c.run.max_steps,
             eval_steps: c.run.eval_steps,
+            bf16: c.run.bf16,
             space: c.space.clone(),
             startup_trials: c.startup_trials,
             prune: c.prune.map(|p| (p.startup_trials, p.warmup_epochs)),

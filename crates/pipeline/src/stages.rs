@@ -203,6 +203,9 @@ pub struct SearchKey {
     /// intermediate values and the pruner saw, and which checkpoint was best.
     #[serde(default)]
     pub eval_steps: Option<usize>,
+    /// Whether the trials trained in mixed bf16 precision (studies from before it: f32).
+    #[serde(default)]
+    pub bf16: bool,
     /// The search space.
     pub space: SearchSpace,
     /// Random trials before TPE acts, as asked (None: the default for the budget).
@@ -293,6 +296,7 @@ impl SearchKey {
             self.group_by_length.to_string(),
             before.group_by_length.to_string(),
         );
+        flag("--bf16", self.bf16.to_string(), before.bf16.to_string());
         flag(
             "--space",
             show_space(&self.space),
@@ -459,6 +463,7 @@ mod tests {
             gradient_accumulation_steps: 1,
             max_steps: None,
             eval_steps: None,
+            bf16: false,
             space: sentiment_search::parse_space(["batch_size=cat:16,32"]).unwrap(),
             startup_trials: None,
             prune: None,
@@ -528,6 +533,7 @@ mod tests {
                 Box::new(|k| k.padding = Padding::FIXED),
             ),
             ("--group-by-length", Box::new(|k| k.group_by_length = false)),
+            ("--bf16", Box::new(|k| k.bf16 = true)),
             ("--max-steps", Box::new(|k| k.max_steps = Some(100))),
             ("--eval-steps", Box::new(|k| k.eval_steps = Some(10))),
             (

@@ -3,7 +3,7 @@
 //! when it stops early, and where it reports. Flattened into both configurations, so their JSON
 //! keeps the Trainer's keys (`pad_to_multiple_of`, `group_by_length`,
 //! `gradient_accumulation_steps`, `max_steps`, `eval_steps`, `save_steps`,
-//! `early_stopping_patience`, `report_to`, …).
+//! `early_stopping_patience`, `report_to`, `bf16`, …).
 
 use sentiment_tokenize::Padding;
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,11 @@ pub struct RunOptions {
     /// `report_to`: `tensorboard` writes event files under `RUN/tb`.
     #[serde(default)]
     pub report_to: Vec<String>,
+    /// Mixed precision, the Trainer's `bf16` on a CPU: training and evaluation run under
+    /// [`roberta_burn::autocast::bf16`] (the linear layers' products from bf16 operands, f32
+    /// everything else). The CPU backend only; runs saved before it existed read as `false`.
+    #[serde(default)]
+    pub bf16: bool,
 }
 
 fn one() -> usize {
@@ -73,6 +78,7 @@ impl Default for RunOptions {
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
             report_to: Vec::new(),
+            bf16: false,
         }
     }
 }

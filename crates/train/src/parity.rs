@@ -135,24 +135,36 @@ pub fn model_differences(device: &Device, fixtures: &Path) -> Result<Vec<Differe
     ])
 }
 
-/// Six optimizer steps on `device` against PyTorch's: `FlatAdamW` (β 0.9 / 0.999, ε 1e-8,
-/// weight decay 0.01), transformers' linear schedule with 2 warmup steps, clipping at 0.5
-/// (acting at every step), on the fixture classifier with dropout off and two alternating
-/// batches. The learning rates (absolute), losses and gradient norms (relative) of every step,
-/// and the logits after the last (absolute).
-pub fn training_differences(
+/// What [`curve`] records of a run of optimizer steps.
+struct Curve {
+    losses: Vec<f64>,
+    grad_norms: Vec<f64>,
+    learning_rates: Vec<f64>,
+    /// The logits of the four fixture rows after the last step (validation mode, f32).
+    logits_after: Vec<f32>,
+}
+
+/// `steps` optimizer steps on `device`, as the references' generators take them: `FlatAdamW`
+/// (β 0.9 / 0.999, ε 1e-8, weight decay 0.01), transformers' linear schedule with 2 warmup
+/// steps, clipping at 0.5, on the fixture classifier with dropout off and two alternating
+/// batches of the model reference's rows; with `bf16` the forward and backward passes under
+/// [`roberta_burn::autocast::bf16`].
+fn curve(
     device: &Device,
     fixtures: &Path,
-) -> Result<Vec<Difference>, TrainError> {
+    labels: &[i64],
+    steps: usize,
+    bf16: bool,
+) -> Result<Curve, TrainError> {
     let inputs = read(fixtures.join("model/reference.json"))?;
-    let expected = read(fixtures.join("train/reference.json"))?;
     let autodiff = device.clone().autodiff();
     let (batch, seq) = (size(&inputs, "batch")?, size(&inputs, "seq")?);
-    let (ids, mask, labels) = (
-        ints(&inputs["input_ids"]),
-        ints(&inputs["attention_mask"]),
-        ints(&expected["labels"]),
-    );
+    let (ids, mask) = (ints(&inputs["input_ids"]), ints(&inputs["attention_mask"]));
+    if labels.len() < 4 || batch < 4 {
+        return Err(TrainError::InvalidData(
+            "the parity references need four rows and their labels".into(),
+        ));
+    }
     let rows = |r: &[usize]| {
         let pick = |data: &[i64]| -> Vec<i64> {
             r.iter()
@@ -192,37 +204,74 @@ pub fn training_differences(
     let schedule = LinearSchedule {
         peak: 1e-3,
         warmup_steps: 2,
-        total_steps: 6,
+        total_steps: steps,
     };
     let loss_fn = CrossEntropyLossConfig::new().init(&autodiff);
-    let (want_losses, want_norms, want_rates) = (
-        floats(&expected["losses"]),
-        floats(&expected["grad_norms"]),
-        floats(&expected["learning_rates"]),
-    );
-    if want_losses.len() < 6 || want_norms.len() < 6 || want_rates.len() < 6 {
-        return Err(TrainError::InvalidData(
-            "the training reference has fewer than six steps".into(),
-        ));
-    }
-    let (mut worst_rate, mut worst_loss, mut worst_norm) = (0.0f64, 0.0f64, 0.0f64);
-    for step in 0..6 {
+    let mut curve = Curve {
+        losses: Vec::with_capacity(steps),
+        grad_norms: Vec::with_capacity(steps),
+        learning_rates: Vec::with_capacity(steps),
+        logits_after: Vec::new(),
+    };
+    for step in 0..steps {
         let (x, m, y) = rows(if step % 2 == 0 { &[0, 1] } else { &[2, 3] });
-        let loss = loss_fn.forward(model.forward(x, m), y);
-        let value = f64::from(loss.clone().into_scalar::<f32>());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let pass = || {
+            let loss = loss_fn.forward(model.forward(x, m), y);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            (loss, grads)
+        };
+        let (loss, grads) = roberta_burn::autocast::bf16(bf16, pass);
+        curve.losses.push(f64::from(loss.into_scalar::<f32>()));
         let rate = schedule.rate(step);
         let report;
         (model, report) = optimizer.step(rate, model, grads)?;
-        let norm = report.grad_norm();
-        worst_rate = worst_rate.max((rate - want_rates[step]).abs());
-        worst_loss = worst_loss.max((value - want_losses[step]).abs() / want_losses[step]);
-        worst_norm = worst_norm.max((norm - want_norms[step]).abs() / want_norms[step]);
+        curve.grad_norms.push(report.grad_norm());
+        curve.learning_rates.push(rate);
     }
     let all = |data: &[i64]| {
         Tensor::<2, Int>::from_data(TensorData::new(data.to_vec(), [batch, seq]), device)
     };
-    let logits = values(model.valid().forward(all(&ids), all(&mask)))?;
+    curve.logits_after = values(model.valid().forward(all(&ids), all(&mask)))?;
+    Ok(curve)
+}
+
+/// The largest relative difference between `got` and the reference `want` step by step
+/// (infinite if the reference has fewer steps).
+fn worst_relative(got: &[f64], want: &[f64]) -> f64 {
+    if want.len() < got.len() {
+        return f64::INFINITY;
+    }
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() / w.abs())
+        .fold(0.0, f64::max)
+}
+
+/// The labels a reference file lists.
+fn labels(reference: &Value) -> Vec<i64> {
+    ints(&reference["labels"])
+}
+
+/// Six optimizer steps on `device` against PyTorch's (see [`curve`]; clipping acts at every
+/// step). The learning rates (absolute), losses and gradient norms (relative) of every step,
+/// and the logits after the last (absolute).
+pub fn training_differences(
+    device: &Device,
+    fixtures: &Path,
+) -> Result<Vec<Difference>, TrainError> {
+    let expected = read(fixtures.join("train/reference.json"))?;
+    let curve = curve(device, fixtures, &labels(&expected), 6, false)?;
+    let want_rates = floats(&expected["learning_rates"]);
+    let worst_rate = if want_rates.len() < curve.learning_rates.len() {
+        f64::INFINITY
+    } else {
+        curve
+            .learning_rates
+            .iter()
+            .zip(want_rates)
+            .map(|(got, want)| (got - want).abs())
+            .fold(0.0, f64::max)
+    };
     Ok(vec![
         Difference {
             what: "training: learning rate of each of 6 steps",
@@ -231,18 +280,54 @@ pub fn training_differences(
         },
         Difference {
             what: "training: loss of each step (relative)",
-            worst: worst_loss,
+            worst: worst_relative(&curve.losses, &floats(&expected["losses"])),
             scale: Scale::Relative,
         },
         Difference {
             what: "training: gradient norm of each step (relative)",
-            worst: worst_norm,
+            worst: worst_relative(&curve.grad_norms, &floats(&expected["grad_norms"])),
             scale: Scale::Relative,
         },
         Difference {
             what: "training: logits after 6 steps",
-            worst: worst_abs(&logits, &floats(&expected["logits_after"])),
+            worst: worst_abs(&curve.logits_after, &floats(&expected["logits_after"])),
             scale: Scale::Absolute,
         },
+    ])
+}
+
+/// The loss curve of thirty steps (see [`curve`]) against PyTorch's, in f32 and in mixed bf16
+/// precision (ours under [`roberta_burn::autocast::bf16`], PyTorch's forward pass under
+/// `torch.autocast("cpu", dtype=torch.bfloat16)`; `fixtures/train/bf16_reference.json`):
+/// the largest relative difference of a step's loss between ours and PyTorch's in f32, between
+/// the two in bf16, and, for scale, between PyTorch's two precisions.
+pub fn bf16_differences(device: &Device, fixtures: &Path) -> Result<Vec<Difference>, TrainError> {
+    let expected = read(fixtures.join("train/bf16_reference.json"))?;
+    let steps = size(&expected, "steps")?;
+    let labels = labels(&expected);
+    let f32 = curve(device, fixtures, &labels, steps, false)?;
+    let bf16 = curve(device, fixtures, &labels, steps, true)?;
+    let (torch_f32, torch_bf16) = (
+        floats(&expected["f32_losses"]),
+        floats(&expected["bf16_losses"]),
+    );
+    let relative = |what, worst| Difference {
+        what,
+        worst,
+        scale: Scale::Relative,
+    };
+    Ok(vec![
+        relative(
+            "mixed precision: loss of each of 30 steps in f32 (relative)",
+            worst_relative(&f32.losses, &torch_f32),
+        ),
+        relative(
+            "mixed precision: loss of each step under bf16 autocast (relative)",
+            worst_relative(&bf16.losses, &torch_bf16),
+        ),
+        relative(
+            "mixed precision: PyTorch's bf16 loss against its f32 one (relative, for scale)",
+            worst_relative(&torch_bf16[..steps.min(torch_bf16.len())], &torch_f32),
+        ),
     ])
 }

@@ -338,9 +338,38 @@ pub(crate) fn remove_checkpoint(dir: &Path) -> Result<(), TrainError> {
 }
 
 /// Trains `model` (already on the autodiff device, in training mode) for the epochs `settings`
-/// ask, resuming from the latest checkpoint in `run_dir` when `resume` is set.
+/// ask, resuming from the latest checkpoint in `run_dir` when `resume` is set; in mixed bf16
+/// precision when they say so (the CPU backend only).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_epochs<T, C>(
+    task: &T,
+    model: T::Model,
+    settings: &LoopSettings<'_, C>,
+    run_dir: &Path,
+    device: &Device,
+    resume: bool,
+    stop: &StopToken,
+    hooks: &mut dyn TrainHooks<T::Epoch>,
+) -> Result<Finished<T::Model, T::Epoch>, TrainError>
+where
+    T: Task,
+    C: Clone + PartialEq + Serialize + DeserializeOwned,
+{
+    if settings.run.bf16 && !roberta_burn::is_flex(device) {
+        return Err(TrainError::InvalidSetting(
+            "bf16: mixed precision runs on the CPU backend (flex); other backends train in \
+             their device's float type"
+                .into(),
+        ));
+    }
+    roberta_burn::autocast::bf16(settings.run.bf16, || {
+        run_epochs_in_precision(task, model, settings, run_dir, device, resume, stop, hooks)
+    })
+}
+
+/// [`run_epochs`] in the precision it set.
+#[allow(clippy::too_many_arguments)]
+fn run_epochs_in_precision<T, C>(
     task: &T,
     model: T::Model,
     settings: &LoopSettings<'_, C>,
@@ -445,6 +474,18 @@ where
                 "{}, {steps_per_epoch} steps per epoch, {total_steps} steps",
                 settings.start_line
             ),
+        )?;
+    }
+    if settings.run.bf16 {
+        log(
+            run_dir,
+            if roberta_burn::autocast::bf16_native() {
+                "bf16 mixed precision: the linear layers' products from bf16 operands \
+                 (AVX512-BF16)"
+            } else {
+                "bf16 mixed precision on a CPU without AVX512-BF16: the same numbers as with \
+                 it, at f32 speed or below"
+            },
         )?;
     }
 

@@ -526,15 +526,18 @@ pub fn train(
     let test = match data.test {
         Some(rows) => {
             check_labels(rows, num_labels, "test split")?;
-            let evaluation = evaluate(
-                &best,
-                rows,
-                num_labels,
-                config.eval_batch_size,
-                config.positive_class,
-                config.run.padding,
-                device,
-            )?;
+            // In the run's precision, as its validation.
+            let evaluation = roberta_burn::autocast::bf16(config.run.bf16, || {
+                evaluate(
+                    &best,
+                    rows,
+                    num_labels,
+                    config.eval_batch_size,
+                    config.positive_class,
+                    config.run.padding,
+                    device,
+                )
+            })?;
             save_json(&run_dir.join("test_metrics.json"), &evaluation)?;
             Some(evaluation)
         }

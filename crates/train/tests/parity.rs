@@ -169,3 +169,31 @@ fn accumulated_micro_batches_match_pytorch() {
         );
     }
 }
+
+/// Mixed precision against PyTorch's autocast: thirty steps of the fixture classifier under
+/// `roberta_burn::autocast::bf16` follow the loss curve of the same steps under
+/// `torch.autocast("cpu", dtype=torch.bfloat16)` (`fixtures/train/bf16_reference.json`) as
+/// closely as bf16 rounding allows: within twice the largest gap between PyTorch's own bf16 and
+/// f32 curves (two independent roundings), while in f32 the thirty steps stay within 1e-4 of
+/// PyTorch's f32 curve (the harness is the same).
+#[test]
+fn bf16_loss_curve_follows_pytorch_autocast() {
+    let differences =
+        sentiment_train::parity::bf16_differences(&Device::flex(), &fixtures()).unwrap();
+    let [f32, bf16, scale] = differences.as_slice() else {
+        panic!("three differences expected: {differences:?}");
+    };
+    assert!(f32.worst <= 1e-4, "{}: {}", f32.what, f32.worst);
+    assert!(
+        scale.worst > 1e-3 && scale.worst < 0.05,
+        "PyTorch's bf16 curve should differ from its f32 one by bf16's rounding: {}",
+        scale.worst
+    );
+    assert!(
+        bf16.worst <= 2.0 * scale.worst,
+        "{}: {} (PyTorch's own bf16 against f32: {})",
+        bf16.what,
+        bf16.worst,
+        scale.worst
+    );
+}

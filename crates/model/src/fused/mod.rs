@@ -781,11 +781,7 @@ mod tests {
             on_threads(threads, || {
                 let x = x.clone().detach().require_grad();
                 let forward = || super::linear(&layer, x.clone());
-                let y = if bf16 {
-                    crate::autocast::bf16(forward)
-                } else {
-                    forward()
-                };
+                let y = crate::autocast::bf16(bf16, forward);
                 let grads = (y.clone() * weights.clone()).sum().backward();
                 [
                     values(y.inner()),
@@ -852,11 +848,7 @@ mod tests {
         let run = |layer: &burn::nn::Linear, x: Tensor<3>, bf16: bool| {
             let x = x.detach().require_grad();
             let forward = || super::linear(layer, x.clone());
-            let y = if bf16 {
-                crate::autocast::bf16(forward)
-            } else {
-                forward()
-            };
+            let y = crate::autocast::bf16(bf16, forward);
             let grads = (y.clone() * weights.clone()).sum().backward();
             [
                 values(y.inner()),

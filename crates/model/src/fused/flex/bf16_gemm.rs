@@ -78,37 +78,47 @@ pub(super) unsafe fn product(
     let kernel = Kernel::detect();
     let pairs = k.div_ceil(2);
     let lengths = [m.div_ceil(MR) * MR * pairs, n.div_ceil(NR) * NR * pairs];
-    with_buffers(lengths, |a, b| {
-        // SAFETY: the caller's promise on the operands; the buffers' lengths as `pack` needs.
-        let (a, b) = unsafe {
-            (
-                pack::<MR>(kernel, Source::rows(lhs, m, k), a, parallel),
-                pack::<NR>(kernel, Source::columns(rhs, k, n), b, parallel),
-            )
-        };
-        let row_tasks = m.div_ceil(MC);
-        let tasks = row_tasks * n.div_ceil(NC);
-        let dst = Destination(dst);
-        let task = |t: usize| {
-            let (rows, columns) = (t % row_tasks * MC, t / row_tasks * NC);
-            // SAFETY: the tasks' tiles are disjoint parts of `dst`, which holds m × n elements.
-            unsafe {
-                tile(
-                    kernel,
-                    (&a, &b),
-                    dst,
-                    (m, n, k),
-                    (rows, columns),
-                    accumulate,
+    let dst = Destination(dst);
+    let product = move || {
+        with_buffers(lengths, |a, b| {
+            // SAFETY: the caller's promise on the operands; the buffers' lengths as `pack` needs.
+            let (a, b) = unsafe {
+                (
+                    pack::<MR>(kernel, Source::rows(lhs, m, k), a, parallel),
+                    pack::<NR>(kernel, Source::columns(rhs, k, n), b, parallel),
                 )
+            };
+            let row_tasks = m.div_ceil(MC);
+            let tasks = row_tasks * n.div_ceil(NC);
+            let task = |t: usize| {
+                let (rows, columns) = (t % row_tasks * MC, t / row_tasks * NC);
+                // SAFETY: the tasks' tiles are disjoint parts of `dst`, which holds m × n elements.
+                unsafe {
+                    tile(
+                        kernel,
+                        (&a, &b),
+                        dst,
+                        (m, n, k),
+                        (rows, columns),
+                        accumulate,
+                    )
+                }
+            };
+            if parallel {
+                (0..tasks).into_par_iter().for_each(task);
+            } else {
+                (0..tasks).for_each(task);
             }
-        };
-        if parallel {
-            (0..tasks).into_par_iter().for_each(task);
-        } else {
-            (0..tasks).for_each(task);
-        }
-    })
+        })
+    };
+    // Packing and products inside one pool job: called from outside the pool (the model's
+    // thread), each parallel loop would otherwise wake a worker and put the caller to sleep,
+    // three times per product, which on small products cost more than the bf16 kernel saved.
+    if parallel {
+        rayon::scope(|_| product());
+    } else {
+        product();
+    }
 }
 
 /// The destination pointer, shared by tasks that write disjoint tiles of it.
@@ -444,7 +454,7 @@ mod avx512 {
                             lane_mask(count.saturating_sub(16)),
                             values.wrapping_add(2 * p + 16),
                         );
-                        std::mem::transmute(_mm512_cvtne2ps_pbh(high, low))
+                        std::mem::transmute::<__m512bh, [u32; 16]>(_mm512_cvtne2ps_pbh(high, low))
                     };
                     for (q, &word) in words.iter().enumerate().take(pairs - p) {
                         out[(p + q) * W + l] = word;
@@ -516,12 +526,17 @@ mod avx512 {
             // SAFETY: `p` < `pairs`, so both panels hold these words.
             unsafe {
                 let right: [__m512bh; 2] = [
-                    std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast())),
-                    std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast())),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                        b.add(p * NR).cast(),
+                    )),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                        b.add(p * NR + 16).cast(),
+                    )),
                 ];
                 for (i, row) in sums.iter_mut().enumerate() {
-                    let left: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + i) as i32));
+                    let left: __m512bh = std::mem::transmute::<__m512i, __m512bh>(
+                        _mm512_set1_epi32(*a.add(p * MR + i) as i32),
+                    );
                     row[0] = _mm512_dpbf16_ps(row[0], left, right[0]);
                     row[1] = _mm512_dpbf16_ps(row[1], left, right[1]);
                 }
@@ -589,79 +604,6 @@ mod tests {
             start: values.as_ptr(),
             row_stride: width as isize,
             column_stride: 1,
-        }
-    }
-
-    #[test]
-    fn speed() {
-        for &(m, n, k) in &[
-            (2048, 768, 768),
-            (2048, 3072, 768),
-            (2048, 768, 3072),
-            (768, 3072, 2048),
-            (2048, 256, 256),
-        ] {
-            let lhs = wave(m * k, 0.1);
-            let rhs = wave(k * n, 0.7);
-            let mut out = vec![0.0f32; m * n];
-            for round in 0..3 {
-                let t = std::time::Instant::now();
-                unsafe {
-                    product(
-                        out.as_mut_ptr(),
-                        (m, n, k),
-                        false,
-                        row_major(&lhs, k),
-                        row_major(&rhs, n),
-                    )
-                };
-                let bf = t.elapsed().as_secs_f64();
-                let t = std::time::Instant::now();
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        out.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        lhs.as_ptr(),
-                        1,
-                        k as isize,
-                        rhs.as_ptr(),
-                        1,
-                        n as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::Rayon(0),
-                    )
-                };
-                let f = t.elapsed().as_secs_f64();
-                let t = std::time::Instant::now();
-                let kernel = Kernel::detect();
-                let pairs = k.div_ceil(2);
-                with_buffers(
-                    [m.div_ceil(MR) * MR * pairs, n.div_ceil(NR) * NR * pairs],
-                    |a, b| unsafe {
-                        pack::<MR>(kernel, Source::rows(row_major(&lhs, k), m, k), a, true);
-                        pack::<NR>(kernel, Source::columns(row_major(&rhs, n), k, n), b, true);
-                    },
-                );
-                let pk = t.elapsed().as_secs_f64();
-                let fl = 2.0 * (m * n * k) as f64;
-                if round == 2 {
-                    eprintln!(
-                        "{m}x{n}x{k}: bf16 {:.0} GFLOPS, f32 gemm {:.0} GFLOPS, packing {:.1}% of bf16",
-                        fl / bf / 1e9,
-                        fl / f / 1e9,
-                        100.0 * pk / bf
-                    );
-                }
-            }
         }
     }
 
