@@ -8,6 +8,8 @@
 //! - [`Pretrained::from_pretrained`] loads a local folder or a hub id (through the Hugging Face
 //!   cache) from `model.safetensors`, sharded safetensors or `pytorch_model.bin`;
 //!   [`Pretrained::save_pretrained`] writes a folder that `from_pretrained` in transformers loads.
+//! - [`autocast::bf16`] runs the CPU backend's linear layers in mixed bf16 precision, as
+//!   `torch.autocast("cpu", dtype=torch.bfloat16)` does PyTorch's.
 //!
 //! One model code runs on every backend: the [`Device`](burn::tensor::Device) picks it
 //! (`Device::flex()` on the CPU by default; `wgpu` behind the feature of that name).

@@ -757,6 +757,25 @@ mod tests {
         );
     }
 
+    /// The fused linear layer's output and the gradients `[∂x, ∂w, ∂b]` of its output
+    /// weighted by `weights` and summed, under bf16 autocast if `bf16`.
+    fn linear_results(
+        layer: &burn::nn::Linear,
+        x: Tensor<3>,
+        weights: &Tensor<3>,
+        bf16: bool,
+    ) -> [Vec<f32>; 4] {
+        let x = x.detach().require_grad();
+        let y = crate::autocast::bf16(bf16, || super::linear(layer, x.clone()));
+        let grads = (y.clone() * weights.clone()).sum().backward();
+        [
+            values(y.inner()),
+            values(x.grad(&grads).unwrap()),
+            values(layer.weight.val().grad(&grads).unwrap()),
+            values(layer.bias.as_ref().unwrap().val().grad(&grads).unwrap()),
+        ]
+    }
+
     /// The CPU backend's linear layer gives the same bits on one thread and on three, for a
     /// layer large enough that its GEMMs run on the pool (`flex::linear`), in f32 and under
     /// bf16 autocast.
@@ -779,16 +798,7 @@ mod tests {
         );
         let run = |threads: usize, bf16: bool| {
             on_threads(threads, || {
-                let x = x.clone().detach().require_grad();
-                let forward = || super::linear(&layer, x.clone());
-                let y = crate::autocast::bf16(bf16, forward);
-                let grads = (y.clone() * weights.clone()).sum().backward();
-                [
-                    values(y.inner()),
-                    values(x.grad(&grads).unwrap()),
-                    values(layer.weight.val().grad(&grads).unwrap()),
-                    values(layer.bias.as_ref().unwrap().val().grad(&grads).unwrap()),
-                ]
+                linear_results(&layer, x.clone(), &weights, bf16)
             })
         };
         for bf16 in [false, true] {
@@ -846,16 +856,7 @@ mod tests {
             &device,
         );
         let run = |layer: &burn::nn::Linear, x: Tensor<3>, bf16: bool| {
-            let x = x.detach().require_grad();
-            let forward = || super::linear(layer, x.clone());
-            let y = crate::autocast::bf16(bf16, forward);
-            let grads = (y.clone() * weights.clone()).sum().backward();
-            [
-                values(y.inner()),
-                values(x.grad(&grads).unwrap()),
-                values(layer.weight.val().grad(&grads).unwrap()),
-                values(layer.bias.as_ref().unwrap().val().grad(&grads).unwrap()),
-            ]
+            linear_results(layer, x, &weights, bf16)
         };
         for transposed in [false, true] {
             let mixed = run(&exact, input(|x| x, transposed), true);
