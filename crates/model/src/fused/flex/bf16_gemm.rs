@@ -437,27 +437,38 @@ mod avx512 {
         let inner = (source.inner - first).min(2 * pairs);
         if source.inner_stride == 1 {
             // Each lane's inner values are contiguous: 32 of them round to 16 words at once
-            // (in order: the even index in the low half), written `W` apart.
-            if lanes < W {
-                out.fill(0);
-            }
-            for l in 0..lanes {
-                let values = source.at(lane + l, first);
+            // (in order: the even index in the low half); sixteen lanes' words, transposed in
+            // registers, are sixteen pairs' rows of the panel. Absent lanes are zero rows.
+            for half in (0..W).step_by(16) {
+                let present = lanes.saturating_sub(half).min(16);
+                let store = lane_mask(W - half);
                 for p in (0..pairs).step_by(16) {
                     let count = (inner - 2 * p).min(32);
-                    // SAFETY: the masks keep the loads inside this lane's `inner` values
-                    // (masked-off elements do not fault).
-                    let words: [u32; 16] = unsafe {
-                        let low =
-                            _mm512_maskz_loadu_ps(lane_mask(count), values.wrapping_add(2 * p));
-                        let high = _mm512_maskz_loadu_ps(
-                            lane_mask(count.saturating_sub(16)),
-                            values.wrapping_add(2 * p + 16),
-                        );
-                        std::mem::transmute::<__m512bh, [u32; 16]>(_mm512_cvtne2ps_pbh(high, low))
-                    };
-                    for (q, &word) in words.iter().enumerate().take(pairs - p) {
-                        out[(p + q) * W + l] = word;
+                    let mut rows = [_mm512_setzero_si512(); 16];
+                    for (l, row) in rows.iter_mut().enumerate().take(present) {
+                        let values = source.at(lane + half + l, first + 2 * p);
+                        // SAFETY: the masks keep the loads inside this lane's `inner` values
+                        // (masked-off elements do not fault).
+                        *row = unsafe {
+                            let low = _mm512_maskz_loadu_ps(lane_mask(count), values);
+                            let high = _mm512_maskz_loadu_ps(
+                                lane_mask(count.saturating_sub(16)),
+                                values.wrapping_add(16),
+                            );
+                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low))
+                        };
+                    }
+                    let columns = transpose(rows);
+                    for (q, column) in columns.iter().enumerate().take(pairs - p) {
+                        // SAFETY: pair `p + q` < `pairs`, and the mask keeps the store inside
+                        // its `W` words (`out` holds `pairs` × `W`).
+                        unsafe {
+                            _mm512_mask_storeu_epi32(
+                                out.as_mut_ptr().add((p + q) * W + half).cast(),
+                                store,
+                                *column,
+                            )
+                        };
                     }
                 }
             }
@@ -558,6 +569,44 @@ mod avx512 {
                 }
             }
         }
+    }
+
+    /// The 16 × 16 matrix of words whose rows are `rows`, transposed: unpacking pairs of
+    /// words, then pairs of pairs, within each 128-bit lane, then gathering the lanes.
+    #[target_feature(enable = "avx512f")]
+    fn transpose(rows: [__m512i; 16]) -> [__m512i; 16] {
+        let mut pairs = [_mm512_setzero_si512(); 16];
+        for k in 0..8 {
+            pairs[2 * k] = _mm512_unpacklo_epi32(rows[2 * k], rows[2 * k + 1]);
+            pairs[2 * k + 1] = _mm512_unpackhi_epi32(rows[2 * k], rows[2 * k + 1]);
+        }
+        // quads[4k + m], 128-bit lane L: rows 4k..4k+4 of column 4L + m.
+        let mut quads = [_mm512_setzero_si512(); 16];
+        for k in 0..4 {
+            let [a, b, c, d] = [0, 1, 2, 3].map(|i| pairs[4 * k + i]);
+            quads[4 * k] = _mm512_unpacklo_epi64(a, c);
+            quads[4 * k + 1] = _mm512_unpackhi_epi64(a, c);
+            quads[4 * k + 2] = _mm512_unpacklo_epi64(b, d);
+            quads[4 * k + 3] = _mm512_unpackhi_epi64(b, d);
+        }
+        let mut columns = [_mm512_setzero_si512(); 16];
+        for m in 0..4 {
+            let [a, b, c, d] = [0, 4, 8, 12].map(|i| quads[i + m]);
+            // Lanes 0 and 1 of each, then lanes 2 and 3.
+            let (low_ab, low_cd) = (
+                _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_i32x4::<0b01_00_01_00>(c, d),
+            );
+            let (high_ab, high_cd) = (
+                _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b),
+                _mm512_shuffle_i32x4::<0b11_10_11_10>(c, d),
+            );
+            columns[m] = _mm512_shuffle_i32x4::<0b10_00_10_00>(low_ab, low_cd);
+            columns[4 + m] = _mm512_shuffle_i32x4::<0b11_01_11_01>(low_ab, low_cd);
+            columns[8 + m] = _mm512_shuffle_i32x4::<0b10_00_10_00>(high_ab, high_cd);
+            columns[12 + m] = _mm512_shuffle_i32x4::<0b11_01_11_01>(high_ab, high_cd);
+        }
+        columns
     }
 
     /// The first `lanes` (at most 16) of a vector.
@@ -670,6 +719,47 @@ mod tests {
         unsafe {
             *rhs.start
                 .offset(row as isize * rhs.row_stride + column as isize * rhs.column_stride)
+        }
+    }
+
+    /// The native packing gives the portable packing's words, for operands contiguous along
+    /// the inner dimension (transposed in registers), along the lanes (interleaved), and
+    /// neither (element by element), with lanes and pairs short of whole panels.
+    #[test]
+    fn the_native_packing_equals_the_portable_one() {
+        if !native() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let (lanes, inner) = (45, 777);
+        let values = wave(lanes * inner * 2, 0.9);
+        for (lane_stride, inner_stride) in [(inner, 1), (1, lanes), (2 * inner, 2)] {
+            let source = Source {
+                start: values.as_ptr(),
+                lane_stride: lane_stride as isize,
+                inner_stride: inner_stride as isize,
+                lanes,
+                inner,
+            };
+            fn both<const W: usize>(source: Source) -> [Vec<u32>; 2] {
+                let length = source.lanes.div_ceil(W) * W * source.inner.div_ceil(2);
+                [Kernel::Avx512Bf16, Kernel::Portable].map(|kernel| {
+                    let mut words = vec![u32::MAX; length];
+                    // SAFETY: the source lies inside `values`; `words` has the packed length.
+                    unsafe { pack::<W>(kernel, source, &mut words, false) };
+                    words
+                })
+            }
+            let [native, portable] = both::<MR>(source);
+            assert!(
+                native == portable,
+                "rows, strides {lane_stride}, {inner_stride}"
+            );
+            let [native, portable] = both::<NR>(source);
+            assert!(
+                native == portable,
+                "columns, strides {lane_stride}, {inner_stride}"
+            );
         }
     }
 
