@@ -329,14 +329,13 @@ fn time_model(
     args: &crate::flags::ModelWorkerArgs,
     device: burn::tensor::Device,
 ) -> Result<()> {
-    let config = config.clone();
     if args.train {
         let device = device.autodiff();
-        let batches = worker_batches(&config, args, 3, &device)?;
-        return train_worker(&config, &batches, args, device);
+        let batches = worker_batches(config, args, 3, &device)?;
+        return train_worker(config, &batches, args, device);
     }
-    let model = roberta_burn::RobertaForSequenceClassification::new(&config, &device);
-    let batches = worker_batches(&config, args, 2, &device)?;
+    let model = roberta_burn::RobertaForSequenceClassification::new(config, &device);
+    let batches = worker_batches(config, args, 2, &device)?;
     // `into_scalar` waits for the device, so GPU work is timed to its end.
     let run = |batch: &BenchBatch| -> Result<f32> {
         let logits = model.forward(batch.ids.clone(), batch.mask.clone());

@@ -25,15 +25,32 @@ thread_local! {
 /// inside an autocast region; see the module documentation), then restores the previous
 /// setting, also when `f` panics.
 pub fn bf16<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
-    /// Restores the setting it saved when dropped.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            BF16.with(|bf16| bf16.set(self.0));
-        }
-    }
-    let _restore = Restore(BF16.with(|bf16| bf16.replace(enabled)));
+    let _scope = bf16_scope(enabled);
     f()
+}
+
+/// [`bf16`] as a guard: this thread's linear layers compute in mixed bf16 precision if
+/// `enabled`, in f32 if not, until the guard is dropped, which restores the previous setting.
+pub fn bf16_scope(enabled: bool) -> Bf16Scope {
+    Bf16Scope {
+        previous: BF16.with(|bf16| bf16.replace(enabled)),
+        _thread: std::marker::PhantomData,
+    }
+}
+
+/// The guard of [`bf16_scope`]; it belongs to the thread that made it (the setting is that
+/// thread's).
+#[must_use = "the setting lasts only while the guard lives"]
+pub struct Bf16Scope {
+    previous: bool,
+    /// Neither `Send` nor `Sync`.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Bf16Scope {
+    fn drop(&mut self) {
+        BF16.with(|bf16| bf16.set(self.previous));
+    }
 }
 
 /// Whether this thread is inside an enabled [`bf16`].

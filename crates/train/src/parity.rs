@@ -247,11 +247,6 @@ fn worst_relative(got: &[f64], want: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// The labels a reference file lists.
-fn labels(reference: &Value) -> Vec<i64> {
-    ints(&reference["labels"])
-}
-
 /// Six optimizer steps on `device` against PyTorch's (see [`curve`]; clipping acts at every
 /// step). The learning rates (absolute), losses and gradient norms (relative) of every step,
 /// and the logits after the last (absolute).
@@ -260,7 +255,7 @@ pub fn training_differences(
     fixtures: &Path,
 ) -> Result<Vec<Difference>, TrainError> {
     let expected = read(fixtures.join("train/reference.json"))?;
-    let curve = curve(device, fixtures, &labels(&expected), 6, false)?;
+    let curve = curve(device, fixtures, &ints(&expected["labels"]), 6, false)?;
     let want_rates = floats(&expected["learning_rates"]);
     let worst_rate = if want_rates.len() < curve.learning_rates.len() {
         f64::INFINITY
@@ -304,7 +299,7 @@ pub fn training_differences(
 pub fn bf16_differences(device: &Device, fixtures: &Path) -> Result<Vec<Difference>, TrainError> {
     let expected = read(fixtures.join("train/bf16_reference.json"))?;
     let steps = size(&expected, "steps")?;
-    let labels = labels(&expected);
+    let labels = ints(&expected["labels"]);
     let f32 = curve(device, fixtures, &labels, steps, false)?;
     let bf16 = curve(device, fixtures, &labels, steps, true)?;
     let (torch_f32, torch_bf16) = (

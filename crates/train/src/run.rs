@@ -362,27 +362,8 @@ where
                 .into(),
         ));
     }
-    roberta_burn::autocast::bf16(settings.run.bf16, || {
-        run_epochs_in_precision(task, model, settings, run_dir, device, resume, stop, hooks)
-    })
-}
-
-/// [`run_epochs`] in the precision it set.
-#[allow(clippy::too_many_arguments)]
-fn run_epochs_in_precision<T, C>(
-    task: &T,
-    model: T::Model,
-    settings: &LoopSettings<'_, C>,
-    run_dir: &Path,
-    device: &Device,
-    resume: bool,
-    stop: &StopToken,
-    hooks: &mut dyn TrainHooks<T::Epoch>,
-) -> Result<Finished<T::Model, T::Epoch>, TrainError>
-where
-    T: Task,
-    C: Clone + PartialEq + Serialize + DeserializeOwned,
-{
+    // Every step and evaluation below runs on this thread, in the run's precision.
+    let _precision = roberta_burn::autocast::bf16_scope(settings.run.bf16);
     let accumulation = settings.run.gradient_accumulation_steps.max(1);
     let lengths = settings.run.group_by_length.then(|| task.train_lengths());
     // The schedule counts optimizer steps, not micro-batches.

@@ -2,7 +2,7 @@
 //! parallel pass each way ([`layer_norm`]), the linear layer as one GEMM over all rows each way
 //! ([`linear`]) and dropout masks drawn in parallel.
 
-mod bf16_gemm;
+pub(super) mod bf16_gemm;
 mod fast_gelu;
 mod layer_norm;
 mod linear;
@@ -133,11 +133,6 @@ fn flex_gelu(x: FloatTensor<burn::backend::Flex>) -> FloatTensor<burn::backend::
     let n = x.layout().num_elements();
     fast_gelu::gelu_in_place(&mut x.storage_mut::<f32>()[..n]);
     x
-}
-
-/// Whether this CPU has the bf16 products' native kernel.
-pub(super) fn bf16_native() -> bool {
-    bf16_gemm::native()
 }
 
 /// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's.

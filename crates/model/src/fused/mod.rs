@@ -422,7 +422,7 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
 /// [`crate::autocast::bf16_native`]).
 #[cfg(feature = "flex")]
 pub(crate) fn bf16_native() -> bool {
-    flex::bf16_native()
+    flex::bf16_gemm::native()
 }
 
 /// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's (flex).

@@ -313,7 +313,7 @@ impl Kernel {
 
 /// Whether this CPU multiplies bf16 operands natively (AVX512-BF16), where mixed precision is
 /// faster than f32; elsewhere the portable kernel gives the same results more slowly.
-pub(super) fn native() -> bool {
+pub(in crate::fused) fn native() -> bool {
     Kernel::detect() != Kernel::Portable
 }
 
