@@ -208,7 +208,7 @@ impl SelfAttention {
     /// - returns `[batch, seq, hidden]`
     fn forward(&self, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
         let [batch, seq, hidden] = x.dims();
-        let device = x.device();
+        let (device, dtype) = (x.device(), x.dtype());
         let dropout = if self.dropout.training.is_enabled() && device.is_autodiff() {
             self.dropout.prob
         } else {
@@ -219,16 +219,18 @@ impl SelfAttention {
         let k = self.split_heads(crate::fused::linear(&self.key, x.clone()));
         let v = self.split_heads(crate::fused::linear(&self.value, x));
         let merge_heads = |heads: Tensor<4>| heads.swap_dims(1, 2).reshape([batch, seq, hidden]);
-        if crate::fused::attention_available(&device, dropout, self.head_dim) {
-            // libtorch: one kernel each way, dropout included on CUDA (as transformers' SDPA).
+        let fused = crate::fused::attention_available(&device, dtype, dropout, self.head_dim);
+        if fused && !composed_attention_forced() {
+            // One kernel each way, dropout included: the CPU backend's own (on the heads where
+            // the projections leave them), libtorch's on CUDA (as transformers' SDPA).
             return merge_heads(crate::fused::attention(q, k, v, key_bias, dropout, scale));
         }
         if dropout == 0.0 && !composed_attention_forced() {
             // Without attention dropout (inference, or a model configured without it) the
-            // backend's fused scaled-dot-product attention computes the same thing in one op:
-            // no score tensor materialised per head on the CPU, flash attention on GPUs. An
-            // additive bias rather than a boolean mask: burn-tch 0.22 hands Burn's mask (true =
-            // masked) to PyTorch, where true means "attend".
+            // backend's fused scaled-dot-product attention computes the same thing in one op
+            // (flash attention on GPUs; half precision on the CPU backend). An additive bias
+            // rather than a boolean mask: burn-tch 0.22 hands Burn's mask (true = masked) to
+            // PyTorch, where true means "attend".
             let bias = key_bias.expand([batch, self.num_heads, seq, seq]);
             return merge_heads(attention(
                 q,
@@ -545,11 +547,9 @@ impl RobertaForMaskedLM {
 mod tests {
     use super::*;
 
-    /// The attention that training with attention dropout runs (scores, fused softmax,
-    /// dropout, values) against transformers' last hidden states on the fixture classifier:
-    /// with dropout probability 0 it must give what transformers gives. (Inference and runs
-    /// without attention dropout take the backend's scaled-dot-product attention, which the
-    /// parity tests cover.)
+    /// The attention composed of Burn's operations (scores, fused softmax, dropout, values:
+    /// what backends without a fused attention train with) and the CPU backend's fused one
+    /// against transformers' last hidden states on the fixture classifier.
     #[test]
     fn the_composed_attention_matches_transformers() {
         use crate::{HubSettings, Pretrained, RobertaForSequenceClassification};
@@ -601,8 +601,6 @@ mod tests {
         };
         assert_eq!(composed.len(), expected.len());
         assert!(worst(&composed) < 1e-5, "composed: {}", worst(&composed));
-        // (On the CPU backend the two may agree bit for bit: its scaled-dot-product attention
-        // is composed of the same operations.)
         assert!(worst(&fused) < 1e-5, "fused: {}", worst(&fused));
     }
 

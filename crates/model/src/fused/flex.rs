@@ -2,6 +2,7 @@
 //! parallel pass each way ([`layer_norm`]), the linear layer as one GEMM over all rows each way
 //! ([`linear`]) and dropout masks drawn in parallel.
 
+mod attention;
 pub(super) mod bf16_gemm;
 mod fast_gelu;
 mod layer_norm;
@@ -16,7 +17,7 @@ use rayon::prelude::*;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{Device, Int, Tensor};
 
-use super::{FusedKernels, FusedOps};
+use super::{AttentionSaved, FusedKernels, FusedOps};
 
 /// The flex backend's GELU through [`fast_gelu`]: vectorised and parallel, where flex's
 /// own is scalar libm `erff` on one thread; its layer norm under autodiff through
@@ -85,6 +86,50 @@ impl FusedKernels for burn::backend::Flex {
         linear::backward(&grad, &x, &weight, bf16)
             .unwrap_or_else(|| super::linear_backward_composed::<Self>(grad, x, weight))
     }
+
+    fn attention_forward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        dropout: f64,
+        scale: f64,
+    ) -> (FloatTensor<Self>, AttentionSaved<Self>) {
+        let mask = attention_mask(dropout);
+        let (output, logsumexp) =
+            attention::forward(&query, &key, &value, &bias, mask, scale, true);
+        let saved = AttentionSaved {
+            query,
+            key,
+            value,
+            bias,
+            output: output.clone(),
+            logsumexp: logsumexp.expect("kept when asked for"),
+            generator: Vec::new(),
+            mask_seed: mask.map_or(0, |mask| mask.seed),
+            dropout,
+            scale,
+        };
+        (output, saved)
+    }
+
+    fn attention_backward(
+        grad: FloatTensor<Self>,
+        saved: AttentionSaved<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let mask = (saved.dropout > 0.0).then(|| DropoutMask::new(saved.mask_seed, saved.dropout));
+        let [grad_query, grad_key, grad_value] = attention::backward(
+            &grad,
+            &saved.query,
+            &saved.key,
+            &saved.value,
+            &saved.bias,
+            &saved.logsumexp,
+            mask,
+            saved.scale,
+        );
+        (grad_query, grad_key, grad_value)
+    }
 }
 
 impl FusedOps for burn::backend::Flex {
@@ -100,6 +145,24 @@ impl FusedOps for burn::backend::Flex {
     ) -> FloatTensor<Self> {
         flex_linear(x, weight, bias, bf16)
     }
+
+    fn fused_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        dropout: f64,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let mask = attention_mask(dropout);
+        attention::forward(&query, &key, &value, &bias, mask, scale, false).0
+    }
+}
+
+/// The attention's dropout mask for probability `dropout` (none at 0), its seed drawn from
+/// Burn's generator as [`dropout`] draws its own.
+fn attention_mask(dropout: f64) -> Option<DropoutMask> {
+    (dropout > 0.0).then(|| DropoutMask::draw(&Device::new(burn_flex::FlexDevice), dropout))
 }
 
 /// The linear layer through [`linear`] for f32 (its products from bf16 operands with `bf16`),
@@ -143,48 +206,73 @@ pub(super) fn is_flex(device: &Device) -> bool {
     )
 }
 
-/// Dropout with a mask drawn in parallel from a counter-based hash ([`crate::mix_seed`]): flex
+/// Dropout with a mask drawn in parallel from a counter-based hash ([`DropoutMask`]): flex
 /// draws every mask element from one ChaCha stream, serially, which took 12% of a training step
-/// on two threads (docs/BENCHMARKS.md); each mask's seed comes from Burn's generator, so
-/// `Device::seed` still makes a run reproducible.
+/// on two threads (docs/BENCHMARKS.md).
 pub(super) fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     let device = x.device();
-    let draw = Tensor::<1, Int>::random(
-        [2],
-        // 31 bits each: the default integer type may be i32.
-        burn::tensor::Distribution::Uniform(0.0, 2_147_483_647.0),
-        &device.clone().without_autodiff(),
-    );
-    let words: Vec<i64> = draw
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec()
-        .unwrap_or_default();
-    let seed = words.iter().fold(0u64, |acc, &w| (acc << 31) ^ w as u64);
-    let keep = 1.0 - prob;
-    let scale = (1.0 / keep) as f32;
-    // An element is kept when the top 32 bits of its hash fall below keep * 2^32.
-    let threshold = (keep * 4_294_967_296.0) as u64;
+    let mask = DropoutMask::draw(&device, prob);
     let shape = x.shape();
-    let mask: Vec<f32> = {
-        use rayon::prelude::*;
-        (0..shape.num_elements())
-            .into_par_iter()
-            .with_min_len(1 << 14)
-            .map(|i| {
-                if crate::mix_seed(seed, i as u64) >> 32 < threshold {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect()
-    };
+    let mask: Vec<f32> = (0..shape.num_elements())
+        .into_par_iter()
+        .with_min_len(1 << 14)
+        .map(|i| mask.factor(i as u64))
+        .collect();
     x * Tensor::from_data(burn::tensor::TensorData::new(mask, shape), &device)
 }
 
-/// A matrix operand of the linear layer's products: its first element and the strides between
-/// rows and between columns.
+/// A dropout mask as a counter-based hash of one seed ([`crate::mix_seed`]): element `index`
+/// is kept, and scaled by 1/(1 − p), when the top 32 bits of its hash fall below (1 − p)·2³²;
+/// so any element is drawn without the others, in parallel and in any order.
+#[derive(Clone, Copy, Debug)]
+struct DropoutMask {
+    seed: u64,
+    threshold: u64,
+    scale: f32,
+}
+
+impl DropoutMask {
+    /// The mask of drop probability `prob` from `seed`.
+    fn new(seed: u64, prob: f64) -> Self {
+        let keep = 1.0 - prob;
+        DropoutMask {
+            seed,
+            threshold: (keep * 4_294_967_296.0) as u64,
+            scale: (1.0 / keep) as f32,
+        }
+    }
+
+    /// A mask whose seed comes from Burn's generator on `device`, so that `Device::seed` makes
+    /// a run reproducible.
+    fn draw(device: &Device, prob: f64) -> Self {
+        let draw = Tensor::<1, Int>::random(
+            [2],
+            // 31 bits each: the default integer type may be i32.
+            burn::tensor::Distribution::Uniform(0.0, 2_147_483_647.0),
+            &device.clone().without_autodiff(),
+        );
+        let words: Vec<i64> = draw
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec()
+            .unwrap_or_default();
+        let seed = words.iter().fold(0u64, |acc, &w| (acc << 31) ^ w as u64);
+        Self::new(seed, prob)
+    }
+
+    /// 1/(1 − p) where element `index` is kept, 0 where it is dropped.
+    #[inline(always)]
+    fn factor(&self, index: u64) -> f32 {
+        if crate::mix_seed(self.seed, index) >> 32 < self.threshold {
+            self.scale
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A matrix operand of the products (the linear layer's, attention's): its first element and
+/// the strides between rows and between columns.
 #[derive(Clone, Copy)]
 struct Operand {
     start: *const f32,
@@ -196,6 +284,55 @@ struct Operand {
 // product's caller.
 unsafe impl Send for Operand {}
 unsafe impl Sync for Operand {}
+
+/// `dst = (dst if accumulate) + scale·lhs·rhs` for an `[m, k]` by `[k, n]` product into an
+/// `[m, n]` destination whose rows are `dst_row_stride` apart, with the `gemm` crate (flex's
+/// own), on the rayon pool if `parallel`.
+///
+/// # Safety
+/// `dst` must be writable over its `[m, n]` extent (and readable when `accumulate`: gemm reads
+/// it only then), and the operands readable over theirs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_product(
+    dst: *mut f32,
+    dst_row_stride: usize,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+    scale: f32,
+    parallel: bool,
+) {
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller's promise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            lhs.start,
+            lhs.column_stride,
+            lhs.row_stride,
+            rhs.start,
+            rhs.column_stride,
+            rhs.row_stride,
+            if accumulate { 1.0 } else { 0.0 },
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
 
 /// Columns per parallel task when summing a row-major matrix's columns.
 const COLUMN_BLOCK: usize = 256;

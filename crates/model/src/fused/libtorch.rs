@@ -238,6 +238,7 @@ impl FusedKernels for burn_tch::LibTorch {
             output: output.clone(),
             logsumexp: TchTensor::new(logsumexp),
             generator,
+            mask_seed: 0,
             dropout,
             scale,
         };

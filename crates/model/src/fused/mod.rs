@@ -69,8 +69,9 @@ pub fn set_fused_ops(enabled: bool) {
 /// Whether [`attention`] may run (the default); see [`set_fused_attention`].
 static FUSED_ATTENTION: AtomicBool = AtomicBool::new(true);
 
-/// Turns the fused attention on libtorch on (the default) or off, process-wide: off, attention
-/// is composed from Burn's operations (matmul, softmax, dropout), for A/B benchmarks (`bench
+/// Turns the fused attention (the CPU backend's own kernel, libtorch's) on (the default) or
+/// off, process-wide: off, attention is Burn's (its scaled-dot-product attention without
+/// dropout, else composed from matmul, softmax and dropout), for A/B benchmarks (`bench
 /// model-worker --composed-attention`).
 #[cfg(feature = "bench")]
 pub fn set_fused_attention(enabled: bool) {
@@ -79,19 +80,24 @@ pub fn set_fused_attention(enabled: bool) {
 
 /// What the backward pass of a fused attention needs, as its forward kernel left it.
 #[derive(Debug, Clone)]
-// Only libtorch's kernels fill and read it.
-#[cfg_attr(not(feature = "tch"), allow(dead_code))]
+// Only the CPU backend's and libtorch's kernels fill and read it.
+#[cfg_attr(not(any(feature = "flex", feature = "tch")), allow(dead_code))]
 pub struct AttentionSaved<B: Backend> {
     query: FloatTensor<B>,
     key: FloatTensor<B>,
     value: FloatTensor<B>,
     /// The additive bias in the layout the kernel took.
     bias: FloatTensor<B>,
+    /// (libtorch's backward kernels take it.)
+    #[cfg_attr(not(feature = "tch"), allow(dead_code))]
     output: FloatTensor<B>,
     logsumexp: FloatTensor<B>,
     /// The dropout generator's state the kernel drew its mask from (CUDA: philox seed and
-    /// offset); empty without dropout.
+    /// offset); empty without dropout and on the CPU backend.
+    #[cfg_attr(not(feature = "tch"), allow(dead_code))]
     generator: Vec<FloatTensor<B>>,
+    /// The seed of the CPU backend's counter-based dropout mask (0 elsewhere).
+    mask_seed: u64,
     dropout: f64,
     scale: f64,
 }
@@ -450,16 +456,24 @@ pub fn is_libtorch(device: &burn::tensor::Device) -> bool {
     }
 }
 
-/// Whether [`attention`] runs on `device` with attention dropout `dropout`: on libtorch, on CUDA
+/// Whether [`attention`] runs on `device` for `dtype` heads with attention dropout `dropout`:
+/// on the CPU backend in f32 (its own kernel, dropout included); on libtorch, on CUDA
 /// (PyTorch's memory-efficient kernel, dropout included, for head sizes that are a multiple of
 /// 8) or without dropout (its CPU flash attention; and off the autodiff graph, its
 /// `scaled_dot_product_attention`). Elsewhere the model composes attention from Burn's
 /// operations.
-pub fn attention_available(device: &burn::tensor::Device, dropout: f64, head_dim: usize) -> bool {
+pub fn attention_available(
+    device: &burn::tensor::Device,
+    dtype: burn::tensor::DType,
+    dropout: f64,
+    head_dim: usize,
+) -> bool {
     if !FUSED_ATTENTION.load(Ordering::Relaxed) {
         return false;
     }
     match device.clone().without_autodiff().as_dispatch() {
+        #[cfg(feature = "flex")]
+        burn_dispatch::DispatchDevice::Flex(_) => dtype == burn::tensor::DType::F32,
         #[cfg(feature = "tch")]
         burn_dispatch::DispatchDevice::LibTorch(device) => {
             dropout == 0.0
@@ -467,7 +481,7 @@ pub fn attention_available(device: &burn::tensor::Device, dropout: f64, head_dim
                     && head_dim.is_multiple_of(8))
         }
         _ => {
-            let _ = (dropout, head_dim);
+            let _ = (dtype, dropout, head_dim);
             false
         }
     }
@@ -539,7 +553,7 @@ pub fn layer_norm<const D: usize>(
 mod tests {
     use burn::module::Param;
     use burn::nn::LayerNormConfig;
-    use burn::tensor::{Device, Tensor, TensorData};
+    use burn::tensor::{DType, Device, Tensor, TensorData};
 
     /// `n` values of a shifted sine: inputs from a formula, not Burn's generator, because tests
     /// in this binary run in parallel and another one reseeds the shared generator.
@@ -926,55 +940,82 @@ mod tests {
         linear_equals_burns(&Device::libtorch().autodiff());
     }
 
-    /// libtorch's attention (its CPU flash attention under autodiff, `scaled_dot_product_
-    /// attention` off it) against attention composed from Burn's operations, with a padded key
-    /// masked by the bias (needs the `tch` feature and libtorch).
-    #[cfg(feature = "tch")]
-    #[test]
-    fn libtorch_attention_equals_composed() {
-        let shape = [2, 3, 5, 8];
-        for device in [Device::libtorch().autodiff(), Device::libtorch()] {
-            assert!(super::attention_available(&device, 0.0, 8));
-            let tensor = |phase: f32| {
-                Tensor::<4>::from_data(TensorData::new(wave(240, phase), shape), &device)
-            };
-            let (q, k, v, weights) = (tensor(0.1), tensor(0.8), tensor(1.9), tensor(2.6));
-            // The second sequence's last key is padding.
-            let bias = Tensor::<4>::from_data(
+    /// Output and, on an autodiff `device`, the gradients of `q`, `k` and `v` (of a weighted
+    /// sum of the output) of the fused attention or of attention composed from Burn's
+    /// operations (with the fused dropout on the probabilities), on heads given as the model
+    /// gives them: a `[batch, heads, seq, dim]` view of `[batch, seq, heads, dim]` values. The
+    /// second sequence's last key is padding, masked by the bias. The generator is seeded
+    /// first, so that dropout draws the same mask on both sides.
+    fn attention_results(device: &Device, fused: bool, dropout: f64) -> Vec<Vec<f32>> {
+        let [batch, heads, seq, dim] = [2, 3, 5, 8];
+        let tensor = |phase: f32| {
+            Tensor::<4>::from_data(
                 TensorData::new(
-                    vec![0.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0e4],
-                    [2, 1, 1, 5],
+                    wave(batch * heads * seq * dim, phase),
+                    [batch, seq, heads, dim],
                 ),
-                &device,
-            );
-            let scale = 8f64.sqrt().recip();
-            let tracked = device.is_autodiff();
-            let run = |fused: bool| {
-                let (q, k, v) = if tracked {
-                    (
-                        q.clone().require_grad(),
-                        k.clone().require_grad(),
-                        v.clone().require_grad(),
-                    )
-                } else {
-                    (q.clone(), k.clone(), v.clone())
-                };
-                let y = if fused {
-                    super::attention(q.clone(), k.clone(), v.clone(), bias.clone(), 0.0, scale)
-                } else {
-                    let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * scale + bias.clone();
-                    burn::tensor::activation::softmax(scores, 3).matmul(v.clone())
-                };
-                let mut out = vec![values(y.clone().inner())];
-                if tracked {
-                    let grads = (y * weights.clone()).sum().backward();
-                    for t in [q, k, v] {
-                        out.push(values(t.grad(&grads).unwrap()));
-                    }
-                }
-                out
+                device,
+            )
+        };
+        let (q, k, v) = (tensor(0.1), tensor(0.8), tensor(1.9));
+        let weights = tensor(2.6).swap_dims(1, 2);
+        let bias = Tensor::<4>::from_data(
+            TensorData::new(
+                vec![0.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0e4],
+                [batch, 1, 1, seq],
+            ),
+            device,
+        );
+        let scale = (dim as f64).sqrt().recip();
+        let tracked = device.is_autodiff();
+        let (q, k, v) = if tracked {
+            (q.require_grad(), k.require_grad(), v.require_grad())
+        } else {
+            (q, k, v)
+        };
+        let heads_of = |t: &Tensor<4>| t.clone().swap_dims(1, 2);
+        device.seed(7);
+        let y = if fused {
+            super::attention(
+                heads_of(&q),
+                heads_of(&k),
+                heads_of(&v),
+                bias,
+                dropout,
+                scale,
+            )
+        } else {
+            let scores = heads_of(&q).matmul(heads_of(&k).swap_dims(2, 3)) * scale + bias;
+            let probs = super::softmax(scores, 3);
+            let probs = if dropout > 0.0 {
+                super::dropout(probs, dropout)
+            } else {
+                probs
             };
-            let (fused, composed) = (run(true), run(false));
+            probs.matmul(heads_of(&v))
+        };
+        let mut out = vec![values(y.clone().inner())];
+        if tracked {
+            let grads = (y * weights).sum().backward();
+            for t in [q, k, v] {
+                out.push(values(t.grad(&grads).unwrap()));
+            }
+        }
+        out
+    }
+
+    /// The fused attention against the composed one on `device`, with and without autodiff.
+    fn attention_equals_composed(device: &Device, dropout: f64) {
+        let _generator = crate::GENERATOR_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for device in [device.clone().autodiff(), device.clone()] {
+            assert!(super::attention_available(&device, DType::F32, dropout, 8));
+            if dropout > 0.0 && !device.is_autodiff() {
+                continue;
+            }
+            let fused = attention_results(&device, true, dropout);
+            let composed = attention_results(&device, false, dropout);
             for (i, name) in ["output", "∂q", "∂k", "∂v"]
                 .iter()
                 .enumerate()
@@ -983,5 +1024,51 @@ mod tests {
                 assert_close(name, &fused[i], &composed[i], 1e-5);
             }
         }
+    }
+
+    /// The CPU backend's attention, reading the heads in place and writing them interleaved,
+    /// against the composed one.
+    #[test]
+    fn flex_attention_equals_composed() {
+        attention_equals_composed(&Device::flex(), 0.0);
+    }
+
+    /// With attention dropout: the same mask as the composed attention's dropout draws for the
+    /// same seed, on the probabilities forward and on their gradient backward; and a share of
+    /// the probabilities actually dropped (the output differs from no dropout's).
+    #[test]
+    fn flex_attention_with_dropout_equals_composed() {
+        attention_equals_composed(&Device::flex(), 0.3);
+        let _generator = crate::GENERATOR_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let device = Device::flex().autodiff();
+        let (with, without) = (
+            attention_results(&device, true, 0.3),
+            attention_results(&device, true, 0.0),
+        );
+        assert!(with[0] != without[0], "dropout changed nothing");
+    }
+
+    /// The same bits on one thread as on three, forward and backward, dropout included.
+    #[test]
+    fn flex_attention_does_not_depend_on_the_thread_count() {
+        let _generator = crate::GENERATOR_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let device = Device::flex().autodiff();
+        let run = |threads| on_threads(threads, || attention_results(&device, true, 0.1));
+        let (one, three) = (run(1), run(3));
+        let [one, three] = [one, three].map(|r| <[Vec<f32>; 4]>::try_from(r).unwrap());
+        assert_same_bits(["output", "∂q", "∂k", "∂v"], one, three);
+    }
+
+    /// libtorch's attention (its CPU flash attention under autodiff, `scaled_dot_product_
+    /// attention` off it) against attention composed from Burn's operations (needs the `tch`
+    /// feature and libtorch).
+    #[cfg(feature = "tch")]
+    #[test]
+    fn libtorch_attention_equals_composed() {
+        attention_equals_composed(&Device::libtorch(), 0.0);
     }
 }

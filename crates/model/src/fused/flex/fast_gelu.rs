@@ -42,7 +42,7 @@ fn erf(x: f32) -> f32 {
 /// `exp(x)` for f32 on `[-87, 0]` (what the GELU derivative needs), branch-free: Cephes'
 /// `expf`, `e^x = 2^n e^r` with `|r| <= ln 2 / 2`.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(super) fn exp_nonpositive(x: f32) -> f32 {
     let x = x.max(-87.0);
     let n = (x * std::f32::consts::LOG2_E).round();
     let r = n.mul_add(-0.693_359_4, x);

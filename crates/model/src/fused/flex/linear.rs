@@ -24,7 +24,9 @@ use burn_flex::FlexTensor;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{COLUMN_BLOCK, Operand, bf16_gemm, contiguous, elements, from_vec, written};
+use super::{
+    COLUMN_BLOCK, Operand, bf16_gemm, contiguous, elements, f32_product, from_vec, written,
+};
 
 /// Multiply-adds below which a product runs on one thread (flex's own threshold).
 const PARALLEL_WORK: usize = 192 * 192 * 192;
@@ -195,35 +197,9 @@ unsafe fn product(
         // SAFETY: the caller's promise.
         return unsafe { bf16_gemm::product(dst, (m, n, k), accumulate, lhs, rhs) };
     }
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the caller's promise; gemm reads `dst` only when `read_dst` is true.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            accumulate,
-            lhs.start,
-            lhs.column_stride,
-            lhs.row_stride,
-            rhs.start,
-            rhs.column_stride,
-            rhs.row_stride,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK;
+    // SAFETY: the caller's promise.
+    unsafe { f32_product(dst, n, (m, n, k), accumulate, lhs, rhs, 1.0, parallel) }
 }
 
 /// The number of rows and the width (last dimension) of `t`.
