@@ -316,7 +316,11 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
         && args.dtype == crate::flags::DTypeFlag::Bf16;
     if autocast {
         let device = crate::device(args.device.backend, args.device.device_index)?;
-        return roberta_burn::autocast::bf16(true, || time_model(&config, args, device));
+        // Inference packs each weight once, as PyTorch's autocast keeps its bf16 weights for
+        // the whole timed loop; training steps take no part in it (they run on autodiff).
+        return roberta_burn::autocast::bf16(true, || {
+            roberta_burn::autocast::reuse_weights(|| time_model(&config, args, device))
+        });
     }
     let device =
         crate::device_with_dtype(args.device.backend, args.device.device_index, args.dtype)?;

@@ -18,6 +18,8 @@ use std::cell::Cell;
 thread_local! {
     /// Whether this thread is inside an enabled [`bf16`].
     static BF16: Cell<bool> = const { Cell::new(false) };
+    /// How many [`reuse_weights`] this thread is inside.
+    static REUSE_WEIGHTS: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Runs `f` with the CPU backend's linear layers computing in mixed bf16 precision on this
@@ -56,6 +58,33 @@ impl Drop for Bf16Scope {
 /// Whether this thread is inside an enabled [`bf16`].
 pub fn is_bf16() -> bool {
     BF16.with(Cell::get)
+}
+
+/// Runs `f` with each linear layer's weight rounded and packed for the bf16 products once, and
+/// that copy reused by every product that takes the weight off the autodiff graph (evaluation,
+/// prediction), as `torch.autocast` keeps its bf16 copies of the weights while its region
+/// lasts; then drops the copies (2 bytes per weight), also when `f` panics. Each copy holds its
+/// weight's storage, so a weight cannot change under it: an in-place update copies instead.
+/// Outside [`bf16`], or on another backend, it changes nothing.
+pub fn reuse_weights<R>(f: impl FnOnce() -> R) -> R {
+    /// Leaves the region; the outermost one drops the copies.
+    struct Region;
+    impl Drop for Region {
+        fn drop(&mut self) {
+            let depth = REUSE_WEIGHTS.with(|depth| {
+                depth.set(depth.get() - 1);
+                depth.get()
+            });
+            if depth == 0 {
+                crate::fused::reuse_packed_weights(false);
+            }
+        }
+    }
+    if REUSE_WEIGHTS.with(|depth| depth.replace(depth.get() + 1)) == 0 {
+        crate::fused::reuse_packed_weights(true);
+    }
+    let _region = Region;
+    f()
 }
 
 /// Whether this CPU multiplies bf16 natively (AVX512-BF16), so that [`bf16`] is faster than f32

@@ -346,41 +346,44 @@ pub fn evaluate_mlm(
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let (mut loss_sum, mut correct, mut targets) = (0.0f64, 0usize, 0usize);
     let order: Vec<usize> = (0..rows.len()).collect();
-    for (b, chunk) in order.chunks(config.eval_batch_size).enumerate() {
-        let mut rng = mask_rng(config.seed, 0, b);
-        let Some(MaskedTensors {
-            ids,
-            mask,
-            positions,
-            targets: wanted,
-        }) = masked_batch(
-            rows,
-            chunk,
-            tokenizer,
-            &config.masking,
-            config.run.padding,
-            &mut rng,
-            device,
-        )
-        else {
-            continue;
-        };
-        let n = wanted.dims()[0];
-        let logits = model.forward_at(ids, mask, positions);
-        let loss: f32 = loss_fn
-            .forward(logits.clone(), wanted.clone())
-            .into_scalar();
-        let hits: i64 = logits
-            .argmax(1)
-            .reshape([n])
-            .equal(wanted)
-            .int()
-            .sum()
-            .into_scalar();
-        loss_sum += f64::from(loss) * n as f64;
-        correct += hits as usize;
-        targets += n;
-    }
+    // Under mixed precision each weight is packed for the bf16 products once for all batches.
+    roberta_burn::autocast::reuse_weights(|| {
+        for (b, chunk) in order.chunks(config.eval_batch_size).enumerate() {
+            let mut rng = mask_rng(config.seed, 0, b);
+            let Some(MaskedTensors {
+                ids,
+                mask,
+                positions,
+                targets: wanted,
+            }) = masked_batch(
+                rows,
+                chunk,
+                tokenizer,
+                &config.masking,
+                config.run.padding,
+                &mut rng,
+                device,
+            )
+            else {
+                continue;
+            };
+            let n = wanted.dims()[0];
+            let logits = model.forward_at(ids, mask, positions);
+            let loss: f32 = loss_fn
+                .forward(logits.clone(), wanted.clone())
+                .into_scalar();
+            let hits: i64 = logits
+                .argmax(1)
+                .reshape([n])
+                .equal(wanted)
+                .int()
+                .sum()
+                .into_scalar();
+            loss_sum += f64::from(loss) * n as f64;
+            correct += hits as usize;
+            targets += n;
+        }
+    });
     if targets == 0 {
         return Err(TrainError::InvalidData(
             "the held-out rows have no token that can be masked".into(),

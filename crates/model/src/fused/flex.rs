@@ -7,6 +7,7 @@ pub(super) mod bf16_gemm;
 mod fast_gelu;
 mod layer_norm;
 mod linear;
+pub(super) mod packed_weights;
 
 use std::mem::MaybeUninit;
 
@@ -74,7 +75,7 @@ impl FusedKernels for burn::backend::Flex {
         bias: FloatTensor<Self>,
         bf16: bool,
     ) -> FloatTensor<Self> {
-        flex_linear(x, weight, bias, bf16)
+        flex_linear(x, weight, bias, bf16, false)
     }
 
     fn linear_backward(
@@ -143,7 +144,8 @@ impl FusedOps for burn::backend::Flex {
         bias: FloatTensor<Self>,
         bf16: bool,
     ) -> FloatTensor<Self> {
-        flex_linear(x, weight, bias, bf16)
+        // Off the autodiff graph: the weight may be a packed copy kept for the evaluation.
+        flex_linear(x, weight, bias, bf16, true)
     }
 
     fn fused_attention(
@@ -165,15 +167,17 @@ fn attention_mask(dropout: f64) -> Option<DropoutMask> {
     (dropout > 0.0).then(|| DropoutMask::draw(&Device::new(burn_flex::FlexDevice), dropout))
 }
 
-/// The linear layer through [`linear`] for f32 (its products from bf16 operands with `bf16`),
+/// The linear layer through [`linear`] for f32 (its products from bf16 operands with `bf16`,
+/// the weight's packed copy reused where [`packed_weights`] keeps one and `reuse` allows it),
 /// through Burn's for other float types.
 fn flex_linear(
     x: FloatTensor<burn::backend::Flex>,
     weight: FloatTensor<burn::backend::Flex>,
     bias: FloatTensor<burn::backend::Flex>,
     bf16: bool,
+    reuse: bool,
 ) -> FloatTensor<burn::backend::Flex> {
-    linear::forward(&x, &weight, &bias, bf16).unwrap_or_else(|| {
+    linear::forward(&x, &weight, &bias, bf16, reuse).unwrap_or_else(|| {
         <burn::backend::Flex as burn::backend::ops::ModuleOps<burn::backend::Flex>>::linear(
             x,
             weight,

@@ -424,6 +424,15 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
     ))
 }
 
+/// Starts or ends this thread's reuse of the CPU backend's packed bf16 weights (see
+/// [`crate::autocast::reuse_weights`]).
+pub(crate) fn reuse_packed_weights(reuse: bool) {
+    #[cfg(feature = "flex")]
+    flex::packed_weights::set_reuse(reuse);
+    #[cfg(not(feature = "flex"))]
+    let _ = reuse;
+}
+
 /// Whether this CPU runs the CPU backend's bf16 products natively (see
 /// [`crate::autocast::bf16_native`]).
 #[cfg(feature = "flex")]
@@ -894,6 +903,77 @@ mod tests {
                 "bf16 products changed the output by only {moved}"
             );
         }
+    }
+
+    /// Inside `autocast::reuse_weights`, a bf16 linear layer off the autodiff graph packs its
+    /// weight once and gives the bits it gives without; a weight updated inside the region
+    /// (by an operation that could write in place: nothing but the packed copy shares it), or
+    /// dropped and followed by another of its size, is packed anew, not taken for the old
+    /// one; the copies go when the region ends.
+    #[test]
+    fn flex_bf16_linear_reuses_packed_weights_inside_the_region() {
+        use crate::autocast::{bf16, reuse_weights};
+        use burn::nn::LinearConfig;
+        let device = Device::flex();
+        let (d_in, d_out) = (300, 70);
+        let layer_with = |phase: f32| {
+            let mut layer = LinearConfig::new(d_in, d_out).init(&device);
+            layer.weight = Param::from_tensor(Tensor::from_data(
+                TensorData::new(wave(d_in * d_out, phase), [d_in, d_out]),
+                &device,
+            ));
+            layer.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(wave(d_out, phase + 0.3), [d_out]),
+                &device,
+            )));
+            layer
+        };
+        let update = |layer: &mut burn::nn::Linear| {
+            layer.weight = layer.weight.clone().map(|w| w * 0.5 + 0.25);
+        };
+        let x = Tensor::<3>::from_data(
+            TensorData::new(wave(2 * 9 * d_in, 0.5), [2, 9, d_in]),
+            &device,
+        );
+        let output = |layer: &burn::nn::Linear| values(super::linear(layer, x.clone()));
+        let layer = layer_with(0.2);
+        let (want, want_updated, want_other) = bf16(true, || {
+            let mut updated = layer_with(0.9);
+            update(&mut updated);
+            (output(&layer), output(&updated), output(&layer_with(1.7)))
+        });
+        reuse_weights(|| {
+            bf16(true, || {
+                assert_eq!(super::flex::packed_weights::kept(), 0);
+                for _ in 0..2 {
+                    assert!(output(&layer) == want, "the reused weight's output differs");
+                }
+                assert_eq!(super::flex::packed_weights::kept(), 1);
+                let mut fresh = layer_with(0.9);
+                output(&fresh);
+                update(&mut fresh);
+                assert!(
+                    output(&fresh) == want_updated,
+                    "the updated weight's output differs"
+                );
+                assert_eq!(super::flex::packed_weights::kept(), 3);
+                // A weight dropped and another of its size made: the allocator would hand
+                // the new one the old one's address if the packed copy did not hold it.
+                drop(fresh);
+                let other = layer_with(1.7);
+                assert!(
+                    output(&other) == want_other,
+                    "the new weight's output differs"
+                );
+                assert_eq!(super::flex::packed_weights::kept(), 4);
+            });
+        });
+        assert_eq!(super::flex::packed_weights::kept(), 0);
+        // Without bf16 nothing is packed.
+        reuse_weights(|| {
+            output(&layer);
+            assert_eq!(super::flex::packed_weights::kept(), 0);
+        });
     }
 
     /// The CPU backend's layer norm gives the same bits on one thread and on three, with rows

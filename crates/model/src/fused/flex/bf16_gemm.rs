@@ -62,7 +62,7 @@ pub(super) unsafe fn product(
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
     lhs: Operand,
-    rhs: Operand,
+    rhs: Rhs,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -77,16 +77,32 @@ pub(super) unsafe fn product(
     let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK;
     let kernel = Kernel::detect();
     let pairs = k.div_ceil(2);
-    let lengths = [m.div_ceil(MR) * MR * pairs, n.div_ceil(NR) * NR * pairs];
+    let rhs_words = match rhs {
+        Rhs::Unpacked(_) => n.div_ceil(NR) * NR * pairs,
+        Rhs::Packed(packed) => {
+            assert_eq!(
+                (packed.k, packed.n),
+                (k, n),
+                "bf16 product: packed operand's shape"
+            );
+            0
+        }
+    };
+    let lengths = [m.div_ceil(MR) * MR * pairs, rhs_words];
     let dst = Destination(dst);
     let product = move || {
         with_buffers(lengths, |a, b| {
             // SAFETY: the caller's promise on the operands; the buffers' lengths as `pack` needs.
-            let (a, b) = unsafe {
-                (
-                    pack::<MR>(kernel, Source::rows(lhs, m, k), a, parallel),
-                    pack::<NR>(kernel, Source::columns(rhs, k, n), b, parallel),
-                )
+            let a = unsafe { pack::<MR>(kernel, Source::rows(lhs, m, k), a, parallel) };
+            let b = match rhs {
+                // SAFETY: as above.
+                Rhs::Unpacked(rhs) => unsafe {
+                    pack::<NR>(kernel, Source::columns(rhs, k, n), b, parallel)
+                },
+                Rhs::Packed(packed) => Packed {
+                    words: &packed.words,
+                    padded: n.div_ceil(NR) * NR,
+                },
             };
             let row_tasks = m.div_ceil(MC);
             let tasks = row_tasks * n.div_ceil(NC);
@@ -118,6 +134,41 @@ pub(super) unsafe fn product(
         rayon::scope(|_| product());
     } else {
         product();
+    }
+}
+
+/// The right operand of [`product`]: read and packed by the product, or packed before.
+#[derive(Clone, Copy)]
+pub(super) enum Rhs<'a> {
+    Unpacked(Operand),
+    Packed(&'a PackedRhs),
+}
+
+/// A `[k, n]` right operand rounded and packed once, as [`product`] packs it, for products
+/// that reuse it (a weight across an evaluation's batches).
+pub(super) struct PackedRhs {
+    words: Vec<u32>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedRhs {
+    /// `rhs` (`[k, n]`) packed, on the rayon pool.
+    ///
+    /// # Safety
+    /// `rhs` must be readable over its `[k, n]` extent.
+    pub(super) unsafe fn new(rhs: Operand, k: usize, n: usize) -> Self {
+        let mut words = vec![0; n.div_ceil(NR) * NR * k.div_ceil(2)];
+        // SAFETY: the caller's promise; `words` as `pack` needs.
+        unsafe {
+            pack::<NR>(
+                Kernel::detect(),
+                Source::columns(rhs, k, n),
+                &mut words,
+                true,
+            )
+        };
+        PackedRhs { words, k, n }
     }
 }
 
@@ -669,7 +720,8 @@ mod tests {
     }
 
     /// Every edge at once: rows and columns not whole tiles or tasks, an odd inner dimension
-    /// longer than one block, accumulation into the destination, and a transposed operand.
+    /// longer than one block, accumulation into the destination, and a transposed operand;
+    /// the right operand packed by the product and packed beforehand.
     #[test]
     fn equals_the_product_of_the_rounded_operands() {
         for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (100, 530, 385), (250, 70, 800)] {
@@ -685,17 +737,27 @@ mod tests {
             };
             let start = wave(m * n, 2.0);
             for (accumulate, rhs) in [(false, row_major(&rhs, n)), (true, transposed)] {
-                let mut got = start.clone();
-                // SAFETY: the buffers hold the extents given.
-                unsafe {
-                    product(
-                        got.as_mut_ptr(),
-                        (m, n, k),
-                        accumulate,
-                        row_major(&lhs, k),
-                        rhs,
-                    )
-                };
+                // SAFETY: the operand holds its extent.
+                let packed = unsafe { PackedRhs::new(rhs, k, n) };
+                let [got, got_packed] = [Rhs::Unpacked(rhs), Rhs::Packed(&packed)].map(|rhs| {
+                    let mut got = start.clone();
+                    // SAFETY: the buffers hold the extents given.
+                    unsafe {
+                        product(
+                            got.as_mut_ptr(),
+                            (m, n, k),
+                            accumulate,
+                            row_major(&lhs, k),
+                            rhs,
+                        )
+                    };
+                    got
+                });
+                // The operand packed beforehand gives the same bits.
+                assert!(
+                    got == got_packed,
+                    "{m}x{n}x{k}: packed before and during differ"
+                );
                 for (index, (&got, &want)) in got.iter().zip(&want).enumerate() {
                     let want = want + if accumulate { start[index] as f64 } else { 0.0 };
                     let scale: f64 = (0..k)

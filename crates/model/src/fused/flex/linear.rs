@@ -25,19 +25,22 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::{
-    COLUMN_BLOCK, Operand, bf16_gemm, contiguous, elements, f32_product, from_vec, written,
+    COLUMN_BLOCK, Operand, bf16_gemm, contiguous, elements, f32_product, from_vec, packed_weights,
+    written,
 };
 
 /// Multiply-adds below which a product runs on one thread (flex's own threshold).
 const PARALLEL_WORK: usize = 192 * 192 * 192;
 
 /// `y = x·w + b` for `x` `[..., in]`, `w` `[in, out]`, `b` `[out]` (f32; `None` for others),
-/// with `bf16` the product from bf16-rounded operands ([`bf16_gemm`]).
+/// with `bf16` the product from bf16-rounded operands ([`bf16_gemm`]), and with `reuse` too
+/// from the weight's packed copy while [`packed_weights`] keeps them.
 pub(super) fn forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: &FlexTensor,
     bf16: bool,
+    reuse: bool,
 ) -> Option<FlexTensor> {
     if [x, weight, bias].iter().any(|t| t.dtype() != DType::F32) {
         return None;
@@ -64,17 +67,24 @@ pub(super) fn forward(
             }
         })
     };
+    let (x_rows, w) = (row_major(&x, d_in), matrix(weight));
+    // SAFETY: `w` reads the `[in, out]` weight by its strides.
+    let packed = (bf16 && reuse)
+        .then(|| unsafe { packed_weights::packed(weight, w, (d_in, d_out)) })
+        .flatten();
     // SAFETY: `x` is `[rows, in]` contiguous, `w` `[in, out]` read by its strides (the sizes
     // checked above) and `y` has rows × out elements.
     unsafe {
-        product(
-            y.as_mut_ptr(),
-            (rows, d_out, d_in),
-            true,
-            row_major(&x, d_in),
-            matrix(weight),
-            bf16,
-        );
+        match packed {
+            Some(packed) => bf16_gemm::product(
+                y.as_mut_ptr(),
+                (rows, d_out, d_in),
+                true,
+                x_rows,
+                bf16_gemm::Rhs::Packed(&packed),
+            ),
+            None => product(y.as_mut_ptr(), (rows, d_out, d_in), true, x_rows, w, bf16),
+        }
     }
     let mut shape = x.layout().shape().clone();
     let last = shape.num_dims() - 1;
@@ -195,7 +205,15 @@ unsafe fn product(
 ) {
     if bf16 {
         // SAFETY: the caller's promise.
-        return unsafe { bf16_gemm::product(dst, (m, n, k), accumulate, lhs, rhs) };
+        return unsafe {
+            bf16_gemm::product(
+                dst,
+                (m, n, k),
+                accumulate,
+                lhs,
+                bf16_gemm::Rhs::Unpacked(rhs),
+            )
+        };
     }
     let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK;
     // SAFETY: the caller's promise.
