@@ -15,7 +15,7 @@
 #   training step's time goes, next to PyTorch's: batch 32 and 64, the GPU's utilisation and
 #   the CPU time while each side trains, PyTorch's kernels per step, and a launch-bound tiny
 #   model. `cpu` benchmarks the machine's host CPU instead (flex against PyTorch on the CPU,
-#   real tweets' lengths, 1 and 2 threads, f32 then bf16 training), pinned to two cores as on the 2-vCPU machines our
+#   real tweets' lengths, 1 and 2 threads, f32 then bf16), pinned to two cores as on the 2-vCPU machines our
 #   users and CI have: machines of our kind differ in their host CPU, and a lent GPU machine may
 #   bring one (an Intel Xeon, say) that no CPU session has seen.
 set -u
@@ -104,7 +104,9 @@ if [ "$mode" = cpu ]; then
     cpu 120 --shapes base --iters 6
     # Mixed precision against PyTorch's CPU autocast, where time is left.
     cpu 150 --train --dtype bf16 --shapes small --iters 20
+    cpu 100 --dtype bf16 --shapes small --iters 40
     cpu 200 --train --dtype bf16 --shapes base --iters 4
+    cpu 120 --dtype bf16 --shapes base --iters 6
     say "done after $SECONDS s"
     exit 0
 fi
