@@ -109,11 +109,21 @@ impl<'a> Bias<'a> {
         }
     }
 
-    /// Element `(b, h, i, j)`.
-    #[inline(always)]
-    fn at(&self, b: usize, h: usize, i: usize, j: usize) -> f32 {
+    /// Row `i` of head `h` of sequence `b` added to `scores`.
+    fn add_row(&self, b: usize, h: usize, i: usize, scores: &mut [f32]) {
         let [sb, sh, si, sj] = self.strides;
-        self.data[self.offset + b * sb + h * sh + i * si + j * sj]
+        let start = self.offset + b * sb + h * sh + i * si;
+        if sj == 1 {
+            // Contiguous keys (the model's padding bias): a slice, added in vectors.
+            let bias = &self.data[start..][..scores.len()];
+            for (score, &bias) in scores.iter_mut().zip(bias) {
+                *score += bias;
+            }
+        } else {
+            for (j, score) in scores.iter_mut().enumerate() {
+                *score += self.data[start + j * sj];
+            }
+        }
     }
 }
 
@@ -214,9 +224,7 @@ impl<'a> Problem<'a> {
             )
         };
         for (i, row) in scores.chunks_exact_mut(seq_k.max(1)).enumerate() {
-            for (j, score) in row.iter_mut().enumerate() {
-                *score += self.bias.at(b, h, i, j);
-            }
+            self.bias.add_row(b, h, i, row);
         }
     }
 
@@ -392,16 +400,45 @@ pub(super) fn forward(
 /// A row of scores replaced by their softmax; returns the row's log-sum-exp.
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn softmax_row(row: &mut [f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = lanes(row, f32::NEG_INFINITY, f32::max);
     for score in row.iter_mut() {
         *score = exp(*score - max);
     }
-    let total: f32 = row.iter().sum();
+    let total = lanes(row, 0.0, |sum, p| sum + p);
     let inverse = 1.0 / total;
     for p in row.iter_mut() {
         *p *= inverse;
     }
     max + total.ln()
+}
+
+/// `values` folded by `op` from `init` in sixteen interleaved lanes, then the lanes and the
+/// tail in order: a fold one value after the other is a chain of dependent operations that
+/// the compiler must keep scalar (floating-point addition and `max` do not reassociate).
+#[inline(always)]
+fn lanes(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let (chunks, tail) = values.as_chunks::<16>();
+    let mut lanes = [init; 16];
+    for chunk in chunks {
+        for (lane, &value) in lanes.iter_mut().zip(chunk) {
+            *lane = op(*lane, value);
+        }
+    }
+    lanes.into_iter().chain(tail.iter().copied()).fold(init, op)
+}
+
+/// `Σ a·b` in sixteen interleaved lanes, as [`lanes`] folds.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let ((a_chunks, a_tail), (b_chunks, b_tail)) = (a.as_chunks::<16>(), b.as_chunks::<16>());
+    let mut lanes = [0.0f32; 16];
+    for (a, b) in a_chunks.iter().zip(b_chunks) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += a * b;
+        }
+    }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(a, b)| a * b).sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `e^x` for the softmax's `x ≤ 0`, vectorisable, and exactly 0 below f32's range (masked
@@ -523,7 +560,7 @@ fn probabilities_row(row: &mut [f32], logsumexp: f32) {
 /// A row of the probabilities' gradients `∂p` replaced by the scores' `p·(∂p − Σ p·∂p)`.
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn score_gradient_row(probs: &[f32], grads: &mut [f32]) {
-    let weighted: f32 = probs.iter().zip(grads.iter()).map(|(p, g)| p * g).sum();
+    let weighted = dot(probs, grads);
     for (g, &p) in grads.iter_mut().zip(probs) {
         *g = p * (*g - weighted);
     }
