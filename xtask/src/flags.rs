@@ -660,7 +660,8 @@ pub struct ModelWorkerArgs {
     /// (A/B).
     #[arg(long)]
     pub composed_ops: bool,
-    /// Attention composed from Burn's operations instead of libtorch's fused kernel (A/B).
+    /// Burn's attention (its scaled-dot-product attention, or composed from its operations
+    /// under autodiff) instead of the fused kernels, the CPU backend's or libtorch's (A/B).
     #[arg(long)]
     pub composed_attention: bool,
     /// A JSON list of row lengths (an epoch): `--iters` batches spread over it are timed

@@ -1,6 +1,8 @@
 //! The CPU backend (flex): its vectorised, parallel GELU ([`fast_gelu`]), layer norm in one
 //! parallel pass each way ([`layer_norm`]), the linear layer as one GEMM over all rows each way
-//! ([`linear`]) and dropout masks drawn in parallel.
+//! ([`linear`]; in mixed precision [`bf16_gemm`], its weights packed once per evaluation by
+//! [`packed_weights`]), attention as one operation each way ([`attention`]) and dropout masks
+//! drawn in parallel.
 
 mod attention;
 pub(super) mod bf16_gemm;

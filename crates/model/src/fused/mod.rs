@@ -22,13 +22,16 @@
 //!
 //! [`linear`] is one operation on libtorch (`addmm` forward, two GEMMs and a sum backward) and
 //! on the CPU backend (the same with the `gemm` crate); the GPU backends keep Burn's `Linear`.
-//! On libtorch [`attention`] is PyTorch's kernels too (on CUDA the memory-efficient attention
-//! kernel with dropout inside, as transformers trains; its flash attention on the CPU without
-//! dropout; and `scaled_dot_product_attention` off the autodiff graph); other backends compose
-//! attention in the model.
+//! [`attention`] is one operation on the CPU backend too (its own kernel on the heads where the
+//! projections leave them, dropout inside, the probabilities recomputed backward) and on
+//! libtorch PyTorch's kernels (on CUDA the memory-efficient attention kernel with dropout
+//! inside, as transformers trains; its flash attention on the CPU without dropout; and
+//! `scaled_dot_product_attention` off the autodiff graph); the GPU backends compose attention in
+//! the model.
 //!
 //! The backend-specific code lives here and nowhere else: [`flex`] (the CPU backend's
-//! vectorised GELU, layer norm and linear layer, and parallel dropout masks), `cubecl` (the
+//! vectorised GELU, layer norm, linear layer and attention, its bf16 products, and parallel
+//! dropout masks), `cubecl` (the
 //! WebGPU backends, which take the composed default bodies), `libtorch` (PyTorch's kernels) and
 //! [`autodiff`] (the backward steps of the fused operations, for every backend).
 
@@ -350,8 +353,9 @@ pub trait FusedOps: Backend {
 
     /// Scaled dot-product attention of `[batch, heads, seq, head_dim]` queries, keys and
     /// values with an additive `bias` broadcastable to the scores, and dropout on the
-    /// probabilities. Off the autodiff graph without dropout this is Burn's attention (the
-    /// model calls it only where [`attention_available`] says so).
+    /// probabilities. Off the autodiff graph this is the backend's fused kernel where it has
+    /// one, Burn's attention (without dropout) elsewhere; the model calls it only where
+    /// [`attention_available`] says so.
     #[fusion(default)]
     fn fused_attention(
         query: FloatTensor<Self>,
