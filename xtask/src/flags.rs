@@ -551,6 +551,11 @@ pub struct PredictArgs {
     /// Pad every batch to --max-length (for comparisons).
     #[arg(long)]
     pub pad_to_max_length: bool,
+    /// Mixed precision on the CPU backend, as training's --bf16: the linear layers' products
+    /// from bf16 operands with f32 sums, each weight packed once (fast on CPUs with
+    /// AVX512-BF16). Other backends compute in their device's float type.
+    #[arg(long)]
+    pub bf16: bool,
     /// The backend and device.
     #[command(flatten)]
     pub device: DeviceOptions,

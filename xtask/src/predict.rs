@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
-use roberta_burn::{Pretrained, RobertaForSequenceClassification};
+use roberta_burn::{Loaded, Pretrained, RobertaForSequenceClassification};
 use sentiment_data::TextColumn;
 use sentiment_tokenize::{DEFAULT_MAX_LENGTH, HubSettings, Padding, RobertaTokenizer};
 
@@ -22,6 +22,8 @@ pub struct Predict {
     batch_size: usize,
     padding: Padding,
     device: Device,
+    /// Mixed precision (the CPU backend's autocast).
+    bf16: bool,
     json: bool,
 }
 
@@ -51,6 +53,18 @@ impl TryFrom<PredictArgs> for Predict {
         if args.batch_size == 0 || args.pad_multiple == 0 {
             bail!("--batch-size and --pad-multiple must be at least 1");
         }
+        if args.bf16 && args.device.backend != crate::flags::BackendFlag::Flex {
+            bail!(
+                "--bf16 is mixed precision on the CPU backend (flex); other backends compute in \
+                 their device's float type"
+            );
+        }
+        if args.bf16 && !roberta_burn::autocast::bf16_native() {
+            eprintln!(
+                "warning: this CPU has no AVX512-BF16: --bf16 gives the same numbers as on one \
+                 that has it, at f32 speed or below"
+            );
+        }
         Ok(Self {
             tokenizer: args.tokenizer.clone().unwrap_or_else(|| args.model.clone()),
             model: args.model,
@@ -63,6 +77,7 @@ impl TryFrom<PredictArgs> for Predict {
                 pad_to_multiple_of: args.pad_multiple,
             },
             device: crate::device(args.device.backend, args.device.device_index)?,
+            bf16: args.bf16,
             json: args.json,
         })
     }
@@ -108,6 +123,18 @@ impl Predict {
                 loaded.report.newly_initialized.join(", ")
             );
         }
+        // In mixed precision each weight is packed once for all windows.
+        roberta_burn::autocast::bf16(self.bf16, || {
+            roberta_burn::autocast::reuse_weights(|| self.classify_all(&loaded, &tokenizer))
+        })
+    }
+
+    /// Classifies every text with the loaded model and prints the results.
+    fn classify_all(
+        &self,
+        loaded: &Loaded<RobertaForSequenceClassification>,
+        tokenizer: &RobertaTokenizer,
+    ) -> Result<()> {
         // Texts are classified in windows of 50 batches (each batched longest first, so it
         // pads little) and printed window by window, in their input order: output starts at
         // once and memory stays bounded whatever the input's size.
@@ -116,7 +143,7 @@ impl Predict {
             let predicted = sentiment_train::classify(
                 &loaded.model,
                 &loaded.config,
-                &tokenizer,
+                tokenizer,
                 window,
                 self.batch_size,
                 self.padding,
