@@ -93,15 +93,30 @@ pub(super) unsafe fn product(
     let product = move || {
         with_buffers(lengths, |a, b| {
             // SAFETY: the caller's promise on the operands; the buffers' lengths as `pack` needs.
-            let a = unsafe { pack::<MR>(kernel, Source::rows(lhs, m, k), a, parallel) };
+            let a = unsafe {
+                pack::<MR>(
+                    kernel,
+                    Source::rows(lhs, m, k),
+                    a,
+                    parallel,
+                    Order::for_rows(lhs),
+                )
+            };
             let b = match rhs {
                 // SAFETY: as above.
                 Rhs::Unpacked(rhs) => unsafe {
-                    pack::<NR>(kernel, Source::columns(rhs, k, n), b, parallel)
+                    pack::<NR>(
+                        kernel,
+                        Source::columns(rhs, k, n),
+                        b,
+                        parallel,
+                        Order::Pairs,
+                    )
                 },
                 Rhs::Packed(packed) => Packed {
                     words: &packed.words,
                     padded: n.div_ceil(NR) * NR,
+                    order: Order::Pairs,
                 },
             };
             let row_tasks = m.div_ceil(MC);
@@ -166,6 +181,7 @@ impl PackedRhs {
                 Source::columns(rhs, k, n),
                 &mut words,
                 true,
+                Order::Pairs,
             )
         };
         PackedRhs { words, k, n }
@@ -180,12 +196,45 @@ unsafe impl Send for Destination {}
 unsafe impl Sync for Destination {}
 
 /// A packed operand: per [`KC`] block of the inner dimension, per panel of `W` lanes (rows of
-/// the left operand, columns of the right one), per pair of the block, the panel's `W` words:
-/// the order in which the micro kernel reads them.
+/// the left operand, columns of the right one), the panel's words in [`Order`].
 struct Packed<'a> {
     words: &'a [u32],
     /// Lanes rounded up to whole panels.
     padded: usize,
+    order: Order,
+}
+
+/// How a panel of `W` lanes orders its pairs' words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// Pair by pair, each pair's `W` words together: the order in which the micro kernel reads
+    /// them, one pair per step.
+    Pairs,
+    /// Lane by lane, each lane's pairs together: for a left operand contiguous along the inner
+    /// dimension (the activations) packing is then a plain conversion, no transpose, and the
+    /// micro kernel reads its [`MR`] rows as as many streams, as fast (in L1) as the other
+    /// order.
+    Lanes,
+}
+
+impl Order {
+    /// The order the left operand `lhs` is packed in.
+    fn for_rows(lhs: Operand) -> Self {
+        if lhs.column_stride == 1 {
+            Order::Lanes
+        } else {
+            Order::Pairs
+        }
+    }
+
+    /// The position of lane `lane`'s pair `pair` in a panel of `W` lanes and `pairs` pairs.
+    #[inline(always)]
+    fn index<const W: usize>(self, lane: usize, pair: usize, pairs: usize) -> usize {
+        match self {
+            Order::Pairs => pair * W + lane,
+            Order::Lanes => lane * pairs + pair,
+        }
+    }
 }
 
 impl Packed<'_> {
@@ -290,7 +339,8 @@ fn with_buffers<R>(lengths: [usize; 2], f: impl FnOnce(&mut [u32], &mut [u32]) -
     })
 }
 
-/// `source` packed into `words` (lanes in panels of `W`; see [`Packed`]), every word written.
+/// `source` packed into `words` (lanes in panels of `W`, in `order`; see [`Packed`]), every
+/// word written.
 ///
 /// # Safety
 /// `source` must be readable over its lanes × inner extent; `words` must hold
@@ -300,6 +350,7 @@ unsafe fn pack<const W: usize>(
     source: Source,
     words: &mut [u32],
     parallel: bool,
+    order: Order,
 ) -> Packed<'_> {
     let padded = source.lanes.div_ceil(W) * W;
     for first in (0..source.inner).step_by(KC) {
@@ -310,9 +361,11 @@ unsafe fn pack<const W: usize>(
             match kernel {
                 // SAFETY: detected on this CPU; the caller's promise on `source`.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512Bf16 => unsafe { avx512::pack_panel::<W>(source, lane, first, out) },
+                Kernel::Avx512Bf16 => unsafe {
+                    avx512::pack_panel::<W>(source, lane, first, out, order)
+                },
                 // SAFETY: the caller's promise on `source`.
-                Kernel::Portable => unsafe { pack_panel::<W>(source, lane, first, out) },
+                Kernel::Portable => unsafe { pack_panel::<W>(source, lane, first, out, order) },
             }
         };
         if parallel {
@@ -321,20 +374,32 @@ unsafe fn pack<const W: usize>(
             block.chunks_mut(pairs * W).enumerate().for_each(fill);
         }
     }
-    Packed { words, padded }
+    Packed {
+        words,
+        padded,
+        order,
+    }
 }
 
 /// One panel of [`pack`], element by element: the `W` lanes from `lane`, the pairs of the
-/// block from `first`, into `out` (pairs × `W` words).
+/// block from `first`, into `out` (pairs × `W` words in `order`).
 ///
 /// # Safety
 /// As [`pack`]'s.
-unsafe fn pack_panel<const W: usize>(source: Source, lane: usize, first: usize, out: &mut [u32]) {
-    for (p, slots) in out.chunks_exact_mut(W).enumerate() {
+unsafe fn pack_panel<const W: usize>(
+    source: Source,
+    lane: usize,
+    first: usize,
+    out: &mut [u32],
+    order: Order,
+) {
+    let pairs = out.len() / W;
+    for p in 0..pairs {
         let index = first + 2 * p;
-        for (l, slot) in slots.iter_mut().enumerate() {
+        for l in 0..W {
             // SAFETY: `get` reads inside the operand only, the caller's promise.
-            *slot = unsafe { pair(source.get(lane + l, index), source.get(lane + l, index + 1)) };
+            out[order.index::<W>(l, p, pairs)] =
+                unsafe { pair(source.get(lane + l, index), source.get(lane + l, index + 1)) };
         }
     }
 }
@@ -396,7 +461,11 @@ unsafe fn tile(
                 // SAFETY: the tile `(row, column)` of `height` × `width` lies inside `[m, n]`.
                 let out = unsafe { dst.0.add(row * n + column) };
                 // SAFETY: the panels hold `pairs` pairs; `out` as above.
-                unsafe { micro(kernel, pairs, a_panel, b_panel, out, n, height, width, add) };
+                unsafe {
+                    micro(
+                        kernel, pairs, a_panel, a.order, b_panel, out, n, height, width, add,
+                    )
+                };
             }
         }
     }
@@ -413,6 +482,7 @@ unsafe fn micro(
     kernel: Kernel,
     pairs: usize,
     a: &[u32],
+    a_order: Order,
     b: &[u32],
     out: *mut f32,
     stride: usize,
@@ -420,14 +490,18 @@ unsafe fn micro(
     width: usize,
     add: bool,
 ) {
-    match kernel {
+    match (kernel, a_order) {
+        // SAFETY (both): detected on this CPU; the caller's promise on the buffers.
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: detected on this CPU; the caller's promise on the buffers.
-        Kernel::Avx512Bf16 => unsafe {
-            avx512::micro(pairs, a, b, out, stride, height, width, add)
+        (Kernel::Avx512Bf16, Order::Pairs) => unsafe {
+            avx512::micro::<false>(pairs, a, b, out, stride, height, width, add)
         },
-        Kernel::Portable => {
-            let sums = portable_micro(pairs, a, b);
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx512Bf16, Order::Lanes) => unsafe {
+            avx512::micro::<true>(pairs, a, b, out, stride, height, width, add)
+        },
+        (Kernel::Portable, _) => {
+            let sums = portable_micro(pairs, a, a_order, b);
             for (i, row) in sums.iter().enumerate().take(height) {
                 for (j, &sum) in row.iter().enumerate().take(width) {
                     // SAFETY: `(i, j)` is inside the tile, the caller's promise.
@@ -450,10 +524,11 @@ fn widen(word: u32, shift: u32) -> f32 {
 /// The portable micro kernel: per lane the odd product then the even one, each added in f32,
 /// as `vdpbf16ps` orders them (the products of two bf16 are exact in f32).
 #[multiversion::multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
-fn portable_micro(pairs: usize, a: &[u32], b: &[u32]) -> [[f32; NR]; MR] {
+fn portable_micro(pairs: usize, a: &[u32], a_order: Order, b: &[u32]) -> [[f32; NR]; MR] {
     let mut sums = [[0.0f32; NR]; MR];
-    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(pairs) {
-        for (row, &left) in sums.iter_mut().zip(a) {
+    for (p, b) in b.chunks_exact(NR).take(pairs).enumerate() {
+        for (i, row) in sums.iter_mut().enumerate() {
+            let left = a[a_order.index::<MR>(i, p, pairs)];
             let (low, high) = (widen(left, 0), widen(left, 16));
             for (sum, &right) in row.iter_mut().zip(b) {
                 *sum += high * widen(right, 16);
@@ -466,11 +541,12 @@ fn portable_micro(pairs: usize, a: &[u32], b: &[u32]) -> [[f32; NR]; MR] {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR, Source};
+    use super::{MR, NR, Order, Source};
     use std::arch::x86_64::*;
 
     /// One panel of [`super::pack`] (as [`super::pack_panel`]) sixteen words at a time, where
-    /// the operand is contiguous along the inner dimension or along the lanes; element by
+    /// the operand is contiguous along the inner dimension (in lane order a plain conversion,
+    /// in pair order through a transpose) or along the lanes (in pair order); element by
     /// element otherwise. Rounds as [`super::bf16_bits`] does except for subnormals, which
     /// `vcvtne2ps2bf16` flushes to zero.
     ///
@@ -482,11 +558,41 @@ mod avx512 {
         lane: usize,
         first: usize,
         out: &mut [u32],
+        order: Order,
     ) {
         let pairs = out.len() / W;
         let lanes = source.lanes.saturating_sub(lane).min(W);
         let inner = (source.inner - first).min(2 * pairs);
-        if source.inner_stride == 1 {
+        if order == Order::Lanes && source.inner_stride == 1 {
+            // Each lane's inner values are contiguous, and so are its words in the panel: 32
+            // values round to 16 words in order, stored as they are. Absent lanes are zeros.
+            for (l, row) in out.chunks_exact_mut(pairs.max(1)).enumerate().take(W) {
+                if l >= lanes {
+                    row.fill(0);
+                    continue;
+                }
+                for p in (0..pairs).step_by(16) {
+                    let count = (inner - 2 * p).min(32);
+                    let values = source.at(lane + l, first + 2 * p);
+                    // SAFETY: the masks keep the loads inside this lane's `inner` values and
+                    // the store inside its `pairs` words.
+                    unsafe {
+                        let low = _mm512_maskz_loadu_ps(lane_mask(count), values);
+                        let high = _mm512_maskz_loadu_ps(
+                            lane_mask(count.saturating_sub(16)),
+                            values.wrapping_add(16),
+                        );
+                        _mm512_mask_storeu_epi32(
+                            row.as_mut_ptr().add(p).cast(),
+                            lane_mask(pairs - p),
+                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                                high, low,
+                            )),
+                        );
+                    }
+                }
+            }
+        } else if order == Order::Pairs && source.inner_stride == 1 {
             // Each lane's inner values are contiguous: 32 of them round to 16 words at once
             // (in order: the even index in the low half); sixteen lanes' words, transposed in
             // registers, are sixteen pairs' rows of the panel. Absent lanes are zero rows.
@@ -523,7 +629,7 @@ mod avx512 {
                     }
                 }
             }
-        } else if source.lane_stride == 1 {
+        } else if order == Order::Pairs && source.lane_stride == 1 {
             // Each inner index's lanes are contiguous: two indices round to 32 bf16, which
             // one permute interleaves into 16 words.
             let order: [u16; 32] =
@@ -560,18 +666,19 @@ mod avx512 {
             }
         } else {
             // SAFETY: the caller's promise.
-            unsafe { super::pack_panel::<W>(source, lane, first, out) }
+            unsafe { super::pack_panel::<W>(source, lane, first, out, order) }
         }
     }
 
     /// The AVX512-BF16 micro kernel: [`MR`] × 2 vectors of accumulators, per pair one
-    /// broadcast word of each row against the panel's two vectors.
+    /// broadcast word of each row against the panel's two vectors; `a` in
+    /// [`super::Order::Lanes`] if `LANES`, else in [`super::Order::Pairs`].
     ///
     /// # Safety
     /// The CPU must have AVX512-F and AVX512-BF16; `a`, `b` and `out` as [`super::micro`]'s.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn micro(
+    pub(super) unsafe fn micro<const LANES: bool>(
         pairs: usize,
         a: &[u32],
         b: &[u32],
@@ -596,9 +703,10 @@ mod avx512 {
                     )),
                 ];
                 for (i, row) in sums.iter_mut().enumerate() {
-                    let left: __m512bh = std::mem::transmute::<__m512i, __m512bh>(
-                        _mm512_set1_epi32(*a.add(p * MR + i) as i32),
-                    );
+                    let left: __m512bh =
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                            *a.add(if LANES { i * pairs + p } else { p * MR + i }) as i32,
+                        ));
                     row[0] = _mm512_dpbf16_ps(row[0], left, right[0]);
                     row[1] = _mm512_dpbf16_ps(row[1], left, right[1]);
                 }
@@ -720,8 +828,9 @@ mod tests {
     }
 
     /// Every edge at once: rows and columns not whole tiles or tasks, an odd inner dimension
-    /// longer than one block, accumulation into the destination, and a transposed operand;
-    /// the right operand packed by the product and packed beforehand.
+    /// longer than one block, accumulation into the destination, and transposed operands (the
+    /// left one packed in both orders); the right operand packed by the product and packed
+    /// beforehand.
     #[test]
     fn equals_the_product_of_the_rounded_operands() {
         for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (100, 530, 385), (250, 70, 800)] {
@@ -735,22 +844,24 @@ mod tests {
                 row_stride: 1,
                 column_stride: k as isize,
             };
+            // The left operand stored transposed too (`[k, m]`): packed in pair order.
+            let lhs_t: Vec<f32> = (0..m * k).map(|i| lhs[(i % m) * k + i / m]).collect();
+            let lhs_transposed = Operand {
+                start: lhs_t.as_ptr(),
+                row_stride: 1,
+                column_stride: m as isize,
+            };
             let start = wave(m * n, 2.0);
-            for (accumulate, rhs) in [(false, row_major(&rhs, n)), (true, transposed)] {
+            for (accumulate, lhs_operand, rhs) in [
+                (false, row_major(&lhs, k), row_major(&rhs, n)),
+                (true, lhs_transposed, transposed),
+            ] {
                 // SAFETY: the operand holds its extent.
                 let packed = unsafe { PackedRhs::new(rhs, k, n) };
                 let [got, got_packed] = [Rhs::Unpacked(rhs), Rhs::Packed(&packed)].map(|rhs| {
                     let mut got = start.clone();
                     // SAFETY: the buffers hold the extents given.
-                    unsafe {
-                        product(
-                            got.as_mut_ptr(),
-                            (m, n, k),
-                            accumulate,
-                            row_major(&lhs, k),
-                            rhs,
-                        )
-                    };
+                    unsafe { product(got.as_mut_ptr(), (m, n, k), accumulate, lhs_operand, rhs) };
                     got
                 });
                 // The operand packed beforehand gives the same bits.
@@ -785,8 +896,9 @@ mod tests {
     }
 
     /// The native packing gives the portable packing's words, for operands contiguous along
-    /// the inner dimension (transposed in registers), along the lanes (interleaved), and
-    /// neither (element by element), with lanes and pairs short of whole panels.
+    /// the inner dimension (converted in lane order, transposed in registers in pair order),
+    /// along the lanes (interleaved), and neither (element by element), in both orders, with
+    /// lanes and pairs short of whole panels.
     #[test]
     fn the_native_packing_equals_the_portable_one() {
         if !native() {
@@ -803,21 +915,23 @@ mod tests {
                 lanes,
                 inner,
             };
-            fn both<const W: usize>(source: Source) -> [Vec<u32>; 2] {
+            fn both<const W: usize>(source: Source, order: Order) -> [Vec<u32>; 2] {
                 let length = source.lanes.div_ceil(W) * W * source.inner.div_ceil(2);
                 [Kernel::Avx512Bf16, Kernel::Portable].map(|kernel| {
                     let mut words = vec![u32::MAX; length];
                     // SAFETY: the source lies inside `values`; `words` has the packed length.
-                    unsafe { pack::<W>(kernel, source, &mut words, false) };
+                    unsafe { pack::<W>(kernel, source, &mut words, false, order) };
                     words
                 })
             }
-            let [native, portable] = both::<MR>(source);
-            assert!(
-                native == portable,
-                "rows, strides {lane_stride}, {inner_stride}"
-            );
-            let [native, portable] = both::<NR>(source);
+            for order in [Order::Pairs, Order::Lanes] {
+                let [native, portable] = both::<MR>(source, order);
+                assert!(
+                    native == portable,
+                    "rows in {order:?}, strides {lane_stride}, {inner_stride}"
+                );
+            }
+            let [native, portable] = both::<NR>(source, Order::Pairs);
             assert!(
                 native == portable,
                 "columns, strides {lane_stride}, {inner_stride}"
@@ -841,36 +955,27 @@ mod tests {
             .chunks(2)
             .map(|p| pair(p[0], p[1]))
             .collect();
-        let mut native = vec![0.0f32; MR * NR];
-        let mut portable = vec![0.0f32; MR * NR];
-        // SAFETY: the buffers hold `pairs` pairs and one tile.
-        unsafe {
-            micro(
-                Kernel::Avx512Bf16,
-                pairs,
-                &a,
-                &b,
-                native.as_mut_ptr(),
-                NR,
-                height,
-                width,
-                false,
-            );
-            micro(
-                Kernel::Portable,
-                pairs,
-                &a,
-                &b,
-                portable.as_mut_ptr(),
-                NR,
-                height,
-                width,
-                false,
-            );
+        for order in [Order::Pairs, Order::Lanes] {
+            let [native, portable] = [Kernel::Avx512Bf16, Kernel::Portable].map(|kernel| {
+                let mut out = vec![0.0f32; MR * NR];
+                // SAFETY: the buffers hold `pairs` pairs and one tile.
+                unsafe {
+                    micro(
+                        kernel,
+                        pairs,
+                        &a,
+                        order,
+                        &b,
+                        out.as_mut_ptr(),
+                        NR,
+                        height,
+                        width,
+                        false,
+                    )
+                };
+                out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            });
+            assert_eq!(native, portable, "{order:?}");
         }
-        assert_eq!(
-            native.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            portable.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-        );
     }
 }
