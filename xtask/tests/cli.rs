@@ -237,11 +237,7 @@ fn predict_classifies_texts_and_files_with_a_hugging_face_folder() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
-    let (dynamic, fixed, mixed) = (
-        json(&[]),
-        json(&["--pad-to-max-length"]),
-        json(&["--bf16"]),
-    );
+    let (dynamic, fixed, mixed) = (json(&[]), json(&["--pad-to-max-length"]), json(&["--bf16"]));
     // Mixed precision: logits near the f32 ones (bf16 operands keep 8 bits of mantissa), and
     // not equal to them (the products did take rounded operands).
     let logits = |lines: &[serde_json::Value]| -> Vec<f64> {
@@ -257,7 +253,10 @@ fn predict_classifies_texts_and_files_with_a_hugging_face_folder() {
         .zip(&rounded)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
-    assert!(worst > 0.0 && worst < 0.05, "--bf16 logits moved by {worst}");
+    assert!(
+        worst > 0.0 && worst < 0.05,
+        "--bf16 logits moved by {worst}"
+    );
     for (i, ((d, f), text)) in dynamic.iter().zip(&fixed).zip(texts).enumerate() {
         assert_eq!(d["text"], text);
         assert_eq!(d["index"], i);
