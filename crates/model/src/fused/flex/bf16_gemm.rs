@@ -212,8 +212,7 @@ enum Order {
     Pairs,
     /// Lane by lane, each lane's pairs together: for a left operand contiguous along the inner
     /// dimension (the activations) packing is then a plain conversion, no transpose, and the
-    /// micro kernel reads its [`MR`] rows as as many streams, as fast (in L1) as the other
-    /// order.
+    /// micro kernel reads its [`MR`] rows as as many streams.
     Lanes,
 }
 
