@@ -236,11 +236,8 @@ impl<'a> Problem<'a> {
         let Some(mask) = self.mask else { return };
         let (_, heads, seq_q, seq_k) = self.dims();
         let first = (b * heads + h) * seq_q * seq_k;
-        for index in 0..seq_q * seq_k {
-            let factor = mask.factor((first + index) as u64);
-            for values in values.iter_mut() {
-                values[index] *= factor;
-            }
+        for values in values.iter_mut() {
+            mask.apply(first as u64, &mut values[..seq_q * seq_k]);
         }
     }
 }
