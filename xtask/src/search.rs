@@ -71,7 +71,7 @@ impl AskTell {
         });
         let mut stdout = std::io::stdout().lock();
         let mut line_number = 0;
-        while let Some(trial) = study.ask_within(a.trials)? {
+        while let Some(trial) = study.ask_within(a.trials, None)? {
             writeln!(
                 stdout,
                 "{}",

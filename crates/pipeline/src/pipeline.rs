@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use sentiment_data::{Manifest, PrepareConfig, Split};
 use sentiment_search::{
     DEFAULT_STUDY_NAME, Direction, Outcome, Sampler, SearchSpace, SqliteStorage, Study,
-    StudyStorage, TpeConfig, Trial, TrialState, WORKER_ATTRIBUTE, parse_space,
+    StudyStorage, TpeConfig, Trial, TrialState, parse_space,
 };
 use sentiment_tokenize::{TokenizedRows, read_tokenized, token_files, tokenize_splits};
 use sentiment_train::{
@@ -533,10 +533,9 @@ impl Pipeline {
                 return Ok(());
             }
             self.fail_dead_trials(&mut study, observer)?;
-            let Some(trial) = study.ask_within(self.config.trials)? else {
+            let Some(trial) = study.ask_within(self.config.trials, Some(&worker))? else {
                 return Ok(());
             };
-            study.set_system_attr(trial.number, WORKER_ATTRIBUTE, worker.clone().into())?;
             let retry = trial
                 .retried_from()
                 .map(|f| format!(" (retry of trial {f})"))

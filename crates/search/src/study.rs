@@ -364,8 +364,14 @@ impl Study {
     /// a result (complete or pruned) or under way (running or waiting): Optuna's
     /// `MaxTrialsCallback`, counted in the transaction that creates the trial, so workers
     /// sharing the study never overshoot. A waiting trial is always taken. None when the study
-    /// has its count.
-    pub fn ask_within(&mut self, total: usize) -> Result<Option<Trial>, SearchError> {
+    /// has its count. With `worker`, the trial's [`WORKER_ATTRIBUTE`] is set in that same
+    /// transaction: another worker never sees the trial running without its worker (in the
+    /// pipeline's own study such a trial counts as left by a dead process, and is failed).
+    pub fn ask_within(
+        &mut self,
+        total: usize,
+        worker: Option<&str>,
+    ) -> Result<Option<Trial>, SearchError> {
         self.update(|record| {
             let counted = record
                 .trials
@@ -376,7 +382,14 @@ impl Study {
             if !waiting && counted >= total {
                 return Ok(None);
             }
-            start_trial(record).map(|(trial, _)| Some(trial))
+            let (mut trial, _) = start_trial(record)?;
+            if let Some(worker) = worker {
+                trial
+                    .system_attrs
+                    .insert(WORKER_ATTRIBUTE.into(), worker.into());
+                record.trials[trial.number].system_attrs = trial.system_attrs.clone();
+            }
+            Ok(Some(trial))
         })
     }
 

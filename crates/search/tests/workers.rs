@@ -36,19 +36,22 @@ fn study(url: &str) -> Study {
     .unwrap()
 }
 
-/// Four workers asking while the study holds fewer than 12 counted trials.
+/// Four workers asking while the study holds fewer than 12 counted trials, each trial stored
+/// with the worker that asked for it.
 fn workers_never_overshoot_the_count(url: &str) {
-    let mut numbers: Vec<usize> = std::thread::scope(|scope| {
+    let mut numbers: Vec<(usize, String)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..4)
-            .map(|_| {
-                scope.spawn(|| {
+            .map(|w| {
+                scope.spawn(move || {
                     let mut study = study(url);
+                    let name = format!("test:{w}");
                     let mut mine = Vec::new();
-                    while let Some(t) = study.ask_within(12).unwrap() {
+                    while let Some(t) = study.ask_within(12, Some(&name)).unwrap() {
+                        assert_eq!(t.worker(), Some(name.as_str()));
                         let x = t.params["x"].as_f64().unwrap();
                         study.report(t.number, 1, x).unwrap();
                         study.tell(t.number, Outcome::Complete(x * x)).unwrap();
-                        mine.push(t.number);
+                        mine.push((t.number, name.clone()));
                     }
                     mine
                 })
@@ -60,7 +63,10 @@ fn workers_never_overshoot_the_count(url: &str) {
             .collect()
     });
     numbers.sort_unstable();
-    assert_eq!(numbers, (0..12).collect::<Vec<_>>());
+    assert_eq!(
+        numbers.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        (0..12).collect::<Vec<_>>()
+    );
     let mut study = study(url);
     assert_eq!(study.trials().len(), 12);
     assert!(
@@ -69,14 +75,17 @@ fn workers_never_overshoot_the_count(url: &str) {
             .iter()
             .all(|t| t.state == TrialState::Complete)
     );
+    for (number, worker) in &numbers {
+        assert_eq!(study.trials()[*number].worker(), Some(worker.as_str()));
+    }
     // The same count adds nothing; a larger one extends the study; a failed trial does not
     // count.
-    assert!(study.ask_within(12).unwrap().is_none());
-    let t = study.ask_within(13).unwrap().unwrap();
+    assert!(study.ask_within(12, None).unwrap().is_none());
+    let t = study.ask_within(13, None).unwrap().unwrap();
     assert_eq!(t.number, 12);
-    assert!(study.ask_within(13).unwrap().is_none());
+    assert!(study.ask_within(13, None).unwrap().is_none());
     study.tell(12, Outcome::Fail).unwrap();
-    assert_eq!(study.ask_within(13).unwrap().unwrap().number, 13);
+    assert_eq!(study.ask_within(13, None).unwrap().unwrap().number, 13);
 }
 
 /// A trial whose worker died is failed, queued again with its parameters, and taken by the

@@ -658,7 +658,7 @@ mod flex {
             g: &[f32],
             p: &[f32],
         ) {
-            // The same function for each case, so that no branch stays in the loop.
+            // One instance of `update` per case, so that its loop has no branch.
             match (self.clip, self.decay) {
                 (Some(clip), Some(decay)) => {
                     update(self, out, m, v, g, p, |g| g * clip, |p| p * decay)

@@ -228,8 +228,7 @@ pub(super) fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
         .for_each(|(chunk, out)| mask.fill((chunk * MASK_CHUNK) as u64, out));
     // SAFETY: the chunks cover the capacity, and `fill` wrote each of their elements.
     unsafe { factors.set_len(shape.num_elements()) };
-    let mask = factors;
-    x * Tensor::from_data(burn::tensor::TensorData::new(mask, shape), &device)
+    x * Tensor::from_data(burn::tensor::TensorData::new(factors, shape), &device)
 }
 
 /// A dropout mask as a counter-based hash of one seed ([`crate::mix_seed`]): element `index`
@@ -296,7 +295,7 @@ impl DropoutMask {
 const MASK_CHUNK: usize = 1 << 14;
 
 /// [`DropoutMask::fill`], compiled for AVX-512 (its 64-bit multiplies, `vpmullq`) and AVX2 too,
-/// chosen at run time: the baseline build hashes one element at a time, 3.9% of a small
+/// chosen at run time: the baseline build hashes one element at a time, 3.8% of a small
 /// model's training step on one thread (docs/BENCHMARKS.md).
 #[multiversion(targets("x86_64+avx512f+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
 fn fill_factors(mask: &DropoutMask, first: u64, out: &mut [MaybeUninit<f32>]) {
