@@ -326,6 +326,35 @@ struct Operand {
 unsafe impl Send for Operand {}
 unsafe impl Sync for Operand {}
 
+impl Operand {
+    /// The row-major `[rows, width]` matrix that starts `values`.
+    fn row_major(values: &[f32], width: usize) -> Operand {
+        Operand {
+            start: values.as_ptr(),
+            row_stride: width as isize,
+            column_stride: 1,
+        }
+    }
+
+    /// The transposed matrix, read through swapped strides.
+    fn transposed(self) -> Operand {
+        Operand {
+            start: self.start,
+            row_stride: self.column_stride,
+            column_stride: self.row_stride,
+        }
+    }
+}
+
+/// An output pointer shared by parallel tasks that each write their own elements of it.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+
+// SAFETY: the tasks write disjoint elements, and only while the buffer is borrowed by their
+// caller.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
 /// `dst = (dst if accumulate) + scale·lhs·rhs` for an `[m, k]` by `[k, n]` product into an
 /// `[m, n]` destination whose rows are `dst_row_stride` apart, with the `gemm` crate (flex's
 /// own), on the rayon pool if `parallel`.

@@ -27,7 +27,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::fast_gelu::exp_nonpositive;
-use super::{DropoutMask, Operand, f32_product};
+use super::{DropoutMask, Operand, Shared, f32_product};
 
 /// A `[batch, heads, seq, dim]` f32 tensor read where it lies: row `(b, h, i)` starts at
 /// `offset + b·strides[0] + h·strides[1] + i·strides[2]`, its `dim` values contiguous.
@@ -242,26 +242,6 @@ impl<'a> Problem<'a> {
     }
 }
 
-impl Operand {
-    /// The transposed matrix, read through swapped strides.
-    fn transposed(self) -> Operand {
-        Operand {
-            start: self.start,
-            row_stride: self.column_stride,
-            column_stride: self.row_stride,
-        }
-    }
-}
-
-/// A row-major `[rows, width]` matrix in a task's scratch.
-fn scratch_matrix(values: &[f32], width: usize) -> Operand {
-    Operand {
-        start: values.as_ptr(),
-        row_stride: width as isize,
-        column_stride: 1,
-    }
-}
-
 /// A buffer of `[batch, heads, seq, dim]` rows stored [`interleaved`], filled by the tasks,
 /// each of which writes the rows of its own (sequence, head) only.
 struct Interleaved {
@@ -300,13 +280,6 @@ impl Interleaved {
         interleaved(self.values, self.dims)
     }
 }
-
-/// A task's output pointer, shared by tasks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: tasks write disjoint rows.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
 
 impl Shared {
     /// Element `index` set to `value`.
@@ -376,7 +349,7 @@ pub(super) fn forward(
                 stride,
                 (seq_q, dim, seq_k),
                 false,
-                scratch_matrix(probs, seq_k),
+                Operand::row_major(probs, seq_k),
                 problem.value.matrix(b, h),
                 1.0,
                 false,
@@ -515,7 +488,7 @@ pub(super) fn backward(
             (
                 &dv,
                 (seq_k, value_dim, seq_q),
-                scratch_matrix(kept, seq_k).transposed(),
+                Operand::row_major(kept, seq_k).transposed(),
                 dout,
                 1.0,
             ),
@@ -523,7 +496,7 @@ pub(super) fn backward(
             (
                 &dq,
                 (seq_q, dim, seq_k),
-                scratch_matrix(dscores, seq_k),
+                Operand::row_major(dscores, seq_k),
                 problem.key.matrix(b, h),
                 problem.scale,
             ),
@@ -531,7 +504,7 @@ pub(super) fn backward(
             (
                 &dk,
                 (seq_k, dim, seq_q),
-                scratch_matrix(dscores, seq_k).transposed(),
+                Operand::row_major(dscores, seq_k).transposed(),
                 problem.query.matrix(b, h),
                 problem.scale,
             ),

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::Operand;
+use super::{Operand, Shared};
 
 /// Rows of a micro tile: 12 × 2 accumulators, two panel vectors and a broadcast fill 27 of the
 /// 32 AVX-512 registers.
@@ -89,7 +89,7 @@ pub(super) unsafe fn product(
         }
     };
     let lengths = [m.div_ceil(MR) * MR * pairs, rhs_words];
-    let dst = Destination(dst);
+    let dst = Shared(dst);
     let product = move || {
         with_buffers(lengths, |a, b| {
             // SAFETY: the caller's promise on the operands; the buffers' lengths as `pack` needs.
@@ -187,13 +187,6 @@ impl PackedRhs {
         PackedRhs { words, k, n }
     }
 }
-
-/// The destination pointer, shared by tasks that write disjoint tiles of it.
-#[derive(Clone, Copy)]
-struct Destination(*mut f32);
-// SAFETY: every task writes its own tile only.
-unsafe impl Send for Destination {}
-unsafe impl Sync for Destination {}
 
 /// A packed operand: per [`KC`] block of the inner dimension, per panel of `W` lanes (rows of
 /// the left operand, columns of the right one), the panel's words in [`Order`].
@@ -440,7 +433,7 @@ pub(in crate::fused) fn native() -> bool {
 unsafe fn tile(
     kernel: Kernel,
     (a, b): (&Packed, &Packed),
-    dst: Destination,
+    dst: Shared,
     (m, n, k): (usize, usize, usize),
     (rows, columns): (usize, usize),
     accumulate: bool,
@@ -806,14 +799,6 @@ mod tests {
         out
     }
 
-    fn row_major(values: &[f32], width: usize) -> Operand {
-        Operand {
-            start: values.as_ptr(),
-            row_stride: width as isize,
-            column_stride: 1,
-        }
-    }
-
     #[test]
     fn rounds_to_nearest_even() {
         // 1 + 2^-8 lies halfway between bf16's 1 and 1 + 2^-7: ties go to the even (1).
@@ -838,21 +823,17 @@ mod tests {
             let want = reference(&lhs, &rhs, (m, n, k));
             // The right operand stored transposed (`[n, k]`), read through its strides.
             let rhs_t: Vec<f32> = (0..n * k).map(|i| rhs[(i % k) * n + i / k]).collect();
-            let transposed = Operand {
-                start: rhs_t.as_ptr(),
-                row_stride: 1,
-                column_stride: k as isize,
-            };
+            let transposed = Operand::row_major(&rhs_t, k).transposed();
             // The left operand stored transposed too (`[k, m]`): packed in pair order.
             let lhs_t: Vec<f32> = (0..m * k).map(|i| lhs[(i % m) * k + i / m]).collect();
-            let lhs_transposed = Operand {
-                start: lhs_t.as_ptr(),
-                row_stride: 1,
-                column_stride: m as isize,
-            };
+            let lhs_transposed = Operand::row_major(&lhs_t, m).transposed();
             let start = wave(m * n, 2.0);
             for (accumulate, lhs_operand, rhs) in [
-                (false, row_major(&lhs, k), row_major(&rhs, n)),
+                (
+                    false,
+                    Operand::row_major(&lhs, k),
+                    Operand::row_major(&rhs, n),
+                ),
                 (true, lhs_transposed, transposed),
             ] {
                 // SAFETY: the operand holds its extent.

@@ -118,11 +118,7 @@ pub(super) fn backward(
     let w = matrix(weight);
 
     // ∂x = g·wᵀ: wᵀ is w with its strides swapped.
-    let w_transposed = Operand {
-        start: w.start,
-        row_stride: w.column_stride,
-        column_stride: w.row_stride,
-    };
+    let w_transposed = w.transposed();
     // SAFETY: the GEMM writes all rows × in elements (it reads none: `read_dst` is false);
     // the operands are `[rows, out]` contiguous and `w` read within its own extent.
     let grad_x = unsafe {
@@ -131,12 +127,7 @@ pub(super) fn backward(
         })
     };
     // ∂w = xᵀ·g: xᵀ is the contiguous `[rows, in]` read by columns.
-    let x_start = row_major(&x, d_in).start;
-    let x_transposed = Operand {
-        start: x_start,
-        row_stride: 1,
-        column_stride: d_in as isize,
-    };
+    let x_transposed = row_major(&x, d_in).transposed();
     // SAFETY: as above, with in × out elements.
     let grad_weight = unsafe {
         filled_by_product(d_in * d_out, |dst| {
@@ -229,11 +220,7 @@ fn rows_and_width(t: &FlexTensor) -> (usize, usize) {
 
 /// The contiguous tensor `t` as a row-major matrix of rows of `width`.
 fn row_major(t: &FlexTensor, width: usize) -> Operand {
-    Operand {
-        start: elements(t).as_ptr(),
-        row_stride: width as isize,
-        column_stride: 1,
-    }
+    Operand::row_major(elements(t), width)
 }
 
 /// The rank-2 tensor `t` as a matrix, through its own strides.
