@@ -345,13 +345,16 @@ fn time_model(
         let logits = model.forward(batch.ids.clone(), batch.mask.clone());
         Ok(logits.sum().into_scalar())
     };
-    for batch in &batches.warmup {
-        run(batch)?;
-    }
+    // All batches in one job of the CPU backend's thread pool, as the trainer's evaluation
+    // runs them.
+    let run_all = |batches: &[BenchBatch]| {
+        roberta_burn::in_thread_pool(&device, || {
+            batches.iter().try_for_each(|b| run(b).map(drop))
+        })
+    };
+    run_all(&batches.warmup)?;
     let started = Instant::now();
-    for batch in &batches.timed {
-        run(batch)?;
-    }
+    run_all(&batches.timed)?;
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{}",
@@ -529,6 +532,8 @@ fn train_worker(
             let _: f32 = loss.into_scalar();
             Ok(model)
         };
+    // Each step is one job of the CPU backend's thread pool, as the trainer runs it.
+    let mut step = |model, batch| roberta_burn::in_thread_pool(&device, || step(model, batch));
     // Warm-up: allocation pools and, on GPU backends, kernel compilation and autotuning.
     for batch in &batches.warmup {
         model = step(model, batch)?;

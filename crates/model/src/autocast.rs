@@ -87,6 +87,11 @@ pub fn reuse_weights<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Whether this thread is inside a [`reuse_weights`].
+pub(crate) fn reuses_weights() -> bool {
+    REUSE_WEIGHTS.with(Cell::get) > 0
+}
+
 /// Whether this CPU multiplies bf16 natively (AVX512-BF16), so that [`bf16`] is faster than f32
 /// here; without it mixed precision computes the same numbers, more slowly.
 pub fn bf16_native() -> bool {

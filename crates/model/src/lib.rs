@@ -39,7 +39,7 @@ mod model;
 
 pub use config::RobertaConfig;
 pub use error::ModelError;
-pub use fused::{is_flex, is_libtorch};
+pub use fused::{in_thread_pool, is_flex, is_libtorch};
 #[cfg(feature = "bench")]
 pub use fused::{set_fused_attention, set_fused_ops};
 

@@ -168,12 +168,13 @@ pub(crate) struct EpochSummary {
     pub seconds: f64,
 }
 
-/// What one kind of training adds to the shared loop.
-pub(crate) trait Task {
+/// What one kind of training adds to the shared loop. Shared with the CPU backend's thread
+/// pool, which runs its steps and evaluations ([`roberta_burn::in_thread_pool`]).
+pub(crate) trait Task: Sync {
     /// The model being trained.
     type Model: Module;
     /// The held-out evaluation after an epoch.
-    type Evaluation;
+    type Evaluation: Send;
     /// One row of the run's metrics: what an epoch produced.
     type Epoch: Clone + Serialize + DeserializeOwned;
     /// A training batch ready for the forward pass.
@@ -527,29 +528,41 @@ where
             // step draws the masks an uninterrupted run would.
             autodiff.seed(roberta_burn::mix_seed(settings.seed, step as u64));
             let rate = schedule.rate(step);
-            // Batch indices count micro-batches, so masks drawn per batch do not depend on K.
-            let batches: Vec<T::Batch> = group
-                .iter()
-                .enumerate()
-                .filter_map(|(m, rows)| task.batch(rows, epoch, i * accumulation + m, &autodiff))
-                .collect();
-            let mut step_loss = None;
-            let mut grad_norm = None;
-            if let Some((grads, losses)) = backward(task, &model, batches, &autodiff) {
-                let stats;
-                (model, stats) = optimizer.step(rate, model, grads)?;
+            let wants_norm = tensorboard.is_some();
+            // The step is one job of the CPU backend's thread pool, not hundreds.
+            let outcome;
+            (model, outcome) = roberta_burn::in_thread_pool(device, || {
+                // Batch indices count micro-batches, so masks drawn per batch do not depend on
+                // K.
+                let batches: Vec<T::Batch> = group
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(m, rows)| {
+                        task.batch(rows, epoch, i * accumulation + m, &autodiff)
+                    })
+                    .collect();
+                let Some((grads, losses)) = backward(task, &model, batches, &autodiff) else {
+                    return Ok((model, None));
+                };
+                let (model, stats) = optimizer.step(rate, model, grads)?;
                 // Read once the whole step is queued: on a GPU, a read before the backward
                 // pass would drain the device's queue in the middle of every step.
                 let value: f64 = losses
                     .into_iter()
                     .map(|l| f64::from(l.into_scalar::<f32>()))
                     .sum();
+                let norm = wants_norm.then(|| stats.grad_norm());
+                Ok::<_, TrainError>((model, Some((value, norm))))
+            })?;
+            let mut step_loss = None;
+            let mut grad_norm = None;
+            if let Some((value, norm)) = outcome {
                 if !value.is_finite() {
                     return Err(TrainError::Diverged { epoch, step });
                 }
                 interval.loss_sum += value;
                 step_loss = Some(value);
-                grad_norm = tensorboard.is_some().then(|| stats.grad_norm());
+                grad_norm = norm;
             }
             step += 1;
             let rows: usize = group.iter().map(|b| b.len()).sum();
@@ -618,7 +631,8 @@ where
 
             // Evaluate, record, checkpoint.
             let evaluation_started = Instant::now();
-            let evaluation = task.evaluate(&model.valid())?;
+            let valid = model.valid();
+            let evaluation = roberta_burn::in_thread_pool(device, move || task.evaluate(&valid))?;
             let record = task.record(
                 EpochSummary {
                     epoch,

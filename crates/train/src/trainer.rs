@@ -276,7 +276,8 @@ fn batch(
 /// validation mode). Batches are formed longest rows first, so that each pads little (with
 /// dynamic `padding`), and the logits are put back in the rows' order. Under mixed precision
 /// each weight is packed for the bf16 products once for all batches
-/// ([`roberta_burn::autocast::reuse_weights`]).
+/// ([`roberta_burn::autocast::reuse_weights`]). On the CPU backend all batches run as one job
+/// of its thread pool ([`roberta_burn::in_thread_pool`]).
 pub fn logits(
     model: &RobertaForSequenceClassification,
     rows: &TokenizedRows,
@@ -287,20 +288,22 @@ pub fn logits(
 ) -> Result<Vec<f32>, TrainError> {
     let mut logits: Vec<f32> = vec![0.0; rows.len() * num_labels];
     let order = by_length(&rows.lengths());
-    roberta_burn::autocast::reuse_weights(|| {
-        for chunk in order.chunks(batch_size.max(1)) {
-            let (ids, mask, _) = batch(rows, chunk, padding, device);
-            let out = model
-                .forward(ids, mask)
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Backend(format!("{e:?}")))?;
-            for (k, &row) in chunk.iter().enumerate() {
-                logits[row * num_labels..(row + 1) * num_labels]
-                    .copy_from_slice(&out[k * num_labels..(k + 1) * num_labels]);
+    roberta_burn::in_thread_pool(device, || {
+        roberta_burn::autocast::reuse_weights(|| {
+            for chunk in order.chunks(batch_size.max(1)) {
+                let (ids, mask, _) = batch(rows, chunk, padding, device);
+                let out = model
+                    .forward(ids, mask)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| TrainError::Backend(format!("{e:?}")))?;
+                for (k, &row) in chunk.iter().enumerate() {
+                    logits[row * num_labels..(row + 1) * num_labels]
+                        .copy_from_slice(&out[k * num_labels..(k + 1) * num_labels]);
+                }
             }
-        }
-        Ok(logits)
+            Ok(logits)
+        })
     })
 }
 

@@ -444,6 +444,34 @@ pub(crate) fn bf16_native() -> bool {
     flex::bf16_gemm::native()
 }
 
+/// Runs `f` on a thread of the current rayon pool when `device` is the CPU backend's and this
+/// thread is not one already (then returns what `f` gives); elsewhere runs `f` here. The
+/// CPU backend's kernels parallelise on that pool: called from a thread outside it, each of a
+/// training step's hundreds of parallel loops hands its work to the pool and puts the caller
+/// to sleep until the pool is done, and the pool's threads yield and sleep between loops; run
+/// on a pool thread, that thread does its share of every loop itself and the others steal the
+/// rest. This thread's [`crate::autocast`] settings (bf16, reused weights) apply inside `f`.
+/// Other backends keep `f` on this thread, where their own runtime expects it (libtorch's
+/// current CUDA device is a thread's).
+pub fn in_thread_pool<R: Send>(device: &burn::tensor::Device, f: impl FnOnce() -> R + Send) -> R {
+    if is_flex(device) && rayon::current_thread_index().is_none() {
+        let (bf16, reuse) = (
+            crate::autocast::is_bf16(),
+            crate::autocast::reuses_weights(),
+        );
+        return rayon::scope(move |_| {
+            crate::autocast::bf16(bf16, || {
+                if reuse {
+                    crate::autocast::reuse_weights(f)
+                } else {
+                    f()
+                }
+            })
+        });
+    }
+    f()
+}
+
 /// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's (flex).
 pub fn is_flex(device: &burn::tensor::Device) -> bool {
     #[cfg(feature = "flex")]
@@ -564,6 +592,7 @@ pub fn layer_norm<const D: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::in_thread_pool;
     use burn::module::Param;
     use burn::nn::LayerNormConfig;
     use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -760,6 +789,57 @@ mod tests {
             for (i, part) in ["output", "∂x", "∂w", "∂b"].into_iter().enumerate() {
                 assert_close(&format!("{name}: {part}"), &fused[i], &composed[i], 1e-5);
             }
+        }
+    }
+
+    /// `in_thread_pool` moves its work onto a pool thread with the caller's autocast settings
+    /// (and leaves that thread's own as they were), and keeps it where it is on a pool thread.
+    #[test]
+    fn in_thread_pool_runs_on_a_pool_thread_with_the_callers_settings() {
+        use crate::autocast::{bf16, is_bf16, reuse_weights, reuses_weights};
+        let device = Device::flex();
+        let seen = || {
+            (
+                rayon::current_thread_index().is_some(),
+                is_bf16(),
+                reuses_weights(),
+            )
+        };
+        let both = bf16(true, || reuse_weights(|| in_thread_pool(&device, seen)));
+        assert_eq!(both, (true, true, true));
+        assert_eq!(
+            bf16(true, || in_thread_pool(&device, seen)),
+            (true, true, false)
+        );
+        assert_eq!(in_thread_pool(&device, seen), (true, false, false));
+        let stays = on_threads(2, || {
+            let here = std::thread::current().id();
+            in_thread_pool(&device, || std::thread::current().id()) == here
+        });
+        assert!(stays, "a pool thread's work moved");
+    }
+
+    /// A linear layer's forward and backward passes give the same bits in the pool as outside.
+    #[test]
+    fn in_thread_pool_gives_the_same_bits() {
+        let device = Device::flex().autodiff();
+        let layer = burn::nn::LinearConfig::new(48, 40).init(&device);
+        let run = || {
+            let x = Tensor::<2>::from_data(TensorData::new(wave(64 * 48, 0.3), [64, 48]), &device)
+                .require_grad();
+            let y = super::linear(&layer, x.clone());
+            let grads = (y.clone() * y.clone()).sum().backward();
+            [
+                values(y.inner()),
+                values(x.grad(&grads).unwrap()),
+                values(layer.weight.val().grad(&grads).unwrap()),
+            ]
+        };
+        let outside = run();
+        let inside = in_thread_pool(&device, run);
+        for ((part, outside), inside) in ["output", "∂x", "∂w"].into_iter().zip(outside).zip(inside)
+        {
+            assert!(outside == inside, "{part} differs in the pool");
         }
     }
 
