@@ -879,6 +879,8 @@ mod tests {
     /// the inner dimension (converted in lane order, transposed in registers in pair order),
     /// along the lanes (interleaved), and neither (element by element), in both orders, with
     /// lanes and pairs short of whole panels.
+    // The native kernel is x86-64's (AVX512-BF16); elsewhere there is only the portable one.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_native_packing_equals_the_portable_one() {
         if !native() {
@@ -920,6 +922,8 @@ mod tests {
     }
 
     /// The native kernel adds the same exact products in the same order as the portable one.
+    // The native kernel is x86-64's (AVX512-BF16); elsewhere there is only the portable one.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_native_kernel_equals_the_portable_one() {
         if !native() {
