@@ -201,13 +201,18 @@ impl SelfAttention {
             .swap_dims(1, 2)
     }
 
+    /// Attention of the rows `queries` over the rows `x` (keys and values): `queries` is `x`
+    /// itself, or its first columns where only their outputs are needed.
+    ///
     /// # Shapes
+    /// - `queries`: `[batch, seq_q, hidden]`
     /// - `x`: `[batch, seq, hidden]`
     /// - `key_bias`: `[batch, 1, 1, seq]`, added to the scores: 0 on real keys, [`MASKED_SCORE`]
     ///   on padded ones
-    /// - returns `[batch, seq, hidden]`
-    fn forward(&self, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
-        let [batch, seq, hidden] = x.dims();
+    /// - returns `[batch, seq_q, hidden]`
+    fn forward(&self, queries: Tensor<3>, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
+        let [batch, seq_q, hidden] = queries.dims();
+        let seq = x.dims()[1];
         let (device, dtype) = (x.device(), x.dtype());
         let dropout = if self.dropout.training.is_enabled() && device.is_autodiff() {
             self.dropout.prob
@@ -215,10 +220,10 @@ impl SelfAttention {
             0.0
         };
         let scale = (self.head_dim as f64).sqrt().recip();
-        let q = self.split_heads(crate::fused::linear(&self.query, x.clone()));
+        let q = self.split_heads(crate::fused::linear(&self.query, queries));
         let k = self.split_heads(crate::fused::linear(&self.key, x.clone()));
         let v = self.split_heads(crate::fused::linear(&self.value, x));
-        let merge_heads = |heads: Tensor<4>| heads.swap_dims(1, 2).reshape([batch, seq, hidden]);
+        let merge_heads = |heads: Tensor<4>| heads.swap_dims(1, 2).reshape([batch, seq_q, hidden]);
         let fused = crate::fused::attention_available(&device, dtype, dropout, self.head_dim);
         if fused && !composed_attention_forced() {
             // One kernel each way, dropout included: the CPU backend's own (on the heads where
@@ -231,7 +236,7 @@ impl SelfAttention {
             // (flash attention on GPUs; half precision on the CPU backend). An additive bias
             // rather than a boolean mask: burn-tch 0.22 hands Burn's mask (true = masked) to
             // PyTorch, where true means "attend".
-            let bias = key_bias.expand([batch, self.num_heads, seq, seq]);
+            let bias = key_bias.expand([batch, self.num_heads, seq_q, seq]);
             return merge_heads(attention(
                 q,
                 k,
@@ -338,9 +343,20 @@ impl Layer {
         }
     }
 
+    /// The layer's output at every position: `[batch, seq, hidden]`.
     fn forward(&self, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
-        let attended = self.attention.self_attention.forward(x.clone(), key_bias);
-        let x = self.attention.output.forward(attended, x);
+        self.forward_at(x.clone(), x, key_bias)
+    }
+
+    /// The layer's output at the positions of `queries` (`[batch, seq_q, hidden]`, the first
+    /// `seq_q` positions of `x`): every row after attention is computed on its own, so the
+    /// other positions' projections, feed-forward and layer norms are left out.
+    fn forward_at(&self, queries: Tensor<3>, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
+        let attended = self
+            .attention
+            .self_attention
+            .forward(queries.clone(), x, key_bias);
+        let x = self.attention.output.forward(attended, queries);
         let inner = self.intermediate.forward(x.clone());
         self.output.forward(inner, x)
     }
@@ -379,13 +395,7 @@ impl RobertaModel {
     /// - `attention_mask`: `[batch, seq]`, 1 on real tokens, 0 on padding
     /// - returns `[batch, seq, hidden]`
     pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
-        let [batch, seq] = attention_mask.dims();
-        // transformers' extended attention mask, made once for all layers.
-        let key_bias = attention_mask
-            .equal_elem(0)
-            .float()
-            .mul_scalar(MASKED_SCORE)
-            .reshape([batch, 1, 1, seq]);
+        let key_bias = key_bias(&attention_mask);
         let mut x = self.embeddings.forward(input_ids);
         for layer in &self.encoder.layer {
             x = layer.forward(x, key_bias.clone());
@@ -393,10 +403,85 @@ impl RobertaModel {
         x
     }
 
+    /// The last hidden state at the first position (`<s>`) alone, what the classification
+    /// head reads: equal to `forward(…)` at position 0, but the last layer computes that
+    /// position only (its keys and values still come from every position), which leaves out
+    /// (1 − 1/seq) of the last layer's query projection, attention output and feed-forward:
+    /// about a twelfth of roberta-base's work and a fifth of a four-layer model's. Columns
+    /// that are padding in every row are cut first (see [`trim_padding`]).
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`: `[batch, seq]`
+    /// - returns `[batch, hidden]`
+    pub fn forward_first(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Tensor<2> {
+        let (input_ids, attention_mask) = trim_padding(input_ids, attention_mask);
+        let key_bias = key_bias(&attention_mask);
+        let mut x = self.embeddings.forward(input_ids);
+        let [batch, _, hidden] = x.dims();
+        let Some((last, layers)) = self.encoder.layer.split_last() else {
+            return x.narrow(1, 0, 1).reshape([batch, hidden]);
+        };
+        for layer in layers {
+            x = layer.forward(x, key_bias.clone());
+        }
+        let first = x.clone().narrow(1, 0, 1);
+        last.forward_at(first, x, key_bias).reshape([batch, hidden])
+    }
+
     /// The embedding block (for the tied masked-LM decoder).
     pub fn embeddings(&self) -> &Embeddings {
         &self.embeddings
     }
+}
+
+/// The batch cut to its last column that is a real token in some row. The columns after it
+/// change no real token's result (they are masked keys, and position ids count real tokens
+/// from the left), so a batch padded to a multiple of 8, or to a fixed length as the notebook
+/// pads, computes only as many positions as its longest row: with length-grouped batches of
+/// tweets, about a tenth fewer. Reads the mask on the host (a synchronisation on a GPU, which
+/// a training step's loss read makes anyway).
+fn trim_padding(
+    input_ids: Tensor<2, Int>,
+    attention_mask: Tensor<2, Int>,
+) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let [_, seq] = attention_mask.dims();
+    let Ok(mask) = attention_mask
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+    else {
+        return (input_ids, attention_mask);
+    };
+    let width = mask
+        .chunks(seq.max(1))
+        .filter_map(|row| row.iter().rposition(|&m| m != 0))
+        .max()
+        .map_or(1, |last| last + 1);
+    if width >= seq {
+        return (input_ids, attention_mask);
+    }
+    (
+        input_ids.narrow(1, 0, width),
+        attention_mask.narrow(1, 0, width),
+    )
+}
+
+/// transformers' extended attention mask (`[batch, seq]`, 1 on real tokens) as the scores'
+/// additive bias `[batch, 1, 1, seq]`: 0 on real keys, [`MASKED_SCORE`] on padded ones; made
+/// once for all layers.
+fn key_bias(attention_mask: &Tensor<2, Int>) -> Tensor<4> {
+    let [batch, seq] = attention_mask.dims();
+    attention_mask
+        .clone()
+        .equal_elem(0)
+        .float()
+        .mul_scalar(MASKED_SCORE)
+        .reshape([batch, 1, 1, seq])
 }
 
 /// `RobertaClassificationHead`: on `<s>`: dropout, dense, tanh, dropout, projection.
@@ -436,14 +521,19 @@ impl RobertaForSequenceClassification {
     /// - `input_ids`, `attention_mask`: `[batch, seq]`
     /// - returns `[batch, num_labels]`
     pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<2> {
-        let hidden = self.roberta.forward(input_ids, attention_mask);
-        self.classify(hidden)
+        // The head reads `<s>` only: the last layer computes that position alone.
+        let first = self.roberta.forward_first(input_ids, attention_mask);
+        self.classify_first(first)
     }
 
     /// The head alone, on a last hidden state `[batch, seq, hidden]`.
     pub fn classify(&self, hidden: Tensor<3>) -> Tensor<2> {
         let [batch, _, width] = hidden.dims();
-        let first = hidden.narrow(1, 0, 1).reshape([batch, width]);
+        self.classify_first(hidden.narrow(1, 0, 1).reshape([batch, width]))
+    }
+
+    /// The head on the last hidden state at `<s>`, `[batch, hidden]`.
+    fn classify_first(&self, first: Tensor<2>) -> Tensor<2> {
         let head = &self.classifier;
         let x = apply_dropout(&head.dropout, first);
         let x = crate::fused::linear(&head.dense, x).tanh();
@@ -602,6 +692,129 @@ mod tests {
         assert_eq!(composed.len(), expected.len());
         assert!(worst(&composed) < 1e-5, "composed: {}", worst(&composed));
         assert!(worst(&fused) < 1e-5, "fused: {}", worst(&fused));
+    }
+
+    /// The classifier's forward pass, whose last layer computes `<s>` alone (and which cuts
+    /// columns that are padding in every row), gives the logits and the gradients of the head
+    /// on the full last hidden state, on padded batches, with the fused attention and the
+    /// composed one.
+    #[test]
+    fn the_last_layer_at_the_first_position_alone_gives_the_same_logits_and_gradients() {
+        let _generator = crate::GENERATOR_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let mut config = RobertaConfig::preset("tiny", 50).unwrap();
+        config.hidden_dropout_prob = 0.0;
+        config.attention_probs_dropout_prob = 0.0;
+        let model = RobertaForSequenceClassification::new(&config, &device);
+        let seq = 9;
+        // The longest row filling the batch, then two padded columns that can be cut.
+        for lengths in [[9, 4, 6], [7, 4, 6]] {
+            check_first_position_alone(&model, &lengths, seq, &device);
+        }
+    }
+
+    /// The logits and gradients of `model`'s forward pass and of the head on the full last
+    /// hidden state, on rows of `lengths` padded to `seq`.
+    fn check_first_position_alone(
+        model: &RobertaForSequenceClassification,
+        lengths: &[usize],
+        seq: usize,
+        device: &Device,
+    ) {
+        let batch = lengths.len();
+        let ids: Vec<i64> = (0..batch * seq)
+            .map(|i| {
+                let (row, column) = (i / seq, i % seq);
+                match column {
+                    0 => 0,
+                    c if c + 1 == lengths[row] => 2,
+                    c if c >= lengths[row] => 1,
+                    _ => 3 + (i * 7 % 40) as i64,
+                }
+            })
+            .collect();
+        let mask: Vec<i64> = (0..batch * seq)
+            .map(|i| i64::from(i % seq < lengths[i / seq]))
+            .collect();
+        let ints = |data: Vec<i64>| {
+            Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, [batch, seq]), device)
+        };
+        let values = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        let last = &model.roberta.encoder.layer[1];
+        let weights = || {
+            [
+                last.attention.self_attention.query.weight.val(),
+                last.attention.self_attention.key.weight.val(),
+                last.intermediate.dense.weight.val(),
+                model.roberta.encoder.layer[0].output.dense.weight.val(),
+                model.classifier.dense.weight.val(),
+            ]
+        };
+        let run = |first_only: bool| -> Vec<Vec<f32>> {
+            let (ids, mask) = (ints(ids.clone()), ints(mask.clone()));
+            let logits = if first_only {
+                model.forward(ids, mask)
+            } else {
+                model.classify(model.roberta.forward(ids, mask))
+            };
+            // A loss that weighs each logit differently.
+            let scale = Tensor::<2>::from_data(
+                burn::tensor::TensorData::new(vec![1.0f32, -2.0, 0.5, 3.0, -1.0, 2.0], [3, 2]),
+                device,
+            );
+            let grads = (logits.clone() * scale).sum().backward();
+            let mut out = vec![values(logits)];
+            out.extend(weights().map(|w| values(w.grad(&grads).unwrap())));
+            out
+        };
+        for composed in [false, true] {
+            COMPOSED_ATTENTION.set(composed);
+            let (first, full) = (run(true), run(false));
+            COMPOSED_ATTENTION.set(false);
+            for (k, (a, b)) in first.iter().zip(&full).enumerate() {
+                assert_eq!(a.len(), b.len());
+                let worst = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert!(scale > 0.0, "composed {composed}, output {k}: all zero");
+                assert!(
+                    worst <= 1e-5 * scale.max(1.0),
+                    "lengths {lengths:?}, composed {composed}, output {k}: {worst} (largest {scale})"
+                );
+            }
+        }
+    }
+
+    /// Only the columns after every row's last real token are cut, wherever the padding is.
+    #[test]
+    fn trimming_cuts_the_columns_that_are_padding_in_every_row() {
+        let device = Device::flex();
+        let widths = |rows: &[[i64; 6]]| {
+            let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+            let tensor = || {
+                Tensor::<2, Int>::from_data(
+                    burn::tensor::TensorData::new(flat.clone(), [rows.len(), 6]),
+                    &device,
+                )
+            };
+            let (ids, mask) = trim_padding(tensor() + 10, tensor());
+            let kept: Vec<i64> = mask.into_data().convert::<i64>().try_to_vec().unwrap();
+            let ids: Vec<i64> = ids.into_data().convert::<i64>().try_to_vec().unwrap();
+            assert_eq!(ids, kept.iter().map(|m| m + 10).collect::<Vec<_>>());
+            kept.len() / rows.len()
+        };
+        assert_eq!(widths(&[[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]]), 3);
+        assert_eq!(widths(&[[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]]), 6);
+        // Left padding and holes: up to the last real token of any row.
+        assert_eq!(widths(&[[0, 0, 1, 1, 0, 0], [1, 0, 1, 0, 0, 0]]), 4);
+        // No real token at all: one column stays.
+        assert_eq!(widths(&[[0, 0, 0, 0, 0, 0]]), 1);
     }
 
     #[test]
