@@ -418,7 +418,7 @@ impl RobertaModel {
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2, Int>,
     ) -> Tensor<2> {
-        let (input_ids, attention_mask) = trim_padding(input_ids, attention_mask);
+        let (input_ids, attention_mask) = trim_padding(input_ids, attention_mask, 1);
         let key_bias = key_bias(&attention_mask);
         let mut x = self.embeddings.forward(input_ids);
         let [batch, _, hidden] = x.dims();
@@ -442,11 +442,13 @@ impl RobertaModel {
 /// change no real token's result (they are masked keys, and position ids count real tokens
 /// from the left), so a batch padded to a multiple of 8, or to a fixed length as the notebook
 /// pads, computes only as many positions as its longest row: with length-grouped batches of
-/// tweets, about a tenth fewer. Reads the mask on the host (a synchronisation on a GPU, which
-/// a training step's loss read makes anyway).
+/// tweets, about a tenth fewer. At least `keep` columns stay (the positions a caller reads).
+/// Reads the mask on the host (a synchronisation on a GPU, which a training step's loss read
+/// makes anyway).
 fn trim_padding(
     input_ids: Tensor<2, Int>,
     attention_mask: Tensor<2, Int>,
+    keep: usize,
 ) -> (Tensor<2, Int>, Tensor<2, Int>) {
     let [_, seq] = attention_mask.dims();
     let Ok(mask) = attention_mask
@@ -461,7 +463,8 @@ fn trim_padding(
         .chunks(seq.max(1))
         .filter_map(|row| row.iter().rposition(|&m| m != 0))
         .max()
-        .map_or(1, |last| last + 1);
+        .map_or(1, |last| last + 1)
+        .max(keep);
     if width >= seq {
         return (input_ids, attention_mask);
     }
@@ -593,7 +596,9 @@ impl RobertaForMaskedLM {
 
     /// Vocabulary logits at the given positions only (row-major indices into `[batch, seq]`),
     /// what the masked-LM loss needs: the vocabulary projection, the largest matmul of a small
-    /// model, then runs on the masked 15% of the tokens instead of all of them.
+    /// model, then runs on the masked 15% of the tokens instead of all of them. The encoder
+    /// runs up to the last column that holds a real token or a given position (see
+    /// [`trim_padding`]).
     ///
     /// # Shapes
     /// - `input_ids`, `attention_mask`: `[batch, seq]`
@@ -605,9 +610,35 @@ impl RobertaForMaskedLM {
         attention_mask: Tensor<2, Int>,
         positions: Tensor<1, Int>,
     ) -> Tensor<2> {
+        let [_, seq] = attention_mask.dims();
+        let device = positions.device();
+        let indices: Vec<i64> = positions
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec()
+            .unwrap_or_default();
+        let keep = indices
+            .iter()
+            .map(|&p| p.rem_euclid(seq.max(1) as i64) as usize + 1)
+            .max()
+            .unwrap_or(1);
+        let (input_ids, attention_mask) = trim_padding(input_ids, attention_mask, keep);
         let hidden = self.roberta.forward(input_ids, attention_mask);
-        let [batch, seq, width] = hidden.dims();
-        let picked = hidden.reshape([batch * seq, width]).select(0, positions);
+        let [batch, kept, width] = hidden.dims();
+        let positions = if kept < seq {
+            // The same (row, column) pairs in rows of `kept` columns.
+            let seq = seq as i64;
+            let moved: Vec<i64> = indices
+                .iter()
+                .map(|&p| p / seq * kept as i64 + p % seq)
+                .collect();
+            let n = moved.len();
+            Tensor::from_data(burn::tensor::TensorData::new(moved, [n]), &device)
+        } else {
+            positions
+        };
+        let picked = hidden.reshape([batch * kept, width]).select(0, positions);
         self.vocabulary_logits(picked)
     }
 
@@ -803,7 +834,7 @@ mod tests {
                     &device,
                 )
             };
-            let (ids, mask) = trim_padding(tensor() + 10, tensor());
+            let (ids, mask) = trim_padding(tensor() + 10, tensor(), 1);
             let kept: Vec<i64> = mask.into_data().convert::<i64>().try_to_vec().unwrap();
             let ids: Vec<i64> = ids.into_data().convert::<i64>().try_to_vec().unwrap();
             assert_eq!(ids, kept.iter().map(|m| m + 10).collect::<Vec<_>>());
@@ -815,6 +846,69 @@ mod tests {
         assert_eq!(widths(&[[0, 0, 1, 1, 0, 0], [1, 0, 1, 0, 0, 0]]), 4);
         // No real token at all: one column stays.
         assert_eq!(widths(&[[0, 0, 0, 0, 0, 0]]), 1);
+    }
+
+    /// The masked-LM logits at chosen positions equal the full forward pass's there, with the
+    /// padded columns cut, also where a position lies in one.
+    #[test]
+    fn masked_lm_logits_at_positions_survive_the_cut() {
+        let _generator = crate::GENERATOR_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let device = Device::flex();
+        device.seed(11);
+        let config = RobertaConfig::preset("tiny", 50).unwrap();
+        let model = crate::RobertaForMaskedLM::new(&config, &device);
+        let (batch, seq, lengths) = (2, 8, [5, 3]);
+        let ids: Vec<i64> = (0..batch * seq)
+            .map(|i| match (i / seq, i % seq) {
+                (_, 0) => 0,
+                (r, c) if c + 1 == lengths[r] => 2,
+                (r, c) if c >= lengths[r] => 1,
+                _ => 3 + (i * 5 % 40) as i64,
+            })
+            .collect();
+        let mask: Vec<i64> = (0..batch * seq)
+            .map(|i| i64::from(i % seq < lengths[i / seq]))
+            .collect();
+        let ints = |data: Vec<i64>, shape: Vec<usize>| {
+            Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, shape), &device)
+        };
+        let full: Vec<f32> = model
+            .forward(
+                ints(ids.clone(), vec![batch, seq]),
+                ints(mask.clone(), vec![batch, seq]),
+            )
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let vocab = config.vocab_size;
+        // Real tokens only (cut to 5 columns), then one in a padded column (cut to 7).
+        for positions in [vec![1i64, 3, 9, 10], vec![2, 8, 14]] {
+            let n = positions.len();
+            let at: Vec<f32> = model
+                .forward_at(
+                    ints(ids.clone(), vec![batch, seq]),
+                    ints(mask.clone(), vec![batch, seq]),
+                    Tensor::<1, Int>::from_data(
+                        burn::tensor::TensorData::new(positions.clone(), [n]),
+                        &device,
+                    ),
+                )
+                .into_data()
+                .try_to_vec()
+                .unwrap();
+            for (k, &p) in positions.iter().enumerate() {
+                let expected = &full[p as usize * vocab..][..vocab];
+                let got = &at[k * vocab..][..vocab];
+                let worst = got
+                    .iter()
+                    .zip(expected)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst < 1e-5, "position {p}: {worst}");
+            }
+        }
     }
 
     #[test]
