@@ -404,11 +404,7 @@ impl RobertaModel {
     }
 
     /// The last hidden state at the first position (`<s>`) alone, what the classification
-    /// head reads: equal to `forward(…)` at position 0, but the last layer computes that
-    /// position only (its keys and values still come from every position), which leaves out
-    /// (1 − 1/seq) of the last layer's query projection, attention output and feed-forward:
-    /// about a twelfth of roberta-base's work and a fifth of a four-layer model's. Columns
-    /// that are padding in every row are cut first (see [`trim_padding`]).
+    /// head reads: equal to `forward(…)` at position 0, through [`Self::forward_columns`].
     ///
     /// # Shapes
     /// - `input_ids`, `attention_mask`: `[batch, seq]`
@@ -418,18 +414,67 @@ impl RobertaModel {
         input_ids: Tensor<2, Int>,
         attention_mask: Tensor<2, Int>,
     ) -> Tensor<2> {
-        let (input_ids, attention_mask) = trim_padding(input_ids, attention_mask, 1);
+        let [batch, _] = attention_mask.dims();
+        let first = self.forward_columns(input_ids, attention_mask, &vec![0; batch], 1);
+        let hidden = first.dims()[2];
+        first.reshape([batch, hidden])
+    }
+
+    /// The last hidden state at `per_row` chosen columns of each row: equal to `forward(…)`
+    /// there, but the last layer computes those positions only (its keys and values still
+    /// come from every position; everything after attention works row by row), which leaves
+    /// out most of the last layer's query projection, attention output and feed-forward: for
+    /// the classifier's `<s>` alone about a twelfth of roberta-base's work and a fifth of a
+    /// four-layer model's. Columns that are padding in every row and that no row asks for are
+    /// cut first (see [`trim_padding`]).
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`: `[batch, seq]`
+    /// - `columns`: `batch × per_row` column indices (below `seq`), row by row; `per_row` ≥ 1
+    /// - returns `[batch, per_row, hidden]`
+    pub fn forward_columns(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        columns: &[usize],
+        per_row: usize,
+    ) -> Tensor<3> {
+        let [batch, seq] = attention_mask.dims();
+        assert!(
+            per_row > 0 && columns.len() == batch * per_row,
+            "forward_columns: {} columns for {batch} rows of {per_row}",
+            columns.len()
+        );
+        let keep = columns.iter().max().map_or(1, |&c| c + 1);
+        assert!(keep <= seq, "forward_columns: column {} of {seq}", keep - 1);
+        let (input_ids, attention_mask) = trim_padding(input_ids, attention_mask, keep);
         let key_bias = key_bias(&attention_mask);
         let mut x = self.embeddings.forward(input_ids);
-        let [batch, _, hidden] = x.dims();
+        let [_, kept, hidden] = x.dims();
+        let pick = |x: Tensor<3>| -> Tensor<3> {
+            if per_row == 1 && columns.iter().all(|&c| c == 0) {
+                return x.narrow(1, 0, 1);
+            }
+            let rows: Vec<i64> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| (i / per_row * kept + c) as i64)
+                .collect();
+            let rows = Tensor::from_data(
+                burn::tensor::TensorData::new(rows, [batch * per_row]),
+                &x.device(),
+            );
+            x.reshape([batch * kept, hidden])
+                .select(0, rows)
+                .reshape([batch, per_row, hidden])
+        };
         let Some((last, layers)) = self.encoder.layer.split_last() else {
-            return x.narrow(1, 0, 1).reshape([batch, hidden]);
+            return pick(x);
         };
         for layer in layers {
             x = layer.forward(x, key_bias.clone());
         }
-        let first = x.clone().narrow(1, 0, 1);
-        last.forward_at(first, x, key_bias).reshape([batch, hidden])
+        last.forward_at(pick(x.clone()), x, key_bias)
     }
 
     /// The embedding block (for the tied masked-LM decoder).
@@ -596,9 +641,8 @@ impl RobertaForMaskedLM {
 
     /// Vocabulary logits at the given positions only (row-major indices into `[batch, seq]`),
     /// what the masked-LM loss needs: the vocabulary projection, the largest matmul of a small
-    /// model, then runs on the masked 15% of the tokens instead of all of them. The encoder
-    /// runs up to the last column that holds a real token or a given position (see
-    /// [`trim_padding`]).
+    /// model, then runs on the masked 15% of the tokens instead of all of them; so does the
+    /// last layer ([`RobertaModel::forward_columns`]).
     ///
     /// # Shapes
     /// - `input_ids`, `attention_mask`: `[batch, seq]`
@@ -610,35 +654,46 @@ impl RobertaForMaskedLM {
         attention_mask: Tensor<2, Int>,
         positions: Tensor<1, Int>,
     ) -> Tensor<2> {
-        let [_, seq] = attention_mask.dims();
+        let [batch, seq] = attention_mask.dims();
         let device = positions.device();
         let indices: Vec<i64> = positions
-            .clone()
             .into_data()
             .convert::<i64>()
             .try_to_vec()
-            .unwrap_or_default();
-        let keep = indices
+            .expect("integer positions");
+        // Each row's wanted columns, in the order asked; each position's slot among them.
+        let mut wanted: Vec<Vec<usize>> = vec![Vec::new(); batch];
+        let slots: Vec<(usize, usize)> = indices
             .iter()
-            .map(|&p| p.rem_euclid(seq.max(1) as i64) as usize + 1)
-            .max()
-            .unwrap_or(1);
-        let (input_ids, attention_mask) = trim_padding(input_ids, attention_mask, keep);
-        let hidden = self.roberta.forward(input_ids, attention_mask);
-        let [batch, kept, width] = hidden.dims();
-        let positions = if kept < seq {
-            // The same (row, column) pairs in rows of `kept` columns.
-            let seq = seq as i64;
-            let moved: Vec<i64> = indices
-                .iter()
-                .map(|&p| p / seq * kept as i64 + p % seq)
-                .collect();
-            let n = moved.len();
-            Tensor::from_data(burn::tensor::TensorData::new(moved, [n]), &device)
-        } else {
-            positions
-        };
-        let picked = hidden.reshape([batch * kept, width]).select(0, positions);
+            .map(|&p| {
+                assert!(
+                    (0..(batch * seq) as i64).contains(&p),
+                    "forward_at: position {p} outside the [{batch}, {seq}] batch"
+                );
+                let (row, column) = (p as usize / seq, p as usize % seq);
+                wanted[row].push(column);
+                (row, wanted[row].len() - 1)
+            })
+            .collect();
+        // The same number of columns in every row: short rows repeat one (computed, unread).
+        let per_row = wanted.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let columns: Vec<usize> = wanted
+            .iter()
+            .flat_map(|row| (0..per_row).map(move |i| row.get(i).or(row.last()).map_or(0, |&c| c)))
+            .collect();
+        let hidden = self
+            .roberta
+            .forward_columns(input_ids, attention_mask, &columns, per_row);
+        let width = hidden.dims()[2];
+        let picks: Vec<i64> = slots
+            .iter()
+            .map(|&(row, slot)| (row * per_row + slot) as i64)
+            .collect();
+        let n = picks.len();
+        let picked = hidden.reshape([batch * per_row, width]).select(
+            0,
+            Tensor::from_data(burn::tensor::TensorData::new(picks, [n]), &device),
+        );
         self.vocabulary_logits(picked)
     }
 
@@ -848,18 +903,22 @@ mod tests {
         assert_eq!(widths(&[[0, 0, 0, 0, 0, 0]]), 1);
     }
 
-    /// The masked-LM logits at chosen positions equal the full forward pass's there, with the
-    /// padded columns cut, also where a position lies in one.
+    /// The masked-LM logits at chosen positions, and their gradients, equal the full forward
+    /// pass's there: the last layer at those positions alone, rows asking for different
+    /// numbers of them (none, a repeated one), the padded columns cut, also where a position
+    /// lies in one.
     #[test]
-    fn masked_lm_logits_at_positions_survive_the_cut() {
+    fn masked_lm_logits_at_positions_equal_the_full_forward() {
         let _generator = crate::GENERATOR_LOCK
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let device = Device::flex();
+        let device = Device::flex().autodiff();
         device.seed(11);
-        let config = RobertaConfig::preset("tiny", 50).unwrap();
+        let mut config = RobertaConfig::preset("tiny", 50).unwrap();
+        config.hidden_dropout_prob = 0.0;
+        config.attention_probs_dropout_prob = 0.0;
         let model = crate::RobertaForMaskedLM::new(&config, &device);
-        let (batch, seq, lengths) = (2, 8, [5, 3]);
+        let (batch, seq, lengths) = (3, 8, [5, 3, 4]);
         let ids: Vec<i64> = (0..batch * seq)
             .map(|i| match (i / seq, i % seq) {
                 (_, 0) => 0,
@@ -871,42 +930,66 @@ mod tests {
         let mask: Vec<i64> = (0..batch * seq)
             .map(|i| i64::from(i % seq < lengths[i / seq]))
             .collect();
-        let ints = |data: Vec<i64>, shape: Vec<usize>| {
-            Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, shape), &device)
+        let ints = |data: Vec<i64>| {
+            Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, [batch, seq]), &device)
         };
-        let full: Vec<f32> = model
-            .forward(
-                ints(ids.clone(), vec![batch, seq]),
-                ints(mask.clone(), vec![batch, seq]),
-            )
-            .into_data()
-            .try_to_vec()
-            .unwrap();
         let vocab = config.vocab_size;
-        // Real tokens only (cut to 5 columns), then one in a padded column (cut to 7).
-        for positions in [vec![1i64, 3, 9, 10], vec![2, 8, 14]] {
+        let values = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        let last = &model.roberta.encoder.layer[1];
+        let weights = || {
+            [
+                last.attention.self_attention.query.weight.val(),
+                last.intermediate.dense.weight.val(),
+                model.roberta.embeddings.word_embedding_weight(),
+            ]
+        };
+        // Logits at `positions` and the gradients of a weighted sum of them, through
+        // `forward_at` or through the full forward pass.
+        let run = |positions: &[i64], at: bool| -> Vec<Vec<f32>> {
             let n = positions.len();
-            let at: Vec<f32> = model
-                .forward_at(
-                    ints(ids.clone(), vec![batch, seq]),
-                    ints(mask.clone(), vec![batch, seq]),
-                    Tensor::<1, Int>::from_data(
-                        burn::tensor::TensorData::new(positions.clone(), [n]),
-                        &device,
-                    ),
-                )
-                .into_data()
-                .try_to_vec()
-                .unwrap();
-            for (k, &p) in positions.iter().enumerate() {
-                let expected = &full[p as usize * vocab..][..vocab];
-                let got = &at[k * vocab..][..vocab];
-                let worst = got
+            let positions = Tensor::<1, Int>::from_data(
+                burn::tensor::TensorData::new(positions.to_vec(), [n]),
+                &device,
+            );
+            let logits = if at {
+                model.forward_at(ints(ids.clone()), ints(mask.clone()), positions)
+            } else {
+                model
+                    .forward(ints(ids.clone()), ints(mask.clone()))
+                    .reshape([batch * seq, vocab])
+                    .select(0, positions)
+            };
+            let scale = Tensor::<2>::from_data(
+                burn::tensor::TensorData::new(
+                    (0..n * vocab)
+                        .map(|i| (i % 7) as f32 - 3.0)
+                        .collect::<Vec<_>>(),
+                    [n, vocab],
+                ),
+                &device,
+            );
+            let grads = (logits.clone() * scale).sum().backward();
+            let mut out = vec![values(logits)];
+            out.extend(weights().map(|w| values(w.grad(&grads).unwrap())));
+            out
+        };
+        // Real tokens only, in no order, the last row asking for none (cut to 5 columns);
+        // then a repeated position and one in a padded column (cut to 7).
+        for positions in [vec![9i64, 1, 3, 10], vec![2, 8, 14, 8, 17]] {
+            let (at, full) = (run(&positions, true), run(&positions, false));
+            for (k, (a, b)) in at.iter().zip(&full).enumerate() {
+                assert_eq!(a.len(), b.len());
+                let worst = a
                     .iter()
-                    .zip(expected)
-                    .map(|(a, b)| (a - b).abs())
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
                     .fold(0.0f32, f32::max);
-                assert!(worst < 1e-5, "position {p}: {worst}");
+                let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert!(largest > 0.0, "{positions:?}, output {k}: all zero");
+                assert!(
+                    worst <= 1e-5 * largest.max(1.0),
+                    "{positions:?}, output {k}: {worst} (largest {largest})"
+                );
             }
         }
     }
