@@ -721,7 +721,8 @@ impl BenchModel {
             "{}, batch {}, real tweets' lengths (mean 32 of {BENCH_SEQ} tokens), random \
              weights, {}; samples/s (peak RSS MiB); fixed: padded to {BENCH_SEQ} in a \
              shuffled order (the notebook); dynamic: length-grouped, padded to each batch's \
-             longest rounded up to 8",
+             longest rounded up to 8; our classifier cuts the columns that are padding in \
+             every row, PyTorch's computes them",
             self.what(),
             self.batch,
             flag_name(self.dtype)

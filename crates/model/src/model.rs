@@ -488,13 +488,16 @@ impl RobertaModel {
 /// from the left), so a batch padded to a multiple of 8, or to a fixed length as the notebook
 /// pads, computes only as many positions as its longest row: with length-grouped batches of
 /// tweets, about a tenth fewer. At least `keep` columns stay (the positions a caller reads).
-/// Reads the mask on the host (a synchronisation on a GPU, which a training step's loss read
-/// makes anyway).
+/// On the CPU backend only (see [`crate::fused::any_shape`]): elsewhere the batch keeps the
+/// shape its padding chose.
 fn trim_padding(
     input_ids: Tensor<2, Int>,
     attention_mask: Tensor<2, Int>,
     keep: usize,
 ) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    if !crate::fused::any_shape(&attention_mask.device()) {
+        return (input_ids, attention_mask);
+    }
     let [_, seq] = attention_mask.dims();
     let Ok(mask) = attention_mask
         .clone()
@@ -654,6 +657,23 @@ impl RobertaForMaskedLM {
         attention_mask: Tensor<2, Int>,
         positions: Tensor<1, Int>,
     ) -> Tensor<2> {
+        let multiple = if crate::fused::any_shape(&positions.device()) {
+            1
+        } else {
+            crate::fused::SHAPE_MULTIPLE
+        };
+        self.forward_at_rows(input_ids, attention_mask, positions, multiple)
+    }
+
+    /// [`Self::forward_at`] with the last layer's positions per row rounded up to a multiple
+    /// of `multiple`.
+    fn forward_at_rows(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        positions: Tensor<1, Int>,
+        multiple: usize,
+    ) -> Tensor<2> {
         let [batch, seq] = attention_mask.dims();
         let device = positions.device();
         let indices: Vec<i64> = positions
@@ -675,8 +695,17 @@ impl RobertaForMaskedLM {
                 (row, wanted[row].len() - 1)
             })
             .collect();
-        // The same number of columns in every row: short rows repeat one (computed, unread).
-        let per_row = wanted.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        // The same number of columns in every row: short rows repeat one (computed, unread);
+        // a multiple of `multiple`, where shapes should be few.
+        let multiple = multiple.max(1);
+        let per_row = wanted
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+            .max(1)
+            .div_ceil(multiple)
+            * multiple;
         let columns: Vec<usize> = wanted
             .iter()
             .flat_map(|row| (0..per_row).map(move |i| row.get(i).or(row.last()).map_or(0, |&c| c)))
@@ -944,15 +973,16 @@ mod tests {
             ]
         };
         // Logits at `positions` and the gradients of a weighted sum of them, through
-        // `forward_at` or through the full forward pass.
-        let run = |positions: &[i64], at: bool| -> Vec<Vec<f32>> {
+        // `forward_at` (the last layer's positions per row rounded up to a multiple, as on
+        // the GPU backends, or not) or through the full forward pass.
+        let run = |positions: &[i64], at: Option<usize>| -> Vec<Vec<f32>> {
             let n = positions.len();
             let positions = Tensor::<1, Int>::from_data(
                 burn::tensor::TensorData::new(positions.to_vec(), [n]),
                 &device,
             );
-            let logits = if at {
-                model.forward_at(ints(ids.clone()), ints(mask.clone()), positions)
+            let logits = if let Some(multiple) = at {
+                model.forward_at_rows(ints(ids.clone()), ints(mask.clone()), positions, multiple)
             } else {
                 model
                     .forward(ints(ids.clone()), ints(mask.clone()))
@@ -975,8 +1005,12 @@ mod tests {
         };
         // Real tokens only, in no order, the last row asking for none (cut to 5 columns);
         // then a repeated position and one in a padded column (cut to 7).
-        for positions in [vec![9i64, 1, 3, 10], vec![2, 8, 14, 8, 17]] {
-            let (at, full) = (run(&positions, true), run(&positions, false));
+        for (positions, multiple) in [
+            (vec![9i64, 1, 3, 10], 1),
+            (vec![2, 8, 14, 8, 17], 1),
+            (vec![2, 8, 14, 8, 17], 8),
+        ] {
+            let (at, full) = (run(&positions, Some(multiple)), run(&positions, None));
             for (k, (a, b)) in at.iter().zip(&full).enumerate() {
                 assert_eq!(a.len(), b.len());
                 let worst = a

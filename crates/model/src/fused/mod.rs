@@ -483,6 +483,21 @@ pub fn is_flex(device: &burn::tensor::Device) -> bool {
     }
 }
 
+/// Whether the model may hand `device`'s kernels tensors of any shape: on the CPU backend,
+/// whose kernels compile nothing and want no alignment, the classifier and the masked LM cut a
+/// batch's padded columns and size the last layer's rows exactly. Elsewhere a batch keeps the
+/// shape its padding gave it (multiples of the pad multiple, or one shape with
+/// `--pad-to-max-length`: tensor cores' alignment, CubeCL's kernels compiled per shape;
+/// docs/model.md), and the masked LM's rows of the last layer are rounded up to
+/// [`SHAPE_MULTIPLE`].
+pub(crate) fn any_shape(device: &burn::tensor::Device) -> bool {
+    is_flex(device)
+}
+
+/// What sizes the model chooses are rounded up to where [`any_shape`] is false (as
+/// transformers' `pad_to_multiple_of=8`).
+pub(crate) const SHAPE_MULTIPLE: usize = 8;
+
 /// Whether `device` (or the device under its autodiff wrapper) is a libtorch one (CPU or CUDA).
 pub fn is_libtorch(device: &burn::tensor::Device) -> bool {
     #[cfg(feature = "tch")]
