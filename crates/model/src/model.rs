@@ -809,6 +809,43 @@ mod tests {
         assert!(worst(&fused) < 1e-5, "fused: {}", worst(&fused));
     }
 
+    /// Token ids and attention mask of rows of `lengths` real tokens (`<s>`, ids below 43,
+    /// `</s>`) padded to `seq`, row-major.
+    fn padded_rows(lengths: &[usize], seq: usize) -> (Vec<i64>, Vec<i64>) {
+        let ids = (0..lengths.len() * seq)
+            .map(|i| match (i / seq, i % seq) {
+                (_, 0) => 0,
+                (r, c) if c + 1 == lengths[r] => 2,
+                (r, c) if c >= lengths[r] => 1,
+                _ => 3 + (i * 7 % 40) as i64,
+            })
+            .collect();
+        let mask = (0..lengths.len() * seq)
+            .map(|i| i64::from(i % seq < lengths[i / seq]))
+            .collect();
+        (ids, mask)
+    }
+
+    /// Each of `got` within 1e-5 (relative to the largest magnitude above 1) of the same
+    /// output of `expected`, none of which is all zeros.
+    fn assert_outputs_close(got: &[Vec<f32>], expected: &[Vec<f32>], what: &str) {
+        assert_eq!(got.len(), expected.len());
+        for (k, (a, b)) in got.iter().zip(expected).enumerate() {
+            assert_eq!(a.len(), b.len(), "{what}, output {k}");
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(largest > 0.0, "{what}, output {k}: all zero");
+            assert!(
+                worst <= 1e-5 * largest.max(1.0),
+                "{what}, output {k}: {worst} (largest {largest})"
+            );
+        }
+    }
+
     /// The classifier's forward pass, whose last layer computes `<s>` alone (and which cuts
     /// columns that are padding in every row), gives the logits and the gradients of the head
     /// on the full last hidden state, on padded batches, with the fused attention and the
@@ -840,20 +877,7 @@ mod tests {
         device: &Device,
     ) {
         let batch = lengths.len();
-        let ids: Vec<i64> = (0..batch * seq)
-            .map(|i| {
-                let (row, column) = (i / seq, i % seq);
-                match column {
-                    0 => 0,
-                    c if c + 1 == lengths[row] => 2,
-                    c if c >= lengths[row] => 1,
-                    _ => 3 + (i * 7 % 40) as i64,
-                }
-            })
-            .collect();
-        let mask: Vec<i64> = (0..batch * seq)
-            .map(|i| i64::from(i % seq < lengths[i / seq]))
-            .collect();
+        let (ids, mask) = padded_rows(lengths, seq);
         let ints = |data: Vec<i64>| {
             Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, [batch, seq]), device)
         };
@@ -889,20 +913,11 @@ mod tests {
             COMPOSED_ATTENTION.set(composed);
             let (first, full) = (run(true), run(false));
             COMPOSED_ATTENTION.set(false);
-            for (k, (a, b)) in first.iter().zip(&full).enumerate() {
-                assert_eq!(a.len(), b.len());
-                let worst = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0f32, f32::max);
-                let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                assert!(scale > 0.0, "composed {composed}, output {k}: all zero");
-                assert!(
-                    worst <= 1e-5 * scale.max(1.0),
-                    "lengths {lengths:?}, composed {composed}, output {k}: {worst} (largest {scale})"
-                );
-            }
+            assert_outputs_close(
+                &first,
+                &full,
+                &format!("lengths {lengths:?}, composed {composed}"),
+            );
         }
     }
 
@@ -947,18 +962,8 @@ mod tests {
         config.hidden_dropout_prob = 0.0;
         config.attention_probs_dropout_prob = 0.0;
         let model = crate::RobertaForMaskedLM::new(&config, &device);
-        let (batch, seq, lengths) = (3, 8, [5, 3, 4]);
-        let ids: Vec<i64> = (0..batch * seq)
-            .map(|i| match (i / seq, i % seq) {
-                (_, 0) => 0,
-                (r, c) if c + 1 == lengths[r] => 2,
-                (r, c) if c >= lengths[r] => 1,
-                _ => 3 + (i * 5 % 40) as i64,
-            })
-            .collect();
-        let mask: Vec<i64> = (0..batch * seq)
-            .map(|i| i64::from(i % seq < lengths[i / seq]))
-            .collect();
+        let (batch, seq) = (3, 8);
+        let (ids, mask) = padded_rows(&[5, 3, 4], seq);
         let ints = |data: Vec<i64>| {
             Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, [batch, seq]), &device)
         };
@@ -1011,20 +1016,11 @@ mod tests {
             (vec![2, 8, 14, 8, 17], 8),
         ] {
             let (at, full) = (run(&positions, Some(multiple)), run(&positions, None));
-            for (k, (a, b)) in at.iter().zip(&full).enumerate() {
-                assert_eq!(a.len(), b.len());
-                let worst = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0f32, f32::max);
-                let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                assert!(largest > 0.0, "{positions:?}, output {k}: all zero");
-                assert!(
-                    worst <= 1e-5 * largest.max(1.0),
-                    "{positions:?}, output {k}: {worst} (largest {largest})"
-                );
-            }
+            assert_outputs_close(
+                &at,
+                &full,
+                &format!("positions {positions:?}, multiple {multiple}"),
+            );
         }
     }
 
