@@ -202,7 +202,7 @@ impl SelfAttention {
     }
 
     /// Attention of the rows `queries` over the rows `x` (keys and values): `queries` is `x`
-    /// itself, or its first columns where only their outputs are needed.
+    /// itself, or the rows of `x` at the positions whose outputs alone are needed.
     ///
     /// # Shapes
     /// - `queries`: `[batch, seq_q, hidden]`
@@ -348,9 +348,9 @@ impl Layer {
         self.forward_at(x.clone(), x, key_bias)
     }
 
-    /// The layer's output at the positions of `queries` (`[batch, seq_q, hidden]`, the first
-    /// `seq_q` positions of `x`): every row after attention is computed on its own, so the
-    /// other positions' projections, feed-forward and layer norms are left out.
+    /// The layer's output at the positions of `queries` (`[batch, seq_q, hidden]`, rows of `x`
+    /// at positions the caller chose): every row after attention is computed on its own, so
+    /// the other positions' projections, feed-forward and layer norms are left out.
     fn forward_at(&self, queries: Tensor<3>, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
         let attended = self
             .attention
@@ -425,8 +425,8 @@ impl RobertaModel {
     /// come from every position; everything after attention works row by row), which leaves
     /// out most of the last layer's query projection, attention output and feed-forward: for
     /// the classifier's `<s>` alone about a twelfth of roberta-base's work and a fifth of a
-    /// four-layer model's. Columns that are padding in every row and that no row asks for are
-    /// cut first (see [`trim_padding`]).
+    /// four-layer model's. On the CPU backend, columns that are padding in every row and that
+    /// no row asks for are cut first (see [`trim_padding`]).
     ///
     /// # Shapes
     /// - `input_ids`, `attention_mask`: `[batch, seq]`
