@@ -50,27 +50,37 @@ fn pair(low: f32, high: f32) -> u32 {
     bf16_bits(low) as u32 | (bf16_bits(high) as u32) << 16
 }
 
-/// `dst = (dst if accumulate) + lhs·rhs` for an `[m, k]` by `[k, n]` product into a row-major
-/// `[m, n]` destination, the operands rounded to bf16 and the products summed in f32; on the
-/// rayon pool when it is large enough.
+/// `dst = start + lhs·rhs` for an `[m, k]` by `[k, n]` product into a row-major `[m, n]`
+/// destination, the operands rounded to bf16 and the products summed in f32; on the rayon pool
+/// when it is large enough.
 ///
 /// # Safety
-/// `dst` must hold m × n elements (read only when `accumulate`), and the operands must be
-/// readable over their `[m, k]` and `[k, n]` extents.
+/// `dst` must hold m × n elements (read only when `start` is [`Start::Dst`]), and the operands
+/// must be readable over their `[m, k]` and `[k, n]` extents.
 pub(super) unsafe fn product(
     dst: *mut f32,
     (m, n, k): (usize, usize, usize),
-    accumulate: bool,
+    start: Start,
     lhs: Operand,
     rhs: Rhs,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    if let Start::Bias(bias) = start {
+        // The micro tiles read the bias by these sizes.
+        assert_eq!(bias.len(), n, "bf16 product: bias length");
+    }
     if k == 0 {
-        if !accumulate {
-            // SAFETY: the caller's promise on `dst`.
-            unsafe { std::ptr::write_bytes(dst, 0, m * n) };
+        match start {
+            Start::Dst => {}
+            // SAFETY (both): the caller's promise on `dst`.
+            Start::Zero => unsafe { std::ptr::write_bytes(dst, 0, m * n) },
+            Start::Bias(bias) => {
+                for row in 0..m {
+                    unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr(), dst.add(row * n), n) };
+                }
+            }
         }
         return;
     }
@@ -124,16 +134,7 @@ pub(super) unsafe fn product(
             let task = |t: usize| {
                 let (rows, columns) = (t % row_tasks * MC, t / row_tasks * NC);
                 // SAFETY: the tasks' tiles are disjoint parts of `dst`, which holds m × n elements.
-                unsafe {
-                    tile(
-                        kernel,
-                        (&a, &b),
-                        dst,
-                        (m, n, k),
-                        (rows, columns),
-                        accumulate,
-                    )
-                }
+                unsafe { tile(kernel, (&a, &b), dst, (m, n, k), (rows, columns), start) }
             };
             if parallel {
                 (0..tasks).into_par_iter().for_each(task);
@@ -150,6 +151,18 @@ pub(super) unsafe fn product(
     } else {
         product();
     }
+}
+
+/// What the destination of [`product`] starts as, the products added to it.
+#[derive(Clone, Copy)]
+pub(super) enum Start<'a> {
+    /// Zero: the destination is only written.
+    Zero,
+    /// Its own values: the products are added to what it holds.
+    Dst,
+    /// The `n` values of a bias in every row (a linear layer's), added as the first block's
+    /// sums are stored: the destination is only written, with no separate pass to fill it.
+    Bias(&'a [f32]),
 }
 
 /// The right operand of [`product`]: read and packed by the product, or packed before.
@@ -436,17 +449,21 @@ unsafe fn tile(
     dst: Shared,
     (m, n, k): (usize, usize, usize),
     (rows, columns): (usize, usize),
-    accumulate: bool,
+    start: Start,
 ) {
     let row_end = (rows + MC).min(m);
     let column_end = (columns + NC).min(n);
     for (block, first) in (0..k).step_by(KC).enumerate() {
         let pairs = block_pairs(first, k);
-        // The first block overwrites the destination unless the caller accumulates.
-        let add = accumulate || block > 0;
         for column in (columns..column_end).step_by(NR) {
             let b_panel = b.panel::<NR>(first, column, pairs);
             let width = (column_end - column).min(NR);
+            // The first block starts from `start`, the later ones add to what it stored.
+            let start = match start {
+                _ if block > 0 => Start::Dst,
+                Start::Bias(bias) => Start::Bias(&bias[column..]),
+                start => start,
+            };
             for row in (rows..row_end).step_by(MR) {
                 let a_panel = a.panel::<MR>(first, row, pairs);
                 let height = (row_end - row).min(MR);
@@ -455,7 +472,7 @@ unsafe fn tile(
                 // SAFETY: the panels hold `pairs` pairs; `out` as above.
                 unsafe {
                     micro(
-                        kernel, pairs, a_panel, a.order, b_panel, out, n, height, width, add,
+                        kernel, pairs, a_panel, a.order, b_panel, out, n, height, width, start,
                     )
                 };
             }
@@ -463,8 +480,9 @@ unsafe fn tile(
     }
 }
 
-/// One micro tile: `out[i][j] = (out[i][j] if add) + Σ_p a·b` over `pairs` pairs, for the
-/// `height` × `width` outputs of the tile at `out` (rows `stride` apart).
+/// One micro tile: `out[i][j] = start[i][j] + Σ_p a·b` over `pairs` pairs, for the
+/// `height` × `width` outputs of the tile at `out` (rows `stride` apart), a bias read from its
+/// first `width` values.
 ///
 /// # Safety
 /// `a` and `b` must hold `pairs` × [`MR`] and `pairs` × [`NR`] words, and `out` the tile.
@@ -480,17 +498,17 @@ unsafe fn micro(
     stride: usize,
     height: usize,
     width: usize,
-    add: bool,
+    start: Start,
 ) {
     match (kernel, a_order) {
         // SAFETY (both): detected on this CPU; the caller's promise on the buffers.
         #[cfg(target_arch = "x86_64")]
         (Kernel::Avx512Bf16, Order::Pairs) => unsafe {
-            avx512::micro::<false>(pairs, a, b, out, stride, height, width, add)
+            avx512::micro::<false>(pairs, a, b, out, stride, height, width, start)
         },
         #[cfg(target_arch = "x86_64")]
         (Kernel::Avx512Bf16, Order::Lanes) => unsafe {
-            avx512::micro::<true>(pairs, a, b, out, stride, height, width, add)
+            avx512::micro::<true>(pairs, a, b, out, stride, height, width, start)
         },
         (Kernel::Portable, _) => {
             let sums = portable_micro(pairs, a, a_order, b);
@@ -499,7 +517,11 @@ unsafe fn micro(
                     // SAFETY: `(i, j)` is inside the tile, the caller's promise.
                     unsafe {
                         let slot = out.add(i * stride + j);
-                        *slot = if add { *slot + sum } else { sum };
+                        *slot = match start {
+                            Start::Zero => sum,
+                            Start::Dst => *slot + sum,
+                            Start::Bias(bias) => bias[j] + sum,
+                        };
                     }
                 }
             }
@@ -533,7 +555,7 @@ fn portable_micro(pairs: usize, a: &[u32], a_order: Order, b: &[u32]) -> [[f32; 
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR, Order, Source};
+    use super::{MR, NR, Order, Source, Start};
     use std::arch::x86_64::*;
 
     /// One panel of [`super::pack`] (as [`super::pack_panel`]) sixteen words at a time, where
@@ -678,9 +700,10 @@ mod avx512 {
         stride: usize,
         height: usize,
         width: usize,
-        add: bool,
+        start: Start,
     ) {
         debug_assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+        debug_assert!(!matches!(start, Start::Bias(bias) if bias.len() < width));
         let mut sums = [[_mm512_setzero_ps(); 2]; MR];
         let (a, b) = (a.as_ptr(), b.as_ptr());
         for p in 0..pairs {
@@ -705,16 +728,26 @@ mod avx512 {
             }
         }
         let masks = [lane_mask(width), lane_mask(width.saturating_sub(16))];
+        // SAFETY: the masks keep the loads inside the bias's first `width` values, the
+        // caller's promise.
+        let bias = match start {
+            Start::Bias(bias) => Some([0, 1].map(|half| unsafe {
+                _mm512_maskz_loadu_ps(masks[half], bias.as_ptr().wrapping_add(16 * half))
+            })),
+            _ => None,
+        };
         for (i, row) in sums.iter().enumerate().take(height) {
             for (half, &sum) in row.iter().enumerate() {
                 // SAFETY: the masks keep the lanes inside the tile's `width` columns of row
                 // `i` < `height`, the caller's promise.
                 unsafe {
                     let slot = out.add(i * stride + half * 16);
-                    let value = if add {
-                        _mm512_add_ps(_mm512_maskz_loadu_ps(masks[half], slot), sum)
-                    } else {
-                        sum
+                    let value = match (start, bias) {
+                        (Start::Dst, _) => {
+                            _mm512_add_ps(_mm512_maskz_loadu_ps(masks[half], slot), sum)
+                        }
+                        (_, Some(bias)) => _mm512_add_ps(bias[half], sum),
+                        _ => sum,
                     };
                     _mm512_mask_storeu_ps(slot, masks[half], value);
                 }
@@ -812,9 +845,9 @@ mod tests {
     }
 
     /// Every edge at once: rows and columns not whole tiles or tasks, an odd inner dimension
-    /// longer than one block, accumulation into the destination, and transposed operands (the
-    /// left one packed in both orders); the right operand packed by the product and packed
-    /// beforehand.
+    /// longer than one block, each start (zero, the destination, a bias), and transposed
+    /// operands (the left one packed in both orders); the right operand packed by the product
+    /// and packed beforehand.
     #[test]
     fn equals_the_product_of_the_rounded_operands() {
         for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (100, 530, 385), (250, 70, 800)] {
@@ -828,20 +861,19 @@ mod tests {
             let lhs_t: Vec<f32> = (0..m * k).map(|i| lhs[(i % m) * k + i / m]).collect();
             let lhs_transposed = Operand::row_major(&lhs_t, m).transposed();
             let start = wave(m * n, 2.0);
-            for (accumulate, lhs_operand, rhs) in [
-                (
-                    false,
-                    Operand::row_major(&lhs, k),
-                    Operand::row_major(&rhs, n),
-                ),
-                (true, lhs_transposed, transposed),
+            let bias = wave(n, 3.0);
+            let row_major = Operand::row_major(&lhs, k);
+            for (from, lhs_operand, rhs) in [
+                (Start::Zero, row_major, Operand::row_major(&rhs, n)),
+                (Start::Dst, lhs_transposed, transposed),
+                (Start::Bias(&bias), row_major, transposed),
             ] {
                 // SAFETY: the operand holds its extent.
                 let packed = unsafe { PackedRhs::new(rhs, k, n) };
                 let [got, got_packed] = [Rhs::Unpacked(rhs), Rhs::Packed(&packed)].map(|rhs| {
                     let mut got = start.clone();
                     // SAFETY: the buffers hold the extents given.
-                    unsafe { product(got.as_mut_ptr(), (m, n, k), accumulate, lhs_operand, rhs) };
+                    unsafe { product(got.as_mut_ptr(), (m, n, k), from, lhs_operand, rhs) };
                     got
                 });
                 // The operand packed beforehand gives the same bits.
@@ -849,8 +881,31 @@ mod tests {
                     got == got_packed,
                     "{m}x{n}x{k}: packed before and during differ"
                 );
+                let initial = |index: usize| match from {
+                    Start::Zero => 0.0,
+                    Start::Dst => start[index],
+                    Start::Bias(bias) => bias[index % n],
+                };
+                if let Start::Bias(bias) = from {
+                    // The same bits as the bias filled in first and the products added to it.
+                    let mut filled: Vec<f32> = (0..m * n).map(|i| bias[i % n]).collect();
+                    // SAFETY: as above.
+                    unsafe {
+                        product(
+                            filled.as_mut_ptr(),
+                            (m, n, k),
+                            Start::Dst,
+                            lhs_operand,
+                            Rhs::Packed(&packed),
+                        )
+                    };
+                    assert!(
+                        got == filled,
+                        "{m}x{n}x{k}: bias start and filled bias differ"
+                    );
+                }
                 for (index, (&got, &want)) in got.iter().zip(&want).enumerate() {
-                    let want = want + if accumulate { start[index] as f64 } else { 0.0 };
+                    let want = want + initial(index) as f64;
                     let scale: f64 = (0..k)
                         .map(|p| {
                             (rounded(lhs[index / n * k + p]) * rounded(rhs_at(&rhs, p, index % n)))
@@ -860,7 +915,7 @@ mod tests {
                         + want.abs();
                     assert!(
                         (got as f64 - want).abs() <= k as f64 * 1.2e-7 * scale,
-                        "{m}x{n}x{k} accumulate {accumulate}: [{index}] {got} against {want}"
+                        "{m}x{n}x{k}: [{index}] {got} against {want}"
                     );
                 }
             }
@@ -939,27 +994,35 @@ mod tests {
             .chunks(2)
             .map(|p| pair(p[0], p[1]))
             .collect();
+        let (start, bias) = (wave(MR * NR, 2.3), wave(NR, 3.3));
         for order in [Order::Pairs, Order::Lanes] {
-            let [native, portable] = [Kernel::Avx512Bf16, Kernel::Portable].map(|kernel| {
-                let mut out = vec![0.0f32; MR * NR];
-                // SAFETY: the buffers hold `pairs` pairs and one tile.
-                unsafe {
-                    micro(
-                        kernel,
-                        pairs,
-                        &a,
-                        order,
-                        &b,
-                        out.as_mut_ptr(),
-                        NR,
-                        height,
-                        width,
-                        false,
-                    )
-                };
-                out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-            });
-            assert_eq!(native, portable, "{order:?}");
+            for (from, width) in [
+                (Start::Zero, width),
+                (Start::Dst, width),
+                (Start::Bias(&bias), width),
+                (Start::Bias(&bias[..NR - 5]), width - 5),
+            ] {
+                let [native, portable] = [Kernel::Avx512Bf16, Kernel::Portable].map(|kernel| {
+                    let mut out = start.clone();
+                    // SAFETY: the buffers hold `pairs` pairs and one tile.
+                    unsafe {
+                        micro(
+                            kernel,
+                            pairs,
+                            &a,
+                            order,
+                            &b,
+                            out.as_mut_ptr(),
+                            NR,
+                            height,
+                            width,
+                            from,
+                        )
+                    };
+                    out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                });
+                assert_eq!(native, portable, "{order:?}, width {width}");
+            }
         }
     }
 }

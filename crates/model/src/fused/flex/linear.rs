@@ -10,7 +10,8 @@
 //! in copies, fills and the reduction (docs/BENCHMARKS.md). Here, as PyTorch's `addmm` does, the
 //! rows of every sequence are one matrix:
 //! ```text
-//! y  = x·w + b      the destination starts as b in every row, GEMM adds x·w
+//! y  = x·w + b      the destination starts as b in every row, GEMM adds x·w (in bf16, the
+//!                   product's tiles add b to their first sums: no pass writes b first)
 //! ∂x = g·wᵀ         wᵀ read through strides, not copied
 //! ∂w = xᵀ·g         one GEMM whose inner dimension is every row of the batch
 //! ∂b = Σ_rows g     columns split over the pool, rows summed in order
@@ -58,34 +59,41 @@ pub(super) fn forward(
         bias.len()
     );
 
-    // Every row starts as the bias; the GEMM adds the product to it.
-    // SAFETY: every row is written in full (`bias` has `d_out` elements, checked above).
-    let mut y = unsafe {
-        written(rows * d_out, d_out, |_, row| {
-            for (slot, &b) in row.iter_mut().zip(bias) {
-                slot.write(b);
-            }
-        })
-    };
     let (x_rows, w) = (row_major(&x, d_in), matrix(weight));
-    // SAFETY: `w` reads the `[in, out]` weight by its strides.
-    let packed = (bf16 && reuse)
-        .then(|| unsafe { packed_weights::packed(weight, w, (d_in, d_out)) })
-        .flatten();
-    // SAFETY: `x` is `[rows, in]` contiguous, `w` `[in, out]` read by its strides (the sizes
-    // checked above) and `y` has rows × out elements.
-    unsafe {
-        match packed {
-            Some(packed) => bf16_gemm::product(
-                y.as_mut_ptr(),
-                (rows, d_out, d_in),
-                true,
-                x_rows,
-                bf16_gemm::Rhs::Packed(&packed),
-            ),
-            None => product(y.as_mut_ptr(), (rows, d_out, d_in), true, x_rows, w, bf16),
+    let dims = (rows, d_out, d_in);
+    let y = if bf16 {
+        // SAFETY: `w` reads the `[in, out]` weight by its strides.
+        let packed = reuse
+            .then(|| unsafe { packed_weights::packed(weight, w, (d_in, d_out)) })
+            .flatten();
+        let rhs = match &packed {
+            Some(packed) => bf16_gemm::Rhs::Packed(packed),
+            None => bf16_gemm::Rhs::Unpacked(w),
+        };
+        // The bias is where the product's tiles start, as they store their first sums: no
+        // separate pass writes it first.
+        // SAFETY: the product writes every element of the rows × out destination (it reads
+        // none); `x` is `[rows, in]` contiguous, `w` `[in, out]` read by its strides (the sizes
+        // checked above).
+        unsafe {
+            filled_by_product(rows * d_out, |dst| {
+                bf16_gemm::product(dst, dims, bf16_gemm::Start::Bias(bias), x_rows, rhs)
+            })
         }
-    }
+    } else {
+        // Every row starts as the bias; the GEMM adds the product to it.
+        // SAFETY: every row is written in full (`bias` has `d_out` elements, checked above).
+        let mut y = unsafe {
+            written(rows * d_out, d_out, |_, row| {
+                for (slot, &b) in row.iter_mut().zip(bias) {
+                    slot.write(b);
+                }
+            })
+        };
+        // SAFETY: as above, `y` has rows × out elements.
+        unsafe { product(y.as_mut_ptr(), dims, true, x_rows, w, false) };
+        y
+    };
     let mut shape = x.layout().shape().clone();
     let last = shape.num_dims() - 1;
     shape[last] = d_out;
@@ -200,7 +208,11 @@ unsafe fn product(
             bf16_gemm::product(
                 dst,
                 (m, n, k),
-                accumulate,
+                if accumulate {
+                    bf16_gemm::Start::Dst
+                } else {
+                    bf16_gemm::Start::Zero
+                },
                 lhs,
                 bf16_gemm::Rhs::Unpacked(rhs),
             )
