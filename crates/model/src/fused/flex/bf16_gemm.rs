@@ -976,7 +976,8 @@ mod tests {
         }
     }
 
-    /// The native kernel adds the same exact products in the same order as the portable one.
+    /// The native kernel adds the same exact products in the same order as the portable one,
+    /// from each start (zero, the destination, a bias, one narrower than the tile).
     // The native kernel is x86-64's (AVX512-BF16); elsewhere there is only the portable one.
     #[cfg(target_arch = "x86_64")]
     #[test]
