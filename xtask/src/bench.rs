@@ -576,6 +576,23 @@ fn flag_name(value: impl clap::ValueEnum) -> String {
         .unwrap_or_default()
 }
 
+/// Each side's median samples/s over `runs` (a round each: every side's measurement and JSON
+/// line) and its largest peak RSS in MiB.
+fn medians<const N: usize>(runs: &[[(Measurement, serde_json::Value); N]]) -> [(f64, f64); N] {
+    std::array::from_fn(|side| {
+        let mut rates: Vec<f64> = runs
+            .iter()
+            .map(|run| run[side].1["samples_per_s"].as_f64().unwrap_or(f64::NAN))
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        let peak = runs.iter().map(|run| run[side].0.peak_rss).max();
+        (
+            rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN),
+            peak.unwrap_or_default() as f64 / (1024.0 * 1024.0),
+        )
+    })
+}
+
 /// `cargo xtask bench model`.
 pub struct BenchModel {
     shapes: Vec<crate::flags::ShapeFlag>,
@@ -589,6 +606,7 @@ pub struct BenchModel {
     python_device: String,
     batch: usize,
     lengths: crate::flags::LengthsFlag,
+    rounds: usize,
 }
 
 impl From<crate::flags::BenchModelArgs> for BenchModel {
@@ -605,6 +623,7 @@ impl From<crate::flags::BenchModelArgs> for BenchModel {
             python_device: args.python_device,
             batch: args.batch,
             lengths: args.lengths,
+            rounds: args.rounds as usize,
         }
     }
 }
@@ -618,9 +637,11 @@ impl BenchModel {
         }
         let (backend, dtype) = (flag_name(self.backend), flag_name(self.dtype));
         println!(
-            "{}, batch {}, length {BENCH_SEQ}, random weights, {dtype}; samples/s (peak RSS MiB)",
+            "{}, batch {}, length {BENCH_SEQ}, random weights, {dtype}; samples/s (peak RSS \
+             MiB){}",
             self.what(),
-            self.batch
+            self.batch,
+            self.rounds_note()
         );
         println!(
             "| shape | threads | ours ({backend}) | PyTorch eager ({}) | ratio ours / PyTorch |",
@@ -630,18 +651,15 @@ impl BenchModel {
         for &shape in &self.shapes {
             for &threads in &self.threads {
                 let iters = self.iterations(shape);
-                let (ours_m, ours) = measure_json(&mut self.ours(shape, iters, threads)?)?;
-                let (py_m, py) = measure_json(&mut self.pytorch(shape, iters, threads))?;
-                let (a, b) = (
-                    ours["samples_per_s"].as_f64().unwrap_or(f64::NAN),
-                    py["samples_per_s"].as_f64().unwrap_or(f64::NAN),
-                );
-                let mib = |m: Measurement| m.peak_rss as f64 / (1024.0 * 1024.0);
+                let [(a, ours_mib), (b, py_mib)] = self.in_rounds(|| {
+                    Ok([
+                        measure_json(&mut self.ours(shape, iters, threads)?)?,
+                        measure_json(&mut self.pytorch(shape, iters, threads))?,
+                    ])
+                })?;
                 println!(
-                    "| {} | {threads} | {a:.1} ({:.0}) | {b:.1} ({:.0}) | {:.2}x |",
+                    "| {} | {threads} | {a:.1} ({ours_mib:.0}) | {b:.1} ({py_mib:.0}) | {:.2}x |",
                     shape_name(shape),
-                    mib(ours_m),
-                    mib(py_m),
                     a / b
                 );
             }
@@ -651,6 +669,34 @@ impl BenchModel {
 }
 
 impl BenchModel {
+    /// Runs `sides` (each side's measurement and JSON line) for every round and returns each
+    /// side's median samples/s and largest peak RSS in MiB.
+    fn in_rounds<const N: usize>(
+        &self,
+        mut sides: impl FnMut() -> Result<[(Measurement, serde_json::Value); N]>,
+    ) -> Result<[(f64, f64); N]> {
+        let mut runs = Vec::with_capacity(self.rounds);
+        for round in 1..=self.rounds {
+            if self.rounds > 1 {
+                eprintln!("round {round}/{}", self.rounds);
+            }
+            runs.push(sides()?);
+        }
+        Ok(medians(&runs))
+    }
+
+    /// The tables' note on `--rounds`: empty for one.
+    fn rounds_note(&self) -> String {
+        if self.rounds > 1 {
+            format!(
+                "; median of {} rounds, the sides run in turn in each",
+                self.rounds
+            )
+        } else {
+            String::new()
+        }
+    }
+
     /// What is timed, for the table's heading.
     fn what(&self) -> &'static str {
         if self.train {
@@ -719,13 +765,14 @@ impl BenchModel {
     fn run_tweet_lengths(&self) -> Result<()> {
         println!(
             "{}, batch {}, real tweets' lengths (mean 32 of {BENCH_SEQ} tokens), random \
-             weights, {}; samples/s (peak RSS MiB); fixed: padded to {BENCH_SEQ} in a \
+             weights, {}; samples/s (peak RSS MiB){}; fixed: padded to {BENCH_SEQ} in a \
              shuffled order (the notebook); dynamic: length-grouped, padded to each batch's \
              longest rounded up to 8; our classifier cuts the columns that are padding in \
              every row, PyTorch's computes them",
             self.what(),
             self.batch,
-            flag_name(self.dtype)
+            flag_name(self.dtype),
+            self.rounds_note()
         );
         println!(
             "| shape | threads | ours fixed | ours dynamic | PyTorch fixed (notebook) | PyTorch \
@@ -742,29 +789,34 @@ impl BenchModel {
                     .suffix(".json")
                     .tempfile()?;
                 std::fs::write(lengths_file.path(), serde_json::to_string(&lengths)?)?;
-                let mut row = Vec::new();
-                for padding in ["fixed", "dynamic"] {
-                    let (m, v) = measure_json(
-                        self.ours(shape, iters, threads)?
-                            .arg("--lengths-file")
-                            .arg(lengths_file.path())
-                            .args(["--padding", padding]),
-                    )?;
-                    row.push((m, v));
-                }
-                for padding in ["fixed", "dynamic"] {
-                    let (m, v) = measure_json(
-                        self.pytorch(shape, iters, threads)
-                            .arg("--lengths-file")
-                            .arg(lengths_file.path())
-                            .args(["--padding", padding]),
-                    )?;
-                    row.push((m, v));
-                }
-                let rate = |i: usize| row[i].1["samples_per_s"].as_f64().unwrap_or(f64::NAN);
-                let mib = |i: usize| row[i].0.peak_rss as f64 / (1024.0 * 1024.0);
-                let cells: Vec<String> = (0..4)
-                    .map(|i| format!("{:.1} ({:.0})", rate(i), mib(i)))
+                let row = self.in_rounds(|| {
+                    let ours = |padding| {
+                        measure_json(
+                            self.ours(shape, iters, threads)?
+                                .arg("--lengths-file")
+                                .arg(lengths_file.path())
+                                .args(["--padding", padding]),
+                        )
+                    };
+                    let pytorch = |padding| {
+                        measure_json(
+                            self.pytorch(shape, iters, threads)
+                                .arg("--lengths-file")
+                                .arg(lengths_file.path())
+                                .args(["--padding", padding]),
+                        )
+                    };
+                    Ok([
+                        ours("fixed")?,
+                        ours("dynamic")?,
+                        pytorch("fixed")?,
+                        pytorch("dynamic")?,
+                    ])
+                })?;
+                let rate = |i: usize| row[i].0;
+                let cells: Vec<String> = row
+                    .iter()
+                    .map(|(rate, mib)| format!("{rate:.1} ({mib:.0})"))
                     .collect();
                 println!(
                     "| {} | {threads} | {} | {:.2}x | {:.2}x | {:.2}x |",
@@ -1062,4 +1114,30 @@ pub fn full_scale(args: &crate::flags::BenchFullScaleArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A round's measurement of one side: its rate and peak RSS.
+    fn run(rate: f64, peak_mib: u64) -> (Measurement, serde_json::Value) {
+        let measurement = Measurement {
+            wall: Duration::from_secs(1),
+            peak_rss: peak_mib << 20,
+            cpu: Duration::from_secs(1),
+        };
+        (measurement, serde_json::json!({ "samples_per_s": rate }))
+    }
+
+    #[test]
+    fn each_side_gets_its_median_rate_and_largest_peak() {
+        let runs = [
+            [run(30.0, 100), run(5.0, 700)],
+            [run(10.0, 300), run(7.0, 600)],
+            [run(20.0, 200), run(6.0, 900)],
+        ];
+        assert_eq!(medians(&runs), [(20.0, 300.0), (6.0, 900.0)]);
+        assert_eq!(medians(&runs[..1]), [(30.0, 100.0), (5.0, 700.0)]);
+    }
 }

@@ -613,6 +613,11 @@ pub struct BenchModelArgs {
     /// 64), which times fixed and dynamic padding side by side on both sides.
     #[arg(long, value_enum, default_value_t = LengthsFlag::Fixed)]
     pub lengths: LengthsFlag,
+    /// Rounds per row, the sides run in turn in each: every cell is the median of its rounds
+    /// (peak RSS the largest), so that a neighbour's load during one side's run moves the
+    /// ratio less.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
 }
 
 /// `--lengths` of `bench model`.
