@@ -26,9 +26,9 @@ const NR: usize = 32;
 /// Inner-dimension block (even): a packed [`NR`]-column panel of it is 24 KiB and stays in L1
 /// while the task's row panels stream past it.
 const KC: usize = 384;
-/// Rows per task (a multiple of [`MR`]): its packed rows of one block are 72 KiB, in L2.
+/// Most rows per task (a multiple of [`MR`]): its packed rows of one block are 72 KiB, in L2.
 const MC: usize = 96;
-/// Columns per task (a multiple of [`NR`]).
+/// Most columns per task (a multiple of [`NR`]).
 const NC: usize = 512;
 /// Multiply-adds below which a product runs on one thread.
 const PARALLEL_WORK: usize = 128 * 128 * 128;
@@ -129,12 +129,13 @@ pub(super) unsafe fn product(
                     order: Order::Pairs,
                 },
             };
-            let row_tasks = m.div_ceil(MC);
-            let tasks = row_tasks * n.div_ceil(NC);
+            let extent = (task_extent(m, MC, MR), task_extent(n, NC, NR));
+            let row_tasks = m.div_ceil(extent.0);
+            let tasks = row_tasks * n.div_ceil(extent.1);
             let task = |t: usize| {
-                let (rows, columns) = (t % row_tasks * MC, t / row_tasks * NC);
+                let first = (t % row_tasks * extent.0, t / row_tasks * extent.1);
                 // SAFETY: the tasks' tiles are disjoint parts of `dst`, which holds m × n elements.
-                unsafe { tile(kernel, (&a, &b), dst, (m, n, k), (rows, columns), start) }
+                unsafe { tile(kernel, (&a, &b), dst, (m, n, k), first, extent, start) }
             };
             if parallel {
                 (0..tasks).into_par_iter().for_each(task);
@@ -438,21 +439,33 @@ pub(in crate::fused) fn native() -> bool {
     Kernel::detect() != Kernel::Portable
 }
 
-/// The task whose outputs start at `(rows, columns)`: up to [`MC`] × [`NC`] of them, each block
-/// of the inner dimension in turn, every micro tile of the task per block.
+/// How many of `len` rows (or columns) each task takes: at most `most`, a multiple of
+/// `multiple` (which `most` is), and as even a split as those allow. 768 columns are two tasks
+/// of 384, not 512 and 256: with tasks of two sizes, the thread that draws the last large one
+/// finishes the product alone (one of two threads idle about a tenth of the time in roberta-base
+/// bf16 inference: docs/BENCHMARKS.md).
+fn task_extent(len: usize, most: usize, multiple: usize) -> usize {
+    let tasks = len.div_ceil(most).max(1);
+    len.div_ceil(tasks).next_multiple_of(multiple)
+}
+
+/// The task whose outputs start at `(rows, columns)`: up to `extent` of them (rows, columns),
+/// each block of the inner dimension in turn, every micro tile of the task per block.
 ///
 /// # Safety
-/// `dst` must hold m × n elements, and no other task may write this task's tile.
+/// `dst` must hold m × n elements, and no other task may write this task's tile; `columns`
+/// must be a multiple of [`NR`] and `rows` of [`MR`] (where the packed panels start).
 unsafe fn tile(
     kernel: Kernel,
     (a, b): (&Packed, &Packed),
     dst: Shared,
     (m, n, k): (usize, usize, usize),
     (rows, columns): (usize, usize),
+    extent: (usize, usize),
     start: Start,
 ) {
-    let row_end = (rows + MC).min(m);
-    let column_end = (columns + NC).min(n);
+    let row_end = (rows + extent.0).min(m);
+    let column_end = (columns + extent.1).min(n);
     for (block, first) in (0..k).step_by(KC).enumerate() {
         let pairs = block_pairs(first, k);
         for column in (columns..column_end).step_by(NR) {
@@ -842,6 +855,27 @@ mod tests {
         assert_eq!(bf16_bits(-2.0), 0xc000);
         assert!(f32::from_bits((bf16_bits(f32::NAN) as u32) << 16).is_nan());
         assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
+    }
+
+    /// Tasks split a dimension as evenly as their multiple allows, never above the most, in
+    /// no more tasks than the most would take.
+    #[test]
+    fn tasks_split_a_dimension_evenly() {
+        assert_eq!(task_extent(768, NC, NR), 384);
+        assert_eq!(task_extent(3072, NC, NR), 512);
+        assert_eq!(task_extent(2304, NC, NR), 480);
+        assert_eq!(task_extent(1200, MC, MR), 96);
+        assert_eq!(task_extent(100, MC, MR), 60);
+        for len in 1..3000 {
+            for (most, multiple) in [(MC, MR), (NC, NR)] {
+                let extent = task_extent(len, most, multiple);
+                assert!(
+                    extent <= most && extent.is_multiple_of(multiple),
+                    "{len}: {extent}"
+                );
+                assert_eq!(len.div_ceil(extent), len.div_ceil(most), "{len}: {extent}");
+            }
+        }
     }
 
     /// Every edge at once: rows and columns not whole tiles or tasks, an odd inner dimension
