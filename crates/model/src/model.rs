@@ -809,6 +809,14 @@ mod tests {
         assert!(worst(&fused) < 1e-5, "fused: {}", worst(&fused));
     }
 
+    /// The tiny preset without dropout, so that two forward passes give the same outputs.
+    fn tiny_without_dropout() -> RobertaConfig {
+        let mut config = RobertaConfig::preset("tiny", 50).unwrap();
+        config.hidden_dropout_prob = 0.0;
+        config.attention_probs_dropout_prob = 0.0;
+        config
+    }
+
     /// Token ids and attention mask of rows of `lengths` real tokens (`<s>`, ids below 43,
     /// `</s>`) padded to `seq`, row-major.
     fn padded_rows(lengths: &[usize], seq: usize) -> (Vec<i64>, Vec<i64>) {
@@ -858,9 +866,7 @@ mod tests {
             .unwrap_or_else(|e| e.into_inner());
         let device = Device::flex().autodiff();
         device.seed(7);
-        let mut config = RobertaConfig::preset("tiny", 50).unwrap();
-        config.hidden_dropout_prob = 0.0;
-        config.attention_probs_dropout_prob = 0.0;
+        let config = tiny_without_dropout();
         let model = RobertaForSequenceClassification::new(&config, &device);
         let seq = 9;
         // The longest row filling the batch, then two padded columns that can be cut.
@@ -959,9 +965,7 @@ mod tests {
             .unwrap_or_else(|e| e.into_inner());
         let device = Device::flex().autodiff();
         device.seed(11);
-        let mut config = RobertaConfig::preset("tiny", 50).unwrap();
-        config.hidden_dropout_prob = 0.0;
-        config.attention_probs_dropout_prob = 0.0;
+        let config = tiny_without_dropout();
         let model = crate::RobertaForMaskedLM::new(&config, &device);
         let (batch, seq) = (3, 8);
         let (ids, mask) = padded_rows(&[5, 3, 4], seq);
