@@ -61,7 +61,7 @@ torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(tor
 export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
 
 step 30 "machine" bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc;
-    lscpu | grep -E "^(Vendor ID|Model name|CPU family|Model|L1d|L2|L3)"; grep -o -w -E "avx512f|avx512_bf16|avx512_fp16|amx_bf16|amx_tile" /proc/cpuinfo | sort -u | tr "\n" " "; echo;
+    lscpu | grep -E "^(Vendor ID|Model name|CPU family|Model|Thread|Core|Socket|NUMA node|L1d|L2|L3|CPU max MHz)"; grep -o -w -E "avx512f|avx512_bf16|avx512_fp16|amx_bf16|amx_tile" /proc/cpuinfo | sort -u | tr "\n" " "; echo;
     python3 -c "import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__, \"cuda\", torch.cuda.is_available())";
     ls /usr/local/nvidia/share/vulkan/icd.d/ 2>&1; ldd '"$xtask"' | grep -i "not found"'
 
@@ -92,21 +92,75 @@ sampled() { # sampled LIMIT NAME COMMAND...
     say "GPU utilisation: mean $(awk '{ s += $1; n++ } END { printf "%.0f%% over %d samples", s / n, n }' /tmp/util.txt)"
 }
 if [ "$mode" = cpu ]; then
-    cpu() { # cpu LIMIT FLAGS: `bench model` on cores 0 and 1, PyTorch on the CPU beside it
+    # Two CPUs on distinct physical cores for each group (the first thread of each core: with
+    # SMT, CPUs 0 and 1 can be one core's two threads, which would halve both sides' second
+    # thread). The sixteen rows do not fit one lease in turn, so they run as four groups at
+    # once, each on its own two cores: a row's two sides still share one run and its neighbours.
+    mapfile -t firsts < <(lscpu -p=CPU,CORE,SOCKET | grep -v '^#' | awk -F, '!seen[$2 "," $3]++ { print $1 }')
+    groups=$((${#firsts[@]} / 2))
+    [ "$groups" -gt 4 ] && groups=4
+    [ "$groups" -lt 1 ] && groups=1
+    say "first CPU of each physical core: ${firsts[*]}; $groups groups"
+    # perf from the CPU machine (.gpu/perf.tar.xz: the binary and the libraries the GPU
+    # machine lacks), for the profile of the rows below 1.2x; skipped where it does not run.
+    perf=""
+    if [ -f .gpu/perf.tar.xz ] && mkdir -p /tmp/perf && tar -xJf .gpu/perf.tar.xz -C /tmp/perf &&
+        LD_LIBRARY_PATH=/tmp/perf/lib /tmp/perf/perf --version >>"$log" 2>&1; then
+        perf="env LD_LIBRARY_PATH=/tmp/perf/lib /tmp/perf/perf"
+    fi
+    cpu() { # cpu LIMIT FLAGS: `bench model` on this group's two cores, PyTorch beside it
         local limit=$1
         shift
-        step "$limit" "cpu bench $*" taskset -c 0,1 "$xtask" bench model "$@" --lengths tweets \
-            --threads 1,2 --python python3
+        step "$limit" "cpu bench $* (CPUs $cpus)" taskset -c "$cpus" "$xtask" bench model "$@" \
+            --lengths tweets --threads 1,2 --python "${PYTHON:-python3}"
     }
-    cpu 150 --train --shapes small --iters 20
-    cpu 100 --shapes small --iters 40
-    cpu 200 --train --shapes base --iters 4
-    cpu 120 --shapes base --iters 6
-    # Mixed precision against PyTorch's CPU autocast, where time is left.
-    cpu 150 --train --dtype bf16 --shapes small --iters 20
-    cpu 100 --dtype bf16 --shapes small --iters 40
-    cpu 200 --train --dtype bf16 --shapes base --iters 4
-    cpu 120 --dtype bf16 --shapes base --iters 6
+    profile() { # profile SECONDS THREADS FLAGS: where one side's time goes, by symbol
+        local seconds=$1 threads=$2
+        shift 2
+        [ -n "$perf" ] || return
+        step $((seconds + 30)) "profile $* on $threads thread(s)" bash -c '
+            RAYON_NUM_THREADS='"$threads"' '"$perf"' record -q -D 8000 -e cpu-clock -F 499 -o /tmp/perf-$$.data -- \
+                timeout -s INT '"$seconds"' taskset -c '"$cpus"' '"$xtask"' bench model-worker \
+                --lengths tweets --iters 100000 "$@" >/dev/null # stopped by the timeout
+            '"$perf"' report -i /tmp/perf-$$.data --no-children --sort sym --stdio 2>/dev/null |
+                grep -v "^#" | grep -v "^$" | head -40' _ "$@"
+    }
+    group() { # group N: one quarter of the rows, on two cores of its own, logged apart
+        local n=$1
+        local first=$(((n * 2) % (${#firsts[@]} > 1 ? ${#firsts[@]} : 1)))
+        cpus="${firsts[$first]},${firsts[$((first + 1))]:-${firsts[$first]}}"
+        log="$out/group-$n.log"
+        : >"$log"
+        case $n in
+        0)
+            cpu 330 --train --shapes base --iters 4
+            cpu 100 --shapes small --iters 40
+            ;;
+        1)
+            cpu 150 --shapes base --iters 6
+            cpu 150 --train --shapes small --iters 20
+            profile 30 1 --shape small --train
+            profile 30 1 --shape base
+            ;;
+        2)
+            cpu 330 --train --dtype bf16 --shapes base --iters 4
+            cpu 100 --dtype bf16 --shapes small --iters 40
+            ;;
+        3)
+            cpu 150 --dtype bf16 --shapes base --iters 6
+            cpu 150 --train --dtype bf16 --shapes small --iters 20
+            profile 30 1 --shape base --dtype bf16
+            profile 30 2 --shape small --train
+            ;;
+        esac
+    }
+    if [ "$groups" -ge 4 ]; then
+        for n in 0 1 2 3; do group "$n" & done
+        wait
+    else # too few cores to keep the groups apart: in turn, the f32 rows first
+        for n in 0 1 2 3; do (group "$n"); done
+    fi
+    log="$out/gpu.log"
     say "done after $SECONDS s"
     exit 0
 fi
