@@ -94,13 +94,14 @@ sampled() { # sampled LIMIT NAME COMMAND...
 if [ "$mode" = cpu ]; then
     # Two CPUs on distinct physical cores for each group (the first thread of each core: with
     # SMT, CPUs 0 and 1 can be one core's two threads, which would halve both sides' second
-    # thread). The sixteen rows do not fit one lease in turn, so they run as four groups at
-    # once, each on its own two cores: a row's two sides still share one run and its neighbours.
+    # thread). The sixteen rows take about 25 minutes in turn, more than a lease, so they run in
+    # up to eight groups at once, each on two cores of its own: a row's two sides still share
+    # one run and its neighbours. Each row is its own step (one thread count), so a time limit
+    # costs one row, not two.
     mapfile -t firsts < <(lscpu -p=CPU,CORE,SOCKET | grep -v '^#' | awk -F, '!seen[$2 "," $3]++ { print $1 }')
     groups=$((${#firsts[@]} / 2))
-    [ "$groups" -gt 4 ] && groups=4
-    [ "$groups" -lt 1 ] && groups=1
-    say "first CPU of each physical core: ${firsts[*]}; $groups groups"
+    [ "$groups" -gt 8 ] && groups=8
+    say "first CPU of each physical core: ${firsts[*]}; $groups groups at once"
     # perf from the CPU machine (.gpu/perf.tar.xz: the binary and the libraries the GPU
     # machine lacks), for the profile of the rows below 1.2x; skipped where it does not run.
     perf=""
@@ -108,11 +109,11 @@ if [ "$mode" = cpu ]; then
         LD_LIBRARY_PATH=/tmp/perf/lib /tmp/perf/perf --version >>"$log" 2>&1; then
         perf="env LD_LIBRARY_PATH=/tmp/perf/lib /tmp/perf/perf"
     fi
-    cpu() { # cpu LIMIT FLAGS: `bench model` on this group's two cores, PyTorch beside it
-        local limit=$1
-        shift
-        step "$limit" "cpu bench $* (CPUs $cpus)" taskset -c "$cpus" "$xtask" bench model "$@" \
-            --lengths tweets --threads 1,2 --python "${PYTHON:-python3}"
+    cpu() { # cpu LIMIT THREADS FLAGS: one row of `bench model` on this group's cores
+        local limit=$1 threads=$2
+        shift 2
+        step "$limit" "cpu bench $* --threads $threads (CPUs $cpus)" taskset -c "$cpus" "$xtask" \
+            bench model "$@" --lengths tweets --threads "$threads" --python "${PYTHON:-python3}"
     }
     profile() { # profile SECONDS THREADS FLAGS: where one side's time goes, by symbol
         local seconds=$1 threads=$2
@@ -125,42 +126,54 @@ if [ "$mode" = cpu ]; then
             '"$perf"' report -i /tmp/perf-$$.data --no-children --sort sym --stdio 2>/dev/null |
                 grep -v "^#" | grep -v "^$" | head -40' _ "$@"
     }
-    group() { # group N: one quarter of the rows, on two cores of its own, logged apart
-        local n=$1
-        local first=$(((n * 2) % (${#firsts[@]} > 1 ? ${#firsts[@]} : 1)))
-        cpus="${firsts[$first]},${firsts[$((first + 1))]:-${firsts[$first]}}"
-        log="$out/group-$n.log"
-        : >"$log"
-        case $n in
-        0)
-            cpu 330 --train --shapes base --iters 4
-            cpu 100 --shapes small --iters 40
+    # One group's rows: roberta-base training a row per group (the longest, 3-4 minutes each on
+    # an Intel Xeon at 2 GHz), the rest two or four rows per group, then the profiles.
+    rows() { # rows N
+        case $1 in
+        0) cpu 420 1 --train --shapes base --iters 4 ;;
+        1) cpu 420 2 --train --shapes base --iters 4 ;;
+        2) cpu 420 1 --train --dtype bf16 --shapes base --iters 4 ;;
+        3) cpu 420 2 --train --dtype bf16 --shapes base --iters 4 ;;
+        4)
+            cpu 200 1 --shapes base --iters 6
+            cpu 200 2 --shapes base --iters 6
             ;;
-        1)
-            cpu 150 --shapes base --iters 6
-            cpu 150 --train --shapes small --iters 20
-            profile 30 1 --shape small --train
+        5)
+            cpu 200 1 --dtype bf16 --shapes base --iters 6
+            cpu 200 2 --dtype bf16 --shapes base --iters 6
+            ;;
+        6)
+            cpu 120 1 --train --shapes small --iters 20
+            cpu 120 2 --train --shapes small --iters 20
+            cpu 90 1 --shapes small --iters 40
+            cpu 90 2 --shapes small --iters 40
             profile 30 1 --shape base
             ;;
-        2)
-            cpu 330 --train --dtype bf16 --shapes base --iters 4
-            cpu 100 --dtype bf16 --shapes small --iters 40
-            ;;
-        3)
-            cpu 150 --dtype bf16 --shapes base --iters 6
-            cpu 150 --train --dtype bf16 --shapes small --iters 20
+        7)
+            cpu 120 1 --train --dtype bf16 --shapes small --iters 20
+            cpu 120 2 --train --dtype bf16 --shapes small --iters 20
+            cpu 90 1 --dtype bf16 --shapes small --iters 40
+            cpu 90 2 --dtype bf16 --shapes small --iters 40
             profile 30 1 --shape base --dtype bf16
-            profile 30 2 --shape small --train
             ;;
         esac
     }
-    if [ "$groups" -ge 4 ]; then
-        for n in 0 1 2 3; do group "$n" & done
-        wait
-    else # too few cores to keep the groups apart: in turn, the f32 rows first
-        for n in 0 1 2 3; do (group "$n"); done
-    fi
+    group() { # group G: the rows N ≡ G (mod groups), on two cores of its own, logged apart
+        local g=$1 n
+        cpus="${firsts[$((g * 2))]},${firsts[$((g * 2 + 1))]:-${firsts[$((g * 2))]}}"
+        log="$out/group-$g.log"
+        : >"$log"
+        for n in 6 4 0 2 7 5 1 3; do # the f32 rows first where groups run in turn
+            [ $((n % groups)) = "$g" ] && rows "$n"
+        done
+    }
+    [ "$groups" -ge 1 ] || groups=1
+    for ((g = 0; g < groups; g++)); do group "$g" & done
+    wait
     log="$out/gpu.log"
+    for ((g = 0; g < groups; g++)); do # one file back, where few may come back
+        cat "$out/group-$g.log" >>"$log" && rm "$out/group-$g.log"
+    done
     say "done after $SECONDS s"
     exit 0
 fi
