@@ -349,7 +349,8 @@ pub struct TrainerOptions {
     pub report_to: Vec<String>,
     /// Mixed precision on the CPU backend (the Trainer's bf16): the linear layers' products
     /// from bf16 operands with f32 sums, everything else f32, in training and evaluation.
-    /// Fast on CPUs with AVX512-BF16; elsewhere the same numbers, more slowly.
+    /// Fast on CPUs with AVX512-BF16 and no AMX; elsewhere the same numbers, more slowly
+    /// (a warning says so).
     #[arg(long)]
     pub bf16: bool,
 }
@@ -369,11 +370,16 @@ pub struct RunFolderOptions {
     pub quiet: bool,
 }
 
-/// The library's run options from the batching and Trainer flags.
+/// The library's run options from the batching and Trainer flags; warns where `--bf16` is
+/// likely slower than f32 on this CPU (train.log says the same).
 pub fn run_options(
     batching: &BatchingOptions,
     trainer: &TrainerOptions,
 ) -> sentiment_train::RunOptions {
+    let support = roberta_burn::autocast::Bf16Support::detect();
+    if trainer.bf16 && support.slower_than_f32() {
+        eprintln!("warning: --bf16: {}", support.describe());
+    }
     sentiment_train::RunOptions {
         padding: batching.padding(),
         group_by_length: batching.group_by_length,
@@ -553,7 +559,7 @@ pub struct PredictArgs {
     pub pad_to_max_length: bool,
     /// Mixed precision on the CPU backend, as training's --bf16: the linear layers' products
     /// from bf16 operands with f32 sums, each weight packed once (fast on CPUs with
-    /// AVX512-BF16). Other backends compute in their device's float type.
+    /// AVX512-BF16 and no AMX). Other backends compute in their device's float type.
     #[arg(long)]
     pub bf16: bool,
     /// The backend and device.

@@ -59,11 +59,9 @@ impl TryFrom<PredictArgs> for Predict {
                  their device's float type"
             );
         }
-        if args.bf16 && !roberta_burn::autocast::bf16_native() {
-            eprintln!(
-                "warning: this CPU has no AVX512-BF16: --bf16 gives the same numbers as on one \
-                 that has it, at f32 speed or below"
-            );
+        let support = roberta_burn::autocast::Bf16Support::detect();
+        if args.bf16 && support.slower_than_f32() {
+            eprintln!("warning: --bf16: {}", support.describe());
         }
         Ok(Self {
             tokenizer: args.tokenizer.clone().unwrap_or_else(|| args.model.clone()),

@@ -4,7 +4,8 @@
 //! operation (layer norm, softmax, GELU, the attention scores) stay f32. On a CPU with
 //! AVX512-BF16 (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on) a bf16 product does
 //! twice the multiply-adds per instruction of an f32 one; elsewhere the same rounding gives
-//! the same results more slowly ([`bf16_native`]).
+//! the same results more slowly. Not every such CPU runs it faster than f32: [`Bf16Support`]
+//! says which.
 //!
 //! PyTorch's autocast also rounds the products' outputs, and what reads them, to bf16; here
 //! only the products' operands are rounded, so a run is at least as close to f32 as PyTorch's.
@@ -92,11 +93,56 @@ pub(crate) fn reuses_weights() -> bool {
     REUSE_WEIGHTS.with(Cell::get) > 0
 }
 
-/// Whether this CPU multiplies bf16 natively (AVX512-BF16), so that [`bf16`] is faster than f32
-/// here; without it mixed precision computes the same numbers, more slowly.
-pub fn bf16_native() -> bool {
-    #[cfg(feature = "flex")]
-    return crate::fused::bf16_native();
-    #[cfg(not(feature = "flex"))]
-    false
+/// How this CPU runs the products of [`bf16`] on the CPU backend, and so whether mixed
+/// precision is faster here than f32 (docs/BENCHMARKS.md measures both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Support {
+    /// AVX512-BF16's `vdpbf16ps` (AMD Zen 4 on, Intel Cooper Lake): twice an f32 FMA's
+    /// multiply-adds per instruction; faster than f32 (1.6x in roberta-base inference on an
+    /// AMD EPYC Zen 5).
+    Native,
+    /// AVX512-BF16 on a CPU with AMX tiles (Intel Xeon from Sapphire Rapids on), which these
+    /// kernels do not use and PyTorch's autocast does: on the Intel Xeon measured our bf16 ran
+    /// at 0.46-0.76x our own f32 speed, so f32 is likely the faster choice here.
+    AmxUnused,
+    /// No AVX512-BF16: a portable kernel, the same numbers at f32 speed or below.
+    Portable,
+}
+
+impl Bf16Support {
+    /// This CPU's, as the CPU backend's products will run (`Portable` in builds without it).
+    pub fn detect() -> Self {
+        #[cfg(feature = "flex")]
+        return match crate::fused::bf16_cpu() {
+            (false, _) => Self::Portable,
+            (true, false) => Self::Native,
+            (true, true) => Self::AmxUnused,
+        };
+        #[cfg(not(feature = "flex"))]
+        Self::Portable
+    }
+
+    /// Whether f32 is likely faster than [`bf16`] here, for a warning where a user asks for it.
+    pub fn slower_than_f32(self) -> bool {
+        self != Self::Native
+    }
+
+    /// One line on what `bf16` does on this CPU, for logs and warnings.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Native => {
+                "bf16 mixed precision: the linear layers' products from bf16 operands \
+                 (AVX512-BF16)"
+            }
+            Self::AmxUnused => {
+                "bf16 mixed precision from AVX512-BF16 on a CPU with AMX, which our kernels do \
+                 not use: on the Intel Xeon measured it ran at 0.46-0.76x f32's speed \
+                 (docs/BENCHMARKS.md); f32 is likely faster here"
+            }
+            Self::Portable => {
+                "bf16 mixed precision on a CPU without AVX512-BF16: the same numbers as with \
+                 it, at f32 speed or below"
+            }
+        }
+    }
 }

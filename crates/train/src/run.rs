@@ -461,13 +461,7 @@ where
     if settings.run.bf16 {
         log(
             run_dir,
-            if roberta_burn::autocast::bf16_native() {
-                "bf16 mixed precision: the linear layers' products from bf16 operands \
-                 (AVX512-BF16)"
-            } else {
-                "bf16 mixed precision on a CPU without AVX512-BF16: the same numbers as with \
-                 it, at f32 speed or below"
-            },
+            roberta_burn::autocast::Bf16Support::detect().describe(),
         )?;
     }
 

@@ -437,11 +437,11 @@ pub(crate) fn reuse_packed_weights(reuse: bool) {
     let _ = reuse;
 }
 
-/// Whether this CPU runs the CPU backend's bf16 products natively (see
-/// [`crate::autocast::bf16_native`]).
+/// Whether this CPU runs the CPU backend's bf16 products natively, and whether it has AMX
+/// tiles that they leave unused (see [`crate::autocast::Bf16Support`]).
 #[cfg(feature = "flex")]
-pub(crate) fn bf16_native() -> bool {
-    flex::bf16_gemm::native()
+pub(crate) fn bf16_cpu() -> (bool, bool) {
+    (flex::bf16_gemm::native(), flex::bf16_gemm::amx())
 }
 
 /// Runs `f` on a thread of the current rayon pool when `device` is the CPU backend's and this

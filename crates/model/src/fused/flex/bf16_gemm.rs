@@ -433,10 +433,20 @@ impl Kernel {
     }
 }
 
-/// Whether this CPU multiplies bf16 operands natively (AVX512-BF16), where mixed precision is
-/// faster than f32; elsewhere the portable kernel gives the same results more slowly.
+/// Whether this CPU multiplies bf16 operands natively (AVX512-BF16); elsewhere the portable
+/// kernel gives the same results more slowly.
 pub(in crate::fused) fn native() -> bool {
     Kernel::detect() != Kernel::Portable
+}
+
+/// Whether this CPU has AMX's bf16 tile products (CPUID leaf 7, EDX bit 22: Intel Xeon from
+/// Sapphire Rapids on), which these kernels do not use and PyTorch's oneDNN does. Read from
+/// CPUID because `is_x86_feature_detected!("amx-bf16")` is not stable Rust.
+pub(in crate::fused) fn amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::x86_64::__cpuid_count(7, 0).edx >> 22 & 1 == 1;
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// How many of `len` rows (or columns) each task takes: at most `most`, a multiple of
@@ -962,6 +972,26 @@ mod tests {
             *rhs.start
                 .offset(row as isize * rhs.row_stride + column as isize * rhs.column_stride)
         }
+    }
+
+    /// The AMX bit read from CPUID is the kernel's own `amx_bf16` flag, where Linux lists the
+    /// flags of the CPU this test runs on (under qemu-user's emulation it lists the host's).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_is_what_the_kernel_reports() {
+        let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+            eprintln!("skipped: no /proc/cpuinfo");
+            return;
+        };
+        let flags = cpuinfo.lines().find(|line| line.starts_with("flags")).unwrap_or("");
+        let listed = |flag: &str| flags.split_whitespace().any(|listed| listed == flag);
+        if listed("avx2") != std::is_x86_feature_detected!("avx2")
+            || listed("avx512f") != std::is_x86_feature_detected!("avx512f")
+        {
+            eprintln!("skipped: /proc/cpuinfo is another CPU's (emulation)");
+            return;
+        }
+        assert_eq!(amx(), listed("amx_bf16"));
     }
 
     /// The native packing gives the portable packing's words, for operands contiguous along
