@@ -98,8 +98,8 @@ pub(crate) fn reuses_weights() -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Support {
     /// AVX512-BF16's `vdpbf16ps` (AMD Zen 4 on, Intel Cooper Lake): twice an f32 FMA's
-    /// multiply-adds per instruction; faster than f32 (1.6x in roberta-base inference on an
-    /// AMD EPYC Zen 5).
+    /// multiply-adds per instruction; faster than f32 (roberta-base inference at 1.4-1.5x on
+    /// an AMD EPYC Zen 5).
     Native,
     /// AVX512-BF16 on a CPU with AMX tiles (Intel Xeon from Sapphire Rapids on), which these
     /// kernels do not use and PyTorch's autocast does: on the Intel Xeon measured our bf16 ran
