@@ -983,7 +983,10 @@ mod tests {
             eprintln!("skipped: no /proc/cpuinfo");
             return;
         };
-        let flags = cpuinfo.lines().find(|line| line.starts_with("flags")).unwrap_or("");
+        let flags = cpuinfo
+            .lines()
+            .find(|line| line.starts_with("flags"))
+            .unwrap_or("");
         let listed = |flag: &str| flags.split_whitespace().any(|listed| listed == flag);
         if listed("avx2") != std::is_x86_feature_detected!("avx2")
             || listed("avx512f") != std::is_x86_feature_detected!("avx512f")
