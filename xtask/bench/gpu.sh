@@ -94,13 +94,14 @@ sampled() { # sampled LIMIT NAME COMMAND...
 if [ "$mode" = cpu ]; then
     # Two CPUs on distinct physical cores for each group (the first thread of each core: with
     # SMT, CPUs 0 and 1 can be one core's two threads, which would halve both sides' second
-    # thread). The sixteen rows take about 25 minutes in turn, more than a lease, so they run in
+    # thread). The sixteen rows take about half an hour in turn, more than a lease, so they run in
     # up to eight groups at once, each on two cores of its own: a row's two sides still share
     # one run and its neighbours. Each row is its own step (one thread count), so a time limit
     # costs one row, not two.
     mapfile -t firsts < <(lscpu -p=CPU,CORE,SOCKET | grep -v '^#' | awk -F, '!seen[$2 "," $3]++ { print $1 }')
     groups=$((${#firsts[@]} / 2))
     [ "$groups" -gt 8 ] && groups=8
+    [ "$groups" -ge 1 ] || groups=1
     say "first CPU of each physical core: ${firsts[*]}; $groups groups at once"
     # perf from the CPU machine (.gpu/perf.tar.xz: the binary and the libraries the GPU
     # machine lacks), for the profile of the rows below 1.2x; skipped where it does not run.
@@ -127,7 +128,8 @@ if [ "$mode" = cpu ]; then
                 grep -v "^#" | grep -v "^$" | head -40' _ "$@"
     }
     # One group's rows: roberta-base training a row per group (the longest, 3-4 minutes each on
-    # an Intel Xeon at 2 GHz), the rest two or four rows per group, then the profiles.
+    # the Intel Xeon of docs/BENCHMARKS.md), the rest two or four rows per group, then the
+    # profiles.
     rows() { # rows N
         case $1 in
         0) cpu 420 1 --train --shapes base --iters 4 ;;
@@ -167,7 +169,6 @@ if [ "$mode" = cpu ]; then
             [ $((n % groups)) = "$g" ] && rows "$n"
         done
     }
-    [ "$groups" -ge 1 ] || groups=1
     for ((g = 0; g < groups; g++)); do group "$g" & done
     wait
     log="$out/gpu.log"
