@@ -349,8 +349,8 @@ pub struct TrainerOptions {
     pub report_to: Vec<String>,
     /// Mixed precision on the CPU backend (the Trainer's bf16): the linear layers' products
     /// from bf16 operands with f32 sums, everything else f32, in training and evaluation.
-    /// Fast on CPUs with AVX512-BF16 and no AMX; elsewhere the same numbers, more slowly
-    /// (a warning says so).
+    /// Faster than f32 on CPUs with AVX512-BF16 and no AMX; elsewhere about as fast (a note
+    /// says so).
     #[arg(long)]
     pub bf16: bool,
 }
@@ -370,15 +370,15 @@ pub struct RunFolderOptions {
     pub quiet: bool,
 }
 
-/// The library's run options from the batching and Trainer flags; warns where `--bf16` is
-/// likely slower than f32 on this CPU (train.log says the same).
+/// The library's run options from the batching and Trainer flags; notes where `--bf16` is no
+/// faster than f32 on this CPU (train.log says the same).
 pub fn run_options(
     batching: &BatchingOptions,
     trainer: &TrainerOptions,
 ) -> sentiment_train::RunOptions {
     let support = roberta_burn::autocast::Bf16Support::detect();
-    if trainer.bf16 && support.slower_than_f32() {
-        eprintln!("warning: --bf16: {}", support.describe());
+    if trainer.bf16 && !support.faster_than_f32() {
+        eprintln!("note: --bf16: {}", support.describe());
     }
     sentiment_train::RunOptions {
         padding: batching.padding(),
@@ -513,6 +513,27 @@ pub enum BackendFlag {
     TchCuda,
 }
 
+/// How the CPU backend's bf16 products run (`bench model-worker --bf16-products`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Bf16ProductsFlag {
+    /// AVX512-BF16's `vdpbf16ps` (refused on a CPU without it).
+    Native,
+    /// `vdpbf16ps`'s order of sums in plain Rust.
+    Portable,
+    /// f32 products of the bf16-rounded operands.
+    RoundedF32,
+}
+
+impl From<Bf16ProductsFlag> for roberta_burn::Bf16Products {
+    fn from(flag: Bf16ProductsFlag) -> Self {
+        match flag {
+            Bf16ProductsFlag::Native => Self::Native,
+            Bf16ProductsFlag::Portable => Self::Portable,
+            Bf16ProductsFlag::RoundedF32 => Self::RoundedF32,
+        }
+    }
+}
+
 /// `--dtype`: the float type of parameters and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DTypeFlag {
@@ -558,7 +579,7 @@ pub struct PredictArgs {
     #[arg(long)]
     pub pad_to_max_length: bool,
     /// Mixed precision on the CPU backend, as training's --bf16: the linear layers' products
-    /// from bf16 operands with f32 sums, each weight packed once (fast on CPUs with
+    /// from bf16 operands with f32 sums, each weight packed once (faster than f32 on CPUs with
     /// AVX512-BF16 and no AMX). Other backends compute in their device's float type.
     #[arg(long)]
     pub bf16: bool,
@@ -680,6 +701,9 @@ pub struct ModelWorkerArgs {
     /// under autodiff) instead of the fused kernels, the CPU backend's or libtorch's (A/B).
     #[arg(long)]
     pub composed_attention: bool,
+    /// How `--dtype bf16`'s products run on the CPU backend (A/B; default: as this CPU's do).
+    #[arg(long, value_enum)]
+    pub bf16_products: Option<Bf16ProductsFlag>,
     /// A JSON list of row lengths (an epoch): `--iters` batches spread over it are timed
     /// instead of `--iters` copies of one full batch.
     #[arg(long)]

@@ -60,8 +60,8 @@ impl TryFrom<PredictArgs> for Predict {
             );
         }
         let support = roberta_burn::autocast::Bf16Support::detect();
-        if args.bf16 && support.slower_than_f32() {
-            eprintln!("warning: --bf16: {}", support.describe());
+        if args.bf16 && !support.faster_than_f32() {
+            eprintln!("note: --bf16: {}", support.describe());
         }
         Ok(Self {
             tokenizer: args.tokenizer.clone().unwrap_or_else(|| args.model.clone()),

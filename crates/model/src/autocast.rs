@@ -3,9 +3,10 @@
 //! to bf16 and sum the products in f32; parameters, activations, gradients and every other
 //! operation (layer norm, softmax, GELU, the attention scores) stay f32. On a CPU with
 //! AVX512-BF16 (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on) a bf16 product does
-//! twice the multiply-adds per instruction of an f32 one; elsewhere the same rounding gives
-//! the same results more slowly. Not every such CPU runs it faster than f32: [`Bf16Support`]
-//! says which.
+//! twice the multiply-adds per instruction of an f32 one; elsewhere, and on CPUs with AMX
+//! (whose `vdpbf16ps` ran slower than f32), the products are f32 products of the rounded
+//! operands: the same numbers up to the order of the sums, at about f32's speed
+//! ([`Bf16Support`] says which).
 //!
 //! PyTorch's autocast also rounds the products' outputs, and what reads them, to bf16; here
 //! only the products' operands are rounded, so a run is at least as close to f32 as PyTorch's.
@@ -102,32 +103,35 @@ pub enum Bf16Support {
     /// an AMD EPYC Zen 5).
     Native,
     /// AVX512-BF16 on a CPU with AMX tiles (Intel Xeon from Sapphire Rapids on), which these
-    /// kernels do not use and PyTorch's autocast does: on the Intel Xeon measured our bf16 ran
-    /// at 0.46-0.76x our own f32 speed, so f32 is likely the faster choice here.
+    /// kernels do not use and PyTorch's autocast does. On the Intel Xeon measured,
+    /// `vdpbf16ps` products ran at 0.46-0.76x our own f32 speed, so here the products are f32
+    /// products of the bf16-rounded operands: the same numbers up to the order of the sums,
+    /// at about f32's speed.
     AmxUnused,
-    /// No AVX512-BF16: a portable kernel, the same numbers at f32 speed or below.
-    Portable,
+    /// No AVX512-BF16: f32 products of the bf16-rounded operands, as with [`Self::AmxUnused`].
+    NoAvx512Bf16,
 }
 
 impl Bf16Support {
-    /// This CPU's, as the CPU backend's products will run (`Portable` in builds without it).
+    /// This CPU's (`NoAvx512Bf16` in builds without the CPU backend).
     pub fn detect() -> Self {
         #[cfg(feature = "flex")]
         return match crate::fused::bf16_cpu() {
-            (false, _) => Self::Portable,
+            (false, _) => Self::NoAvx512Bf16,
             (true, false) => Self::Native,
             (true, true) => Self::AmxUnused,
         };
         #[cfg(not(feature = "flex"))]
-        Self::Portable
+        Self::NoAvx512Bf16
     }
 
-    /// Whether f32 is likely faster than [`bf16`] here, for a warning where a user asks for it.
-    pub fn slower_than_f32(self) -> bool {
-        self != Self::Native
+    /// Whether [`bf16`] is faster than f32 here; elsewhere it runs at about f32's speed, which
+    /// a user asking for it is told.
+    pub fn faster_than_f32(self) -> bool {
+        self == Self::Native
     }
 
-    /// One line on what `bf16` does on this CPU, for logs and warnings.
+    /// One line on what `bf16` does on this CPU, for logs and notes.
     pub fn describe(self) -> &'static str {
         match self {
             Self::Native => {
@@ -135,13 +139,13 @@ impl Bf16Support {
                  (AVX512-BF16)"
             }
             Self::AmxUnused => {
-                "bf16 mixed precision from AVX512-BF16 on a CPU with AMX, which our kernels do \
-                 not use: on the Intel Xeon measured it ran at 0.46-0.76x f32's speed \
-                 (docs/BENCHMARKS.md); f32 is likely faster here"
+                "bf16 mixed precision on a CPU with AMX, which our kernels do not use: the \
+                 products are f32 products of the bf16-rounded operands (AVX512-BF16's ran \
+                 slower on the Intel Xeon measured, docs/BENCHMARKS.md), at about f32's speed"
             }
-            Self::Portable => {
-                "bf16 mixed precision on a CPU without AVX512-BF16: the same numbers as with \
-                 it, at f32 speed or below"
+            Self::NoAvx512Bf16 => {
+                "bf16 mixed precision on a CPU without AVX512-BF16: f32 products of the \
+                 bf16-rounded operands, at about f32's speed"
             }
         }
     }

@@ -39,9 +39,11 @@ mod model;
 
 pub use config::RobertaConfig;
 pub use error::ModelError;
-pub use fused::{in_thread_pool, is_flex, is_libtorch};
+#[cfg(all(feature = "bench", feature = "flex"))]
+pub use fused::set_bf16_products;
 #[cfg(feature = "bench")]
-pub use fused::{set_fused_attention, set_fused_ops};
+pub use fused::{Bf16Products, set_fused_attention, set_fused_ops};
+pub use fused::{in_thread_pool, is_flex, is_libtorch};
 
 /// A well-mixed 64-bit hash of `(seed, index)`: SplitMix64's finaliser of
 /// `seed ^ index · 0x9E3779B97F4A7C15`. Counter-based, so the random stream of element or step

@@ -437,11 +437,31 @@ pub(crate) fn reuse_packed_weights(reuse: bool) {
     let _ = reuse;
 }
 
-/// Whether this CPU runs the CPU backend's bf16 products natively, and whether it has AMX
-/// tiles that they leave unused (see [`crate::autocast::Bf16Support`]).
+/// Whether this CPU has AVX512-BF16, and whether it has AMX tiles, which decide how the CPU
+/// backend's bf16 products run (see [`crate::autocast::Bf16Support`]).
 #[cfg(feature = "flex")]
 pub(crate) fn bf16_cpu() -> (bool, bool) {
-    (flex::bf16_gemm::native(), flex::bf16_gemm::amx())
+    (flex::bf16_gemm::avx512_bf16(), flex::bf16_gemm::amx())
+}
+
+/// The ways the CPU backend's bf16 products can run, for A/B benchmarks.
+#[cfg(feature = "bench")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Products {
+    /// AVX512-BF16's `vdpbf16ps`.
+    Native,
+    /// `vdpbf16ps`'s order of sums in plain Rust.
+    Portable,
+    /// f32 products of the bf16-rounded operands (the `gemm` crate's kernels).
+    RoundedF32,
+}
+
+/// Makes the CPU backend's bf16 products run as `kernel` (`None`: as this CPU's do),
+/// process-wide, for A/B benchmarks (`bench model-worker --bf16-products`); false, and nothing
+/// changed, where this CPU cannot run it (`Native` without AVX512-BF16).
+#[cfg(all(feature = "bench", feature = "flex"))]
+pub fn set_bf16_products(kernel: Option<Bf16Products>) -> bool {
+    flex::bf16_gemm::choose(kernel)
 }
 
 /// Runs `f` on a thread of the current rayon pool when `device` is the CPU backend's and this

@@ -59,6 +59,22 @@ fn pair(low: f32, high: f32) -> u32 {
 /// must be readable over their `[m, k]` and `[k, n]` extents.
 pub(super) unsafe fn product(
     dst: *mut f32,
+    dims: (usize, usize, usize),
+    start: Start,
+    lhs: Operand,
+    rhs: Rhs,
+) {
+    // SAFETY: the caller's promise.
+    unsafe { product_with(Kernel::current(), dst, dims, start, lhs, rhs) }
+}
+
+/// [`product`] by `kernel`.
+///
+/// # Safety
+/// As [`product`]'s; `kernel` one this CPU runs, and a packed `rhs` packed for it.
+unsafe fn product_with(
+    kernel: Kernel,
+    dst: *mut f32,
     (m, n, k): (usize, usize, usize),
     start: Start,
     lhs: Operand,
@@ -85,18 +101,28 @@ pub(super) unsafe fn product(
         return;
     }
     let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK;
-    let kernel = Kernel::detect();
+    if let Rhs::Packed(packed) = rhs {
+        assert_eq!(
+            (packed.k, packed.n),
+            (k, n),
+            "bf16 product: packed operand's shape"
+        );
+    }
+    if kernel == Kernel::RoundedF32 {
+        // SAFETY: the caller's promise.
+        let dst = Shared(dst);
+        let product = move || unsafe { rounded_product(dst, (m, n, k), start, lhs, rhs, parallel) };
+        // One pool job, as below.
+        return if parallel {
+            rayon::scope(|_| product())
+        } else {
+            product()
+        };
+    }
     let pairs = k.div_ceil(2);
     let rhs_words = match rhs {
         Rhs::Unpacked(_) => n.div_ceil(NR) * NR * pairs,
-        Rhs::Packed(packed) => {
-            assert_eq!(
-                (packed.k, packed.n),
-                (k, n),
-                "bf16 product: packed operand's shape"
-            );
-            0
-        }
+        Rhs::Packed(_) => 0,
     };
     let lengths = [m.div_ceil(MR) * MR * pairs, rhs_words];
     let dst = Shared(dst);
@@ -124,7 +150,7 @@ pub(super) unsafe fn product(
                     )
                 },
                 Rhs::Packed(packed) => Packed {
-                    words: &packed.words,
+                    words: packed.words(),
                     padded: n.div_ceil(NR) * NR,
                     order: Order::Pairs,
                 },
@@ -176,9 +202,17 @@ pub(super) enum Rhs<'a> {
 /// A `[k, n]` right operand rounded and packed once, as [`product`] packs it, for products
 /// that reuse it (a weight across an evaluation's batches).
 pub(super) struct PackedRhs {
-    words: Vec<u32>,
+    prepared: Prepared,
     k: usize,
     n: usize,
+}
+
+/// A right operand as a kernel reads it.
+enum Prepared {
+    /// Packed in pairs (the bf16 kernels).
+    Words(Vec<u32>),
+    /// Rounded and kept as f32 (its bits), row-major ([`Kernel::RoundedF32`]).
+    Rounded(Vec<u32>),
 }
 
 impl PackedRhs {
@@ -187,18 +221,148 @@ impl PackedRhs {
     /// # Safety
     /// `rhs` must be readable over its `[k, n]` extent.
     pub(super) unsafe fn new(rhs: Operand, k: usize, n: usize) -> Self {
-        let mut words = vec![0; n.div_ceil(NR) * NR * k.div_ceil(2)];
-        // SAFETY: the caller's promise; `words` as `pack` needs.
+        // SAFETY: the caller's promise.
+        unsafe { Self::new_for(Kernel::current(), rhs, k, n) }
+    }
+
+    /// [`PackedRhs::new`] for `kernel`.
+    ///
+    /// # Safety
+    /// As [`PackedRhs::new`]'s.
+    unsafe fn new_for(kernel: Kernel, rhs: Operand, k: usize, n: usize) -> Self {
+        let prepared = if kernel == Kernel::RoundedF32 {
+            let mut bits = vec![0; k * n];
+            // SAFETY: the caller's promise.
+            unsafe { rounded_rows(rhs, k, n, true, &mut bits) };
+            Prepared::Rounded(bits)
+        } else {
+            let mut words = vec![0; n.div_ceil(NR) * NR * k.div_ceil(2)];
+            // SAFETY: the caller's promise; `words` as `pack` needs.
+            unsafe {
+                pack::<NR>(
+                    kernel,
+                    Source::columns(rhs, k, n),
+                    &mut words,
+                    true,
+                    Order::Pairs,
+                )
+            };
+            Prepared::Words(words)
+        };
+        PackedRhs { prepared, k, n }
+    }
+
+    fn words(&self) -> &[u32] {
+        match &self.prepared {
+            Prepared::Words(words) => words,
+            Prepared::Rounded(_) => panic!("bf16 product: an operand rounded for another kernel"),
+        }
+    }
+}
+
+/// [`product`] as f32 products of the operands rounded to bf16 (kept as f32), by the `gemm`
+/// crate's f32 kernels: the products of two bf16 are exact in f32, so this differs from the
+/// bf16 kernels only in the order of the sums.
+///
+/// # Safety
+/// As [`product`]'s.
+unsafe fn rounded_product(
+    dst: Shared,
+    (m, n, k): (usize, usize, usize),
+    start: Start,
+    lhs: Operand,
+    rhs: Rhs,
+    parallel: bool,
+) {
+    let rhs_length = match rhs {
+        Rhs::Unpacked(_) => k * n,
+        Rhs::Packed(_) => 0,
+    };
+    // The rounded copies in the thread's packing buffers, as f32 bits.
+    with_buffers([m * k, rhs_length], |lhs_bits, rhs_bits| {
+        // SAFETY (all): the caller's promise on the operands and `dst`.
+        unsafe { rounded_rows(lhs, m, k, parallel, lhs_bits) };
+        let rhs: &[u32] = match rhs {
+            Rhs::Unpacked(rhs) => {
+                unsafe { rounded_rows(rhs, k, n, parallel, rhs_bits) };
+                rhs_bits
+            }
+            Rhs::Packed(packed) => match &packed.prepared {
+                Prepared::Rounded(bits) => bits,
+                Prepared::Words(_) => panic!("bf16 product: an operand packed for another kernel"),
+            },
+        };
+        let accumulate = match start {
+            Start::Zero => false,
+            Start::Dst => true,
+            Start::Bias(bias) => {
+                for row in 0..m {
+                    unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr(), dst.0.add(row * n), n) };
+                }
+                true
+            }
+        };
+        // An f32 and its bits are the same four bytes.
+        let as_f32 = |bits: &[u32]| Operand {
+            start: bits.as_ptr().cast(),
+            row_stride: 0,
+            column_stride: 1,
+        };
         unsafe {
-            pack::<NR>(
-                Kernel::detect(),
-                Source::columns(rhs, k, n),
-                &mut words,
-                true,
-                Order::Pairs,
+            super::f32_product(
+                dst.0,
+                n,
+                (m, n, k),
+                accumulate,
+                Operand {
+                    row_stride: k as isize,
+                    ..as_f32(lhs_bits)
+                },
+                Operand {
+                    row_stride: n as isize,
+                    ..as_f32(rhs)
+                },
+                1.0,
+                parallel,
             )
         };
-        PackedRhs { words, k, n }
+    });
+}
+
+/// The `[rows, columns]` matrix `operand` rounded to bf16, widened back to f32, row-major into
+/// `out` as f32 bits (`rows × columns` of them); row by row on the rayon pool if `parallel`.
+///
+/// # Safety
+/// `operand` must be readable over its `[rows, columns]` extent.
+unsafe fn rounded_rows(
+    operand: Operand,
+    rows: usize,
+    columns: usize,
+    parallel: bool,
+    out: &mut [u32],
+) {
+    let source = Source::rows(operand, rows, columns);
+    let fill = |(row, out): (usize, &mut [u32])| {
+        if source.inner_stride == 1 {
+            // SAFETY: the caller's promise: the row is `columns` contiguous elements.
+            let values = unsafe { std::slice::from_raw_parts(source.at(row, 0), columns) };
+            for (out, &x) in out.iter_mut().zip(values) {
+                *out = (bf16_bits(x) as u32) << 16;
+            }
+        } else {
+            for (column, out) in out.iter_mut().enumerate() {
+                // SAFETY: the caller's promise.
+                *out = (bf16_bits(unsafe { *source.at(row, column) }) as u32) << 16;
+            }
+        }
+    };
+    let out = &mut out[..rows * columns];
+    if parallel {
+        out.par_chunks_mut(columns.max(1))
+            .enumerate()
+            .for_each(fill);
+    } else {
+        out.chunks_mut(columns.max(1)).enumerate().for_each(fill);
     }
 }
 
@@ -371,7 +535,9 @@ unsafe fn pack<const W: usize>(
                     avx512::pack_panel::<W>(source, lane, first, out, order)
                 },
                 // SAFETY: the caller's promise on `source`.
-                Kernel::Portable => unsafe { pack_panel::<W>(source, lane, first, out, order) },
+                Kernel::Portable | Kernel::RoundedF32 => unsafe {
+                    pack_panel::<W>(source, lane, first, out, order)
+                },
             }
         };
         if parallel {
@@ -410,33 +576,82 @@ unsafe fn pack_panel<const W: usize>(
     }
 }
 
-/// Which micro kernel this CPU runs.
+/// How the products multiply on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     /// `vdpbf16ps` (AVX512-BF16), packing with AVX512-BW's permutes.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
-    /// Plain Rust, vectorised by the compiler where it can.
+    /// Plain Rust over the packed words, in `vdpbf16ps`'s order, vectorised by the compiler
+    /// where it can: the native kernel's bits, at about a third of f32's speed (docs/
+    /// BENCHMARKS.md), so the tests' reference for the native kernel, and chosen only there
+    /// (and by `bench model-worker --bf16-products portable`).
+    #[cfg_attr(not(any(test, feature = "bench")), allow(dead_code))]
     Portable,
+    /// The operands rounded to bf16 and kept as f32, multiplied by the `gemm` crate's f32
+    /// kernels ([`rounded_product`]): the same products, summed in another order, at about
+    /// f32's speed. For CPUs without AVX512-BF16, and for those with AMX, whose `vdpbf16ps`
+    /// ran slower than their f32 FMA on the Intel Xeon measured (docs/BENCHMARKS.md).
+    RoundedF32,
 }
 
+/// The kernel `bench model-worker --bf16-products` asks for (0: the detected one).
+static CHOSEN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 impl Kernel {
+    /// The kernel the products use: this CPU's ([`Kernel::detect`]), or the one a benchmark
+    /// chose ([`choose`]).
+    fn current() -> Self {
+        match CHOSEN.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Kernel::Portable,
+            2 => Kernel::RoundedF32,
+            #[cfg(target_arch = "x86_64")]
+            3 => Kernel::Avx512Bf16,
+            _ => Self::detect(),
+        }
+    }
+
+    /// This CPU's kernel: AVX512-BF16's where it has it and no AMX, else the rounded f32
+    /// products.
     fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512bf16")
-        {
+        if Self::native_available() && !amx() {
+            #[cfg(target_arch = "x86_64")]
             return Kernel::Avx512Bf16;
         }
-        Kernel::Portable
+        Kernel::RoundedF32
+    }
+
+    /// Whether this CPU can run [`Kernel::Avx512Bf16`].
+    fn native_available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512bf16");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 }
 
-/// Whether this CPU multiplies bf16 operands natively (AVX512-BF16); elsewhere the portable
-/// kernel gives the same results more slowly.
-pub(in crate::fused) fn native() -> bool {
-    Kernel::detect() != Kernel::Portable
+/// Makes the products use `kernel` (`None`: this CPU's), process-wide
+/// ([`crate::fused::set_bf16_products`]); false where this CPU cannot run it.
+#[cfg(feature = "bench")]
+pub(crate) fn choose(kernel: Option<crate::fused::Bf16Products>) -> bool {
+    use crate::fused::Bf16Products;
+    let code = match kernel {
+        None => 0,
+        Some(Bf16Products::Portable) => 1,
+        Some(Bf16Products::RoundedF32) => 2,
+        Some(Bf16Products::Native) if Kernel::native_available() => 3,
+        Some(Bf16Products::Native) => return false,
+    };
+    CHOSEN.store(code, std::sync::atomic::Ordering::Relaxed);
+    true
+}
+
+/// Whether this CPU has AVX512-BF16 (with AVX512-F and -BW), which the products use unless it
+/// has AMX too ([`amx`]).
+pub(in crate::fused) fn avx512_bf16() -> bool {
+    Kernel::native_available()
 }
 
 /// Whether this CPU has AMX's bf16 tile products (CPUID leaf 7, EDX bit 22: Intel Xeon from
@@ -533,7 +748,8 @@ unsafe fn micro(
         (Kernel::Avx512Bf16, Order::Lanes) => unsafe {
             avx512::micro::<true>(pairs, a, b, out, stride, height, width, start)
         },
-        (Kernel::Portable, _) => {
+        // (`RoundedF32` never packs: `rounded_product`.)
+        (Kernel::Portable | Kernel::RoundedF32, _) => {
             let sums = portable_micro(pairs, a, a_order, b);
             for (i, row) in sums.iter().enumerate().take(height) {
                 for (j, &sum) in row.iter().enumerate().take(width) {
@@ -888,12 +1104,28 @@ mod tests {
         }
     }
 
-    /// Every edge at once: rows and columns not whole tiles or tasks, an odd inner dimension
-    /// longer than one block, each start (zero, the destination, a bias), and transposed
-    /// operands (the left one packed in both orders); the right operand packed by the product
-    /// and packed beforehand.
+    /// The kernels this CPU can run.
+    fn kernels() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable, Kernel::RoundedF32];
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::native_available() {
+            kernels.push(Kernel::Avx512Bf16);
+        }
+        kernels
+    }
+
+    /// Every edge at once, for every kernel this CPU runs: rows and columns not whole tiles or
+    /// tasks, an odd inner dimension longer than one block, each start (zero, the destination,
+    /// a bias), and transposed operands (the left one packed in both orders); the right
+    /// operand packed by the product and packed beforehand.
     #[test]
     fn equals_the_product_of_the_rounded_operands() {
+        for kernel in kernels() {
+            products_of_the_rounded_operands(kernel);
+        }
+    }
+
+    fn products_of_the_rounded_operands(kernel: Kernel) {
         for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (100, 530, 385), (250, 70, 800)] {
             let lhs = wave(m * k, 0.1);
             let rhs = wave(k * n, 0.7);
@@ -913,17 +1145,19 @@ mod tests {
                 (Start::Bias(&bias), row_major, transposed),
             ] {
                 // SAFETY: the operand holds its extent.
-                let packed = unsafe { PackedRhs::new(rhs, k, n) };
+                let packed = unsafe { PackedRhs::new_for(kernel, rhs, k, n) };
                 let [got, got_packed] = [Rhs::Unpacked(rhs), Rhs::Packed(&packed)].map(|rhs| {
                     let mut got = start.clone();
                     // SAFETY: the buffers hold the extents given.
-                    unsafe { product(got.as_mut_ptr(), (m, n, k), from, lhs_operand, rhs) };
+                    unsafe {
+                        product_with(kernel, got.as_mut_ptr(), (m, n, k), from, lhs_operand, rhs)
+                    };
                     got
                 });
                 // The operand packed beforehand gives the same bits.
                 assert!(
                     got == got_packed,
-                    "{m}x{n}x{k}: packed before and during differ"
+                    "{kernel:?} {m}x{n}x{k}: packed before and during differ"
                 );
                 let initial = |index: usize| match from {
                     Start::Zero => 0.0,
@@ -935,7 +1169,8 @@ mod tests {
                     let mut filled: Vec<f32> = (0..m * n).map(|i| bias[i % n]).collect();
                     // SAFETY: as above.
                     unsafe {
-                        product(
+                        product_with(
+                            kernel,
                             filled.as_mut_ptr(),
                             (m, n, k),
                             Start::Dst,
@@ -945,7 +1180,7 @@ mod tests {
                     };
                     assert!(
                         got == filled,
-                        "{m}x{n}x{k}: bias start and filled bias differ"
+                        "{kernel:?} {m}x{n}x{k}: bias start and filled bias differ"
                     );
                 }
                 for (index, (&got, &want)) in got.iter().zip(&want).enumerate() {
@@ -959,7 +1194,7 @@ mod tests {
                         + want.abs();
                     assert!(
                         (got as f64 - want).abs() <= k as f64 * 1.2e-7 * scale,
-                        "{m}x{n}x{k}: [{index}] {got} against {want}"
+                        "{kernel:?} {m}x{n}x{k}: [{index}] {got} against {want}"
                     );
                 }
             }
@@ -1005,7 +1240,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_native_packing_equals_the_portable_one() {
-        if !native() {
+        if !Kernel::native_available() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
@@ -1049,7 +1284,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_native_kernel_equals_the_portable_one() {
-        if !native() {
+        if !Kernel::native_available() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
