@@ -127,9 +127,19 @@ if [ "$mode" = cpu ]; then
             '"$perf"' report -i /tmp/perf-$$.data --no-children --sort sym --stdio 2>/dev/null |
                 grep -v "^#" | grep -v "^$" | head -40' _ "$@"
     }
+    kernels() { # kernels THREADS: roberta-base inference by each way the bf16 products can run
+        local threads=$1 products
+        for products in f32 native rounded-f32; do
+            local flags=(--dtype bf16 --bf16-products "$products")
+            [ "$products" = f32 ] && flags=(--dtype f32)
+            step 90 "model-worker base inference ${flags[*]} on $threads thread(s)" env \
+                RAYON_NUM_THREADS="$threads" taskset -c "$cpus" "$xtask" bench model-worker \
+                --shape base --iters 6 --lengths tweets "${flags[@]}"
+        done
+    }
     # One group's rows: roberta-base training a row per group (the longest, 3-4 minutes each on
-    # the Intel Xeon of docs/BENCHMARKS.md), the rest two or four rows per group, then the
-    # profiles.
+    # the Intel Xeon of docs/BENCHMARKS.md), the rest two or four rows per group, then the bf16
+    # products' kernels side by side and the profiles.
     rows() { # rows N
         case $1 in
         0) cpu 420 1 --train --shapes base --iters 4 ;;
@@ -156,7 +166,8 @@ if [ "$mode" = cpu ]; then
             cpu 120 2 --train --dtype bf16 --shapes small --iters 20
             cpu 90 1 --dtype bf16 --shapes small --iters 40
             cpu 90 2 --dtype bf16 --shapes small --iters 40
-            profile 30 1 --shape base --dtype bf16
+            kernels 1
+            profile 30 1 --shape base --dtype bf16 --bf16-products native
             ;;
         esac
     }
