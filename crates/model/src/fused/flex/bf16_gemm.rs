@@ -9,10 +9,12 @@
 //! dimension, tasks of [`MC`] × [`NC`] outputs spread over the rayon pool. Operands are packed
 //! in pairs along the inner dimension, two bf16 in one 32-bit word, the layout of AVX512-BF16's
 //! `vdpbf16ps`: one instruction adds two bf16 products into each of sixteen f32 lanes, twice
-//! the multiply-adds of an f32 FMA. CPUs without AVX512-BF16 run the same packed operands
-//! through a portable kernel: the same products (exact in f32) added in the same order, so the
-//! same result for normal numbers (AVX512-BF16 flushes subnormals to zero), at f32 speed or
-//! less.
+//! the multiply-adds of an f32 FMA. CPUs without AVX512-BF16, and those with AMX (whose
+//! `vdpbf16ps` ran slower than their f32 FMA), multiply the operands rounded to bf16 and kept
+//! as f32 with the `gemm` crate's f32 kernels ([`Kernel::RoundedF32`]): the same products
+//! (exact in f32) summed in another order, at about f32's speed. A portable kernel over the
+//! packed words, in `vdpbf16ps`'s order (the same result for normal numbers: AVX512-BF16
+//! flushes subnormals to zero), is the tests' reference for the native one.
 
 use rayon::prelude::*;
 
