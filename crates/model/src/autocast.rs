@@ -65,7 +65,8 @@ pub fn is_bf16() -> bool {
 /// Runs `f` with each linear layer's weight rounded and packed for the bf16 products once, and
 /// that copy reused by every product that takes the weight off the autodiff graph (evaluation,
 /// prediction), as `torch.autocast` keeps its bf16 copies of the weights while its region
-/// lasts; then drops the copies (2 bytes per weight), also when `f` panics. Each copy holds its
+/// lasts; then drops the copies (2 bytes per weight; 4 where the products are f32 products of
+/// the rounded operands: [`Bf16Support`]), also when `f` panics. Each copy holds its
 /// weight's storage, so a weight cannot change under it: an in-place update copies instead.
 /// Outside [`bf16`], or on another backend, it changes nothing.
 pub fn reuse_weights<R>(f: impl FnOnce() -> R) -> R {
