@@ -15,9 +15,9 @@
 #   training step's time goes, next to PyTorch's: batch 32 and 64, the GPU's utilisation and
 #   the CPU time while each side trains, PyTorch's kernels per step, and a launch-bound tiny
 #   model. `cpu` benchmarks the machine's host CPU instead (flex against PyTorch on the CPU,
-#   real tweets' lengths, 1 and 2 threads, f32 then bf16), pinned to two cores as on the 2-vCPU machines our
-#   users and CI have: machines of our kind differ in their host CPU, and a lent GPU machine may
-#   bring one (an Intel Xeon, say) that no CPU session has seen.
+#   real tweets' lengths, 1 and 2 threads, f32 and bf16), each row pinned to two cores as on
+#   the 2-vCPU machines our users and CI have: machines of our kind differ in their host CPU,
+#   and a lent GPU machine may bring one (an Intel Xeon, say) unlike the project's own.
 set -u
 out=$(realpath "$2")
 deadline=${3:-540}
