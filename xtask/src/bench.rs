@@ -635,6 +635,15 @@ impl BenchModel {
     /// Times ours and PyTorch's inference back to back per shape and thread count.
     pub fn run(&self) -> Result<()> {
         print_cpu();
+        if self.dtype == crate::flags::DTypeFlag::Bf16
+            && self.backend == crate::flags::BackendFlag::Flex
+        {
+            // Which kernel ran the products decides the bf16 rows as much as the CPU does.
+            println!(
+                "{}",
+                roberta_burn::autocast::Bf16Support::detect().describe()
+            );
+        }
         if self.lengths == crate::flags::LengthsFlag::Tweets {
             return self.run_tweet_lengths();
         }
