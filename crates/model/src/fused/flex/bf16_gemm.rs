@@ -283,14 +283,11 @@ unsafe fn rounded_product(
     // The rounded copies in the thread's packing buffers, as f32 bits.
     with_buffers([m * k, rhs_length], |lhs_bits, rhs_bits| {
         // SAFETY (all): the caller's promise on the operands and `dst`.
-        unsafe { rounded_rows(lhs, m, k, parallel, lhs_bits) };
-        let rhs: &[u32] = match rhs {
-            Rhs::Unpacked(rhs) => {
-                unsafe { rounded_rows(rhs, k, n, parallel, rhs_bits) };
-                rhs_bits
-            }
+        let lhs = unsafe { rounded(lhs, m, k, parallel, lhs_bits) };
+        let rhs = match rhs {
+            Rhs::Unpacked(rhs) => unsafe { rounded(rhs, k, n, parallel, rhs_bits) },
             Rhs::Packed(packed) => match &packed.prepared {
-                Prepared::Rounded(bits) => bits,
+                Prepared::Rounded(bits) => bits_operand(bits, n),
                 Prepared::Words(_) => panic!("bf16 product: an operand packed for another kernel"),
             },
         };
@@ -304,31 +301,43 @@ unsafe fn rounded_product(
                 true
             }
         };
-        // An f32 and its bits are the same four bytes.
-        let as_f32 = |bits: &[u32]| Operand {
-            start: bits.as_ptr().cast(),
-            row_stride: 0,
-            column_stride: 1,
-        };
-        unsafe {
-            super::f32_product(
-                dst.0,
-                n,
-                (m, n, k),
-                accumulate,
-                Operand {
-                    row_stride: k as isize,
-                    ..as_f32(lhs_bits)
-                },
-                Operand {
-                    row_stride: n as isize,
-                    ..as_f32(rhs)
-                },
-                1.0,
-                parallel,
-            )
-        };
+        unsafe { super::f32_product(dst.0, n, (m, n, k), accumulate, lhs, rhs, 1.0, parallel) };
     });
+}
+
+/// The row-major `[_, width]` matrix of the f32 values whose bits `bits` holds (an f32 and its
+/// bits are the same four bytes).
+fn bits_operand(bits: &[u32], width: usize) -> Operand {
+    Operand {
+        start: bits.as_ptr().cast(),
+        row_stride: width as isize,
+        column_stride: 1,
+    }
+}
+
+/// The `[rows, columns]` matrix `operand` rounded to bf16 and widened back to f32, as bits in
+/// `out`, and the operand that reads it: row-major, or, for an operand contiguous along its
+/// columns (a transposed view), its transpose row-major read back transposed, so that every
+/// pass reads and writes in order.
+///
+/// # Safety
+/// `operand` must be readable over its `[rows, columns]` extent.
+unsafe fn rounded(
+    operand: Operand,
+    rows: usize,
+    columns: usize,
+    parallel: bool,
+    out: &mut [u32],
+) -> Operand {
+    if operand.column_stride != 1 && operand.row_stride == 1 {
+        // SAFETY: the caller's promise, read through the transpose.
+        unsafe { rounded_rows(operand.transposed(), columns, rows, parallel, out) };
+        bits_operand(out, rows).transposed()
+    } else {
+        // SAFETY: the caller's promise.
+        unsafe { rounded_rows(operand, rows, columns, parallel, out) };
+        bits_operand(out, columns)
+    }
 }
 
 /// The `[rows, columns]` matrix `operand` rounded to bf16, widened back to f32, row-major into
