@@ -111,8 +111,8 @@ unsafe fn product_with(
         );
     }
     if kernel == Kernel::RoundedF32 {
-        // SAFETY: the caller's promise.
         let dst = Shared(dst);
+        // SAFETY: the caller's promise.
         let product = move || unsafe { rounded_product(dst, (m, n, k), start, lhs, rhs, parallel) };
         // One pool job, as below.
         return if parallel {
