@@ -594,9 +594,9 @@ enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
     /// Plain Rust over the packed words, in `vdpbf16ps`'s order, vectorised by the compiler
-    /// where it can: the native kernel's bits, at about a third of f32's speed (docs/
-    /// BENCHMARKS.md), so the tests' reference for the native kernel, and chosen only there
-    /// (and by `bench model-worker --bf16-products portable`).
+    /// where it can: the native kernel's bits at about a third of f32's speed
+    /// (docs/BENCHMARKS.md), so used only as the tests' reference for the native kernel and
+    /// by `bench model-worker --bf16-products portable`.
     #[cfg_attr(not(any(test, feature = "bench")), allow(dead_code))]
     Portable,
     /// The operands rounded to bf16 and kept as f32, multiplied by the `gemm` crate's f32
