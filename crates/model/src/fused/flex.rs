@@ -355,6 +355,14 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The element `offset` past the start (a method, so that a closure captures the whole
+    /// `Shared`, which is `Sync`, not its raw pointer).
+    fn offset(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// `dst = (dst if accumulate) + scale·lhs·rhs` for an `[m, k]` by `[k, n]` product into an
 /// `[m, n]` destination whose rows are `dst_row_stride` apart, with the `gemm` crate (flex's
 /// own), on the rayon pool if `parallel`.

@@ -89,16 +89,13 @@ unsafe fn product_with(
         // The micro tiles read the bias by these sizes.
         assert_eq!(bias.len(), n, "bf16 product: bias length");
     }
+    let dst = Shared(dst);
     if k == 0 {
         match start {
             Start::Dst => {}
             // SAFETY (both): the caller's promise on `dst`.
-            Start::Zero => unsafe { std::ptr::write_bytes(dst, 0, m * n) },
-            Start::Bias(bias) => {
-                for row in 0..m {
-                    unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr(), dst.add(row * n), n) };
-                }
-            }
+            Start::Zero => unsafe { std::ptr::write_bytes(dst.0, 0, m * n) },
+            Start::Bias(bias) => unsafe { fill_rows(dst, (m, n), bias, false) },
         }
         return;
     }
@@ -110,67 +107,14 @@ unsafe fn product_with(
             "bf16 product: packed operand's shape"
         );
     }
-    if kernel == Kernel::RoundedF32 {
-        let dst = Shared(dst);
-        // SAFETY: the caller's promise.
-        let product = move || unsafe { rounded_product(dst, (m, n, k), start, lhs, rhs, parallel) };
-        // One pool job, as below.
-        return if parallel {
-            rayon::scope(|_| product())
+    let dims = (m, n, k);
+    // SAFETY: the caller's promise.
+    let product = move || unsafe {
+        if kernel == Kernel::RoundedF32 {
+            rounded_product(dst, dims, start, lhs, rhs, parallel)
         } else {
-            product()
-        };
-    }
-    let pairs = k.div_ceil(2);
-    let rhs_words = match rhs {
-        Rhs::Unpacked(_) => n.div_ceil(NR) * NR * pairs,
-        Rhs::Packed(_) => 0,
-    };
-    let lengths = [m.div_ceil(MR) * MR * pairs, rhs_words];
-    let dst = Shared(dst);
-    let product = move || {
-        with_buffers(lengths, |a, b| {
-            // SAFETY: the caller's promise on the operands; the buffers' lengths as `pack` needs.
-            let a = unsafe {
-                pack::<MR>(
-                    kernel,
-                    Source::rows(lhs, m, k),
-                    a,
-                    parallel,
-                    Order::for_rows(lhs),
-                )
-            };
-            let b = match rhs {
-                // SAFETY: as above.
-                Rhs::Unpacked(rhs) => unsafe {
-                    pack::<NR>(
-                        kernel,
-                        Source::columns(rhs, k, n),
-                        b,
-                        parallel,
-                        Order::Pairs,
-                    )
-                },
-                Rhs::Packed(packed) => Packed {
-                    words: packed.words(),
-                    padded: n.div_ceil(NR) * NR,
-                    order: Order::Pairs,
-                },
-            };
-            let extent = (task_extent(m, MC, MR), task_extent(n, NC, NR));
-            let row_tasks = m.div_ceil(extent.0);
-            let tasks = row_tasks * n.div_ceil(extent.1);
-            let task = |t: usize| {
-                let first = (t % row_tasks * extent.0, t / row_tasks * extent.1);
-                // SAFETY: the tasks' tiles are disjoint parts of `dst`, which holds m × n elements.
-                unsafe { tile(kernel, (&a, &b), dst, (m, n, k), first, extent, start) }
-            };
-            if parallel {
-                (0..tasks).into_par_iter().for_each(task);
-            } else {
-                (0..tasks).for_each(task);
-            }
-        })
+            packed_product(kernel, dst, dims, start, lhs, rhs, parallel)
+        }
     };
     // Packing and products inside one pool job: called from outside the pool (the model's
     // thread), each parallel loop would otherwise wake a worker and put the caller to sleep,
@@ -179,6 +123,86 @@ unsafe fn product_with(
         rayon::scope(|_| product());
     } else {
         product();
+    }
+}
+
+/// [`product`] by a kernel over packed pairs: both operands packed (the right one unless
+/// packed before), then the micro tiles in tasks over the rayon pool if `parallel`.
+///
+/// # Safety
+/// As [`product_with`]'s, `k` > 0.
+unsafe fn packed_product(
+    kernel: Kernel,
+    dst: Shared,
+    (m, n, k): (usize, usize, usize),
+    start: Start,
+    lhs: Operand,
+    rhs: Rhs,
+    parallel: bool,
+) {
+    let pairs = k.div_ceil(2);
+    let rhs_words = match rhs {
+        Rhs::Unpacked(_) => n.div_ceil(NR) * NR * pairs,
+        Rhs::Packed(_) => 0,
+    };
+    let lengths = [m.div_ceil(MR) * MR * pairs, rhs_words];
+    with_buffers(lengths, |a, b| {
+        // SAFETY: the caller's promise on the operands; the buffers' lengths as `pack` needs.
+        let a = unsafe {
+            pack::<MR>(
+                kernel,
+                Source::rows(lhs, m, k),
+                a,
+                parallel,
+                Order::for_rows(lhs),
+            )
+        };
+        let b = match rhs {
+            // SAFETY: as above.
+            Rhs::Unpacked(rhs) => unsafe {
+                pack::<NR>(
+                    kernel,
+                    Source::columns(rhs, k, n),
+                    b,
+                    parallel,
+                    Order::Pairs,
+                )
+            },
+            Rhs::Packed(packed) => Packed {
+                words: packed.words(),
+                padded: n.div_ceil(NR) * NR,
+                order: Order::Pairs,
+            },
+        };
+        let extent = (task_extent(m, MC, MR), task_extent(n, NC, NR));
+        let row_tasks = m.div_ceil(extent.0);
+        let tasks = row_tasks * n.div_ceil(extent.1);
+        let task = |t: usize| {
+            let first = (t % row_tasks * extent.0, t / row_tasks * extent.1);
+            // SAFETY: the tasks' tiles are disjoint parts of `dst`, which holds m × n elements.
+            unsafe { tile(kernel, (&a, &b), dst, (m, n, k), first, extent, start) }
+        };
+        if parallel {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    })
+}
+
+/// Every row of the `[m, n]` destination set to `bias`; on the rayon pool if `parallel`.
+///
+/// # Safety
+/// `dst` must hold m × n elements, and `bias` `n`.
+unsafe fn fill_rows(dst: Shared, (m, n): (usize, usize), bias: &[f32], parallel: bool) {
+    // SAFETY: row `row` < m of the destination, the caller's promise.
+    let fill = |row: usize| unsafe {
+        std::ptr::copy_nonoverlapping(bias.as_ptr(), dst.offset(row * n), n)
+    };
+    if parallel {
+        (0..m).into_par_iter().for_each(fill);
+    } else {
+        (0..m).for_each(fill);
     }
 }
 
@@ -295,9 +319,7 @@ unsafe fn rounded_product(
             Start::Zero => false,
             Start::Dst => true,
             Start::Bias(bias) => {
-                for row in 0..m {
-                    unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr(), dst.0.add(row * n), n) };
-                }
+                unsafe { fill_rows(dst, (m, n), bias, parallel) };
                 true
             }
         };
@@ -622,14 +644,14 @@ impl Kernel {
         }
     }
 
-    /// This CPU's kernel: AVX512-BF16's where it has it and no AMX, else the rounded f32
-    /// products.
+    /// This CPU's kernel, as [`crate::autocast::Bf16Support`] decides it: AVX512-BF16's where
+    /// it has it and no AMX, else the rounded f32 products.
     fn detect() -> Self {
-        if Self::native_available() && !amx() {
+        match crate::autocast::Bf16Support::detect() {
             #[cfg(target_arch = "x86_64")]
-            return Kernel::Avx512Bf16;
+            crate::autocast::Bf16Support::Native => Kernel::Avx512Bf16,
+            _ => Kernel::RoundedF32,
         }
-        Kernel::RoundedF32
     }
 
     /// Whether this CPU can run [`Kernel::Avx512Bf16`].
@@ -668,9 +690,13 @@ pub(in crate::fused) fn avx512_bf16() -> bool {
 /// Whether this CPU has AMX's bf16 tile products (CPUID leaf 7, EDX bit 22: Intel Xeon from
 /// Sapphire Rapids on), which these kernels do not use and PyTorch's oneDNN does. Read from
 /// CPUID because `is_x86_feature_detected!("amx-bf16")` is not stable Rust.
+/// Read once: every product asks, and under a hypervisor CPUID leaves the guest.
 pub(in crate::fused) fn amx() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::x86_64::__cpuid_count(7, 0).edx >> 22 & 1 == 1;
+    {
+        static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AMX.get_or_init(|| std::arch::x86_64::__cpuid_count(7, 0).edx >> 22 & 1 == 1)
+    }
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
