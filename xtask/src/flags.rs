@@ -432,6 +432,10 @@ pub struct DataOptions {
     /// What to do with a malformed row.
     #[arg(long, value_enum, default_value_t = BadRowFlag::Error)]
     pub on_bad_row: BadRowFlag,
+    /// Most bytes one record may hold (a tweet has a few hundred): a longer one is a
+    /// malformed row, named by its line and never held whole in memory.
+    #[arg(long, default_value_t = sentiment_data::DEFAULT_MAX_RECORD_BYTES, value_name = "BYTES")]
+    pub max_record_bytes: usize,
 }
 
 /// Flags of `cargo xtask bench prepare`.
@@ -911,6 +915,10 @@ pub struct PipelineArgs {
     /// the study as it stands, here.
     #[arg(long)]
     pub final_only: bool,
+    /// Stop this worker, with the last error, after this many of its trials failed in a row
+    /// (a search whose every trial fails would otherwise never end).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub max_consecutive_failures: usize,
     /// Random trials before TPE (default: half the trials, at most 10, so TPE acts).
     #[arg(long)]
     pub startup_trials: Option<usize>,

@@ -28,7 +28,7 @@ fn main() -> std::process::ExitCode {
             // Ctrl-C is not a failure: say where the work is and how to go on, and exit as a
             // shell expects of a process ended by SIGINT (128 + 2).
             let checkpoint = interrupted(&error).unwrap_or_default();
-            let mut command = std::env::args().skip(1).collect::<Vec<_>>();
+            let mut command = shown_command_line();
             let pipeline = command.first().is_some_and(|c| c == "pipeline");
             if !pipeline && !command.iter().any(|a| a == "--resume") {
                 command.push("--resume".into());
@@ -44,6 +44,26 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// This command's words after `cargo xtask`, with the credentials of any URL masked (a report
+/// or a terminal's scrollback is shared; a `--storage` password must not be) and quoted for a
+/// POSIX shell where needed.
+fn shown_command_line() -> Vec<String> {
+    sentiment_search::redact_args(std::env::args().skip(1))
+        .into_iter()
+        .map(|arg| {
+            if !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=./,:@+".contains(c))
+            {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect()
 }
 
 /// The error and its causes on one line, as anyhow's `{:#}` prints them, but without a cause

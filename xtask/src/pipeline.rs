@@ -67,6 +67,7 @@ impl TryFrom<PipelineArgs> for Pipeline {
                 grace_period: args.grace_period.map(Duration::from_secs),
                 retry_failed: args.retry_failed,
                 final_only: args.final_only,
+                max_consecutive_failures: args.max_consecutive_failures,
             },
             overwrite: args.overwrite,
             command: reproduce_command(),
@@ -79,22 +80,10 @@ impl TryFrom<PipelineArgs> for Pipeline {
     }
 }
 
-/// `cargo xtask pipeline` with every flag this run was given, quoted for a POSIX shell where
-/// needed: what the report says reproduces it.
+/// `cargo xtask pipeline` with every flag this run was given, credentials masked: what the
+/// report says reproduces it.
 fn reproduce_command() -> String {
-    let mut words = vec!["cargo".to_string(), "xtask".to_string()];
-    words.extend(std::env::args().skip(1).map(|arg| {
-        if !arg.is_empty()
-            && arg
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_=./,:@+".contains(c))
-        {
-            arg
-        } else {
-            format!("'{}'", arg.replace('\'', r"'\''"))
-        }
-    }));
-    words.join(" ")
+    format!("cargo xtask {}", crate::shown_command_line().join(" "))
 }
 
 /// Prints the pipeline's messages on stdout, warnings on stderr, progress as a terminal bar;

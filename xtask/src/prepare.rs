@@ -71,6 +71,10 @@ impl DataOptions {
             BadRowFlag::Error => BadRowPolicy::Error,
             BadRowFlag::Skip => BadRowPolicy::Skip,
         };
+        if self.max_record_bytes == 0 {
+            anyhow::bail!("--max-record-bytes must be at least 1");
+        }
+        config.max_record_bytes = self.max_record_bytes;
         Ok(config)
     }
 }

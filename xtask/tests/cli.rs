@@ -1042,3 +1042,143 @@ fn study_trials(out: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_storage_password_is_in_no_file_and_no_output() {
+    let server = postgres_server::TestServer::start();
+    // The test server trusts its socket, so the password is never checked: it only has to
+    // be kept out of everything the run writes and prints.
+    let url = server
+        .database("secrets")
+        .replacen("postgres@", "postgres:hunter2@", 1);
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("run");
+    let run = xtask(&[
+        "pipeline",
+        "--out",
+        out.to_str().unwrap(),
+        "--storage",
+        &url,
+        "--sample",
+        "300",
+        "--trials",
+        "1",
+        "--epochs",
+        "1",
+        "--max-length",
+        "32",
+        "--vocab-size",
+        "400",
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+    let files = files_under(&out);
+    assert!(files.iter().any(|f| f.ends_with("report.html")));
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(7).any(|w| w == b"hunter2"),
+            "{} holds the password",
+            file.display()
+        );
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("--storage 'postgresql://postgres:***@/secrets?host="),
+        "{report}"
+    );
+
+    // A refused storage's error names the URL without its password, even one holding a `/`
+    // or a `?` (which a URL parser would take for the end of the host).
+    for password in ["pa/ss", "pa?ss"] {
+        let failed = xtask(&[
+            "pipeline",
+            "--out",
+            work.path().join("refused").to_str().unwrap(),
+            "--storage",
+            &format!("postgresql://ann:{password}@127.0.0.1:1/x"),
+            "--sample",
+            "300",
+        ]);
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert!(!failed.status.success());
+        assert!(
+            stderr.contains("postgresql://ann:***@127.0.0.1:1/x"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(password), "{stderr}");
+    }
+}
+
+#[test]
+fn a_search_whose_trials_cannot_run_is_refused_or_stops() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("run");
+    let base = [
+        "pipeline",
+        "--out",
+        out.to_str().unwrap(),
+        "--sample",
+        "300",
+        "--trials",
+        "5",
+        "--epochs",
+        "1",
+        "--max-length",
+        "32",
+        "--vocab-size",
+        "400",
+    ];
+    // A space the trainer refuses at every point: refused before any trial.
+    let refused = xtask(&[&base[..], &["--space", "learning_rate=float:-1e-3:-1e-4"]].concat());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("--space learning_rate: the trainer refuses learning_rate = -0.001"),
+        "{stderr}"
+    );
+    assert!(!out.join("study.db").exists());
+    // A batch size from a float range is refused too (it would be truncated).
+    let refused = xtask(&[&base[..], &["--space", "batch_size=float:8:16"]].concat());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("a count takes whole numbers"), "{stderr}");
+
+    // Trials that fail for a reason no check foresees (an out-of-memory on every trial, say;
+    // here each trial's run folder holds a checkpoint of an unknown layout, which resuming
+    // refuses): the worker stops after --max-consecutive-failures, with the last error.
+    for trial in 0..5 {
+        let dir = out.join(format!("trials/trial_{trial}"));
+        std::fs::create_dir_all(dir.join("checkpoints/step-1")).unwrap();
+        std::fs::write(dir.join("train_config.json"), "{}").unwrap();
+        std::fs::write(
+            dir.join("checkpoints/step-1/state.json"),
+            r#"{"version": 0}"#,
+        )
+        .unwrap();
+    }
+    let run = xtask(&[&base[..], &["--max-consecutive-failures", "2"]].concat());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("2 trials in a row failed"), "{stderr}");
+    assert!(stderr.contains("state.json"), "{stderr}");
+    assert_eq!(study_trials(&out).len(), 2, "{stderr}");
+}

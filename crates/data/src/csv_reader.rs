@@ -11,12 +11,17 @@
 //! record, again and again.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Read};
 
 /// Lines one record may span: a quoted field still open after this many is reported as
 /// unterminated at the line where it opened (a tweet is one line; a cleaned file's texts
 /// rarely hold more than a few newlines).
 pub const MAX_RECORD_LINES: usize = 1000;
+
+/// Bytes one record may hold unless the caller says otherwise: a tweet is at most a few
+/// hundred; a line of megabytes (a file that is not CSV, a missing newline, a crafted input)
+/// is reported as too long at its line, without being held in memory.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// Why a record could not be parsed as CSV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +30,9 @@ pub enum SyntaxError {
     UnterminatedQuote,
     /// A closing quote was followed by something other than a comma or the end of the record.
     TextAfterClosingQuote,
+    /// The record holds more bytes than the reader's limit
+    /// ([`RecordReader::with_max_record_bytes`]).
+    RecordTooLong,
 }
 
 /// One parsed record: its fields as raw bytes and the 1-based line it starts on.
@@ -92,9 +100,10 @@ pub enum ReadOutcome {
 pub struct RecordReader<R> {
     input: R,
     /// Lines read ahead while looking for the end of a multi-line field that turned out to be
-    /// malformed; they are parsed again on their own.
-    pushed_back: VecDeque<(u64, Vec<u8>)>,
+    /// malformed; they are parsed again on their own (with whether the line was cut short).
+    pushed_back: VecDeque<(u64, Vec<u8>, bool)>,
     next_line: u64,
+    max_record_bytes: usize,
     pending: Vec<u8>,
     blank_lines: u64,
     bytes_read: u64,
@@ -115,6 +124,7 @@ impl<R: BufRead> RecordReader<R> {
             input,
             pushed_back: VecDeque::new(),
             next_line: 1,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             pending: Vec::with_capacity(512),
             blank_lines: 0,
             bytes_read: 0,
@@ -131,20 +141,50 @@ impl<R: BufRead> RecordReader<R> {
         self.bytes_read
     }
 
-    /// Reads one physical line (terminator included) into `buf`; returns its number, or `None`.
-    fn next_physical_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<u64>> {
-        if let Some((line, bytes)) = self.pushed_back.pop_front() {
+    /// Sets the most bytes a record may hold (at least 1): a longer one is reported as
+    /// [`SyntaxError::RecordTooLong`] at its first line, and at most this many bytes (and one
+    /// line more) of it are ever held.
+    pub fn with_max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes.max(1);
+        self
+    }
+
+    /// Reads one physical line (terminator included) into `buf`, at most the record limit's
+    /// bytes of it; returns its number and whether it was longer (its rest is skipped), or
+    /// `None` at the end.
+    fn next_physical_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<(u64, bool)>> {
+        if let Some((line, bytes, too_long)) = self.pushed_back.pop_front() {
             buf.extend_from_slice(&bytes);
-            return Ok(Some(line));
+            return Ok(Some((line, too_long)));
         }
-        let n = self.input.read_until(b'\n', buf)?;
+        let limit = self.max_record_bytes as u64 + 1;
+        let n = (&mut self.input).take(limit).read_until(b'\n', buf)?;
         if n == 0 {
             return Ok(None);
         }
         self.bytes_read += n as u64;
+        let too_long = n as u64 == limit && !buf.ends_with(b"\n");
+        if too_long {
+            // The rest of the line is read and dropped, never held.
+            loop {
+                let chunk = self.input.fill_buf()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let (used, done) = match chunk.iter().position(|&b| b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (chunk.len(), false),
+                };
+                self.input.consume(used);
+                self.bytes_read += used as u64;
+                if done {
+                    break;
+                }
+            }
+        }
         let line = self.next_line;
         self.next_line += 1;
-        Ok(Some(line))
+        Ok(Some((line, too_long)))
     }
 
     /// Reads the next record into `record`.
@@ -165,7 +205,14 @@ impl<R: BufRead> RecordReader<R> {
             pending.clear();
             match self.next_physical_line(pending)? {
                 None => return Ok(ReadOutcome::End),
-                Some(line) => {
+                Some((line, true)) => {
+                    pending.clear();
+                    return Ok(ReadOutcome::Malformed {
+                        line,
+                        error: SyntaxError::RecordTooLong,
+                    });
+                }
+                Some((line, false)) => {
                     if trim_line_end(pending).is_empty() {
                         self.blank_lines += 1;
                         continue;
@@ -174,8 +221,9 @@ impl<R: BufRead> RecordReader<R> {
                 }
             }
         };
-        // Line boundaries inside `pending`, to push back all but the first on error.
-        let mut extra_lines: Vec<(u64, usize)> = Vec::new();
+        // Line boundaries inside `pending` (and whether each was cut short), to push back all
+        // but the first on error.
+        let mut extra_lines: Vec<(u64, usize, bool)> = Vec::new();
         let mut resume = None;
         loop {
             match parse_record(pending, record, resume) {
@@ -199,7 +247,18 @@ impl<R: BufRead> RecordReader<R> {
                         self.next_physical_line(pending)?
                     };
                     match next {
-                        Some(line) => extra_lines.push((line, start)),
+                        Some((line, too_long)) => {
+                            extra_lines.push((line, start, too_long));
+                            // The open field has grown past the limit: the record is too
+                            // long; its later lines are parsed again on their own.
+                            if too_long || pending.len() > self.max_record_bytes {
+                                self.push_back_extra(pending, &extra_lines);
+                                return Ok(ReadOutcome::Malformed {
+                                    line: first_line,
+                                    error: SyntaxError::RecordTooLong,
+                                });
+                            }
+                        }
                         None => {
                             self.push_back_extra(pending, &extra_lines);
                             return Ok(ReadOutcome::Malformed {
@@ -213,11 +272,11 @@ impl<R: BufRead> RecordReader<R> {
         }
     }
 
-    fn push_back_extra(&mut self, pending: &[u8], extra_lines: &[(u64, usize)]) {
-        for (i, &(line, start)) in extra_lines.iter().enumerate().rev() {
-            let end = extra_lines.get(i + 1).map_or(pending.len(), |&(_, s)| s);
+    fn push_back_extra(&mut self, pending: &[u8], extra_lines: &[(u64, usize, bool)]) {
+        for (i, &(line, start, too_long)) in extra_lines.iter().enumerate().rev() {
+            let end = extra_lines.get(i + 1).map_or(pending.len(), |&(_, s, _)| s);
             self.pushed_back
-                .push_front((line, pending[start..end].to_vec()));
+                .push_front((line, pending[start..end].to_vec(), too_long));
         }
     }
 }
@@ -306,7 +365,12 @@ mod tests {
     type Parsed = Result<(u64, Vec<String>), (u64, SyntaxError)>;
 
     fn read_all(input: &str) -> Vec<Parsed> {
-        let mut reader = RecordReader::new(input.as_bytes());
+        read_all_within(input, DEFAULT_MAX_RECORD_BYTES)
+    }
+
+    fn read_all_within(input: &str, max_record_bytes: usize) -> Vec<Parsed> {
+        let mut reader =
+            RecordReader::new(input.as_bytes()).with_max_record_bytes(max_record_bytes);
         let mut record = Record::default();
         let mut out = Vec::new();
         loop {
@@ -325,6 +389,46 @@ mod tests {
 
     fn ok(line: u64, fields: &[&str]) -> Parsed {
         Ok((line, fields.iter().map(|s| s.to_string()).collect()))
+    }
+
+    #[test]
+    fn records_past_the_byte_limit_are_named_by_line_and_skipped_whole() {
+        let long = "x".repeat(100);
+        let input = format!("a,b\n1,{long}\n2,c\n3,\"{long}\n4,d\"\n5,e\n");
+        assert_eq!(
+            read_all_within(&input, 64),
+            vec![
+                ok(1, &["a", "b"]),
+                Err((2, SyntaxError::RecordTooLong)),
+                ok(3, &["2", "c"]),
+                // A quoted field that grows past the limit over lines: its first line is
+                // named, and the lines after it are read again on their own.
+                Err((4, SyntaxError::RecordTooLong)),
+                ok(5, &["4", "d\""]),
+                ok(6, &["5", "e"]),
+            ]
+        );
+        // A line of a megabyte with a small limit: never held whole, and the reader goes on.
+        let huge = format!("1,{}\n2,ok\n", "y".repeat(1 << 20));
+        let mut reader = RecordReader::new(huge.as_bytes()).with_max_record_bytes(16);
+        let mut record = Record::default();
+        assert_eq!(
+            reader.read_record(&mut record).unwrap(),
+            ReadOutcome::Malformed {
+                line: 1,
+                error: SyntaxError::RecordTooLong
+            }
+        );
+        assert!(
+            reader.pending.capacity() < 1024,
+            "{}",
+            reader.pending.capacity()
+        );
+        assert_eq!(
+            reader.read_record(&mut record).unwrap(),
+            ReadOutcome::Record
+        );
+        assert_eq!((record.line, record.field(1)), (2, &b"ok"[..]));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum BadRow {
     UnterminatedQuote,
     /// Text follows a closing quote inside a field.
     TextAfterClosingQuote,
+    /// The record holds more bytes than the limit on a record.
+    RecordTooLong,
     /// The text column of a UTF-8 file holds bytes that are not UTF-8.
     InvalidUtf8 {
         /// The offending column's name.
@@ -38,6 +40,7 @@ impl BadRow {
             BadRow::UnknownLabel(_) => "bad_row_unknown_label",
             BadRow::UnterminatedQuote => "bad_row_unterminated_quote",
             BadRow::TextAfterClosingQuote => "bad_row_text_after_closing_quote",
+            BadRow::RecordTooLong => "bad_row_too_long",
             BadRow::InvalidUtf8 { .. } => "bad_row_invalid_utf8",
             BadRow::BadRowId(_) => "bad_row_row_id",
         }
@@ -49,6 +52,7 @@ impl From<SyntaxError> for BadRow {
         match error {
             SyntaxError::UnterminatedQuote => BadRow::UnterminatedQuote,
             SyntaxError::TextAfterClosingQuote => BadRow::TextAfterClosingQuote,
+            SyntaxError::RecordTooLong => BadRow::RecordTooLong,
         }
     }
 }
@@ -69,6 +73,11 @@ impl fmt::Display for BadRow {
             BadRow::TextAfterClosingQuote => {
                 write!(f, "text after a closing quote (a stray or unescaped `\"`)")
             }
+            BadRow::RecordTooLong => write!(
+                f,
+                "the record is longer than the limit on a record's bytes (--max-record-bytes; \
+                 it was skipped unread)"
+            ),
             BadRow::InvalidUtf8 { column } => {
                 write!(f, "column `{column}` is not valid UTF-8")
             }

@@ -33,7 +33,9 @@ mod texts;
 use std::io::Write;
 use std::path::Path;
 
-pub use csv_reader::{MAX_RECORD_LINES, ReadOutcome, Record, RecordReader, SyntaxError};
+pub use csv_reader::{
+    DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_LINES, ReadOutcome, Record, RecordReader, SyntaxError,
+};
 pub use error::{BadRow, DataError};
 pub use format::{InputFormat, TextEncoding, decode_cp1252, detect_format, encode_cp1252};
 pub use manifest::{
@@ -61,7 +63,19 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
         .map_err(DataError::io(path))?;
     file.persist(path)
         .map_err(|e| DataError::io(path)(e.error))?;
-    Ok(())
+    // The rename itself is durable once the folder is: a crash right after must not bring
+    // back the old file (or none) beside files that were written after this one.
+    sync_path(dir).map_err(DataError::io(dir))
+}
+
+/// Flushes a file's data, or a folder's entries (names created, renamed or removed in it), to
+/// the disk. On Windows a folder cannot be opened to flush it and its renames are durable
+/// once the call returns, so a folder is not flushed there.
+pub fn sync_path(path: &Path) -> std::io::Result<()> {
+    if cfg!(windows) && path.is_dir() {
+        return Ok(());
+    }
+    std::fs::File::open(path)?.sync_all()
 }
 
 /// At most 120 characters of `text`, control characters escaped, with how much was left out:

@@ -107,8 +107,16 @@ pub struct Manifest {
     pub ratios: SplitRatios,
     /// Policy for malformed rows.
     pub on_bad_row: BadRowPolicy,
+    /// The most bytes a record could hold (manifests written before the limit existed read
+    /// as the default: no earlier input had a record that long and was prepared).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
     /// The written splits, in train / validation / test order.
     pub splits: Vec<SplitSummary>,
+}
+
+fn default_max_record_bytes() -> usize {
+    crate::DEFAULT_MAX_RECORD_BYTES
 }
 
 impl Manifest {

@@ -56,6 +56,9 @@ pub struct PrepareConfig {
     pub ratios: SplitRatios,
     /// What to do with malformed rows.
     pub on_bad_row: BadRowPolicy,
+    /// Most bytes one record may hold: a longer one is a malformed row (`bad_row_too_long`),
+    /// named by its line and never held in memory whole.
+    pub max_record_bytes: usize,
 }
 
 impl PrepareConfig {
@@ -76,6 +79,7 @@ impl PrepareConfig {
             seed: 734,
             ratios: SplitRatios::default(),
             on_bad_row: BadRowPolicy::Error,
+            max_record_bytes: crate::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -230,6 +234,7 @@ pub fn prepare(
         seed: config.seed,
         ratios,
         on_bad_row: config.on_bad_row,
+        max_record_bytes: config.max_record_bytes,
         splits,
     };
     manifest.save(&config.out_dir)?;
@@ -360,7 +365,11 @@ impl<R: Read> Read for CountingReader<R> {
 /// Records of the (possibly decompressed) input.
 type InputRecords = RecordReader<Box<dyn BufRead + Send>>;
 
-fn open_records(path: &Path, gzip: bool) -> Result<(InputRecords, Arc<AtomicU64>), DataError> {
+fn open_records(
+    path: &Path,
+    gzip: bool,
+    max_record_bytes: usize,
+) -> Result<(InputRecords, Arc<AtomicU64>), DataError> {
     let file = File::open(path).map_err(DataError::io(path))?;
     let count = Arc::new(AtomicU64::new(0));
     let counted = CountingReader {
@@ -376,13 +385,16 @@ fn open_records(path: &Path, gzip: bool) -> Result<(InputRecords, Arc<AtomicU64>
     } else {
         Box::new(BufReader::with_capacity(1 << 20, counted))
     };
-    Ok((RecordReader::new(input), count))
+    Ok((
+        RecordReader::new(input).with_max_record_bytes(max_record_bytes),
+        count,
+    ))
 }
 
 /// Reads the first record to detect the format and find the columns.
 fn read_layout(config: &PrepareConfig, gzip: bool) -> Result<(Layout, bool), DataError> {
     let path = config.input.as_path();
-    let (mut reader, _) = open_records(path, gzip)?;
+    let (mut reader, _) = open_records(path, gzip, config.max_record_bytes)?;
     let mut record = Record::default();
     let first: Vec<Vec<u8>> = match reader
         .read_record(&mut record)
@@ -520,7 +532,7 @@ impl RowStream<'_> {
         mut on_batch: impl FnMut(&[GoodRow], Vec<String>) -> Result<(), DataError>,
     ) -> Result<StreamTotals, DataError> {
         let path = self.config.input.as_path();
-        let (mut reader, bytes) = open_records(path, self.gzip)?;
+        let (mut reader, bytes) = open_records(path, self.gzip, self.config.max_record_bytes)?;
         let mut record = Record::default();
         let mut pending = PendingRows::default();
         let mut records_seen = 0u64;
@@ -780,9 +792,15 @@ fn second_pass(
     if manifest.exists() {
         std::fs::remove_file(&manifest).map_err(DataError::io(&manifest))?;
     }
+    // Each split on disk before its name, and the names before the manifest that points at
+    // them (written after this returns).
+    for (temp, _) in &finished {
+        crate::sync_path(temp).map_err(DataError::io(temp))?;
+    }
     for (temp, final_path) in finished {
         std::fs::rename(&temp, &final_path).map_err(DataError::io(&final_path))?;
     }
+    crate::sync_path(out).map_err(DataError::io(out))?;
     Ok(summaries)
 }
 

@@ -253,6 +253,30 @@ fn invalid_utf8_in_a_cleaned_file() {
 }
 
 #[test]
+fn a_record_past_the_byte_limit_is_named_and_skipped_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(5000);
+    let input = write(
+        dir.path(),
+        "long.csv",
+        format!("text,sentiment\nfine,1\n{long},0\nalso fine,0\nbad,0\nok,1\n").as_bytes(),
+    );
+    let mut config = PrepareConfig::new(&input, dir.path().join("out"));
+    config.max_record_bytes = 1000;
+    let err = run(&config).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("long.csv:3: the record is longer than the limit"),
+        "{err}"
+    );
+    config.on_bad_row = BadRowPolicy::Skip;
+    let manifest = run(&config).unwrap();
+    assert_eq!(manifest.rows_dropped["bad_row_too_long"], 1);
+    assert_eq!(manifest.rows_kept, 4);
+    assert_eq!(manifest.max_record_bytes, 1000);
+}
+
+#[test]
 fn bad_files_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

@@ -145,6 +145,7 @@ pub trait Pretrained: Sized + ModuleSnapshot {
                 source_name: folder.join(CONFIG_FILE).display().to_string(),
                 detail,
             })?;
+        check_config_fits_weights(&config, &folder)?;
         let mut model = Self::init(&config, device);
         let report = load_weights(&mut model, &folder, Self::OPTIONAL_PREFIXES)?;
         Ok(Loaded {
@@ -198,6 +199,55 @@ impl Pretrained for RobertaModel {
     fn init(config: &RobertaConfig, device: &Device) -> Self {
         Self::new(config, device)
     }
+}
+
+/// Refuses a `config.json` whose sizes describe more weights than the folder's weight files
+/// hold, before a model of that size is allocated (`vocab_size: 1e12` would abort the process
+/// on allocation). The bound counts the encoder's matrices alone (the heads may be fresh), at
+/// two bytes a weight (half-precision checkpoints exist): a real checkpoint always fits it.
+/// The message names the key whose term is largest.
+fn check_config_fits_weights(config: &RobertaConfig, folder: &Path) -> Result<(), ModelError> {
+    let mut held: u64 = 0;
+    for file in weight_files(folder)? {
+        held += std::fs::metadata(&file)
+            .map_err(ModelError::io(&file))?
+            .len();
+    }
+    let h = config.hidden_size as u128;
+    let terms = [
+        ("vocab_size", config.vocab_size as u128 * h),
+        (
+            "max_position_embeddings",
+            config.max_position_embeddings as u128 * h,
+        ),
+        ("type_vocab_size", config.type_vocab_size as u128 * h),
+        (
+            "num_hidden_layers",
+            config.num_hidden_layers as u128
+                * (4 * h * h + 2 * h * config.intermediate_size as u128),
+        ),
+    ];
+    let weights: u128 = terms.iter().map(|(_, n)| n).sum();
+    if weights * 2 <= u128::from(held) {
+        return Ok(());
+    }
+    let (key, _) = terms.iter().max_by_key(|(_, n)| *n).expect("four terms");
+    let value = match *key {
+        "vocab_size" => config.vocab_size,
+        "max_position_embeddings" => config.max_position_embeddings,
+        "type_vocab_size" => config.type_vocab_size,
+        _ => config.num_hidden_layers,
+    };
+    Err(ModelError::InvalidConfig {
+        source_name: folder.join(CONFIG_FILE).display().to_string(),
+        detail: format!(
+            "`{key}` {value} (with `hidden_size` {}) describes at least {weights} weights, \
+             {} bytes even in half precision, but the weight files hold {held} bytes: the \
+             configuration does not describe these weights",
+            config.hidden_size,
+            weights * 2
+        ),
+    })
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it (`tempfile`), flushed to
@@ -254,6 +304,20 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
                 detail: e.to_string(),
             })?;
         let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
+        // A shard is a file of this folder: a name that climbs out of it or is absolute would
+        // read (or, through the hub, fetch) a file elsewhere.
+        if let Some(bad) = shards.iter().find(|s| {
+            let mut parts = Path::new(s.as_str()).components();
+            !matches!(
+                (parts.next(), parts.next()),
+                (Some(std::path::Component::Normal(_)), None)
+            )
+        }) {
+            return Err(ModelError::BadWeights {
+                file: index,
+                detail: format!("shard {bad:?} is not a file name in the model's folder"),
+            });
+        }
         return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
     }
     let pickle = dir.join(PYTORCH_FILE);
@@ -263,6 +327,38 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Err(ModelError::NoWeights {
         dir: dir.to_path_buf(),
     })
+}
+
+/// Refuses a pickle any tensor of which holds more bytes than the whole file. burn-store reads
+/// a tensor's data before its shape is compared with the model's, and a view saved with
+/// stride 0 (`torch.zeros(1).expand(10**9)`) takes a few bytes in the file and gigabytes once
+/// read; no real checkpoint's tensor is larger than its file (tied tensors share a storage,
+/// each no larger than it). The shapes come from the pickle alone, without reading any data.
+fn check_pickle_sizes(file: &Path) -> Result<(), ModelError> {
+    let file_len = std::fs::metadata(file).map_err(ModelError::io(file))?.len();
+    let reader = pytorch_reader::PytorchReader::new(file).map_err(|e| ModelError::BadWeights {
+        file: file.to_path_buf(),
+        detail: format!("not a readable PyTorch checkpoint: {e}"),
+    })?;
+    for (name, tensor) in reader.tensors() {
+        let bytes = tensor
+            .shape()
+            .iter()
+            .try_fold(tensor.dtype().size(), |acc, &d| acc.checked_mul(d));
+        if bytes.is_none_or(|b| b as u64 > file_len) {
+            return Err(ModelError::BadWeights {
+                file: file.to_path_buf(),
+                detail: format!(
+                    "tensor `{name}` of shape {:?} would take {} bytes, more than the whole \
+                     file ({file_len} bytes): a broadcast view (stride 0) or a corrupt file; \
+                     it is not read",
+                    tensor.shape(),
+                    bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string())
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A module path shown as the checkpoint key it comes from: the save renames, then the layer
@@ -298,6 +394,7 @@ pub fn load_weights<M: ModuleSnapshot>(
             detail: e.to_string(),
         };
         let result = if file.extension().is_some_and(|e| e == "bin") {
+            check_pickle_sizes(file)?;
             let mut store = PytorchStore::from_file(file)
                 .allow_partial(true)
                 .validate(false);

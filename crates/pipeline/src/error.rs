@@ -26,6 +26,21 @@ pub enum PipelineError {
     /// No trial of the search completed.
     #[error("no trial completed: see the errors above")]
     NoCompleteTrial,
+    /// A worker's trials failed one after another, as many as
+    /// `--max-consecutive-failures`: the search stops rather than fail every trial.
+    #[error(
+        "{count} trials in a row failed; the search stops (--max-consecutive-failures). The \
+         last one: {last}"
+    )]
+    TrialsFailing {
+        /// How many failed in a row.
+        count: usize,
+        /// The last trial's error.
+        last: Box<PipelineError>,
+    },
+    /// A search worker's thread panicked (a bug: please report it with the message).
+    #[error("a search worker panicked: {0}")]
+    WorkerPanicked(String),
     /// A stage failed; `stage` says which and on what.
     #[error("{stage}: {source}")]
     Stage {

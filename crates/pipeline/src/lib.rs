@@ -57,6 +57,7 @@
 
 mod baseline;
 mod error;
+mod lock;
 mod pipeline;
 pub mod report;
 pub mod stages;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use burn::tensor::Device;
 use sentiment_data::{Manifest, PrepareConfig, Split};
 use sentiment_search::{
-    DEFAULT_STUDY_NAME, Direction, Outcome, Sampler, SearchSpace, SqliteStorage, Study,
-    StudyStorage, TpeConfig, Trial, TrialState, parse_space,
+    DEFAULT_STUDY_NAME, Direction, Outcome, Sampler, SearchError, SearchSpace, SqliteStorage,
+    Study, StudyStorage, TpeConfig, Trial, TrialState, parse_space,
 };
 use sentiment_tokenize::{TokenizedRows, read_tokenized, token_files, tokenize_splits};
 use sentiment_train::{
@@ -19,11 +19,12 @@ use sentiment_train::{
 };
 
 use crate::PipelineError;
+use crate::lock::FolderLock;
 use crate::report::{self, ReportInput};
 use crate::stages::{DataKey, SearchKey, StageRecord, show_numbers};
 use crate::start::{StartOptions, starting_point};
-use crate::trial::{PruneSettings, TRIAL_PARAMETERS, TrialHooks, trial_config};
-use crate::worker::Worker;
+use crate::trial::{PruneSettings, TRIAL_PARAMETERS, TrialHooks, check_space, trial_config};
+use crate::worker::{PROCESS_ATTRIBUTE, Worker};
 
 /// The study system attribute holding the pipeline's settings ([`SearchKey`]): every worker
 /// sharing the study must run its trials with the same ones.
@@ -54,6 +55,10 @@ pub struct StudySettings {
     /// Ask no trial: train the best trial's parameters, evaluate and report on the study as
     /// it stands.
     pub final_only: bool,
+    /// A worker stops, with the last trial's error, after this many of its trials failed in a
+    /// row (an out-of-memory on every trial, a broken model folder): a search whose every
+    /// trial fails would otherwise never end.
+    pub max_consecutive_failures: usize,
 }
 
 impl Default for StudySettings {
@@ -65,6 +70,7 @@ impl Default for StudySettings {
             grace_period: None,
             retry_failed: true,
             final_only: false,
+            max_consecutive_failures: 3,
         }
     }
 }
@@ -150,6 +156,9 @@ impl PipelineConfig {
             return bad("--space: the search space is empty".into());
         }
         self.run.validate()?;
+        if self.study.max_consecutive_failures == 0 {
+            return bad("--max-consecutive-failures must be at least 1".into());
+        }
         if self.study.heartbeat_interval.is_zero() {
             return bad("--heartbeat-interval must be at least 1 second".into());
         }
@@ -221,12 +230,14 @@ impl Pipeline {
                 "--devices must be at least 1".into(),
             ));
         }
-        Ok(Self {
+        let pipeline = Self {
             data_dir: config.out.join("data"),
             config,
             devices,
             worker: Worker::this(),
-        })
+        };
+        check_space(&pipeline.config.space, &pipeline.base_config())?;
+        Ok(pipeline)
     }
 
     /// The training settings every trial starts from: the Trainer's defaults (best by F1, two
@@ -242,16 +253,42 @@ impl Pipeline {
 
     /// A trial's run folder: the one its `run_dir` user attribute names (a retried trial
     /// inherits its failed original's, and resumes from its checkpoints), else
-    /// `trials/trial_N`.
-    fn trial_dir(&self, trial: &Trial) -> PathBuf {
-        match trial.user_attrs.get("run_dir").and_then(|d| d.as_str()) {
-            Some(dir) => self.config.out.join(dir),
-            None => self
-                .config
-                .out
-                .join("trials")
-                .join(format!("trial_{}", trial.number)),
+    /// `trials/trial_N`. The attribute comes from a study others may write: only a relative
+    /// path that stays inside the output folder is taken, since training writes and deletes
+    /// checkpoints there.
+    fn trial_dir(&self, trial: &Trial) -> Result<PathBuf, PipelineError> {
+        let Some(dir) = trial.user_attrs.get("run_dir") else {
+            return Ok(self.own_trial_dir(trial.number));
+        };
+        match dir.as_str() {
+            Some(d)
+                if !d.is_empty()
+                    && Path::new(d)
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_))) =>
+            {
+                Ok(self.config.out.join(d))
+            }
+            _ => Err(PipelineError::Refused(format!(
+                "trial {}: its run_dir user attribute {dir} is not a relative path inside \
+                 --out {}; no run is trained or deleted there",
+                trial.number,
+                self.config.out.display()
+            ))),
         }
+    }
+
+    /// `trials/trial_N`: the run folder of a trial started here.
+    fn own_trial_dir(&self, number: usize) -> PathBuf {
+        self.config
+            .out
+            .join("trials")
+            .join(format!("trial_{number}"))
+    }
+
+    /// Who holds a lock this process takes, as the lock file records it.
+    fn lock_holder(&self) -> String {
+        format!("pid {} on {}", self.worker.pid, self.worker.host)
     }
 
     fn start_options(&self, seed: u64) -> StartOptions<'_> {
@@ -478,7 +515,13 @@ impl Pipeline {
     fn is_dead(&self, trial: &Trial) -> bool {
         let grace = self.config.study.grace().as_secs_f64();
         trial.heartbeat_age.is_some_and(|age| age > grace)
-            || match trial.worker().and_then(Worker::parse) {
+            || match trial.worker().and_then(|name| {
+                let place = trial
+                    .system_attrs
+                    .get(PROCESS_ATTRIBUTE)
+                    .and_then(|p| p.as_str());
+                Worker::parse(name, place)
+            }) {
                 Some(worker) => self.worker.knows_ended(&worker),
                 // In the pipeline's own study, a trial without worker or heartbeat was left
                 // by an earlier version of the pipeline, which nothing runs any more.
@@ -528,6 +571,7 @@ impl Pipeline {
         observer: &dyn Observer,
     ) -> Result<(), PipelineError> {
         let worker = self.worker.name(device_index);
+        let mut failed_in_a_row = 0;
         loop {
             if stop.is_requested() {
                 return Ok(());
@@ -536,6 +580,11 @@ impl Pipeline {
             let Some(trial) = study.ask_within(self.config.trials, Some(&worker))? else {
                 return Ok(());
             };
+            // Where this worker's pid is valid, for the liveness check of other workers of
+            // this machine (until it is written, only the heartbeat counts).
+            if let Some(place) = &self.worker.place {
+                study.set_system_attr(trial.number, PROCESS_ATTRIBUTE, place.clone().into())?;
+            }
             let retry = trial
                 .retried_from()
                 .map(|f| format!(" (retry of trial {f})"))
@@ -549,7 +598,42 @@ impl Pipeline {
             // One seed for every trial, as the notebook's Trainer: trials differ by their
             // parameters only, and the best one is the final run.
             let config = trial_config(&trial.params, &self.base_config())?;
-            let run_dir = self.trial_dir(&trial);
+            let mut run_dir = self.trial_dir(&trial)?;
+            // One live run per folder: a retry whose original still runs (its heartbeats were
+            // late, it was not dead) starts afresh in a folder of its own.
+            let _run_lock = match FolderLock::take(&run_dir, &self.lock_holder())? {
+                Ok(lock) => lock,
+                Err(held) => {
+                    let own = self.own_trial_dir(trial.number);
+                    observer.warning(&format!(
+                        "trial {}: {} is in use ({}): its original still runs there; this \
+                         trial starts afresh in {}",
+                        trial.number,
+                        run_dir.display(),
+                        if held.holder.is_empty() {
+                            "locked"
+                        } else {
+                            &held.holder
+                        },
+                        own.display()
+                    ));
+                    run_dir = own;
+                    let shown = run_dir.strip_prefix(&self.config.out).unwrap_or(&run_dir);
+                    study.set_user_attr(
+                        trial.number,
+                        "run_dir",
+                        shown.display().to_string().into(),
+                    )?;
+                    FolderLock::take(&run_dir, &self.lock_holder())?.map_err(|held| {
+                        PipelineError::Refused(format!(
+                            "trial {}: {} is in use ({})",
+                            trial.number,
+                            run_dir.display(),
+                            held.holder
+                        ))
+                    })?
+                }
+            };
             // Where the trial's checkpoints, metrics and TensorBoard events are, for Optuna's
             // tools (a user attribute, as Optuna's integrations record theirs).
             if !trial.user_attrs.contains_key("run_dir") {
@@ -596,17 +680,31 @@ impl Pipeline {
                     trial.number
                 ));
             }
-            if let Some(e) = error {
-                return Err(e);
+            let taken_over = |state: TrialState| {
+                observer.warning(&format!(
+                    "trial {}: another worker marked it {state:?} while it ran here (its \
+                     heartbeats were later than the grace period: a suspended machine, a \
+                     network cut); the study keeps its retry, and this run's result stays in {}",
+                    trial.number,
+                    run_dir.display()
+                ));
+            };
+            match error {
+                Some(PipelineError::Search(SearchError::Finished { state, .. })) => {
+                    taken_over(state);
+                    continue;
+                }
+                Some(e) => return Err(e),
+                None => {}
             }
-            match result {
+            let (told, failure) = match result {
                 Ok(outcome) if pruned => {
                     observer.message(&format!(
                         "      trial {} pruned after epoch {} (below the median of earlier trials)",
                         trial.number,
                         outcome.stopped_early.unwrap_or(0)
                     ));
-                    study.tell(trial.number, Outcome::Pruned)?;
+                    (Outcome::Pruned, None)
                 }
                 Ok(outcome) => {
                     let best = outcome.best().f1;
@@ -618,14 +716,32 @@ impl Pipeline {
                         "      trial {}: validation F1 {best:.4}{stopped}",
                         trial.number
                     ));
-                    study.tell(trial.number, Outcome::Complete(best))?;
+                    (Outcome::Complete(best), None)
                 }
                 // Ctrl-C: the trial stays running; the next run here finds its process ended,
                 // fails it and retries it from its checkpoints.
                 Err(e) if e.is_interrupted() => return Err(e),
                 Err(e) => {
                     observer.warning(&format!("trial {} failed: {e}", trial.number));
-                    study.tell(trial.number, Outcome::Fail)?;
+                    (Outcome::Fail, Some(e))
+                }
+            };
+            match study.tell(trial.number, told) {
+                Ok(()) => {}
+                Err(SearchError::Finished { state, .. }) => taken_over(state),
+                Err(e) => return Err(e.into()),
+            }
+            match failure {
+                None => failed_in_a_row = 0,
+                Some(last) => {
+                    failed_in_a_row += 1;
+                    let limit = self.config.study.max_consecutive_failures;
+                    if failed_in_a_row >= limit {
+                        return Err(PipelineError::TrialsFailing {
+                            count: failed_in_a_row,
+                            last: Box::new(last),
+                        });
+                    }
                 }
             }
         }
@@ -728,7 +844,21 @@ impl Pipeline {
     ) -> Result<Option<PipelineOutcome>, PipelineError> {
         let started = Instant::now();
         let out = &self.config.out;
-        std::fs::create_dir_all(out).map_err(PipelineError::io(out))?;
+        // One pipeline per output folder: two would both claim the final stage and overwrite
+        // each other's outputs. (Workers sharing a study each have their own --out.)
+        let _out_lock = FolderLock::take(out, &self.lock_holder())?.map_err(|held| {
+            PipelineError::Refused(format!(
+                "{} is in use by another pipeline ({}; {}): wait for it to end, or choose \
+                 another --out",
+                out.display(),
+                if held.holder.is_empty() {
+                    "its holder is starting"
+                } else {
+                    &held.holder
+                },
+                held.path.display()
+            ))
+        })?;
         // Every key before anything is written: a refusal leaves the folder as it was.
         let data_key = self.data_key()?;
         let search_key = self.search_key(data_key.clone());
@@ -820,8 +950,18 @@ impl Pipeline {
                         }))
                     })
                     .collect::<Result<_, PipelineError>>()?;
+                // A panic in one worker (a bug, or a value no check foresaw) ends the run with
+                // an error, as any other failure: the study and the other workers' trials stay
+                // consistent, and the process is not aborted.
                 for worker in workers {
-                    worker.join().expect("search workers do not panic")?;
+                    worker.join().map_err(|panic| {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        PipelineError::WorkerPanicked(message)
+                    })??;
                 }
                 Ok(())
             })?;
@@ -851,9 +991,13 @@ impl Pipeline {
         // run is the best trial's run itself: its outputs are reused rather than computed
         // again.
         let config = trial_config(&best.params, &self.base_config())?;
-        let best_dir = self.trial_dir(&best);
+        let best_dir = self.trial_dir(&best)?;
         let outcome = match read_outcome(&best_dir).filter(|_| config_matches(&best_dir, &config)) {
-            Some(done) => {
+            Some(mut done) => {
+                // The trainer writes the best model in the run folder; the path recorded in
+                // outcome.json is not followed (a folder moved, or edited, would point
+                // elsewhere).
+                done.best_model_dir = best_dir.join(sentiment_train::BEST_MODEL_DIR);
                 observer.message(&format!(
                     "[4/5] final training: reusing trial {} (same parameters and seed) in {}",
                     best.number,
@@ -891,7 +1035,7 @@ impl Pipeline {
             .trials()
             .iter()
             .filter_map(|t| {
-                let path = self.trial_dir(t).join("metrics.json");
+                let path = self.trial_dir(t).ok()?.join("metrics.json");
                 let text = std::fs::read_to_string(path).ok()?;
                 Some((t.number, serde_json::from_str(&text).ok()?))
             })
@@ -913,6 +1057,7 @@ impl Pipeline {
             manifest: &manifest,
             trials: study.trials(),
             curves: &curves,
+            best_trial: best.number,
             outcome: &shown,
             baseline: baseline.as_ref(),
             command: self.config.command.clone(),

@@ -255,6 +255,9 @@ pub struct ReportInput<'a> {
     pub trials: &'a [Trial],
     /// Per-trial epoch metrics, by trial number.
     pub curves: &'a [(usize, Vec<EpochMetrics>)],
+    /// The number of the best trial, whose parameters the final run used (the earliest of
+    /// tied trials, as Optuna's `best_trial`).
+    pub best_trial: usize,
     /// The final run.
     pub outcome: &'a TrainOutcome,
     /// The bag-of-words baseline's test metrics (fitted on the train split).
@@ -470,16 +473,7 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             t.worker().unwrap_or_default()
         );
     }
-    if let Some(best) = input
-        .trials
-        .iter()
-        .filter(|t| t.state == TrialState::Complete)
-        .max_by(|a, b| {
-            a.value
-                .unwrap_or(f64::MIN)
-                .total_cmp(&b.value.unwrap_or(f64::MIN))
-        })
-    {
+    if let Some(best) = input.trials.iter().find(|t| t.number == input.best_trial) {
         let shown: Vec<String> = best
             .params
             .iter()

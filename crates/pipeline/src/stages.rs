@@ -57,6 +57,13 @@ pub struct DataKey {
     pub ratios: SplitRatios,
     /// Malformed-row policy.
     pub on_bad_row: BadRowPolicy,
+    /// The most bytes of a record.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+fn default_max_record_bytes() -> usize {
+    sentiment_data::DEFAULT_MAX_RECORD_BYTES
 }
 
 impl DataKey {
@@ -77,6 +84,7 @@ impl DataKey {
             seed: config.seed,
             ratios: config.ratios,
             on_bad_row: config.on_bad_row,
+            max_record_bytes: config.max_record_bytes,
         }
     }
 
@@ -96,6 +104,7 @@ impl DataKey {
             seed: manifest.seed,
             ratios: manifest.ratios,
             on_bad_row: manifest.on_bad_row,
+            max_record_bytes: manifest.max_record_bytes,
         }
     }
 
@@ -162,6 +171,11 @@ impl DataKey {
             "--on-bad-row",
             format!("{:?}", self.on_bad_row).to_lowercase(),
             format!("{:?}", before.on_bad_row).to_lowercase(),
+        );
+        flag(
+            "--max-record-bytes",
+            self.max_record_bytes.to_string(),
+            before.max_record_bytes.to_string(),
         );
         changes
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use sentiment_search::Study;
+use sentiment_search::{Distribution, SearchSpace, Study};
 use sentiment_train::{BestMetric, EpochMetrics, Progress, TrainConfig, TrainHooks};
 
 use crate::PipelineError;
@@ -30,10 +30,21 @@ pub fn trial_config(
         let number = value.as_f64().ok_or_else(|| {
             PipelineError::InvalidSetting(format!("parameter {name} = {value} is not a number"))
         })?;
+        // A count from a float or a negative number would be truncated or saturated into
+        // another value than the study records.
+        let count = || -> Result<usize, PipelineError> {
+            if number.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&number) {
+                Ok(number as usize)
+            } else {
+                Err(PipelineError::InvalidSetting(format!(
+                    "parameter {name} = {value} is not a whole number >= 0"
+                )))
+            }
+        };
         match name.as_str() {
             "learning_rate" => config.learning_rate = number,
-            "batch_size" => config.batch_size = number as usize,
-            "warmup_steps" => config.warmup_steps = number as usize,
+            "batch_size" => config.batch_size = count()?,
+            "warmup_steps" => config.warmup_steps = count()?,
             "weight_decay" => config.optimizer.weight_decay = number,
             other => {
                 return Err(PipelineError::InvalidSetting(format!(
@@ -44,6 +55,41 @@ pub fn trial_config(
         }
     }
     Ok(config)
+}
+
+/// Refuses a search space from which the trainer would refuse a trial, naming the parameter
+/// and the value, before any trial runs (a space every trial of which fails would otherwise
+/// fail trial after trial). The trainer's accepted ranges are intervals (a positive learning
+/// rate, a batch of at least 1, …), so a range's two ends and every choice are what is
+/// checked; counts must also come from integers.
+pub fn check_space(space: &SearchSpace, base: &TrainConfig) -> Result<(), PipelineError> {
+    for (name, distribution) in space {
+        let values: Vec<serde_json::Value> = match distribution {
+            Distribution::Float { low, high, .. } => {
+                if matches!(name.as_str(), "batch_size" | "warmup_steps") {
+                    return Err(PipelineError::InvalidSetting(format!(
+                        "--space {name}: a count takes whole numbers: int:LOW:HIGH or \
+                         cat:A,B, not a float range"
+                    )));
+                }
+                vec![(*low).into(), (*high).into()]
+            }
+            Distribution::Int { low, high, .. } => vec![(*low).into(), (*high).into()],
+            Distribution::Categorical { choices } => choices.clone(),
+        };
+        for value in values {
+            let params = BTreeMap::from([(name.clone(), value.clone())]);
+            trial_config(&params, base)
+                .and_then(|config| Ok(config.validate()?))
+                .map_err(|e| {
+                    PipelineError::InvalidSetting(format!(
+                        "--space {name}: the trainer refuses {name} = {value}, so every trial \
+                         reaching it would fail: {e}"
+                    ))
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// The median pruner's settings (Optuna's `MedianPruner`).

@@ -2,6 +2,16 @@
 //! (`sentiment:worker`, a trial system attribute), so that the report says which worker ran
 //! each trial and a trial whose process on this machine has ended is known dead at once,
 //! without waiting for its heartbeat to go stale.
+//!
+//! A host name and a pid do not name a process alone: containers that share the host's name
+//! (`--network host`, Kubernetes' `hostNetwork`) each have their own pid namespace, and a
+//! machine that rebooted reuses pids. So the trial also records where its pid is valid
+//! ([`PROCESS_ATTRIBUTE`]: the boot id and the pid namespace), and a process is judged ended
+//! only when that place is this process's own; anywhere else, only a stale heartbeat fails a
+//! trial.
+
+/// The trial system attribute naming where the worker's pid is valid: `BOOT_ID/PID_NAMESPACE`.
+pub(crate) const PROCESS_ATTRIBUTE: &str = "sentiment:process";
 
 /// This worker process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,6 +20,8 @@ pub(crate) struct Worker {
     pub host: String,
     /// The process id.
     pub pid: u32,
+    /// Where the pid is valid (boot and pid namespace), where the system says (Linux).
+    pub place: Option<String>,
 }
 
 impl Worker {
@@ -18,6 +30,7 @@ impl Worker {
         Self {
             host: host_name(),
             pid: std::process::id(),
+            place: process_place(),
         }
     }
 
@@ -30,20 +43,33 @@ impl Worker {
         }
     }
 
-    /// The worker a recorded name designates.
-    pub fn parse(name: &str) -> Option<Self> {
+    /// The worker a recorded name (and place, if recorded) designates.
+    pub fn parse(name: &str, place: Option<&str>) -> Option<Self> {
         let (host, rest) = name.rsplit_once(':')?;
         let pid = rest.split('/').next()?.parse().ok()?;
         Some(Self {
             host: host.to_string(),
             pid,
+            place: place.map(str::to_string),
         })
     }
 
-    /// Whether `other` is a process of this machine, other than this one, that has ended.
+    /// Whether `other` is a process of this machine and pid namespace, since its last boot,
+    /// other than this one, that has ended.
     pub fn knows_ended(&self, other: &Worker) -> bool {
-        other.host == self.host && other.pid != self.pid && !process_exists(other.pid)
+        other.host == self.host
+            && self.place.is_some()
+            && other.place == self.place
+            && other.pid != self.pid
+            && !process_exists(other.pid)
     }
+}
+
+/// `BOOT_ID/PID_NAMESPACE` of this process (Linux; None elsewhere, or if unreadable).
+fn process_place() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), namespace.display()))
 }
 
 /// The machine's host name (`localhost` if it cannot be read).
@@ -76,8 +102,10 @@ mod tests {
     #[test]
     fn names_read_back_and_ended_processes_are_known() {
         let me = Worker::this();
-        assert_eq!(Worker::parse(&me.name(None)), Some(me.clone()));
-        assert_eq!(Worker::parse(&me.name(Some(3))), Some(me.clone()));
+        let place = me.place.as_deref();
+        assert!(place.is_some(), "Linux says where a pid is valid");
+        assert_eq!(Worker::parse(&me.name(None), place), Some(me.clone()));
+        assert_eq!(Worker::parse(&me.name(Some(3)), place), Some(me.clone()));
         // This process is alive and is not "another that ended"; a child that exited has ended.
         assert!(!me.knows_ended(&me));
         let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -86,12 +114,26 @@ mod tests {
         let ended = Worker {
             host: me.host.clone(),
             pid,
+            place: me.place.clone(),
         };
         assert!(me.knows_ended(&ended));
         let elsewhere = Worker {
             host: format!("{}-elsewhere", me.host),
-            pid,
+            ..ended.clone()
         };
         assert!(!me.knows_ended(&elsewhere));
+        // Same host name, another container (pid namespace) or an earlier boot: its pids are
+        // not ours to look up, so only its heartbeat can say it died; nor can a trial that
+        // recorded no place.
+        let other_namespace = Worker {
+            place: Some("boot/pid:[1]".into()),
+            ..ended.clone()
+        };
+        assert!(!me.knows_ended(&other_namespace));
+        let unplaced = Worker {
+            place: None,
+            ..ended
+        };
+        assert!(!me.knows_ended(&unplaced));
     }
 }

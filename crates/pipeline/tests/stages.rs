@@ -284,3 +284,26 @@ fn a_study_file_of_an_earlier_layout_is_refused_then_replaced_with_overwrite() {
     done.unwrap();
     assert!(messages.contains("discarding the study"), "{messages}");
 }
+
+#[test]
+fn tied_trials_report_the_one_the_final_stage_used() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    let mut settings = config(&out, 300, 1);
+    // One value to choose: both trials train alike, with the same seed, and tie.
+    settings.space = sentiment_search::parse_space(["batch_size=cat:16"]).unwrap();
+    let (outcome, messages) = run(settings);
+    let outcome = outcome.unwrap();
+    let record = sentiment_search::Study::read(&own_study(&out))
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.trials[0].value, record.trials[1].value, "{messages}");
+    // Optuna's best_trial: the earliest of tied trials, in the run and in the report alike.
+    assert_eq!(outcome.best.number, 0);
+    assert!(
+        messages.contains("final training: reusing trial 0"),
+        "{messages}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("Best parameters (trial 0,"), "{report}");
+}

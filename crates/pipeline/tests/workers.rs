@@ -53,6 +53,13 @@ fn dead_workers_trials_are_failed_and_retried_in_their_run_folders() {
     study
         .set_system_attr(a.number, WORKER_ATTRIBUTE, here.clone().into())
         .unwrap();
+    // Where the pid is valid: this boot and pid namespace, as the pipeline records it.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let namespace = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let place = format!("{}/{}", boot.trim(), namespace.display());
+    study
+        .set_system_attr(a.number, "sentiment:process", place.into())
+        .unwrap();
     study
         .set_user_attr(a.number, "run_dir", "trials/trial_1".into())
         .unwrap();
@@ -161,4 +168,90 @@ fn pipelines_on_a_shared_postgres_study_split_it_and_run_the_final_stage_once() 
     assert!(done.unwrap().is_some(), "{messages}");
     assert!(!messages.contains("search: trial"), "{messages}");
     assert!(Path::new(&work.path().join("c/report.html")).exists());
+}
+
+/// At the first training step, fails the study's running trial from outside, as a peer does
+/// when this worker's heartbeats stall past the grace period (a suspended laptop, a network
+/// cut); its retry inherits a run folder that a living process holds (the lock taken here, as
+/// the still-running original would hold its own).
+struct PeerFailsTheTrial {
+    out: std::path::PathBuf,
+    messages: common::Messages,
+    held: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl sentiment_pipeline::Observer for PeerFailsTheTrial {
+    fn message(&self, line: &str) {
+        sentiment_pipeline::Observer::message(&self.messages, line);
+    }
+
+    fn progress(&self) -> Box<dyn FnMut(sentiment_train::Progress) + '_> {
+        Box::new(move |_| {
+            let mut held = self.held.lock().unwrap();
+            if held.is_some() {
+                return;
+            }
+            let busy = self.out.join("trials/busy");
+            std::fs::create_dir_all(&busy).unwrap();
+            let lock = std::fs::File::create(busy.join(".lock")).unwrap();
+            lock.try_lock().unwrap();
+            *held = Some(lock);
+            let record = Study::read(&own_study(&self.out)).unwrap().unwrap();
+            let mut study = Study::with_storage(
+                Box::new(own_study(&self.out)),
+                record.direction,
+                record.space.clone(),
+                record.sampler,
+                record.seed,
+            )
+            .unwrap();
+            let failed = study
+                .fail_stale(|t| t.state == TrialState::Running, true)
+                .unwrap();
+            let retry = failed[0].1.unwrap();
+            study
+                .set_user_attr(retry, "run_dir", "trials/busy".into())
+                .unwrap();
+        })
+    }
+}
+
+#[test]
+fn a_trial_failed_by_a_peer_is_logged_and_its_retry_avoids_a_busy_folder() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    let mut settings = config(&out, 300, 1);
+    settings.trials = 2;
+    let observer = PeerFailsTheTrial {
+        out: out.clone(),
+        messages: common::Messages::default(),
+        held: std::sync::Mutex::new(None),
+    };
+    let pipeline =
+        sentiment_pipeline::Pipeline::new(settings, vec![burn::tensor::Device::flex()]).unwrap();
+    let done = pipeline.run(&sentiment_train::StopToken::new(), &observer);
+    let messages = observer.messages.all();
+    // The worker goes on: the trial it ran is the study's failure, not its own.
+    done.unwrap();
+    assert!(
+        messages.contains("trial 0: another worker marked it Fail while it ran here"),
+        "{messages}"
+    );
+    assert!(
+        messages.contains("trials/busy is in use") && messages.contains("starts afresh in"),
+        "{messages}"
+    );
+    let record = Study::read(&own_study(&out)).unwrap().unwrap();
+    let states: Vec<TrialState> = record.trials.iter().map(|t| t.state).collect();
+    use TrialState::*;
+    assert_eq!(states, [Fail, Complete, Complete], "{messages}");
+    assert_eq!(record.trials[1].retried_from(), Some(0));
+    assert_eq!(record.trials[1].user_attrs["run_dir"], "trials/trial_1");
+    assert!(out.join("trials/trial_1/outcome.json").exists());
+    // Nothing was written into the busy folder but its lock.
+    let names: Vec<_> = std::fs::read_dir(out.join("trials/busy"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [".lock"]);
 }

@@ -26,6 +26,7 @@ mod parzen;
 mod postgres;
 mod rdb;
 mod sampler;
+mod secrets;
 mod space;
 mod sqlite;
 mod study;
@@ -33,6 +34,7 @@ mod study;
 pub use parzen::{Kernel, ParzenConfig, ParzenEstimator, default_weights};
 pub use postgres::PostgresStorage;
 pub use sampler::{Params, RandomSampler, Sampler, TpeConfig, TpeSampler, default_gamma};
+pub use secrets::{redact_args, redact_url};
 pub use space::{Distribution, Param, SearchSpace, parse_space, snap, space_from_json};
 pub use sqlite::SqliteStorage;
 pub use study::{
@@ -49,6 +51,15 @@ pub enum SearchError {
     /// A trial number the study does not have.
     #[error("unknown trial {0}")]
     UnknownTrial(usize),
+    /// A trial told after it finished: another worker failed it (its heartbeat was stale), or
+    /// it was told twice.
+    #[error("trial {number} is already {state:?}")]
+    Finished {
+        /// The trial.
+        number: usize,
+        /// The state it has.
+        state: TrialState,
+    },
     /// A request that contradicts the study's state or definition.
     #[error("{0}")]
     Mismatch(String),

@@ -321,7 +321,15 @@ pub(crate) fn read(
          FROM trials WHERE study_id = $1 ORDER BY number",
         id,
     )? {
-        let number = row[0].int().unwrap_or_default();
+        let number = row[0]
+            .int()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                DbError::fatal(format!(
+                    "trial row {trial_id} has no trial number >= 0 ({:?})",
+                    row[0].int()
+                ))
+            })?;
         let state_text = row[1].text().unwrap_or_default();
         let state = parse_state(state_text).ok_or_else(|| {
             DbError::fatal(format!(
@@ -331,7 +339,7 @@ pub(crate) fn read(
         trials.insert(
             trial_id,
             Trial {
-                number: number as usize,
+                number,
                 state,
                 params: BTreeMap::new(),
                 internal: BTreeMap::new(),
@@ -355,7 +363,15 @@ pub(crate) fn read(
         let name = row[0].text().unwrap_or_default().to_string();
         let internal = row[1].float().unwrap_or(f64::NAN);
         let distribution = Distribution::from_optuna_json(row[2].text().unwrap_or_default())
+            .and_then(|d| d.validate(&name).map(|()| d))
             .map_err(DbError::fatal)?;
+        if !distribution.holds_internal(internal) {
+            return Err(DbError::fatal(format!(
+                "trial row {trial_id}: parameter `{name}` holds {internal}, which its \
+                 distribution {} cannot (a choice index past the choices, or not a number)",
+                row[2].text().unwrap_or_default()
+            )));
+        }
         if let Some(trial) = trials.get_mut(&trial_id) {
             trial
                 .params
@@ -426,11 +442,27 @@ pub(crate) fn read(
         }
     }
 
-    let trials: Vec<Trial> = trials.into_values().collect();
+    // The study addresses trials by number: the numbers must be 0, 1, … without a gap or a
+    // repeat (rows edited by hand, or written by something else, are refused, not misread).
+    let mut trials: Vec<Trial> = trials.into_values().collect();
+    trials.sort_by_key(|t| t.number);
+    if let Some((i, t)) = trials.iter().enumerate().find(|(i, t)| t.number != *i) {
+        return Err(DbError::fatal(format!(
+            "the study's trial numbers are not 0 to {} in order: trial {} is where trial {i} \
+             should be",
+            trials.len() - 1,
+            t.number
+        )));
+    }
     let record = match settings {
         Some(text) => {
             let settings: Settings = serde_json::from_str(&text)
                 .map_err(|e| DbError::fatal(format!("{STUDY_ATTRIBUTE}: {e}")))?;
+            for (name, distribution) in &settings.space {
+                distribution
+                    .validate(name)
+                    .map_err(|e| DbError::fatal(format!("{STUDY_ATTRIBUTE}: {e}")))?;
+            }
             StudyRecord {
                 version: settings.version,
                 direction,

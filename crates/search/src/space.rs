@@ -73,6 +73,10 @@ impl Distribution {
                 if !(low.is_finite() && high.is_finite()) || low > high {
                     return bad(format!("bounds [{low}, {high}] are not an interval"));
                 }
+                // The samplers work on the width: one that overflows is no range to sample.
+                if !(high - low).is_finite() {
+                    return bad(format!("bounds [{low}, {high}] are too far apart"));
+                }
                 if log && low <= 0.0 {
                     return bad(format!("log scale needs low > 0 (got {low})"));
                 }
@@ -94,6 +98,9 @@ impl Distribution {
                 if low > high {
                     return bad(format!("bounds [{low}, {high}] are not an interval"));
                 }
+                if high.checked_sub(low).is_none() {
+                    return bad(format!("bounds [{low}, {high}] are too far apart"));
+                }
                 if log && low < 1 {
                     return bad(format!("log scale needs low >= 1 (got {low})"));
                 }
@@ -113,6 +120,18 @@ impl Distribution {
             }
         }
         Ok(())
+    }
+
+    /// Whether `internal` is a value this distribution can hold in Optuna's internal form (a
+    /// finite number; a categorical's choice index): a stored row that is not one is refused
+    /// rather than read as another value.
+    pub fn holds_internal(&self, internal: f64) -> bool {
+        match self {
+            Distribution::Float { .. } | Distribution::Int { .. } => internal.is_finite(),
+            Distribution::Categorical { choices } => {
+                internal.fract() == 0.0 && internal >= 0.0 && internal < choices.len() as f64
+            }
+        }
     }
 
     /// True when only one value is possible (such parameters are not searched).

@@ -521,6 +521,13 @@ impl Study {
     /// Records an intermediate value (for example the validation F1 after an epoch).
     pub fn report(&mut self, number: usize, step: usize, value: f64) -> Result<(), SearchError> {
         self.modify(number, |t| {
+            // As Optuna: a finished trial (failed by another worker, say) takes no value.
+            if t.state != TrialState::Running {
+                return Err(SearchError::Finished {
+                    number,
+                    state: t.state,
+                });
+            }
             t.intermediate.insert(step, value);
             Ok(())
         })
@@ -530,10 +537,10 @@ impl Study {
     pub fn tell(&mut self, number: usize, outcome: Outcome) -> Result<(), SearchError> {
         self.modify(number, |t| {
             if t.state != TrialState::Running {
-                return Err(SearchError::Mismatch(format!(
-                    "trial {number} is already {:?}",
-                    t.state
-                )));
+                return Err(SearchError::Finished {
+                    number,
+                    state: t.state,
+                });
             }
             match outcome {
                 Outcome::Complete(v) if !v.is_finite() => {
@@ -882,7 +889,7 @@ pub fn storage(url: &str, name: &str) -> Result<Box<dyn StudyStorage>, SearchErr
         return Err(SearchError::Storage(format!(
             "storage {}: unknown scheme {scheme}://: the storages are sqlite:///PATH, \
              postgresql://USER@HOST:PORT/DB or a file path",
-            crate::postgres::without_password(url)
+            crate::redact_url(url)
         )));
     }
     let path = Path::new(url);

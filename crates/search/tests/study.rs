@@ -195,10 +195,19 @@ fn tell_and_report_are_checked() {
     assert!(study.tell(t.number, Outcome::Complete(f64::NAN)).is_err());
     study.report(t.number, 1, 0.5).unwrap();
     study.tell(t.number, Outcome::Complete(0.5)).unwrap();
-    assert!(
-        study.tell(t.number, Outcome::Complete(0.6)).is_err(),
-        "told twice"
-    );
+    // A finished trial (told already, or failed by another worker) takes no more: the error
+    // says so in a form a worker can act on.
+    assert!(matches!(
+        study.tell(t.number, Outcome::Complete(0.6)),
+        Err(SearchError::Finished {
+            number: 0,
+            state: TrialState::Complete
+        })
+    ));
+    assert!(matches!(
+        study.report(t.number, 2, 0.7),
+        Err(SearchError::Finished { .. })
+    ));
     let csv = study.trials_csv();
     let mut lines = csv.lines();
     assert_eq!(
@@ -373,5 +382,70 @@ fn storages_are_named_as_optuna_names_them() {
             .unwrap_err()
             .to_string();
         assert!(err.contains(needle), "{url}: {err}");
+    }
+}
+
+/// A study's rows come from a database others write: rows that no study of ours or Optuna's
+/// holds are refused with what is wrong, never a panic and never read as another value.
+#[test]
+fn hostile_study_rows_are_refused_not_misread() {
+    let edits = [
+        (
+            "UPDATE trial_params SET distribution_json = \
+             '{\"name\": \"CategoricalDistribution\", \"attributes\": {\"choices\": []}}' \
+             WHERE param_name = 'c'",
+            "no choices",
+        ),
+        (
+            "UPDATE trial_params SET param_value = 7 WHERE param_name = 'c'",
+            "a choice index past the choices",
+        ),
+        (
+            "UPDATE trials SET number = -1 WHERE number = 0",
+            "no trial number >= 0",
+        ),
+        (
+            "UPDATE trials SET number = 5 WHERE number = 1",
+            "not 0 to 1 in order",
+        ),
+    ];
+    for (edit, expected) in edits {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("study.db");
+        let open = || {
+            Study::with_storage(
+                Box::new(sentiment_search::SqliteStorage::new(&path, "s")),
+                Direction::Minimize,
+                space(),
+                Sampler::Random,
+                1,
+            )
+        };
+        let mut study = open().unwrap();
+        for _ in 0..2 {
+            let t = study.ask().unwrap();
+            study.tell(t.number, Outcome::Complete(1.0)).unwrap();
+        }
+        drop(study);
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(edit, [])
+            .unwrap();
+        let err = match open() {
+            Ok(_) => panic!("{edit}: the study opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(expected), "{edit}: {err}");
+    }
+}
+
+#[test]
+fn ranges_whose_width_overflows_are_refused() {
+    for spec in [
+        "w=float:-1e308:1e308",
+        "n=int:-9223372036854775807:9223372036854775807",
+    ] {
+        let err = parse_space([spec]).unwrap_err().to_string();
+        assert!(err.contains("too far apart"), "{spec}: {err}");
     }
 }

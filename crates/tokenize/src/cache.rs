@@ -240,7 +240,12 @@ fn write_tokens(
             progress(end, texts.len());
         }
         writer.close().map_err(parquet_error)?;
+        // On disk before its name, and its name before the cache record that points at it.
+        sentiment_data::sync_path(&temp).map_err(TokenizeError::io(&temp))?;
         std::fs::rename(&temp, path).map_err(TokenizeError::io(path))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            sentiment_data::sync_path(dir).map_err(TokenizeError::io(dir))?;
+        }
         Ok((texts.len(), truncated))
     })();
     if result.is_err() {

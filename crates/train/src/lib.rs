@@ -47,8 +47,8 @@ pub use pretrain::{
 pub use run::{EarlyStopping, RUN_VERSION, StopToken, TrainHooks};
 pub use schedule::LinearSchedule;
 pub use trainer::{
-    BestMetric, EpochMetrics, Evaluation, Progress, TrainConfig, TrainData, TrainOutcome, evaluate,
-    logits, train,
+    BEST_MODEL_DIR, BestMetric, EpochMetrics, Evaluation, Progress, TrainConfig, TrainData,
+    TrainOutcome, evaluate, logits, train,
 };
 
 /// Writes a file atomically (temporary sibling, then rename).

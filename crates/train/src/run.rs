@@ -413,16 +413,45 @@ where
         }
         _ => {}
     }
-    let latest = if resume {
-        latest_checkpoint::<T::Epoch, C>(run_dir)?
+    let candidates = if resume {
+        remove_stale_temporaries(&run_dir.join("checkpoints"))?;
+        checkpoints_newest_first::<T::Epoch, C>(run_dir)?
     } else {
-        None
+        Vec::new()
     };
-    if let Some((dir, state)) = latest {
+    // The newest checkpoint that reads back: one whose files a crash cut short (written but
+    // not yet on disk) is passed over for the one before, and the log says so.
+    let mut latest = None;
+    let mut unreadable = None;
+    for (dir, state) in candidates {
         if state.config != *settings.config {
             return Err(different_settings(run_dir, &state.config, settings.config));
         }
-        (model, optimizer) = load_checkpoint(model, optimizer, &dir, device)?;
+        match load_checkpoint(model.clone(), optimizer.clone(), &dir, device) {
+            Ok(loaded) => {
+                (model, optimizer) = loaded;
+                latest = Some((dir, state));
+                break;
+            }
+            Err(e @ (TrainError::BadCheckpoint { .. } | TrainError::Io { .. })) => {
+                log(
+                    run_dir,
+                    &format!(
+                        "checkpoint {} is unreadable ({e}): a write cut short, by a crash say; \
+                         resuming from the one before it, if any",
+                        dir.display()
+                    ),
+                )?;
+                unreadable.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Checkpoints, none readable: an error, never a silent fresh start.
+    if let (None, Some(e)) = (&latest, unreadable) {
+        return Err(e);
+    }
+    if let Some((dir, state)) = latest {
         (step, history, partial, interval) =
             (state.step, state.history, state.partial, state.interval);
         start_epoch = state.epoch + usize::from(partial.is_none());
@@ -801,11 +830,38 @@ fn save_checkpoint<M: Module, S: Serialize>(
             detail: format!("{e:?}"),
         })?;
     optimizer.save(&temp.join("optimizer.bpk"))?;
+    // The weights on disk before the state that names them complete (state.json is synced
+    // as it is written), and the folder's name before anything points at it.
+    for path in [model_path, temp.join("optimizer.bpk")] {
+        if path.exists() {
+            sentiment_data::sync_path(&path).map_err(TrainError::io(&path))?;
+        }
+    }
     save_json(&temp.join("state.json"), state)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(TrainError::io(dir))?;
     }
-    std::fs::rename(&temp, dir).map_err(TrainError::io(dir))
+    std::fs::rename(&temp, dir).map_err(TrainError::io(dir))?;
+    if let Some(parent) = dir.parent() {
+        sentiment_data::sync_path(parent).map_err(TrainError::io(parent))?;
+    }
+    Ok(())
+}
+
+/// Removes the temporary folders (`.NAME.tmp-PID`) that checkpoint writes of earlier,
+/// killed processes left in `checkpoints_dir`: never complete, never read, only in the way.
+fn remove_stale_temporaries(checkpoints_dir: &Path) -> Result<(), TrainError> {
+    let Ok(entries) = std::fs::read_dir(checkpoints_dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.map_err(TrainError::io(checkpoints_dir))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with('.') && n.contains(".tmp-")) && path.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(TrainError::io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// The error for resuming a run folder with other settings than it was started with: names
@@ -857,16 +913,15 @@ fn load_checkpoint<M: Module>(
     Ok((model, optimizer))
 }
 
-/// The most advanced checkpoint of `run_dir` (folder and state), if any: the most optimizer
-/// steps.
-fn latest_checkpoint<E: DeserializeOwned, C: DeserializeOwned>(
+/// The checkpoints of `run_dir` (folder and state), the most optimizer steps first.
+fn checkpoints_newest_first<E: DeserializeOwned, C: DeserializeOwned>(
     run_dir: &Path,
-) -> Result<Option<Checkpoint<E, C>>, TrainError> {
+) -> Result<Vec<Checkpoint<E, C>>, TrainError> {
     let dir = run_dir.join("checkpoints");
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
-    let mut latest: Option<Checkpoint<E, C>> = None;
+    let mut found: Vec<Checkpoint<E, C>> = Vec::new();
     for entry in entries {
         let path = entry.map_err(TrainError::io(&dir))?.path();
         let state_path = path.join("state.json");
@@ -891,11 +946,10 @@ fn latest_checkpoint<E: DeserializeOwned, C: DeserializeOwned>(
                 path: state_path.clone(),
                 detail: e.to_string(),
             })?;
-        if latest.as_ref().is_none_or(|(_, l)| state.step > l.step) {
-            latest = Some((path, state));
-        }
+        found.push((path, state));
     }
-    Ok(latest)
+    found.sort_by_key(|(_, state)| std::cmp::Reverse(state.step));
+    Ok(found)
 }
 
 #[cfg(test)]

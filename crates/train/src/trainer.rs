@@ -177,6 +177,9 @@ pub struct Evaluation {
     pub samples_per_second: f64,
 }
 
+/// The folder, inside a run's, that holds its best model as a Hugging Face folder.
+pub const BEST_MODEL_DIR: &str = "best_model";
+
 /// What a finished run produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainOutcome {
@@ -550,7 +553,7 @@ pub fn train(
         }
         None => None,
     };
-    let best_model_dir = run_dir.join("best_model");
+    let best_model_dir = run_dir.join(BEST_MODEL_DIR);
     best.save_pretrained(model_config, &best_model_dir)?;
     if let Some(tokenizer) = tokenizer {
         tokenizer.save(&best_model_dir)?;

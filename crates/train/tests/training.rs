@@ -209,10 +209,13 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
         "{err}"
     );
 
-    // A corrupt checkpoint is an error naming the file.
-    let model_file = checkpoint(run_b.path(), 2 * steps).join("model.bpk");
-    let bytes = std::fs::read(&model_file).unwrap();
-    std::fs::write(&model_file, &bytes[..bytes.len() / 3]).unwrap();
+    // Every checkpoint corrupt (one alone is passed over, see below): an error naming the
+    // file, never a silent fresh start.
+    for step in [steps, 2 * steps] {
+        let model_file = checkpoint(run_b.path(), step).join("model.bpk");
+        let bytes = std::fs::read(&model_file).unwrap();
+        std::fs::write(&model_file, &bytes[..bytes.len() / 3]).unwrap();
+    }
     let err = run(&p, &quick(), run_b.path(), true).unwrap_err();
     assert!(err.to_string().contains("model.bpk"), "{err}");
 }
@@ -428,6 +431,20 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_it_ended() {
     assert!(err.to_string().contains("early_stopping_patience"), "{err}");
 }
 
+/// Copies the folder `from` into `to`, recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// The checkpoint folders of a run, by step.
 fn checkpoint_steps(run: &Path) -> Vec<usize> {
     let mut steps: Vec<usize> = std::fs::read_dir(run.join("checkpoints"))
@@ -504,6 +521,24 @@ fn evaluates_and_checkpoints_every_n_steps_and_resumes_mid_epoch() {
         on_disk.len() == 3 && on_disk.ends_with(&[30, 35]),
         "{on_disk:?}"
     );
+    // The same crash, but the newest checkpoint's weights were cut short (written, not yet
+    // on disk when the machine went down) and a checkpoint write left its temporary folder:
+    // the resume passes over the torn checkpoint for the one before, says so, removes the
+    // leftover, and still ends exactly as the uninterrupted run.
+    let torn = tempfile::tempdir().unwrap();
+    copy_tree(killed.path(), torn.path());
+    std::fs::write(torn.path().join("checkpoints/step-35/model.bpk"), b"").unwrap();
+    let leftover = torn.path().join("checkpoints/.step-40.tmp-4242");
+    std::fs::create_dir_all(&leftover).unwrap();
+    let resumed = run(&p, &config, torn.path(), true).unwrap();
+    assert_eq!(quality(&resumed.history), quality(&outcome.history));
+    let log = std::fs::read_to_string(torn.path().join("train.log")).unwrap();
+    assert!(
+        log.contains("step-35 is unreadable") && log.contains("resumed at step 30 (epoch 2)"),
+        "{log}"
+    );
+    assert!(!leftover.exists());
+
     let resumed = run(&p, &config, killed.path(), true).unwrap();
     assert_eq!(quality(&resumed.history), quality(&outcome.history));
     assert_eq!(resumed.best_step, outcome.best_step);
