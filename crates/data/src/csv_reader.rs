@@ -546,4 +546,40 @@ mod tests {
             proptest::prop_assert_eq!(read_all(&text), expected);
         }
     }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, or a valid file with bytes changed: every record is read or named
+        /// malformed, the reader ends, and it never holds much more than the limit.
+        #[test]
+        fn any_bytes_are_read_or_refused_within_the_limit(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+            edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 0..16),
+            limit in 1usize..256,
+        ) {
+            let mut valid = b"polarity,id,date,query,user,text\n".to_vec();
+            for i in 0..40 {
+                valid.extend_from_slice(
+                    format!("0,{i},d,NO_QUERY,u,\"a \"\"quoted\"\", text\nover lines\"\n").as_bytes(),
+                );
+            }
+            let len = valid.len();
+            for &(at, value) in &edits {
+                valid[at % len] = value;
+            }
+            for input in [noise.clone(), valid] {
+                let mut reader = RecordReader::new(input.as_slice()).with_max_record_bytes(limit);
+                let mut record = Record::default();
+                let mut outcomes = 0;
+                loop {
+                    let outcome = reader.read_record(&mut record).unwrap();
+                    proptest::prop_assert!(reader.pending.len() <= 2 * limit + 1);
+                    if outcome == ReadOutcome::End {
+                        break;
+                    }
+                    outcomes += 1;
+                    proptest::prop_assert!(outcomes <= input.len(), "the reader does not end");
+                }
+            }
+        }
+    }
 }

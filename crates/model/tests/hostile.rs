@@ -108,3 +108,50 @@ fn a_shard_outside_the_folder_is_refused() {
         "{err}"
     );
 }
+
+/// A copy of the `name` fixture folder with `file` replaced by `bytes`.
+fn with_file(name: &str, file: &str, bytes: &[u8]) -> tempfile::TempDir {
+    let dir = copy_of(name);
+    std::fs::write(dir.path().join(file), bytes).unwrap();
+    dir
+}
+
+/// `bytes` with each `(position, value)` written over it (positions wrap), then cut to
+/// `keep` of its length when given.
+fn mutate(mut bytes: Vec<u8>, edits: &[(usize, u8)], keep: Option<f64>) -> Vec<u8> {
+    let len = bytes.len();
+    for &(at, value) in edits {
+        bytes[at % len] = value;
+    }
+    if let Some(fraction) = keep {
+        bytes.truncate((len as f64 * fraction) as usize);
+    }
+    bytes
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever a model folder's files hold (a valid file with bytes changed or cut short, or
+    /// noise), loading returns a model or an error: never a panic.
+    #[test]
+    fn mutated_model_files_load_or_are_refused(
+        edits in proptest::collection::vec((0usize..1 << 20, proptest::num::u8::ANY), 0..8),
+        keep in proptest::option::of(0.0f64..1.0),
+        noise in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        which in 0usize..4,
+    ) {
+        let (folder, file) = [
+            ("classifier", "model.safetensors"),
+            ("classifier-bin", "pytorch_model.bin"),
+            ("classifier", "config.json"),
+            ("classifier-sharded", "model.safetensors.index.json"),
+        ][which];
+        let original = std::fs::read(fixtures().join(folder).join(file)).unwrap();
+        for bytes in [mutate(original, &edits, keep), noise.clone()] {
+            let dir = with_file(folder, file, &bytes);
+            let result = std::panic::catch_unwind(|| load(dir.path()));
+            proptest::prop_assert!(result.is_ok(), "{folder}/{file}: panicked");
+        }
+    }
+}

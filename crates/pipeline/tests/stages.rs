@@ -307,3 +307,56 @@ fn tied_trials_report_the_one_the_final_stage_used() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("Best parameters (trial 0,"), "{report}");
 }
+
+#[test]
+fn a_second_pipeline_on_one_folder_is_refused_with_the_holder() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    std::fs::create_dir_all(&out).unwrap();
+    // Another pipeline holds the folder (an advisory lock, as the pipeline takes it).
+    let holder = std::fs::File::create(out.join(".lock")).unwrap();
+    holder.try_lock().unwrap();
+    std::fs::write(out.join(".lock"), "pid 4242 on elsewhere").unwrap();
+    let (refused, _) = run(config(&out, 300, 1));
+    let text = refused.unwrap_err().to_string();
+    assert!(
+        text.contains("is in use by another pipeline (pid 4242 on elsewhere"),
+        "{text}"
+    );
+    assert!(!out.join("data").exists(), "nothing written");
+    // Once the holder ends, the folder is free.
+    drop(holder);
+    run(config(&out, 300, 1)).0.unwrap();
+}
+
+#[test]
+fn a_run_folder_outside_the_output_folder_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p");
+    let mut settings = config(&out, 300, 1);
+    settings.trials = 1;
+    run(settings.clone()).0.unwrap();
+    // A study row edited (or written by a stranger) to point a trial's run elsewhere.
+    let record = sentiment_search::Study::read(&own_study(&out))
+        .unwrap()
+        .unwrap();
+    for elsewhere in ["../elsewhere", "/tmp/elsewhere"] {
+        let mut study = sentiment_search::Study::with_storage(
+            Box::new(own_study(&out)),
+            record.direction,
+            record.space.clone(),
+            record.sampler,
+            record.seed,
+        )
+        .unwrap();
+        study.set_user_attr(0, "run_dir", elsewhere.into()).unwrap();
+        drop(study);
+        let (refused, _) = run(settings.clone());
+        let text = refused.unwrap_err().to_string();
+        assert!(
+            text.contains("is not a relative path inside --out"),
+            "{elsewhere}: {text}"
+        );
+    }
+    assert!(!work.path().join("elsewhere").exists());
+}

@@ -449,3 +449,65 @@ fn ranges_whose_width_overflows_are_refused() {
         assert!(err.contains("too far apart"), "{spec}: {err}");
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Study rows with arbitrary values where a writer could put them (a parameter's value
+    /// and distribution, a trial's number, state and value): the study opens and asks, or
+    /// refuses; it never panics.
+    #[test]
+    fn arbitrary_study_rows_open_or_are_refused(
+        value in proptest::num::f64::ANY,
+        number in proptest::num::i64::ANY,
+        state in "[A-Z]{0,9}",
+        which in 0usize..5,
+        low in proptest::num::f64::ANY,
+        high in proptest::num::f64::ANY,
+        choices in proptest::collection::vec(0u8..3, 0..3),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("study.db");
+        let open = || {
+            Study::with_storage(
+                Box::new(sentiment_search::SqliteStorage::new(&path, "s")),
+                Direction::Minimize,
+                space(),
+                Sampler::Tpe(TpeConfig { n_startup_trials: 1, ..TpeConfig::default() }),
+                1,
+            )
+        };
+        let mut study = open().unwrap();
+        for _ in 0..3 {
+            let t = study.ask().unwrap();
+            study.tell(t.number, Outcome::Complete(objective(&t.params))).unwrap();
+        }
+        drop(study);
+        let db = rusqlite::Connection::open(&path).unwrap();
+        let float = |v: f64| if v.is_finite() { v.to_string() } else { "1e999".into() };
+        let distribution = format!(
+            r#"{{"name": "FloatDistribution", "attributes": {{"low": {}, "high": {}, "log": false, "step": null}}}}"#,
+            float(low),
+            float(high)
+        );
+        let categorical = format!(
+            r#"{{"name": "CategoricalDistribution", "attributes": {{"choices": {choices:?}}}}}"#
+        );
+        let (sql, parameter): (&str, rusqlite::types::Value) = match which {
+            0 => ("UPDATE trial_params SET param_value = ?1 WHERE param_name = 'c'", value.into()),
+            1 => ("UPDATE trials SET number = ?1 WHERE number = 1", number.into()),
+            2 => ("UPDATE trials SET state = ?1 WHERE number = 2", state.clone().into()),
+            3 => ("UPDATE trial_params SET distribution_json = ?1 WHERE param_name = 'x'", distribution.into()),
+            _ => ("UPDATE trial_params SET distribution_json = ?1 WHERE param_name = 'c'", categorical.into()),
+        };
+        db.execute(sql, [parameter]).unwrap();
+        drop(db);
+        let result = std::panic::catch_unwind(|| {
+            if let Ok(mut study) = open() {
+                let _ = study.ask();
+            }
+            let _ = Study::read(&sentiment_search::SqliteStorage::new(&path, "s"));
+        });
+        proptest::prop_assert!(result.is_ok(), "{sql}: panicked");
+    }
+}
