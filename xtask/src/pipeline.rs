@@ -37,6 +37,16 @@ impl TryFrom<PipelineArgs> for Pipeline {
         if args.devices == 0 {
             anyhow::bail!("--devices must be at least 1");
         }
+        // On the CPU every "device" is another worker with its own model, optimizer and
+        // batches on the same cores: past one per core it only multiplies memory.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if matches!(args.device.backend, crate::flags::BackendFlag::Flex) && args.devices > cores {
+            anyhow::bail!(
+                "--devices {}: with the CPU backend, trials in parallel share this machine's \
+                 {cores} cores; at most {cores}",
+                args.devices
+            );
+        }
         let devices = (0..args.devices)
             .map(|i| crate::device(args.device.backend, args.device.device_index + i))
             .collect::<Result<_>>()?;

@@ -126,6 +126,20 @@ fn bad_flags_are_rejected() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("possible values: error, skip"), "{stderr}");
+    // Trials in parallel on the CPU: at most one worker per core, each with its own model.
+    let output = xtask(&[
+        "pipeline",
+        "--out",
+        out.to_str().unwrap(),
+        "--devices",
+        "100000",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--devices 100000: with the CPU backend"),
+        "{stderr}"
+    );
     // No default names a path of the machine the binary was built on.
     for command in [
         "prepare", "tokenize", "train", "pretrain", "predict", "pipeline",

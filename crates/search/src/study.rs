@@ -180,6 +180,39 @@ pub struct Study {
     storage: Option<Arc<dyn StudyStorage>>,
 }
 
+/// The trial system attribute holding the request that started a trial: a retried
+/// transaction (the connection lost at COMMIT, which may have committed) finds the trial its
+/// first attempt started instead of starting a second one.
+const REQUEST_ATTRIBUTE: &str = "sentiment:request";
+
+/// A fresh request token: random, so no two requests of any worker share one.
+fn request_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The trial that the request `token` started, if one did.
+fn started_by(record: &StudyRecord, token: &str) -> Option<Trial> {
+    record
+        .trials
+        .iter()
+        .find(|t| {
+            t.system_attrs
+                .get(REQUEST_ATTRIBUTE)
+                .and_then(|v| v.as_str())
+                == Some(token)
+        })
+        .cloned()
+}
+
+/// Records the request `token` in the trial it started, in the record and the trial returned.
+fn mark_request(record: &mut StudyRecord, mut trial: Trial, token: &str) -> Trial {
+    trial
+        .system_attrs
+        .insert(REQUEST_ATTRIBUTE.into(), token.into());
+    record.trials[trial.number].system_attrs = trial.system_attrs.clone();
+    trial
+}
+
 /// The time now, in whole microseconds: what Optuna's date-times hold, so a trial reads back
 /// from its storage as it was written.
 fn now() -> f64 {
@@ -357,7 +390,14 @@ impl Study {
     /// Starts a trial: the first waiting one (a retry, or one Optuna enqueued), with its
     /// parameters, else a new one, sampled; either way marked running.
     pub fn ask(&mut self) -> Result<Trial, SearchError> {
-        self.update(|record| start_trial(record).map(|(trial, _)| trial))
+        let request = request_token();
+        self.update(|record| {
+            if let Some(started) = started_by(record, &request) {
+                return Ok(started);
+            }
+            let (trial, _) = start_trial(record)?;
+            Ok(mark_request(record, trial, &request))
+        })
     }
 
     /// Starts a trial while the study holds fewer than `total` trials that are finished with
@@ -372,7 +412,11 @@ impl Study {
         total: usize,
         worker: Option<&str>,
     ) -> Result<Option<Trial>, SearchError> {
+        let request = request_token();
         self.update(|record| {
+            if let Some(started) = started_by(record, &request) {
+                return Ok(Some(started));
+            }
             let counted = record
                 .trials
                 .iter()
@@ -389,7 +433,7 @@ impl Study {
                     .insert(WORKER_ATTRIBUTE.into(), worker.into());
                 record.trials[trial.number].system_attrs = trial.system_attrs.clone();
             }
-            Ok(Some(trial))
+            Ok(Some(mark_request(record, trial, &request)))
         })
     }
 
@@ -419,6 +463,7 @@ impl Study {
                 let retried = retry.then(|| {
                     let mut system_attrs = original.system_attrs.clone();
                     system_attrs.remove(WORKER_ATTRIBUTE);
+                    system_attrs.remove(REQUEST_ATTRIBUTE);
                     system_attrs
                         .entry(FAILED_TRIAL_ATTRIBUTE.into())
                         .or_insert(number.into());
@@ -536,6 +581,16 @@ impl Study {
     /// Finishes a trial.
     pub fn tell(&mut self, number: usize, outcome: Outcome) -> Result<(), SearchError> {
         self.modify(number, |t| {
+            // A retried transaction whose first attempt committed (the connection was lost at
+            // COMMIT) finds the trial as it left it: done, not refused.
+            let already = match outcome {
+                Outcome::Complete(v) => t.state == TrialState::Complete && t.value == Some(v),
+                Outcome::Pruned => t.state == TrialState::Pruned,
+                Outcome::Fail => t.state == TrialState::Fail,
+            };
+            if already && t.finished.is_some() {
+                return Ok(());
+            }
             if t.state != TrialState::Running {
                 return Err(SearchError::Finished {
                     number,

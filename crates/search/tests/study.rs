@@ -511,3 +511,55 @@ proptest::proptest! {
         proptest::prop_assert!(result.is_ok(), "{sql}: panicked");
     }
 }
+
+/// A storage whose every transaction commits and is then run again, as PostgreSQL's is when
+/// the connection is lost at COMMIT (the first attempt may have committed; the client cannot
+/// know and retries).
+#[derive(Debug, Default, Clone)]
+struct CommitTwice(SharedMemory);
+
+impl sentiment_search::StudyStorage for CommitTwice {
+    fn transact(
+        &self,
+        change: &mut sentiment_search::StudyChange<'_>,
+    ) -> Result<sentiment_search::StudyRecord, SearchError> {
+        self.0.transact(change)?;
+        self.0.transact(change)
+    }
+
+    fn heartbeat(&self, number: usize) -> Result<(), SearchError> {
+        self.0.heartbeat(number)
+    }
+
+    fn describe(&self) -> String {
+        "commit twice".into()
+    }
+}
+
+#[test]
+fn a_write_retried_after_it_committed_is_applied_once() {
+    let storage = CommitTwice::default();
+    let mut study = Study::with_storage(
+        Box::new(storage.clone()),
+        Direction::Minimize,
+        space(),
+        Sampler::Random,
+        1,
+    )
+    .unwrap();
+    let first = study.ask_within(5, Some("w:1")).unwrap().unwrap();
+    let second = study.ask().unwrap();
+    // One trial a request, not a second one left running without a worker.
+    assert_eq!((first.number, second.number), (0, 1));
+    assert_eq!(study.trials().len(), 2);
+    // A tell retried after it committed finds its own result: done, not "already Complete".
+    study.tell(0, Outcome::Complete(1.5)).unwrap();
+    study.tell(1, Outcome::Fail).unwrap();
+    let states: Vec<TrialState> = study.trials().iter().map(|t| t.state).collect();
+    assert_eq!(states, [TrialState::Complete, TrialState::Fail]);
+    // A different result for a finished trial is still refused.
+    assert!(matches!(
+        study.tell(0, Outcome::Complete(2.0)),
+        Err(SearchError::Finished { .. })
+    ));
+}
