@@ -125,6 +125,28 @@ impl TestServer {
         ))
     }
 
+    /// Restarts the server (a fast shutdown: every connection is cut, as when a database
+    /// host restarts), with the options it was started with; returns once it accepts
+    /// connections again.
+    #[allow(dead_code)] // The chaos test's alone.
+    pub fn restart(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "fast".as_ref(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "restart".as_ref(),
+            ],
+        );
+    }
+
     /// The folder of the server's socket.
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()
