@@ -78,7 +78,11 @@ impl Worker {
     /// Waits until the worker has started `n` trials (its "search: trial" lines).
     fn wait_for_trials(&self, n: usize, deadline: Instant) {
         while self.stdout.lock().unwrap().matches("search: trial").count() < n {
-            assert!(Instant::now() < deadline, "no trial started:\n{}", self.printed());
+            assert!(
+                Instant::now() < deadline,
+                "no trial started:\n{}",
+                self.printed()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -159,7 +163,11 @@ fn workers_killed_frozen_and_cut_off_from_the_database_still_finish_one_study() 
             }
             if Instant::now() > deadline {
                 let _ = worker.child.kill();
-                panic!("{} did not finish:\n{}", worker.out.display(), worker.printed());
+                panic!(
+                    "{} did not finish:\n{}",
+                    worker.out.display(),
+                    worker.printed()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

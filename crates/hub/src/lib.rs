@@ -66,7 +66,8 @@ fn looks_like_hub_id(name: &str) -> bool {
 }
 
 /// Resolves `name_or_path` to a folder holding at least one of the files in `wanted` (for
-/// example `["tokenizer.json", "vocab.json"]`).
+/// example `["tokenizer.json", "vocab.json"]`); a hub id gets every one of them that the hub
+/// has.
 ///
 /// A local folder is returned as is. A hub id (`roberta-base`, `FacebookAI/roberta-base`,
 /// optionally `@revision`) is looked up in the cache; missing files are downloaded unless
@@ -77,64 +78,160 @@ pub fn resolve_pretrained(
     wanted: &[&str],
     settings: &HubSettings,
 ) -> Result<PathBuf, NotFound> {
+    let groups: Vec<&[&str]> = wanted.iter().map(std::slice::from_ref).collect();
+    resolve_choosing(name_or_path, &groups, settings)
+}
+
+/// [`resolve_pretrained`] where each group holds alternatives in order of preference (the
+/// formats of a model's weights, say): a hub id gets one file of each group, the first the
+/// cache holds, else the first the hub has (the others are not downloaded).
+pub fn resolve_choosing(
+    name_or_path: &str,
+    groups: &[&[&str]],
+    settings: &HubSettings,
+) -> Result<PathBuf, NotFound> {
     let path = Path::new(name_or_path);
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    let (id, revision) = match name_or_path.split_once('@') {
-        Some((id, revision)) => (id, revision.to_string()),
-        None => (name_or_path, "main".to_string()),
-    };
-    if !looks_like_hub_id(id) {
-        return Err(NotFound {
-            name: name_or_path.into(),
-            detail: "no such folder, and not a hub id".into(),
-        });
+    let hub = HubRepo::of(name_or_path, settings)?;
+    resolve_with(
+        name_or_path,
+        groups,
+        settings.offline,
+        &|file| hub.cached(file),
+        &mut |file| hub.download(file),
+    )
+}
+
+/// The files `files` of the model `name_or_path` (the shards its index names, say), fetched
+/// into its snapshot folder when it is a hub id and they are missing; a local folder is left
+/// as it is.
+pub fn fetch_files(
+    name_or_path: &str,
+    files: &[&str],
+    settings: &HubSettings,
+) -> Result<(), NotFound> {
+    if Path::new(name_or_path).is_dir() {
+        return Ok(());
     }
-    // A commit hash names its snapshot folder directly (hf-hub only follows `refs/<name>`).
-    let commit_snapshot = (revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()))
-        .then(|| {
-            settings
-                .cache_dir
-                .join(format!("models--{}", id.replace('/', "--")))
-                .join("snapshots")
-                .join(&revision)
-        });
-    let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision);
-    let cache = Cache::new(settings.cache_dir.clone());
-    let cached = cache.repo(repo.clone());
-    let mut found: Option<PathBuf> = None;
-    let mut download_errors = Vec::new();
-    for file in wanted {
-        let in_commit = commit_snapshot
+    let groups: Vec<&[&str]> = files.iter().map(std::slice::from_ref).collect();
+    let hub = HubRepo::of(name_or_path, settings)?;
+    let mut missing = Vec::new();
+    for group in &groups {
+        if let Err(e) = resolve_with(
+            name_or_path,
+            &[group],
+            settings.offline,
+            &|file| hub.cached(file),
+            &mut |file| hub.download(file),
+        ) {
+            missing.push(e.detail);
+        }
+    }
+    match missing.first() {
+        None => Ok(()),
+        Some(first) => Err(NotFound {
+            name: name_or_path.into(),
+            detail: format!(
+                "{} of {} files missing: {first}",
+                missing.len(),
+                files.len()
+            ),
+        }),
+    }
+}
+
+/// A hub repository and where its files are cached.
+struct HubRepo {
+    repo: Repo,
+    cache: Cache,
+    /// The snapshot folder of a revision given as a commit hash (hf-hub only follows
+    /// `refs/<name>`).
+    commit_snapshot: Option<PathBuf>,
+}
+
+impl HubRepo {
+    fn of(name_or_path: &str, settings: &HubSettings) -> Result<Self, NotFound> {
+        let (id, revision) = match name_or_path.split_once('@') {
+            Some((id, revision)) => (id, revision.to_string()),
+            None => (name_or_path, "main".to_string()),
+        };
+        if !looks_like_hub_id(id) {
+            return Err(NotFound {
+                name: name_or_path.into(),
+                detail: "no such folder, and not a hub id".into(),
+            });
+        }
+        let commit_snapshot =
+            (revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit())).then(|| {
+                settings
+                    .cache_dir
+                    .join(format!("models--{}", id.replace('/', "--")))
+                    .join("snapshots")
+                    .join(&revision)
+            });
+        Ok(Self {
+            repo: Repo::with_revision(id.to_string(), RepoType::Model, revision),
+            cache: Cache::new(settings.cache_dir.clone()),
+            commit_snapshot,
+        })
+    }
+
+    /// The cached copy of `file`, if any.
+    fn cached(&self, file: &str) -> Option<PathBuf> {
+        let in_commit = self
+            .commit_snapshot
             .as_ref()
             .map(|dir| dir.join(file))
             .filter(|p| p.is_file());
-        if let Some(p) = in_commit.or_else(|| cached.get(file)) {
+        in_commit.or_else(|| self.cache.repo(self.repo.clone()).get(file))
+    }
+
+    fn download(&self, file: &str) -> Result<PathBuf, String> {
+        download(&self.cache, &self.repo, file)
+    }
+}
+
+/// One file of each group, from `cached` or else `fetch` (unless `offline`): the snapshot
+/// folder they are in. (The two sources are parameters so that the choice is tested without
+/// a network.)
+fn resolve_with(
+    name_or_path: &str,
+    groups: &[&[&str]],
+    offline: bool,
+    cached: &dyn Fn(&str) -> Option<PathBuf>,
+    fetch: &mut dyn FnMut(&str) -> Result<PathBuf, String>,
+) -> Result<PathBuf, NotFound> {
+    let mut found: Option<PathBuf> = None;
+    let mut download_errors = Vec::new();
+    for group in groups {
+        if let Some(p) = group.iter().find_map(|file| cached(file)) {
             found = Some(p);
             continue;
         }
-        if settings.offline {
+        if offline {
             continue;
         }
-        match download(&cache, &repo, file) {
-            Ok(p) => found = Some(p),
-            Err(e) => download_errors.push(format!("{file}: {e}")),
+        for file in *group {
+            match fetch(file) {
+                Ok(p) => {
+                    found = Some(p);
+                    break;
+                }
+                Err(e) => download_errors.push(format!("{file}: {e}")),
+            }
         }
     }
     match found.as_deref().and_then(Path::parent) {
         Some(snapshot) => Ok(snapshot.to_path_buf()),
         None => Err(NotFound {
             name: name_or_path.into(),
-            detail: if settings.offline {
-                format!(
-                    "not in the Hugging Face cache {} and HF_HUB_OFFLINE is set",
-                    settings.cache_dir.display()
-                )
+            detail: if offline {
+                "not in the Hugging Face cache and HF_HUB_OFFLINE is set".to_string()
             } else {
                 format!(
-                    "not in the Hugging Face cache {} and the download failed ({}{})",
-                    settings.cache_dir.display(),
+                    "not in the Hugging Face cache and the download failed ({}{})",
                     download_errors.first().map_or("", String::as_str),
                     match download_errors.len() {
                         0 | 1 => String::new(),
@@ -178,6 +275,69 @@ mod tests {
         assert!(!s.offline);
         let s = HubSettings::from_vars(vars(&[("HF_HUB_OFFLINE", "TRUE")]));
         assert!(s.offline);
+    }
+
+    /// Resolves with a cache holding `cached` and a hub that has `on_hub`; returns what was
+    /// fetched.
+    fn resolve_fake(
+        cached: Vec<&'static str>,
+        on_hub: &[&str],
+        groups: &[&[&str]],
+    ) -> (Result<PathBuf, NotFound>, Vec<String>) {
+        let in_cache = |file: &str| {
+            cached
+                .contains(&file)
+                .then(|| PathBuf::from("/snapshot").join(file))
+        };
+        let mut fetched = Vec::new();
+        let result = resolve_with("org/model", groups, false, &in_cache, &mut |file| {
+            fetched.push(file.to_string());
+            if on_hub.contains(&file) {
+                Ok(PathBuf::from("/snapshot").join(file))
+            } else {
+                Err("404".into())
+            }
+        });
+        (result, fetched)
+    }
+
+    #[test]
+    fn one_weight_format_is_downloaded_the_first_the_hub_has() {
+        let weights: &[&str] = &[
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+        ];
+        let groups: &[&[&str]] = &[&["config.json"], weights];
+        // Both formats on the hub: safetensors only.
+        let (found, fetched) = resolve_fake(
+            vec![],
+            &["config.json", "model.safetensors", "pytorch_model.bin"],
+            groups,
+        );
+        assert_eq!(found.unwrap(), PathBuf::from("/snapshot"));
+        assert_eq!(fetched, ["config.json", "model.safetensors"]);
+        // Sharded: the index (its shards are fetched by name afterwards).
+        let (_, fetched) = resolve_fake(
+            vec![],
+            &[
+                "config.json",
+                "model.safetensors.index.json",
+                "pytorch_model.bin",
+            ],
+            groups,
+        );
+        assert_eq!(
+            fetched,
+            [
+                "config.json",
+                "model.safetensors",
+                "model.safetensors.index.json"
+            ]
+        );
+        // A cached format is used as it is: nothing downloaded.
+        let (_, fetched) = resolve_fake(vec!["config.json", "pytorch_model.bin"], &[], groups);
+        assert!(fetched.is_empty(), "{fetched:?}");
     }
 
     #[test]

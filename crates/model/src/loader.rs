@@ -31,7 +31,7 @@ use serde::Deserialize;
 
 use crate::model::{RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel};
 use crate::{ModelError, RobertaConfig};
-use sentiment_hub::{HubSettings, resolve_pretrained};
+use sentiment_hub::{HubSettings, fetch_files, resolve_choosing};
 
 /// One rename between checkpoint keys and module paths, in both directions.
 #[derive(Debug, Clone, Copy)]
@@ -127,16 +127,25 @@ pub trait Pretrained: Sized + ModuleSnapshot {
         hub: &HubSettings,
         adjust: impl FnOnce(&mut RobertaConfig),
     ) -> Result<Loaded<Self>, ModelError> {
-        let folder = resolve_pretrained(
+        // One weight format is fetched from the hub, the first it has; a sharded model's
+        // shards once its index names them.
+        let folder = resolve_choosing(
             name_or_path,
             &[
-                CONFIG_FILE,
-                SAFETENSORS_FILE,
-                SAFETENSORS_INDEX_FILE,
-                PYTORCH_FILE,
+                &[CONFIG_FILE],
+                &[SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, PYTORCH_FILE],
             ],
             hub,
         )?;
+        if !folder.join(SAFETENSORS_FILE).is_file() && folder.join(SAFETENSORS_INDEX_FILE).is_file()
+        {
+            let shards: Vec<String> = weight_files(&folder)?
+                .iter()
+                .filter_map(|p| Some(p.file_name()?.to_str()?.to_string()))
+                .collect();
+            let names: Vec<&str> = shards.iter().map(String::as_str).collect();
+            fetch_files(name_or_path, &names, hub)?;
+        }
         let mut config = RobertaConfig::load(&folder.join(CONFIG_FILE))?;
         adjust(&mut config);
         config
