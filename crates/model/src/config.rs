@@ -47,11 +47,11 @@ fn default_eps() -> f64 {
 fn default_pad() -> usize {
     1
 }
-fn default_bos() -> usize {
-    0
+fn default_bos() -> Option<usize> {
+    Some(0)
 }
-fn default_eos() -> usize {
-    2
+fn default_eos() -> Option<usize> {
+    Some(2)
 }
 fn default_model_type() -> String {
     "roberta".into()
@@ -100,12 +100,12 @@ pub struct RobertaConfig {
     /// Id of `<pad>`, also RoBERTa's position padding index.
     #[serde(default = "default_pad")]
     pub pad_token_id: usize,
-    /// Id of `<s>`.
+    /// Id of `<s>` (`null` in BERT's configurations, which start with `[CLS]` instead).
     #[serde(default = "default_bos")]
-    pub bos_token_id: usize,
-    /// Id of `</s>`.
+    pub bos_token_id: Option<usize>,
+    /// Id of `</s>` (`null` in BERT's).
     #[serde(default = "default_eos")]
-    pub eos_token_id: usize,
+    pub eos_token_id: Option<usize>,
     /// Dropout of the classification head; `None` means `hidden_dropout_prob`.
     #[serde(default)]
     pub classifier_dropout: Option<f64>,
@@ -121,7 +121,9 @@ pub struct RobertaConfig {
     /// Model classes this checkpoint holds (`RobertaForSequenceClassification`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architectures: Option<Vec<String>>,
-    /// Always `roberta`.
+    /// The family: `roberta`, or `bert` (the BERT family: bert-base, MiniLM, domain models),
+    /// which shares RoBERTa's encoder but numbers positions from 0 and names its weights and
+    /// heads as `modeling_bert.py` does.
     #[serde(default = "default_model_type")]
     pub model_type: String,
     /// `absolute` is the only position embedding RoBERTa uses (and the only one supported).
@@ -223,8 +225,17 @@ impl RobertaConfig {
         self.hidden_size / self.num_attention_heads
     }
 
-    /// Longest input sequence the position embedding allows (512 for roberta-base).
+    /// Whether the model is of the BERT family (`model_type: bert`).
+    pub fn is_bert(&self) -> bool {
+        self.model_type == "bert"
+    }
+
+    /// Longest input sequence the position embedding allows (512 for roberta-base and
+    /// bert-base: RoBERTa's positions start after the padding index, BERT's at 0).
     pub fn max_sequence_length(&self) -> usize {
+        if self.is_bert() {
+            return self.max_position_embeddings;
+        }
         self.max_position_embeddings
             .saturating_sub(self.pad_token_id + 1)
     }
@@ -264,7 +275,14 @@ impl RobertaConfig {
                 self.pad_token_id, self.vocab_size
             ));
         }
-        if self.max_position_embeddings < self.pad_token_id + 2 {
+        if !matches!(self.model_type.as_str(), "roberta" | "bert") {
+            return Err(format!(
+                "`model_type` {:?} is not supported: the RoBERTa and BERT families load \
+                 (roberta, bert)",
+                self.model_type
+            ));
+        }
+        if !self.is_bert() && self.max_position_embeddings < self.pad_token_id + 2 {
             return Err(format!(
                 "`max_position_embeddings` {} leaves no position after the padding offset {}",
                 self.max_position_embeddings,

@@ -62,7 +62,7 @@ pub fn mix_seed(seed: u64, index: u64) -> u64 {
 pub(crate) static GENERATOR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub use loader::{
     CONFIG_FILE, LoadReport, Loaded, PYTORCH_FILE, Pretrained, SAFETENSORS_FILE,
-    SAFETENSORS_INDEX_FILE, WEIGHT_NAMES, WeightName, load_weights, save_weights,
+    SAFETENSORS_INDEX_FILE,
 };
 // The layer structs (embeddings, attention, …) stay inside `model`: the three models are the
 // API, and their layers can change without breaking it.

@@ -18,6 +18,16 @@
 //! PyTorch's `Linear.weight` is `[out, in]` and Burn's `[in, out]`; LayerNorm's `weight`/`bias`
 //! are Burn's `gamma`/`beta`: burn-store's PyTorch adapters do both, in each direction.
 //! `lm_head.decoder.weight` is never read or written: the decoder is the word embedding (tied).
+//!
+//! The BERT family (`model_type: bert`) shares the encoder and the heads' computations and
+//! has a table of its own, [`BERT_WEIGHT_NAMES`]:
+//!
+//! | Hugging Face key (BERT) | Burn module path | why |
+//! |---|---|---|
+//! | `bert.…` (`embeddings.…`, `encoder.…` in bare `BertModel` files) | `roberta.…` | one encoder field for both families |
+//! | `bert.pooler.dense.…` (`pooler.dense.…`) | `classifier.dense.…` | `BertPooler` is RoBERTa's head's dense + tanh on the first token |
+//! | `classifier.weight` / `.bias` | `classifier.out_proj.…` | the final projection |
+//! | `cls.predictions.transform.dense.…`, `….LayerNorm.…`, `cls.predictions.bias` | `lm_head.dense.…`, `lm_head.layer_norm.…`, `lm_head.bias` | `BertLMPredictionHead` is `RobertaLMHead` |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,7 +45,7 @@ use sentiment_hub::{HubSettings, fetch_files, resolve_choosing};
 
 /// One rename between checkpoint keys and module paths, in both directions.
 #[derive(Debug, Clone, Copy)]
-pub struct WeightName {
+pub(crate) struct WeightName {
     /// Checkpoint key pattern (regex) → module path replacement, applied when loading.
     pub load: (&'static str, &'static str),
     /// Module path pattern (regex) → checkpoint key replacement, applied when saving and when
@@ -43,8 +53,8 @@ pub struct WeightName {
     pub save: Option<(&'static str, &'static str)>,
 }
 
-/// The renames between Hugging Face checkpoint keys and our module paths, in order.
-pub const WEIGHT_NAMES: &[WeightName] = &[
+/// The renames between RoBERTa checkpoint keys and our module paths, in order.
+pub(crate) const WEIGHT_NAMES: &[WeightName] = &[
     // Bare `RobertaModel` files: our heads hold the encoder under `roberta`; we save heads.
     WeightName {
         load: (r"^(embeddings|encoder)\.", "roberta.${1}."),
@@ -62,14 +72,74 @@ pub const WEIGHT_NAMES: &[WeightName] = &[
     },
 ];
 
-/// The load direction of [`WEIGHT_NAMES`], as burn-store's key remappings.
-fn load_names() -> impl Iterator<Item = (&'static str, &'static str)> {
-    WEIGHT_NAMES.iter().map(|n| n.load)
+/// The renames between BERT checkpoint keys and our module paths, in order (the module
+/// documentation's second table).
+pub(crate) const BERT_WEIGHT_NAMES: &[WeightName] = &[
+    // `BertPooler` is the head's dense + tanh; `classifier` its final projection.
+    WeightName {
+        load: (r"^(?:bert\.)?pooler\.dense\.", "classifier.dense."),
+        save: Some((r"^classifier\.dense\.", "bert.pooler.dense.")),
+    },
+    WeightName {
+        load: (r"^classifier\.(weight|bias)$", "classifier.out_proj.${1}"),
+        save: Some((r"^classifier\.out_proj\.", "classifier.")),
+    },
+    // `BertLMPredictionHead`: transform (dense, GELU, LayerNorm), then the tied decoder.
+    WeightName {
+        load: (r"^cls\.predictions\.transform\.dense\.", "lm_head.dense."),
+        save: Some((r"^lm_head\.dense\.", "cls.predictions.transform.dense.")),
+    },
+    WeightName {
+        load: (
+            r"^cls\.predictions\.transform\.LayerNorm\.",
+            "lm_head.layer_norm.",
+        ),
+        save: Some((
+            r"^lm_head\.layer_norm\.",
+            "cls.predictions.transform.LayerNorm.",
+        )),
+    },
+    WeightName {
+        load: (r"^cls\.predictions\.bias$", "lm_head.bias"),
+        save: Some((r"^lm_head\.bias$", "cls.predictions.bias")),
+    },
+    // Bare `BertModel` files.
+    WeightName {
+        load: (r"^(embeddings|encoder)\.", "bert.${1}."),
+        save: None,
+    },
+    // One encoder field for both families.
+    WeightName {
+        load: (r"^bert\.", "roberta."),
+        save: Some((r"^roberta\.", "bert.")),
+    },
+    WeightName {
+        load: (r"\.attention\.self\.", ".attention.self_attention."),
+        save: Some((r"\.attention\.self_attention\.", ".attention.self.")),
+    },
+    WeightName {
+        load: (r"^roberta\.(.+)\.LayerNorm\.", "roberta.${1}.layer_norm."),
+        save: Some((r"^bert\.(.+)\.layer_norm\.", "bert.${1}.LayerNorm.")),
+    },
+];
+
+/// The family's weight-name table.
+fn weight_names(bert: bool) -> &'static [WeightName] {
+    if bert {
+        BERT_WEIGHT_NAMES
+    } else {
+        WEIGHT_NAMES
+    }
 }
 
-/// The save direction of [`WEIGHT_NAMES`].
-fn save_names() -> impl Iterator<Item = (&'static str, &'static str)> {
-    WEIGHT_NAMES.iter().filter_map(|n| n.save)
+/// The load direction of a family's table, as burn-store's key remappings.
+fn load_names(bert: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    weight_names(bert).iter().map(|n| n.load)
+}
+
+/// The save direction of a family's table.
+fn save_names(bert: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    weight_names(bert).iter().filter_map(|n| n.save)
 }
 
 /// Files a model folder may hold.
@@ -108,10 +178,11 @@ pub struct Loaded<M> {
     pub folder: PathBuf,
 }
 
-/// A RoBERTa model that reads and writes Hugging Face folders.
+/// A RoBERTa or BERT model that reads and writes Hugging Face folders.
 pub trait Pretrained: Sized + ModuleSnapshot {
-    /// transformers' class name, written to `config.json`'s `architectures`.
-    const ARCHITECTURE: &'static str;
+    /// transformers' class name after the family's prefix (`ForSequenceClassification`),
+    /// written to `config.json`'s `architectures` as `RobertaFor…` or `BertFor…`.
+    const ARCHITECTURE_SUFFIX: &'static str;
     /// Key prefixes a checkpoint may lack (heads that are initialised fresh, as transformers
     /// does); any other missing key is an error.
     const OPTIONAL_PREFIXES: &'static [&'static str];
@@ -156,7 +227,12 @@ pub trait Pretrained: Sized + ModuleSnapshot {
             })?;
         check_config_fits_weights(&config, &folder)?;
         let mut model = Self::init(&config, device);
-        let report = load_weights(&mut model, &folder, Self::OPTIONAL_PREFIXES)?;
+        let report = load_weights(
+            &mut model,
+            &folder,
+            Self::OPTIONAL_PREFIXES,
+            config.is_bert(),
+        )?;
         Ok(Loaded {
             model,
             config,
@@ -169,33 +245,41 @@ pub trait Pretrained: Sized + ModuleSnapshot {
     /// transformers' `from_pretrained(dir)` loads the model.
     fn save_pretrained(&self, config: &RobertaConfig, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(ModelError::io(dir))?;
-        save_weights(self, &dir.join(SAFETENSORS_FILE))?;
+        save_weights(self, &dir.join(SAFETENSORS_FILE), config.is_bert())?;
         let mut config = config.clone();
-        config.architectures = Some(vec![Self::ARCHITECTURE.to_string()]);
-        if Self::ARCHITECTURE == RobertaForSequenceClassification::ARCHITECTURE
-            && config.id2label.is_none()
-        {
-            let names: Vec<String> = (0..config.num_labels())
-                .map(|i| config.label_name(i))
-                .collect();
-            config = config.with_labels(&names);
-        }
+        let family = if config.is_bert() { "Bert" } else { "Roberta" };
+        config.architectures = Some(vec![format!("{family}{}", Self::ARCHITECTURE_SUFFIX)]);
+        Self::complete_config(&mut config);
         let mut json = serde_json::to_vec_pretty(&config).expect("configs serialise");
         json.push(b'\n');
         write_atomic(&dir.join(CONFIG_FILE), &json)
     }
+
+    /// Fills what this model's `config.json` needs beyond the encoder's (a classifier's
+    /// class names); nothing by default.
+    fn complete_config(_config: &mut RobertaConfig) {}
 }
 
 impl Pretrained for RobertaForSequenceClassification {
-    const ARCHITECTURE: &'static str = "RobertaForSequenceClassification";
+    const ARCHITECTURE_SUFFIX: &'static str = "ForSequenceClassification";
     const OPTIONAL_PREFIXES: &'static [&'static str] = &["classifier."];
     fn init(config: &RobertaConfig, device: &Device) -> Self {
         Self::new(config, device)
     }
+
+    /// Class names, `LABEL_<id>` where none were given, as transformers writes them.
+    fn complete_config(config: &mut RobertaConfig) {
+        if config.id2label.is_none() {
+            let names: Vec<String> = (0..config.num_labels())
+                .map(|i| config.label_name(i))
+                .collect();
+            *config = config.clone().with_labels(&names);
+        }
+    }
 }
 
 impl Pretrained for RobertaForMaskedLM {
-    const ARCHITECTURE: &'static str = "RobertaForMaskedLM";
+    const ARCHITECTURE_SUFFIX: &'static str = "ForMaskedLM";
     const OPTIONAL_PREFIXES: &'static [&'static str] = &["lm_head."];
     fn init(config: &RobertaConfig, device: &Device) -> Self {
         Self::new(config, device)
@@ -203,7 +287,7 @@ impl Pretrained for RobertaForMaskedLM {
 }
 
 impl Pretrained for RobertaModel {
-    const ARCHITECTURE: &'static str = "RobertaModel";
+    const ARCHITECTURE_SUFFIX: &'static str = "Model";
     const OPTIONAL_PREFIXES: &'static [&'static str] = &[];
     fn init(config: &RobertaConfig, device: &Device) -> Self {
         Self::new(config, device)
@@ -372,9 +456,9 @@ fn check_pickle_sizes(file: &Path) -> Result<(), ModelError> {
 
 /// A module path shown as the checkpoint key it comes from: the save renames, then the layer
 /// norms' parameter names as PyTorch has them (burn-store's adapters rename those).
-fn checkpoint_name(path: &str) -> String {
+fn checkpoint_name(path: &str, bert: bool) -> String {
     let mut key = path.to_string();
-    for (pattern, replacement) in save_names() {
+    for (pattern, replacement) in save_names(bert) {
         let pattern = regex::Regex::new(pattern).expect("the weight-name table's regexes parse");
         key = pattern.replace(&key, replacement).into_owned();
     }
@@ -388,10 +472,11 @@ fn checkpoint_name(path: &str) -> String {
 /// Loads every weight file of `dir` into `model`. Missing keys under `optional_prefixes` keep
 /// their fresh initialisation and are reported; other missing keys and shape mismatches are
 /// errors naming the key.
-pub fn load_weights<M: ModuleSnapshot>(
+pub(crate) fn load_weights<M: ModuleSnapshot>(
     model: &mut M,
     dir: &Path,
     optional_prefixes: &[&str],
+    bert: bool,
 ) -> Result<LoadReport, ModelError> {
     let files = weight_files(dir)?;
     let mut loaded: BTreeSet<String> = BTreeSet::new();
@@ -407,7 +492,7 @@ pub fn load_weights<M: ModuleSnapshot>(
             let mut store = PytorchStore::from_file(file)
                 .allow_partial(true)
                 .validate(false);
-            for (from, to) in load_names() {
+            for (from, to) in load_names(bert) {
                 store = store.with_key_remapping(from, to);
             }
             model.load_from(&mut store).map_err(|e| unreadable(&e))?
@@ -417,15 +502,23 @@ pub fn load_weights<M: ModuleSnapshot>(
                 .with_from_adapter(PyTorchToBurnAdapter)
                 .allow_partial(true)
                 .validate(false);
-            for (from, to) in load_names() {
+            for (from, to) in load_names(bert) {
                 store = store.with_key_remapping(from, to);
             }
-            if keys.contains("lm_head.decoder.bias") && !keys.contains("lm_head.bias") {
-                store = store.with_key_remapping(r"^lm_head\.decoder\.bias$", "lm_head.bias");
+            // The decoder's bias is the head's own (one tensor in transformers), saved under
+            // either name.
+            for (decoder, head) in [
+                ("lm_head.decoder.bias", "lm_head.bias"),
+                ("cls.predictions.decoder.bias", "cls.predictions.bias"),
+            ] {
+                if keys.contains(decoder) && !keys.contains(head) {
+                    let pattern = format!("^{}$", regex::escape(decoder));
+                    store = store.with_key_remapping(&pattern, "lm_head.bias");
+                }
             }
             model.load_from(&mut store).map_err(|e| unreadable(&e))?
         };
-        check_errors(file, &result)?;
+        check_errors(file, &result, bert)?;
         loaded.extend(result.applied.iter().cloned());
         unused.extend(result.unused.iter().cloned());
         let missing: BTreeSet<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
@@ -439,7 +532,7 @@ pub fn load_weights<M: ModuleSnapshot>(
         .into_iter()
         .partition(|p| optional_prefixes.iter().any(|prefix| p.starts_with(prefix)));
     if !required.is_empty() {
-        let keys: Vec<String> = required.iter().map(|p| checkpoint_name(p)).collect();
+        let keys: Vec<String> = required.iter().map(|p| checkpoint_name(p, bert)).collect();
         return Err(ModelError::MissingWeights {
             file: files[0].clone(),
             keys: keys.join(", "),
@@ -449,18 +542,26 @@ pub fn load_weights<M: ModuleSnapshot>(
         .into_iter()
         .filter(|k| !loaded.contains(k))
         // The tied decoder is the word embedding, read under its own name.
-        .filter(|k| k != "lm_head.decoder.weight" && k != "lm_head.decoder.bias")
-        .map(|k| checkpoint_name(&k))
+        .filter(|k| {
+            !matches!(
+                k.as_str(),
+                "lm_head.decoder.weight"
+                    | "lm_head.decoder.bias"
+                    | "cls.predictions.decoder.weight"
+                    | "cls.predictions.decoder.bias"
+            )
+        })
+        .map(|k| checkpoint_name(&k, bert))
         .collect();
     Ok(LoadReport {
         files,
         loaded: loaded.len(),
-        newly_initialized: optional.iter().map(|p| checkpoint_name(p)).collect(),
+        newly_initialized: optional.iter().map(|p| checkpoint_name(p, bert)).collect(),
         unused,
     })
 }
 
-fn check_errors(file: &Path, result: &ApplyResult) -> Result<(), ModelError> {
+fn check_errors(file: &Path, result: &ApplyResult, bert: bool) -> Result<(), ModelError> {
     match result.errors.first() {
         None => Ok(()),
         Some(ApplyError::ShapeMismatch {
@@ -468,7 +569,7 @@ fn check_errors(file: &Path, result: &ApplyResult) -> Result<(), ModelError> {
             expected,
             found,
         }) => {
-            let key = checkpoint_name(path);
+            let key = checkpoint_name(path, bert);
             // The adapter has turned a linear layer's `[out, in]` weight into Burn's
             // `[in, out]` before comparing: report both shapes in the file's own layout.
             let linear =
@@ -494,15 +595,20 @@ fn check_errors(file: &Path, result: &ApplyResult) -> Result<(), ModelError> {
     }
 }
 
-/// Writes `model`'s weights as a transformers-compatible `model.safetensors`.
-pub fn save_weights<M: ModuleSnapshot>(model: &M, path: &Path) -> Result<(), ModelError> {
+/// Writes `model`'s weights as a transformers-compatible `model.safetensors`, under the
+/// family's names.
+pub(crate) fn save_weights<M: ModuleSnapshot>(
+    model: &M,
+    path: &Path,
+    bert: bool,
+) -> Result<(), ModelError> {
     let mut store = SafetensorsStore::from_file(path)
         .with_to_adapter(BurnToPyTorchAdapter)
         .clear_metadata()
         // transformers refuses safetensors files whose format is not "pt".
         .metadata("format", "pt")
         .overwrite(true);
-    for (from, to) in save_names() {
+    for (from, to) in save_names(bert) {
         store = store.with_key_remapping(from, to);
     }
     model
@@ -536,7 +642,7 @@ mod tests {
             ("lm_head.layer_norm.beta", "lm_head.layer_norm.bias"),
             ("classifier.dense.weight", "classifier.dense.weight"),
         ] {
-            assert_eq!(checkpoint_name(path), key);
+            assert_eq!(checkpoint_name(path, false), key);
         }
     }
 
@@ -552,14 +658,41 @@ mod tests {
                     .into_owned()
             })
         };
-        for path in [
-            "roberta.encoder.layer.0.attention.self_attention.key.bias",
-            "roberta.encoder.layer.0.attention.output.layer_norm.gamma",
-            "roberta.embeddings.word_embeddings.weight",
-            "lm_head.layer_norm.gamma",
+        for bert in [false, true] {
+            for path in [
+                "roberta.encoder.layer.0.attention.self_attention.key.bias",
+                "roberta.encoder.layer.0.attention.output.layer_norm.gamma",
+                "roberta.embeddings.word_embeddings.weight",
+                "roberta.embeddings.layer_norm.beta",
+                "lm_head.layer_norm.gamma",
+                "lm_head.dense.weight",
+                "lm_head.bias",
+                "classifier.dense.weight",
+                "classifier.out_proj.bias",
+            ] {
+                let key = apply(&mut save_names(bert), path);
+                assert_eq!(apply(&mut load_names(bert), &key), path, "{key}");
+            }
+        }
+        // BERT's keys as transformers names them.
+        for (path, key) in [
+            (
+                "roberta.encoder.layer.0.attention.self_attention.query.weight",
+                "bert.encoder.layer.0.attention.self.query.weight",
+            ),
+            (
+                "roberta.embeddings.layer_norm.gamma",
+                "bert.embeddings.LayerNorm.weight",
+            ),
+            ("classifier.dense.bias", "bert.pooler.dense.bias"),
+            ("classifier.out_proj.weight", "classifier.weight"),
+            (
+                "lm_head.layer_norm.beta",
+                "cls.predictions.transform.LayerNorm.bias",
+            ),
+            ("lm_head.bias", "cls.predictions.bias"),
         ] {
-            let key = apply(&mut save_names(), path);
-            assert_eq!(apply(&mut load_names(), &key), path, "{key}");
+            assert_eq!(checkpoint_name(path, true), key);
         }
     }
 }

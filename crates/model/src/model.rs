@@ -106,7 +106,8 @@ fn embedding(
     table
 }
 
-/// `RobertaEmbeddings`: word + position + token type, LayerNorm, dropout.
+/// `RobertaEmbeddings`: word + position + token type, LayerNorm, dropout; `BertEmbeddings`
+/// with `positions_from_zero`.
 #[derive(Module, Debug)]
 pub struct Embeddings {
     word_embeddings: Embedding,
@@ -116,6 +117,9 @@ pub struct Embeddings {
     layer_norm_eps: f64,
     dropout: Dropout,
     pad_token_id: usize,
+    /// BERT numbers every position from 0, pads included; RoBERTa counts real tokens from
+    /// the padding index on.
+    positions_from_zero: bool,
 }
 
 impl Embeddings {
@@ -127,10 +131,11 @@ impl Embeddings {
                 Some(config.pad_token_id),
                 device,
             ),
+            // BERT's position table has no padding row.
             position_embeddings: embedding(
                 config.max_position_embeddings,
                 config,
-                Some(config.pad_token_id),
+                (!config.is_bert()).then_some(config.pad_token_id),
                 device,
             ),
             token_type_embeddings: embedding(config.type_vocab_size, config, None, device),
@@ -138,6 +143,7 @@ impl Embeddings {
             layer_norm_eps: config.layer_norm_eps,
             dropout: dropout(config.hidden_dropout_prob),
             pad_token_id: config.pad_token_id,
+            positions_from_zero: config.is_bert(),
         }
     }
 
@@ -146,14 +152,20 @@ impl Embeddings {
     /// - returns `[batch, seq, hidden]`
     fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
         let [batch, seq] = input_ids.dims();
-        // RoBERTa numbers real tokens from pad + 1 and gives pads the padding position:
-        // `cumsum(ids != pad) * (ids != pad) + pad`.
-        let real = input_ids
-            .clone()
-            .not_equal_elem(self.pad_token_id as i64)
-            .int();
-        let positions = real.clone().cumsum(1) * real + self.pad_token_id as i64;
-        // RoBERTa has one token type; every token uses row 0.
+        let positions = if self.positions_from_zero {
+            Tensor::<1, Int>::arange(0..seq as i64, &input_ids.device())
+                .reshape([1, seq])
+                .expand([batch, seq])
+        } else {
+            // RoBERTa numbers real tokens from pad + 1 and gives pads the padding position:
+            // `cumsum(ids != pad) * (ids != pad) + pad`.
+            let real = input_ids
+                .clone()
+                .not_equal_elem(self.pad_token_id as i64)
+                .int();
+            real.clone().cumsum(1) * real + self.pad_token_id as i64
+        };
+        // RoBERTa has one token type; BERT's single-sentence inputs use type 0 too.
         let token_types = Tensor::<2, Int>::zeros([batch, seq], &input_ids.device());
         let x = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(positions)
@@ -535,12 +547,17 @@ fn key_bias(attention_mask: &Tensor<2, Int>) -> Tensor<4> {
         .reshape([batch, 1, 1, seq])
 }
 
-/// `RobertaClassificationHead`: on `<s>`: dropout, dense, tanh, dropout, projection.
+/// `RobertaClassificationHead`: on `<s>`: dropout, dense, tanh, dropout, projection. BERT's
+/// head is the same computation on `[CLS]` without the first dropout: `BertPooler` (dense,
+/// tanh) is `dense`, and `BertForSequenceClassification`'s dropout and `classifier` are
+/// `dropout` and `out_proj` (the weight-name table maps the names).
 #[derive(Module, Debug)]
 pub struct ClassificationHead {
     dense: Linear,
     dropout: Dropout,
     out_proj: Linear,
+    /// RoBERTa's dropout on the `<s>` state before `dense` (BERT has none there).
+    dropout_first: bool,
 }
 
 /// `RobertaForSequenceClassification`: the encoder and a classification head on `<s>`.
@@ -562,6 +579,7 @@ impl RobertaForSequenceClassification {
                 dense: linear(config.hidden_size, config.hidden_size, config, device),
                 dropout: dropout(p),
                 out_proj: linear(config.hidden_size, config.num_labels(), config, device),
+                dropout_first: !config.is_bert(),
             },
         }
     }
@@ -586,7 +604,11 @@ impl RobertaForSequenceClassification {
     /// The head on the last hidden state at `<s>`, `[batch, hidden]`.
     fn classify_first(&self, first: Tensor<2>) -> Tensor<2> {
         let head = &self.classifier;
-        let x = apply_dropout(&head.dropout, first);
+        let x = if head.dropout_first {
+            apply_dropout(&head.dropout, first)
+        } else {
+            first
+        };
         let x = crate::fused::linear(&head.dense, x).tanh();
         let x = apply_dropout(&head.dropout, x);
         crate::fused::linear(&head.out_proj, x)

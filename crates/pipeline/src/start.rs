@@ -150,8 +150,8 @@ fn fresh_config_for(
             let special = tokenizer.special_tokens();
             let mut config = RobertaConfig::preset(name, tokenizer.vocab_size())?;
             config.pad_token_id = special.pad as usize;
-            config.bos_token_id = special.bos as usize;
-            config.eos_token_id = special.eos as usize;
+            config.bos_token_id = Some(special.bos as usize);
+            config.eos_token_id = Some(special.eos as usize);
             config
         }
         file => RobertaConfig::load(file.as_ref())?,

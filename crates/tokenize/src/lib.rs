@@ -30,7 +30,7 @@ pub use rows::TokenizedRows;
 pub use sentiment_hub::{HubSettings, resolve_pretrained};
 pub use tokenizer::{
     BpeTrainingConfig, DEFAULT_MAX_LENGTH, EncodedBatch, RobertaTokenizer, SPECIAL_TOKENS,
-    SpecialTokenIds,
+    SpecialTokenIds, SpecialTokenNames,
 };
 
 /// Writes a file atomically (temporary sibling, then rename).

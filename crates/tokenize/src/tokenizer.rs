@@ -10,8 +10,9 @@ use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{
-    AddedToken, Model, NormalizerWrapper, PaddingDirection, PaddingParams, PaddingStrategy,
-    Tokenizer, TokenizerBuilder, TruncationDirection, TruncationParams, TruncationStrategy,
+    AddedToken, Model, ModelWrapper, NormalizerWrapper, PaddingDirection, PaddingParams,
+    PaddingStrategy, Tokenizer, TokenizerBuilder, TruncationDirection, TruncationParams,
+    TruncationStrategy,
 };
 
 use crate::{TokenizeError, write_atomic};
@@ -94,11 +95,53 @@ impl EncodedBatch {
     }
 }
 
-/// A RoBERTa tokenizer: byte-level BPE, `<s> … </s>`, truncated and padded to `max_length`.
+/// The special tokens of a vocabulary by their text: RoBERTa's `<s> </s> <pad> <unk> <mask>`,
+/// BERT's `[CLS] [SEP] [PAD] [UNK] [MASK]`, or whatever `tokenizer_config.json` names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecialTokenNames {
+    /// The classification token the sequence starts with (`cls_token`, else `bos_token`).
+    pub cls: String,
+    /// The token that ends the sequence (`sep_token`, else `eos_token`).
+    pub sep: String,
+    /// Padding.
+    pub pad: String,
+    /// Unknown.
+    pub unk: String,
+    /// Masked-LM's mask.
+    pub mask: String,
+}
+
+impl SpecialTokenNames {
+    /// RoBERTa's.
+    pub fn roberta() -> Self {
+        Self {
+            cls: "<s>".into(),
+            sep: "</s>".into(),
+            pad: "<pad>".into(),
+            unk: "<unk>".into(),
+            mask: "<mask>".into(),
+        }
+    }
+
+    /// BERT's.
+    pub fn bert() -> Self {
+        Self {
+            cls: "[CLS]".into(),
+            sep: "[SEP]".into(),
+            pad: "[PAD]".into(),
+            unk: "[UNK]".into(),
+            mask: "[MASK]".into(),
+        }
+    }
+}
+
+/// A RoBERTa or BERT tokenizer (byte-level BPE, WordPiece, or whatever `tokenizer.json`
+/// defines): `<s> … </s>` (`[CLS] … [SEP]`), truncated and padded to `max_length`.
 #[derive(Clone)]
 pub struct RobertaTokenizer {
     tokenizer: Tokenizer,
     special: SpecialTokenIds,
+    names: SpecialTokenNames,
     max_length: usize,
     content_hash: String,
 }
@@ -114,7 +157,9 @@ impl std::fmt::Debug for RobertaTokenizer {
     }
 }
 
-/// The subset of `tokenizer_config.json` that changes how text is tokenized.
+/// The subset of `tokenizer_config.json` (and `special_tokens_map.json`) that changes how
+/// text is tokenized: the prefix space and the special tokens, each a plain string or an
+/// `AddedToken` object (`{"content": …}`).
 #[derive(Debug, Default, Deserialize)]
 struct TokenizerConfigFile {
     #[serde(default)]
@@ -122,9 +167,47 @@ struct TokenizerConfigFile {
     /// A plain string, or an `AddedToken` object whose `lstrip` we honour.
     #[serde(default)]
     mask_token: Option<serde_json::Value>,
+    #[serde(default)]
+    cls_token: Option<serde_json::Value>,
+    #[serde(default)]
+    bos_token: Option<serde_json::Value>,
+    #[serde(default)]
+    sep_token: Option<serde_json::Value>,
+    #[serde(default)]
+    eos_token: Option<serde_json::Value>,
+    #[serde(default)]
+    pad_token: Option<serde_json::Value>,
+    #[serde(default)]
+    unk_token: Option<serde_json::Value>,
+}
+
+/// A special token's text, from a plain string or an `AddedToken` object.
+fn token_text(value: &Option<serde_json::Value>) -> Option<String> {
+    match value.as_ref()? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => other.get("content")?.as_str().map(str::to_string),
+    }
 }
 
 impl TokenizerConfigFile {
+    /// The special tokens this file names, over `fallback` (the family's, chosen from the
+    /// vocabulary) for those it does not.
+    fn special_names(&self, fallback: SpecialTokenNames) -> SpecialTokenNames {
+        let pick =
+            |first: &Option<serde_json::Value>, second: &Option<serde_json::Value>, or: String| {
+                token_text(first)
+                    .or_else(|| token_text(second))
+                    .unwrap_or(or)
+            };
+        SpecialTokenNames {
+            cls: pick(&self.cls_token, &self.bos_token, fallback.cls),
+            sep: pick(&self.sep_token, &self.eos_token, fallback.sep),
+            pad: pick(&self.pad_token, &None, fallback.pad),
+            unk: pick(&self.unk_token, &None, fallback.unk),
+            mask: pick(&self.mask_token, &None, fallback.mask),
+        }
+    }
+
     /// Whether `<mask>` swallows the space before it. `transformers` 5 builds it without
     /// `lstrip` from vocab and merges unless the config says otherwise (roberta-base's
     /// `tokenizer.json` has `lstrip: true`, and is used as is when present).
@@ -188,7 +271,26 @@ impl RobertaTokenizer {
                 config.mask_lstrip(),
             )?
         };
-        Self::new(tokenizer, max_length, &dir.display().to_string())
+        // The special tokens: those the folder's configuration names, else the family's
+        // whose classification token the vocabulary holds.
+        let family =
+            if tokenizer.token_to_id("<s>").is_none() && tokenizer.token_to_id("[CLS]").is_some() {
+                SpecialTokenNames::bert()
+            } else {
+                SpecialTokenNames::roberta()
+            };
+        let mut names = read_tokenizer_config(dir)?.special_names(family.clone());
+        let map = dir.join("special_tokens_map.json");
+        if map.is_file() && !dir.join("tokenizer_config.json").is_file() {
+            let text = std::fs::read_to_string(&map).map_err(TokenizeError::io(&map))?;
+            let parsed: TokenizerConfigFile =
+                serde_json::from_str(&text).map_err(|e| TokenizeError::BadFile {
+                    path: map.clone(),
+                    detail: e.to_string(),
+                })?;
+            names = parsed.special_names(family);
+        }
+        Self::with_names(tokenizer, max_length, &dir.display().to_string(), names)
     }
 
     /// Trains a byte-level BPE on `texts` with RoBERTa's special tokens as ids 0–4, as
@@ -235,13 +337,19 @@ impl RobertaTokenizer {
         tokenizer
             .train(&mut trainer, texts.iter())
             .map_err(|e| TokenizeError::Training(e.to_string()))?;
-        Self::new(Tokenizer::from(tokenizer), max_length, "trained tokenizer")
+        Self::with_names(
+            Tokenizer::from(tokenizer),
+            max_length,
+            "trained tokenizer",
+            SpecialTokenNames::roberta(),
+        )
     }
 
-    fn new(
+    fn with_names(
         mut tokenizer: Tokenizer,
         max_length: usize,
         origin: &str,
+        names: SpecialTokenNames,
     ) -> Result<Self, TokenizeError> {
         let id = |token: &str| {
             tokenizer
@@ -252,11 +360,11 @@ impl RobertaTokenizer {
                 })
         };
         let special = SpecialTokenIds {
-            bos: id("<s>")?,
-            pad: id("<pad>")?,
-            eos: id("</s>")?,
-            unk: id("<unk>")?,
-            mask: id("<mask>")?,
+            bos: id(&names.cls)?,
+            pad: id(&names.pad)?,
+            eos: id(&names.sep)?,
+            unk: id(&names.unk)?,
+            mask: id(&names.mask)?,
         };
         // Settings that are part of `max_length`, not of the tokenizer, are reset so the
         // content hash depends on the vocabulary and pipeline only.
@@ -264,9 +372,14 @@ impl RobertaTokenizer {
             .with_truncation(None)
             .map_err(|e| TokenizeError::InvalidSetting(e.to_string()))?;
         tokenizer.with_padding(None);
-        let canonical = tokenizer
+        let mut canonical = tokenizer
             .to_string(false)
             .map_err(|e| TokenizeError::InvalidSetting(e.to_string()))?;
+        // The special tokens may come from another file than tokenizer.json (the padding id
+        // of the encodings with them).
+        if names != SpecialTokenNames::roberta() {
+            canonical.push_str(&serde_json::to_string(&names).expect("names serialise"));
+        }
         let content_hash = hex(&Sha256::digest(canonical.as_bytes()));
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -282,14 +395,20 @@ impl RobertaTokenizer {
             pad_to_multiple_of: None,
             pad_id: special.pad,
             pad_type_id: 0,
-            pad_token: "<pad>".into(),
+            pad_token: names.pad.clone(),
         }));
         Ok(Self {
             tokenizer,
             special,
+            names,
             max_length,
             content_hash,
         })
+    }
+
+    /// The special tokens' texts.
+    pub fn special_token_names(&self) -> &SpecialTokenNames {
+        &self.names
     }
 
     /// Sequence length of every encoding.
@@ -393,22 +512,53 @@ impl RobertaTokenizer {
             written.push(target);
         }
         let _ = std::fs::remove_dir_all(&staging);
+        let names = &self.names;
+        // transformers' class for the model: a byte-level BPE is RoBERTa's, WordPiece BERT's
+        // (its lower-casing as the normaliser has it); anything else loads through
+        // tokenizer.json alone.
+        let (extra, mask_lstrip) = match plain.get_model() {
+            ModelWrapper::BPE(_) => (
+                serde_json::json!({
+                    "tokenizer_class": "RobertaTokenizer",
+                    "add_prefix_space": false,
+                    "trim_offsets": true,
+                    "errors": "replace",
+                    "model_max_length": 512,
+                }),
+                true,
+            ),
+            ModelWrapper::WordPiece(_) => {
+                let lowercase = serde_json::to_value(plain.get_normalizer())
+                    .ok()
+                    .and_then(|n| n.get("lowercase").and_then(serde_json::Value::as_bool))
+                    .unwrap_or(false);
+                (
+                    serde_json::json!({
+                        "tokenizer_class": "BertTokenizer",
+                        "do_lower_case": lowercase,
+                        "model_max_length": 512,
+                    }),
+                    false,
+                )
+            }
+            _ => (
+                serde_json::json!({
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                    "model_max_length": 512,
+                }),
+                false,
+            ),
+        };
         let mask = serde_json::json!({
-            "content": "<mask>", "lstrip": true, "normalized": false,
+            "content": names.mask, "lstrip": mask_lstrip, "normalized": false,
             "rstrip": false, "single_word": false, "special": true
         });
         let specials = serde_json::json!({
-            "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
-            "pad_token": "<pad>", "cls_token": "<s>", "mask_token": mask,
+            "bos_token": names.cls, "eos_token": names.sep, "unk_token": names.unk,
+            "sep_token": names.sep, "pad_token": names.pad, "cls_token": names.cls,
+            "mask_token": mask,
         });
         let mut config = specials.clone();
-        let extra = serde_json::json!({
-            "tokenizer_class": "RobertaTokenizer",
-            "add_prefix_space": false,
-            "trim_offsets": true,
-            "errors": "replace",
-            "model_max_length": 512,
-        });
         for (k, v) in extra.as_object().expect("object") {
             config[k] = v.clone();
         }
