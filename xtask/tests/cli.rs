@@ -1196,3 +1196,104 @@ fn a_search_whose_trials_cannot_run_is_refused_or_stops() {
     assert!(stderr.contains("state.json"), "{stderr}");
     assert_eq!(study_trials(&out).len(), 2, "{stderr}");
 }
+
+/// The BERT family end to end on the tiny random BERT of `fixtures/model`: a bare `BertModel`
+/// folder fine-tunes (a fresh head, named in transformers' terms) into a
+/// `BertForSequenceClassification` folder that `predict` classifies with; the pipeline runs on
+/// it; a `BertForMaskedLM` pre-trains further.
+#[test]
+fn bert_folders_fine_tune_predict_run_the_pipeline_and_pretrain() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/model");
+    let (base, mlm) = (fixtures.join("bert-base"), fixtures.join("bert-mlm"));
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    prepare_sample(data.to_str().unwrap(), 600);
+    let run = work.path().join("run");
+    let trained = xtask(&[
+        "train",
+        "--prepared",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--pretrained",
+        base.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--max-length",
+        "32",
+    ]);
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(trained.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "newly initialised (not in the checkpoint): classifier.bias, classifier.weight"
+        ),
+        "{stderr}"
+    );
+    let best = run.join("best_model");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["model_type"], "bert");
+    let predicted = xtask(&[
+        "predict",
+        "--model",
+        best.to_str().unwrap(),
+        "--json",
+        "what a day",
+    ]);
+    assert!(
+        predicted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&predicted.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_slice(predicted.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["logits"].as_array().unwrap().len(), 2);
+
+    let piped = xtask(&[
+        "pipeline",
+        "--out",
+        work.path().join("pipe").to_str().unwrap(),
+        "--pretrained",
+        base.to_str().unwrap(),
+        "--sample",
+        "600",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--max-length",
+        "32",
+    ]);
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(work.path().join("pipe/best_model/vocab.txt").exists());
+
+    let pre = work.path().join("pretrain");
+    let pretrained = xtask(&[
+        "pretrain",
+        "--input",
+        data.join("train.parquet").to_str().unwrap(),
+        "--out",
+        pre.to_str().unwrap(),
+        "--pretrained",
+        mlm.to_str().unwrap(),
+        "--max-steps",
+        "6",
+        "--max-length",
+        "32",
+    ]);
+    assert!(
+        pretrained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pretrained.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pre.join("model/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "BertForMaskedLM");
+}

@@ -107,3 +107,58 @@ fn a_saved_tokenizer_reloads_identically() {
         original.encode_batch(&texts).unwrap()
     );
 }
+
+/// A WordPiece tokenizer (uncased, `[CLS] … [SEP]`, as MiniLM's and bert-base-uncased's),
+/// trained by `fixtures/model/generate_bert_reference.py`: ids equal to `AutoTokenizer`'s on
+/// tweets with mentions, URLs, emoji, accents and casing; its special tokens are BERT's.
+#[test]
+fn wordpiece_tokenizer_matches_transformers() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/model");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("bert_reference.json")).unwrap())
+            .unwrap();
+    let texts: Vec<String> = reference["tweets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<Vec<u32>> = rows(&reference["tweet_ids"]);
+    for folder in ["bert-classifier", "bert-base"] {
+        let tokenizer = RobertaTokenizer::from_folder(&model.join(folder), 32).unwrap();
+        let names = tokenizer.special_token_names();
+        assert_eq!((names.cls.as_str(), names.pad.as_str()), ("[CLS]", "[PAD]"));
+        let batch = tokenizer.encode_batch(&texts).unwrap();
+        for (i, text) in texts.iter().enumerate() {
+            let ids = &batch.ids(i)[..expected[i].len()];
+            assert_eq!(ids, expected[i].as_slice(), "{folder}: text {i} {text:?}");
+            // Then padding with [PAD], masked out.
+            let pad = tokenizer.special_tokens().pad;
+            assert!(batch.ids(i)[expected[i].len()..].iter().all(|&t| t == pad));
+            assert_eq!(
+                batch.mask(i).iter().filter(|&&m| m == 1).count(),
+                expected[i].len()
+            );
+        }
+    }
+}
+
+/// Saved, a WordPiece tokenizer keeps BERT's special tokens and class, and reads back equal.
+#[test]
+fn a_saved_wordpiece_tokenizer_reads_back_equal() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/model");
+    let tokenizer = RobertaTokenizer::from_folder(&model.join("bert-classifier"), 32).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    tokenizer.save(dir.path()).unwrap();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["tokenizer_class"], "BertTokenizer");
+    assert_eq!(config["cls_token"], "[CLS]");
+    assert_eq!(config["do_lower_case"], true);
+    assert!(dir.path().join("vocab.txt").exists());
+    let again = RobertaTokenizer::from_folder(dir.path(), 32).unwrap();
+    assert_eq!(again.special_tokens(), tokenizer.special_tokens());
+    assert_eq!(again.content_hash(), tokenizer.content_hash());
+}
