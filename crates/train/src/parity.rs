@@ -156,7 +156,31 @@ fn curve(
     steps: usize,
     bf16: bool,
 ) -> Result<Curve, TrainError> {
-    let inputs = read(fixtures.join("model/reference.json"))?;
+    curve_of(device, fixtures, Family::Roberta, labels, steps, bf16)
+}
+
+/// Which fixture classifier a curve trains: RoBERTa's (`model/classifier`, inputs of
+/// `model/reference.json`) or BERT's (`model/bert-classifier`, `model/bert_reference.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Roberta,
+    Bert,
+}
+
+/// [`curve`] on the fixture classifier of `family`.
+fn curve_of(
+    device: &Device,
+    fixtures: &Path,
+    family: Family,
+    labels: &[i64],
+    steps: usize,
+    bf16: bool,
+) -> Result<Curve, TrainError> {
+    let (model_folder, inputs_file) = match family {
+        Family::Roberta => ("classifier", "model/reference.json"),
+        Family::Bert => ("bert-classifier", "model/bert_reference.json"),
+    };
+    let inputs = read(fixtures.join(inputs_file))?;
     let autodiff = device.clone().autodiff();
     let (batch, seq) = (size(&inputs, "batch")?, size(&inputs, "seq")?);
     let (ids, mask) = (ints(&inputs["input_ids"]), ints(&inputs["attention_mask"]));
@@ -184,7 +208,7 @@ fn curve(
         )
     };
     let mut model = RobertaForSequenceClassification::from_pretrained(
-        &folder(fixtures, "classifier")?,
+        &folder(fixtures, model_folder)?,
         &autodiff,
         &HubSettings::from_vars(|_| None),
         |c| {
@@ -254,8 +278,36 @@ pub fn training_differences(
     device: &Device,
     fixtures: &Path,
 ) -> Result<Vec<Difference>, TrainError> {
-    let expected = read(fixtures.join("train/reference.json"))?;
-    let curve = curve(device, fixtures, &ints(&expected["labels"]), 6, false)?;
+    family_training_differences(device, fixtures, Family::Roberta)
+}
+
+/// [`training_differences`] on the BERT fixture classifier (`model/bert-classifier`; PyTorch's
+/// steps in `train/bert_reference.json`).
+pub fn bert_training_differences(
+    device: &Device,
+    fixtures: &Path,
+) -> Result<Vec<Difference>, TrainError> {
+    family_training_differences(device, fixtures, Family::Bert)
+}
+
+fn family_training_differences(
+    device: &Device,
+    fixtures: &Path,
+    family: Family,
+) -> Result<Vec<Difference>, TrainError> {
+    let reference = match family {
+        Family::Roberta => "train/reference.json",
+        Family::Bert => "train/bert_reference.json",
+    };
+    let expected = read(fixtures.join(reference))?;
+    let curve = curve_of(
+        device,
+        fixtures,
+        family,
+        &ints(&expected["labels"]),
+        6,
+        false,
+    )?;
     let want_rates = floats(&expected["learning_rates"]);
     let worst_rate = if want_rates.len() < curve.learning_rates.len() {
         f64::INFINITY

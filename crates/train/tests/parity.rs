@@ -51,6 +51,28 @@ fn six_steps_match_pytorch_adamw_with_schedule_and_clipping() {
     }
 }
 
+/// The same six steps on the BERT fixture classifier (`fixtures/model/bert-classifier`):
+/// its pooler, projection and positions from 0 train as transformers' do.
+#[test]
+fn six_bert_steps_match_pytorch() {
+    let differences =
+        sentiment_train::parity::bert_training_differences(&Device::flex(), &fixtures()).unwrap();
+    assert_eq!(differences.len(), 4);
+    for d in &differences {
+        let tolerance = if d.what.contains("learning rate") {
+            1e-12
+        } else {
+            1e-4
+        };
+        assert!(
+            d.worst <= tolerance,
+            "{}: {} > {tolerance}",
+            d.what,
+            d.worst
+        );
+    }
+}
+
 #[test]
 fn fixture_models_match_transformers_through_the_shared_checks() {
     let differences =
