@@ -101,6 +101,21 @@ pub enum DataError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A compressed input decompresses to more than its size allows (a gzip bomb).
+    #[error(
+        "{path}: decompresses to more than {ratio} times its {compressed} bytes (plus \
+         {margin_mib} MiB): a gzip bomb, or not text; refused before it takes the memory"
+    )]
+    DecompressionBomb {
+        /// The input file.
+        path: PathBuf,
+        /// Its compressed size.
+        compressed: u64,
+        /// The most a byte of it may become.
+        ratio: u64,
+        /// The fixed allowance on top, in MiB.
+        margin_mib: u64,
+    },
     /// The input holds no record at all.
     #[error("{path}: the file is empty")]
     EmptyInput {

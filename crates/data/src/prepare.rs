@@ -362,6 +362,14 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+/// The most a compressed byte of a `.gz` input may decompress to, and a fixed allowance on top:
+/// text compresses 3-10x (Sentiment140 about 3x), so a stream past this is a gzip bomb (whose
+/// rows' bookkeeping would grow with it), not tweets. It bounds what a compressed input can
+/// claim by its own size.
+pub const MAX_GZIP_RATIO: u64 = 100;
+/// The allowance on top of [`MAX_GZIP_RATIO`] times the compressed size, in bytes.
+pub const GZIP_MARGIN: u64 = 64 << 20;
+
 /// Records of the (possibly decompressed) input.
 type InputRecords = RecordReader<Box<dyn BufRead + Send>>;
 
@@ -538,11 +546,30 @@ impl RowStream<'_> {
         let mut records_seen = 0u64;
         let bad_before: u64 = bad_counts.values().sum();
         let mut skip_header = self.layout.has_header;
+        let decompressed_limit = if self.gzip {
+            let compressed = std::fs::metadata(path).map_err(DataError::io(path))?.len();
+            Some((
+                compressed,
+                compressed.saturating_mul(MAX_GZIP_RATIO) + GZIP_MARGIN,
+            ))
+        } else {
+            None
+        };
 
         loop {
             let outcome = reader
                 .read_record(&mut record)
                 .map_err(DataError::io(path))?;
+            if let Some((compressed, limit)) = decompressed_limit
+                && reader.bytes_read() > limit
+            {
+                return Err(DataError::DecompressionBomb {
+                    path: path.to_path_buf(),
+                    compressed,
+                    ratio: MAX_GZIP_RATIO,
+                    margin_mib: GZIP_MARGIN >> 20,
+                });
+            }
             let problem = match outcome {
                 ReadOutcome::End => break,
                 ReadOutcome::Malformed { line, error } => Some((line, BadRow::from(error))),

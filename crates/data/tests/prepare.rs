@@ -130,6 +130,39 @@ fn gzip_input_gives_the_same_result() {
 }
 
 #[test]
+fn a_gzip_bomb_is_refused_by_its_compressed_size() {
+    // 192 MiB of identical raw rows: about 600 KiB compressed, so past 100x its size plus
+    // the 64 MiB allowance well before its end.
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("bomb.csv.gz");
+    let mut encoder = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::best(),
+    );
+    let row = b"0,1,Mon Apr 06 22:19:45 PDT 2009,NO_QUERY,user,same text again\n";
+    let block: Vec<u8> = row
+        .iter()
+        .copied()
+        .cycle()
+        .take(row.len() * 16384)
+        .collect();
+    for _ in 0..(192 << 20) / block.len() {
+        encoder.write_all(&block).unwrap();
+    }
+    encoder.finish().unwrap();
+    let compressed = std::fs::metadata(&gz).unwrap().len();
+    assert!(compressed < 1 << 20, "{compressed}");
+    let err = run(&PrepareConfig::new(&gz, dir.path().join("out"))).unwrap_err();
+    assert!(matches!(err, DataError::DecompressionBomb { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("bomb.csv.gz: decompresses to more than 100 times"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out/manifest.json").exists());
+}
+
+#[test]
 fn raw_awkward_rows_decode_as_windows_1252() {
     let out = tempfile::tempdir().unwrap();
     let manifest = run(&PrepareConfig::new(fixture("awkward_raw.csv"), out.path())).unwrap();

@@ -85,7 +85,7 @@ fn bert_classifier_matches_transformers() {
     let (ids, mask) = inputs(&r, &device);
     let hidden = loaded.model.roberta().forward(ids.clone(), mask.clone());
     assert_close(
-        hidden.into_data().to_vec().unwrap(),
+        hidden.into_data().try_to_vec::<f32>().unwrap(),
         &floats(&r["last_hidden_state"]),
         "last hidden state",
     );
@@ -94,7 +94,7 @@ fn bert_classifier_matches_transformers() {
             .model
             .forward(ids, mask)
             .into_data()
-            .to_vec()
+            .try_to_vec::<f32>()
             .unwrap(),
         &floats(&r["logits"]),
         "logits",
@@ -115,7 +115,7 @@ fn a_bare_bert_model_gets_a_fresh_projection_on_its_pooler() {
     let (ids, mask) = inputs(&r, &device);
     let hidden = loaded.model.roberta().forward(ids, mask);
     assert_close(
-        hidden.into_data().to_vec().unwrap(),
+        hidden.into_data().try_to_vec::<f32>().unwrap(),
         &floats(&r["last_hidden_state"]),
         "last hidden state",
     );
@@ -138,7 +138,7 @@ fn bert_masked_lm_with_tied_decoder_matches_transformers() {
     let position = r["mlm_position"].as_u64().unwrap() as usize;
     let at = logits.narrow(1, position, 1).reshape([batch, vocab]);
     assert_close(
-        at.into_data().to_vec().unwrap(),
+        at.into_data().try_to_vec::<f32>().unwrap(),
         &floats(&r["mlm_logits"]),
         "masked-LM logits",
     );
@@ -169,9 +169,14 @@ fn a_saved_bert_classifier_reloads_bit_for_bit_under_berts_names() {
         .model
         .forward(ids.clone(), mask.clone())
         .into_data()
-        .to_vec()
+        .try_to_vec::<f32>()
         .unwrap();
-    let b: Vec<f32> = again.model.forward(ids, mask).into_data().to_vec().unwrap();
+    let b: Vec<f32> = again
+        .model
+        .forward(ids, mask)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     assert_eq!(a, b);
 }
 

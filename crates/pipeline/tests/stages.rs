@@ -343,18 +343,8 @@ fn a_run_folder_outside_the_output_folder_is_refused() {
     settings.trials = 1;
     run(settings.clone()).0.unwrap();
     // A study row edited (or written by a stranger) to point a trial's run elsewhere.
-    let record = sentiment_search::Study::read(&own_study(&out))
-        .unwrap()
-        .unwrap();
     for elsewhere in ["../elsewhere", "/tmp/elsewhere"] {
-        let mut study = sentiment_search::Study::with_storage(
-            Box::new(own_study(&out)),
-            record.direction,
-            record.space.clone(),
-            record.sampler,
-            record.seed,
-        )
-        .unwrap();
+        let mut study = common::reopen_own_study(&out);
         study.set_user_attr(0, "run_dir", elsewhere.into()).unwrap();
         drop(study);
         let (refused, _) = run(settings.clone());

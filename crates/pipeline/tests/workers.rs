@@ -39,15 +39,7 @@ fn dead_workers_trials_are_failed_and_retried_in_their_run_folders() {
 
     // Two trials left running: one by a pipeline of this machine whose process ended, one by
     // a worker elsewhere that stopped beating.
-    let record = Study::read(&own_study(&out)).unwrap().unwrap();
-    let mut study = Study::with_storage(
-        Box::new(own_study(&out)),
-        record.direction,
-        record.space.clone(),
-        record.sampler,
-        record.seed,
-    )
-    .unwrap();
+    let mut study = common::reopen_own_study(&out);
     let here = format!("{}:{}", host(), ended_pid());
     let a = study.ask().unwrap();
     study
@@ -196,15 +188,7 @@ impl sentiment_pipeline::Observer for PeerFailsTheTrial {
             let lock = std::fs::File::create(busy.join(".lock")).unwrap();
             lock.try_lock().unwrap();
             *held = Some(lock);
-            let record = Study::read(&own_study(&self.out)).unwrap().unwrap();
-            let mut study = Study::with_storage(
-                Box::new(own_study(&self.out)),
-                record.direction,
-                record.space.clone(),
-                record.sampler,
-                record.seed,
-            )
-            .unwrap();
+            let mut study = common::reopen_own_study(&self.out);
             let failed = study
                 .fail_stale(|t| t.state == TrialState::Running, true)
                 .unwrap();

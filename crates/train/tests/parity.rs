@@ -30,13 +30,10 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn six_steps_match_pytorch_adamw_with_schedule_and_clipping() {
-    // The checks `cargo xtask parity` runs on other backends, here on the CPU one.
-    let differences =
-        sentiment_train::parity::training_differences(&Device::flex(), &fixtures()).unwrap();
+/// The learning rates within 1e-12, losses, gradient norms and logits within 1e-4.
+fn assert_six_steps_close(differences: &[sentiment_train::parity::Difference]) {
     assert_eq!(differences.len(), 4);
-    for d in &differences {
+    for d in differences {
         let tolerance = if d.what.contains("learning rate") {
             1e-12
         } else {
@@ -51,26 +48,21 @@ fn six_steps_match_pytorch_adamw_with_schedule_and_clipping() {
     }
 }
 
+#[test]
+fn six_steps_match_pytorch_adamw_with_schedule_and_clipping() {
+    // The checks `cargo xtask parity` runs on other backends, here on the CPU one.
+    assert_six_steps_close(
+        &sentiment_train::parity::training_differences(&Device::flex(), &fixtures()).unwrap(),
+    );
+}
+
 /// The same six steps on the BERT fixture classifier (`fixtures/model/bert-classifier`):
 /// its pooler, projection and positions from 0 train as transformers' do.
 #[test]
 fn six_bert_steps_match_pytorch() {
-    let differences =
-        sentiment_train::parity::bert_training_differences(&Device::flex(), &fixtures()).unwrap();
-    assert_eq!(differences.len(), 4);
-    for d in &differences {
-        let tolerance = if d.what.contains("learning rate") {
-            1e-12
-        } else {
-            1e-4
-        };
-        assert!(
-            d.worst <= tolerance,
-            "{}: {} > {tolerance}",
-            d.what,
-            d.worst
-        );
-    }
+    assert_six_steps_close(
+        &sentiment_train::parity::bert_training_differences(&Device::flex(), &fixtures()).unwrap(),
+    );
 }
 
 #[test]

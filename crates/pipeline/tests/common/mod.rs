@@ -63,6 +63,22 @@ pub fn own_study(out: &Path) -> sentiment_search::SqliteStorage {
     sentiment_search::SqliteStorage::new(out.join("study.db"), sentiment_search::DEFAULT_STUDY_NAME)
 }
 
+/// The pipeline's own study in OUT, opened with the settings it was made with, to change it
+/// as another worker (or a hand with SQL) would.
+pub fn reopen_own_study(out: &Path) -> sentiment_search::Study {
+    let record = sentiment_search::Study::read(&own_study(out))
+        .unwrap()
+        .unwrap();
+    sentiment_search::Study::with_storage(
+        Box::new(own_study(out)),
+        record.direction,
+        record.space,
+        record.sampler,
+        record.seed,
+    )
+    .unwrap()
+}
+
 pub fn run(
     config: PipelineConfig,
 ) -> (

@@ -1,0 +1,97 @@
+"""The Trainer's side of `xtask/bench/finetune.sh`: fine-tunes a pretrained folder on the split
+that `cargo xtask prepare` wrote, as the notebook does (the Trainer's defaults: learning rate
+5e-5, batch 32, 3 epochs, no weight decay or warmup; dynamic padding, no length grouping;
+evaluation every epoch, the best by validation F1 kept), on 2 CPU threads; prints one JSON
+line: test F1 and accuracy, validation F1 per epoch, training samples/s.
+
+    python finetune_trainer.py DATA_DIR MODEL_DIR SEED WORK_DIR
+"""
+
+import json
+import sys
+
+import pyarrow.parquet as pq
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, path, tokenizer):
+        table = pq.read_table(path).to_pydict()
+        self.labels = table["label"]
+        self.encodings = tokenizer(table["text"], max_length=64, truncation=True)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        item = {k: v[i] for k, v in self.encodings.items() if k != "token_type_ids"}
+        item["labels"] = self.labels[i]
+        return item
+
+
+def metrics(prediction):
+    predicted = prediction.predictions.argmax(-1)
+    labels = prediction.label_ids
+    tp = int(((predicted == 1) & (labels == 1)).sum())
+    fp = int(((predicted == 1) & (labels == 0)).sum())
+    fn = int(((predicted == 0) & (labels == 1)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"f1": f1, "accuracy": float((predicted == labels).mean())}
+
+
+def main():
+    data, model_dir, seed, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    train, validation, test = (Rows(f"{data}/{s}.parquet", tokenizer) for s in ("train", "validation", "test"))
+    args = TrainingArguments(
+        output_dir=work,
+        learning_rate=5e-5,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        num_train_epochs=3,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="f1",
+        save_total_limit=2,
+        seed=seed,
+        report_to="none",
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=metrics,
+    )
+    result = trainer.train()
+    validation_f1 = [e["eval_f1"] for e in trainer.state.log_history if "eval_f1" in e]
+    tested = trainer.evaluate(test, metric_key_prefix="test")
+    print(json.dumps({
+        "side": "transformers Trainer",
+        "seed": seed,
+        "test_f1": tested["test_f1"],
+        "test_accuracy": tested["test_accuracy"],
+        "validation_f1": validation_f1,
+        "train_samples_per_second": result.metrics["train_samples_per_second"],
+        "train_seconds": result.metrics["train_runtime"],
+    }))
+
+
+if __name__ == "__main__":
+    main()
