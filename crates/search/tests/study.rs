@@ -385,6 +385,17 @@ fn storages_are_named_as_optuna_names_them() {
     }
 }
 
+/// The study `s` of the SQLite file `path`, in this file's space, minimised, seed 1.
+fn open_sqlite(path: &std::path::Path, sampler: Sampler) -> Result<Study, SearchError> {
+    Study::with_storage(
+        Box::new(sentiment_search::SqliteStorage::new(path, "s")),
+        Direction::Minimize,
+        space(),
+        sampler,
+        1,
+    )
+}
+
 /// A study's rows come from a database others write: rows that no study of ours or Optuna's
 /// holds are refused with what is wrong, never a panic and never read as another value.
 #[test]
@@ -412,15 +423,7 @@ fn hostile_study_rows_are_refused_not_misread() {
     for (edit, expected) in edits {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("study.db");
-        let open = || {
-            Study::with_storage(
-                Box::new(sentiment_search::SqliteStorage::new(&path, "s")),
-                Direction::Minimize,
-                space(),
-                Sampler::Random,
-                1,
-            )
-        };
+        let open = || open_sqlite(&path, Sampler::Random);
         let mut study = open().unwrap();
         for _ in 0..2 {
             let t = study.ask().unwrap();
@@ -469,12 +472,9 @@ proptest::proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("study.db");
         let open = || {
-            Study::with_storage(
-                Box::new(sentiment_search::SqliteStorage::new(&path, "s")),
-                Direction::Minimize,
-                space(),
+            open_sqlite(
+                &path,
                 Sampler::Tpe(TpeConfig { n_startup_trials: 1, ..TpeConfig::default() }),
-                1,
             )
         };
         let mut study = open().unwrap();
