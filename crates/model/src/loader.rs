@@ -225,14 +225,11 @@ pub trait Pretrained: Sized + ModuleSnapshot {
                 source_name: folder.join(CONFIG_FILE).display().to_string(),
                 detail,
             })?;
-        check_config_fits_weights(&config, &folder)?;
+        // The weight files, read once for the size bound and the load.
+        let files = weight_files(&folder)?;
+        check_config_fits_weights(&config, &folder, &files)?;
         let mut model = Self::init(&config, device);
-        let report = load_weights(
-            &mut model,
-            &folder,
-            Self::OPTIONAL_PREFIXES,
-            config.is_bert(),
-        )?;
+        let report = load_weights(&mut model, files, Self::OPTIONAL_PREFIXES, config.is_bert())?;
         Ok(Loaded {
             model,
             config,
@@ -299,12 +296,14 @@ impl Pretrained for RobertaModel {
 /// on allocation). The bound counts the encoder's matrices alone (the heads may be fresh), at
 /// two bytes a weight (half-precision checkpoints exist): a real checkpoint always fits it.
 /// The message names the key whose term is largest.
-fn check_config_fits_weights(config: &RobertaConfig, folder: &Path) -> Result<(), ModelError> {
+fn check_config_fits_weights(
+    config: &RobertaConfig,
+    folder: &Path,
+    files: &[PathBuf],
+) -> Result<(), ModelError> {
     let mut held: u64 = 0;
-    for file in weight_files(folder)? {
-        held += std::fs::metadata(&file)
-            .map_err(ModelError::io(&file))?
-            .len();
+    for file in files {
+        held += std::fs::metadata(file).map_err(ModelError::io(file))?.len();
     }
     let h = config.hidden_size as u128;
     let terms = [
@@ -469,16 +468,15 @@ fn checkpoint_name(path: &str, bert: bool) -> String {
     }
 }
 
-/// Loads every weight file of `dir` into `model`. Missing keys under `optional_prefixes` keep
+/// Loads the weight files `files` (a folder's, [`weight_files`]) into `model`. Missing keys under `optional_prefixes` keep
 /// their fresh initialisation and are reported; other missing keys and shape mismatches are
 /// errors naming the key.
 pub(crate) fn load_weights<M: ModuleSnapshot>(
     model: &mut M,
-    dir: &Path,
+    files: Vec<PathBuf>,
     optional_prefixes: &[&str],
     bert: bool,
 ) -> Result<LoadReport, ModelError> {
-    let files = weight_files(dir)?;
     let mut loaded: BTreeSet<String> = BTreeSet::new();
     let mut missing_everywhere: Option<BTreeSet<String>> = None;
     let mut unused: BTreeSet<String> = BTreeSet::new();
