@@ -311,7 +311,11 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
     roberta_burn::set_fused_ops(!args.composed_ops);
     roberta_burn::set_fused_attention(!args.composed_attention);
     if !roberta_burn::set_bf16_products(args.bf16_products.map(Into::into)) {
-        bail!("--bf16-products native: this CPU has no AVX512-BF16");
+        bail!(
+            "--bf16-products {:?}: this CPU cannot run it ({})",
+            args.bf16_products,
+            roberta_burn::autocast::Bf16Support::detect().describe()
+        );
     }
     // bf16 on the CPU backend is mixed precision, as PyTorch's autocast on the other side: f32
     // parameters, the linear layers' products from bf16 operands.

@@ -526,6 +526,9 @@ pub enum Bf16ProductsFlag {
     Portable,
     /// f32 products of the bf16-rounded operands.
     RoundedF32,
+    /// AMX's tile products (refused on a CPU without AMX, or where the operating system does
+    /// not grant its tile state).
+    Amx,
 }
 
 impl From<Bf16ProductsFlag> for roberta_burn::Bf16Products {
@@ -534,6 +537,7 @@ impl From<Bf16ProductsFlag> for roberta_burn::Bf16Products {
             Bf16ProductsFlag::Native => Self::Native,
             Bf16ProductsFlag::Portable => Self::Portable,
             Bf16ProductsFlag::RoundedF32 => Self::RoundedF32,
+            Bf16ProductsFlag::Amx => Self::Amx,
         }
     }
 }

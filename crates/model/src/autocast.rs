@@ -1,12 +1,12 @@
 //! Mixed precision on the CPU backend, as `torch.autocast("cpu", dtype=torch.bfloat16)` runs
 //! PyTorch's: inside [`bf16`], the linear layers' matrix products take their operands rounded
 //! to bf16 and sum the products in f32; parameters, activations, gradients and every other
-//! operation (layer norm, softmax, GELU, the attention scores) stay f32. On a CPU with
-//! AVX512-BF16 (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on) a bf16 product does
-//! twice the multiply-adds per instruction of an f32 one; elsewhere, and on CPUs with AMX
-//! (whose `vdpbf16ps` ran slower than f32), the products are f32 products of the rounded
-//! operands: the same numbers up to the order of the sums, at about f32's speed
-//! ([`Bf16Support`] says which).
+//! operation (layer norm, softmax, GELU, the attention scores) stay f32. On a CPU with AMX
+//! (Intel Xeon from Sapphire Rapids on) the products run on its tiles, many times f32's
+//! multiply-adds per instruction; with AVX512-BF16 alone (AMD Zen 4 on, Intel Cooper Lake) a
+//! bf16 product does twice the multiply-adds of an f32 one; elsewhere the products are f32
+//! products of the rounded operands: the same numbers up to the order of the sums, at about
+//! f32's speed ([`Bf16Support`] says which).
 //!
 //! PyTorch's autocast also rounds the products' outputs, and what reads them, to bf16; here
 //! only the products' operands are rounded, so a run is at least as close to f32 as PyTorch's.
@@ -95,59 +95,16 @@ pub(crate) fn reuses_weights() -> bool {
     REUSE_WEIGHTS.with(Cell::get) > 0
 }
 
-/// How this CPU runs the products of [`bf16`] on the CPU backend, and so whether mixed
-/// precision is faster here than f32 (docs/BENCHMARKS.md measures both).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bf16Support {
-    /// AVX512-BF16's `vdpbf16ps` (AMD Zen 4 on, Intel Cooper Lake): twice an f32 FMA's
-    /// multiply-adds per instruction; faster than f32 (roberta-base inference at 1.4-1.5x on
-    /// an AMD EPYC Zen 5).
-    Native,
-    /// AVX512-BF16 on a CPU with AMX tiles (Intel Xeon from Sapphire Rapids on), which these
-    /// kernels do not use and PyTorch's autocast does. On the Intel Xeon measured,
-    /// `vdpbf16ps` products ran at 0.46-0.76x our own f32 speed, so here the products are f32
-    /// products of the bf16-rounded operands: the same numbers up to the order of the sums,
-    /// at about f32's speed.
-    AmxUnused,
-    /// No AVX512-BF16: f32 products of the bf16-rounded operands, as with [`Self::AmxUnused`].
-    NoAvx512Bf16,
-}
+pub use crate::cpu::Bf16Support;
 
 impl Bf16Support {
-    /// This CPU's (`NoAvx512Bf16` in builds without the CPU backend).
+    /// This CPU's, as the CPU backend's products run in this process (`NoAvx512Bf16` in
+    /// builds without the CPU backend). On a CPU with AMX the first call asks the operating
+    /// system for the tile state and checks the tile kernel against f32 products.
     pub fn detect() -> Self {
         #[cfg(feature = "flex")]
-        return match crate::fused::bf16_cpu() {
-            (false, _) => Self::NoAvx512Bf16,
-            (true, false) => Self::Native,
-            (true, true) => Self::AmxUnused,
-        };
+        return crate::fused::bf16_support();
         #[cfg(not(feature = "flex"))]
         Self::NoAvx512Bf16
-    }
-
-    /// Whether [`bf16`] is faster than f32 here; elsewhere it runs at about f32's speed, which
-    /// a user asking for it is told.
-    pub fn faster_than_f32(self) -> bool {
-        self == Self::Native
-    }
-
-    /// One line on what `bf16` does on this CPU, for logs and notes.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Self::Native => {
-                "bf16 mixed precision: the linear layers' products from bf16 operands \
-                 (AVX512-BF16)"
-            }
-            Self::AmxUnused => {
-                "bf16 mixed precision on a CPU with AMX, which our kernels do not use: the \
-                 products are f32 products of the bf16-rounded operands (AVX512-BF16's ran \
-                 slower on the Intel Xeon measured, docs/BENCHMARKS.md), at about f32's speed"
-            }
-            Self::NoAvx512Bf16 => {
-                "bf16 mixed precision on a CPU without AVX512-BF16: f32 products of the \
-                 bf16-rounded operands, at about f32's speed"
-            }
-        }
     }
 }

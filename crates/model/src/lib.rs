@@ -32,6 +32,7 @@
 
 pub mod autocast;
 mod config;
+mod cpu;
 mod error;
 mod fused;
 mod loader;

@@ -490,7 +490,7 @@ where
     if settings.run.bf16 {
         log(
             run_dir,
-            roberta_burn::autocast::Bf16Support::detect().describe(),
+            &roberta_burn::autocast::Bf16Support::detect().describe(),
         )?;
     }
 

@@ -437,11 +437,11 @@ pub(crate) fn reuse_packed_weights(reuse: bool) {
     let _ = reuse;
 }
 
-/// Whether this CPU has AVX512-BF16, and whether it has AMX tiles, which decide how the CPU
-/// backend's bf16 products run (see [`crate::autocast::Bf16Support`]).
+/// What the CPU backend's bf16 products run on in this process (see
+/// [`crate::autocast::Bf16Support`]).
 #[cfg(feature = "flex")]
-pub(crate) fn bf16_cpu() -> (bool, bool) {
-    (flex::bf16_gemm::avx512_bf16(), flex::bf16_gemm::amx())
+pub(crate) fn bf16_support() -> crate::cpu::Bf16Support {
+    flex::bf16_gemm::support()
 }
 
 /// The ways the CPU backend's bf16 products can run, for A/B benchmarks.
@@ -454,11 +454,14 @@ pub enum Bf16Products {
     Portable,
     /// f32 products of the bf16-rounded operands (the `gemm` crate's kernels).
     RoundedF32,
+    /// AMX's `tdpbf16ps` tile products, without the self-check of the detected choice.
+    Amx,
 }
 
 /// Makes the CPU backend's bf16 products run as `kernel` (`None`: as this CPU's do),
 /// process-wide, for A/B benchmarks (`bench model-worker --bf16-products`); false, and nothing
-/// changed, where this CPU cannot run it (`Native` without AVX512-BF16).
+/// changed, where this CPU cannot run it (`Native` without AVX512-BF16, `Amx` without AMX or
+/// the operating system's grant of its tile state).
 #[cfg(all(feature = "bench", feature = "flex"))]
 pub fn set_bf16_products(kernel: Option<Bf16Products>) -> bool {
     flex::bf16_gemm::choose(kernel)

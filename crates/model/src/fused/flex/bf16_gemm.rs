@@ -9,16 +9,23 @@
 //! dimension, tasks of [`MC`] × [`NC`] outputs spread over the rayon pool. Operands are packed
 //! in pairs along the inner dimension, two bf16 in one 32-bit word, the layout of AVX512-BF16's
 //! `vdpbf16ps`: one instruction adds two bf16 products into each of sixteen f32 lanes, twice
-//! the multiply-adds of an f32 FMA. CPUs without AVX512-BF16, and those with AMX (whose
-//! `vdpbf16ps` ran slower than their f32 FMA), multiply the operands rounded to bf16 and kept
-//! as f32 with the `gemm` crate's f32 kernels ([`Kernel::RoundedF32`]): the same products
-//! (exact in f32) summed in another order, at about f32's speed. A portable kernel over the
-//! packed words, in `vdpbf16ps`'s order (the same result for normal numbers: AVX512-BF16
-//! flushes subnormals to zero), is the tests' reference for the native one.
+//! the multiply-adds of an f32 FMA. CPUs with AMX (whose `vdpbf16ps` ran slower than their f32
+//! FMA) multiply the same packed pairs on their tiles ([`amx`]: 32 × 32 micro tiles, each
+//! block's pairs padded to whole tile rows), once the operating system grants the tile state
+//! and the kernel passes a self-check in the process ([`Kernel::detect`]). CPUs without
+//! AVX512-BF16, and those with AMX that cannot use it, multiply the operands rounded to bf16
+//! and kept as f32 with the `gemm` crate's f32 kernels ([`Kernel::RoundedF32`]): the same
+//! products (exact in f32) summed in another order, at about f32's speed. A portable kernel
+//! over the packed words, in `vdpbf16ps`'s order (the same result for normal numbers:
+//! AVX512-BF16 flushes subnormals to zero), is the tests' reference for the native one.
 
 use rayon::prelude::*;
 
 use super::{Operand, Shared};
+use crate::cpu::{self, Bf16Support};
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
 
 /// Rows of a micro tile: 12 × 2 accumulators, two panel vectors and a broadcast fill 27 of the
 /// 32 AVX-512 registers.
@@ -140,22 +147,22 @@ unsafe fn packed_product(
     rhs: Rhs,
     parallel: bool,
 ) {
-    let pairs = k.div_ceil(2);
+    let pairs = kernel.packed_pairs(k);
     let rhs_words = match rhs {
         Rhs::Unpacked(_) => n.div_ceil(NR) * NR * pairs,
         Rhs::Packed(_) => 0,
     };
-    let lengths = [m.div_ceil(MR) * MR * pairs, rhs_words];
+    let rows = kernel.rows();
+    let lengths = [m.div_ceil(rows) * rows * pairs, rhs_words];
     with_buffers(lengths, |a, b| {
+        let a_source = Source::rows(lhs, m, k);
         // SAFETY: the caller's promise on the operands; the buffers' lengths as `pack` needs.
         let a = unsafe {
-            pack::<MR>(
-                kernel,
-                Source::rows(lhs, m, k),
-                a,
-                parallel,
-                Order::for_rows(lhs),
-            )
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Amx => pack::<{ amx::MR }>(kernel, a_source, a, parallel, Order::Lanes),
+                _ => pack::<MR>(kernel, a_source, a, parallel, Order::for_rows(lhs)),
+            }
         };
         let b = match rhs {
             // SAFETY: as above.
@@ -169,12 +176,12 @@ unsafe fn packed_product(
                 )
             },
             Rhs::Packed(packed) => Packed {
-                words: packed.words(),
+                words: packed.words(kernel),
                 padded: n.div_ceil(NR) * NR,
                 order: Order::Pairs,
             },
         };
-        let extent = (task_extent(m, MC, MR), task_extent(n, NC, NR));
+        let extent = (task_extent(m, MC, rows), task_extent(n, NC, NR));
         let row_tasks = m.div_ceil(extent.0);
         let tasks = row_tasks * n.div_ceil(extent.1);
         let task = |t: usize| {
@@ -231,6 +238,8 @@ pub(super) struct PackedRhs {
     prepared: Prepared,
     k: usize,
     n: usize,
+    /// The kernel it was packed for (the layouts differ in their padding).
+    kernel: Kernel,
 }
 
 /// A right operand as a kernel reads it.
@@ -262,7 +271,7 @@ impl PackedRhs {
             unsafe { rounded_rows(rhs, k, n, true, &mut bits) };
             Prepared::Rounded(bits)
         } else {
-            let mut words = vec![0; n.div_ceil(NR) * NR * k.div_ceil(2)];
+            let mut words = vec![0; n.div_ceil(NR) * NR * kernel.packed_pairs(k)];
             // SAFETY: the caller's promise; `words` as `pack` needs.
             unsafe {
                 pack::<NR>(
@@ -275,13 +284,22 @@ impl PackedRhs {
             };
             Prepared::Words(words)
         };
-        PackedRhs { prepared, k, n }
+        PackedRhs {
+            prepared,
+            k,
+            n,
+            kernel,
+        }
     }
 
-    fn words(&self) -> &[u32] {
+    /// The packed words, for `kernel`.
+    fn words(&self, kernel: Kernel) -> &[u32] {
         match &self.prepared {
-            Prepared::Words(words) => words,
-            Prepared::Rounded(_) => panic!("bf16 product: an operand rounded for another kernel"),
+            Prepared::Words(words) if self.kernel == kernel => words,
+            _ => panic!(
+                "bf16 product: an operand packed for {:?}, not {kernel:?}",
+                self.kernel
+            ),
         }
     }
 }
@@ -441,15 +459,11 @@ impl Order {
 }
 
 impl Packed<'_> {
-    /// The panel of `W` lanes holding `lane`, in the block starting at `first`, of `pairs` pairs.
-    fn panel<const W: usize>(&self, first: usize, lane: usize, pairs: usize) -> &[u32] {
-        &self.words[first / 2 * self.padded + lane / W * pairs * W..][..pairs * W]
+    /// The panel of `width` lanes holding `lane`, in the block starting at `first`, of `pairs`
+    /// pairs.
+    fn panel(&self, width: usize, first: usize, lane: usize, pairs: usize) -> &[u32] {
+        &self.words[first / 2 * self.padded + lane / width * pairs * width..][..pairs * width]
     }
-}
-
-/// The pairs of the inner-dimension block starting at `first` of `inner`.
-fn block_pairs(first: usize, inner: usize) -> usize {
-    (inner - first).min(KC).div_ceil(2)
 }
 
 /// An operand read lane by lane: element `(lane, index)` of the inner dimension at
@@ -547,7 +561,7 @@ fn with_buffers<R>(lengths: [usize; 2], f: impl FnOnce(&mut [u32], &mut [u32]) -
 ///
 /// # Safety
 /// `source` must be readable over its lanes × inner extent; `words` must hold
-/// `padded lanes × ⌈inner / 2⌉` words.
+/// `padded lanes × kernel.packed_pairs(inner)` words.
 unsafe fn pack<const W: usize>(
     kernel: Kernel,
     source: Source,
@@ -557,14 +571,14 @@ unsafe fn pack<const W: usize>(
 ) -> Packed<'_> {
     let padded = source.lanes.div_ceil(W) * W;
     for first in (0..source.inner).step_by(KC) {
-        let pairs = block_pairs(first, source.inner);
+        let pairs = kernel.block_pairs(first, source.inner);
         let block = &mut words[first / 2 * padded..][..pairs * padded];
         let fill = |(panel, out): (usize, &mut [u32])| {
             let lane = panel * W;
             match kernel {
                 // SAFETY: detected on this CPU; the caller's promise on `source`.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512Bf16 => unsafe {
+                Kernel::Avx512Bf16 | Kernel::Amx => unsafe {
                     avx512::pack_panel::<W>(source, lane, first, out, order)
                 },
                 // SAFETY: the caller's promise on `source`.
@@ -587,7 +601,8 @@ unsafe fn pack<const W: usize>(
 }
 
 /// One panel of [`pack`], element by element: the `W` lanes from `lane`, the pairs of the
-/// block from `first`, into `out` (pairs × `W` words in `order`).
+/// block from `first`, into `out` (pairs × `W` words in `order`; pairs past the operand's
+/// inner dimension are zeros).
 ///
 /// # Safety
 /// As [`pack`]'s.
@@ -615,6 +630,11 @@ enum Kernel {
     /// `vdpbf16ps` (AVX512-BF16), packing with AVX512-BW's permutes.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
+    /// AMX's `tdpbf16ps` on 32 × 32 micro tiles ([`amx`]), packing as [`Kernel::Avx512Bf16`]
+    /// does (AMX CPUs have AVX512-BF16), the left operand always in lane order and each
+    /// block's pairs padded to whole tile rows.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     /// Plain Rust over the packed words, in `vdpbf16ps`'s order, vectorised by the compiler
     /// where it can: the native kernel's bits at about a third of f32's speed
     /// (docs/BENCHMARKS.md), so used only as the tests' reference for the native kernel and
@@ -623,8 +643,9 @@ enum Kernel {
     Portable,
     /// The operands rounded to bf16 and kept as f32, multiplied by the `gemm` crate's f32
     /// kernels ([`rounded_product`]): the same products, summed in another order, at about
-    /// f32's speed. For CPUs without AVX512-BF16, and for those with AMX, whose `vdpbf16ps`
-    /// ran slower than their f32 FMA on the Intel Xeon measured (docs/BENCHMARKS.md).
+    /// f32's speed. For CPUs without AVX512-BF16, and for those with AMX that cannot use it,
+    /// whose `vdpbf16ps` ran slower than their f32 FMA on the Intel Xeon measured
+    /// (docs/BENCHMARKS.md).
     RoundedF32,
 }
 
@@ -640,29 +661,166 @@ impl Kernel {
             2 => Kernel::RoundedF32,
             #[cfg(target_arch = "x86_64")]
             3 => Kernel::Avx512Bf16,
-            _ => Self::detect(),
-        }
-    }
-
-    /// This CPU's kernel, as [`crate::autocast::Bf16Support`] decides it: AVX512-BF16's where
-    /// it has it and no AMX, else the rounded f32 products.
-    fn detect() -> Self {
-        match crate::autocast::Bf16Support::detect() {
             #[cfg(target_arch = "x86_64")]
-            crate::autocast::Bf16Support::Native => Kernel::Avx512Bf16,
-            _ => Kernel::RoundedF32,
+            4 => Kernel::Amx,
+            _ => Self::detect().0,
         }
     }
 
-    /// Whether this CPU can run [`Kernel::Avx512Bf16`].
-    fn native_available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512bf16");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+    /// This CPU's kernel, and what it means for mixed precision here, chosen once per
+    /// process: AMX's where the CPU has it, the operating system grants its tile state and
+    /// the kernel passes [`amx_self_check`]; else AVX512-BF16's where the CPU has it and no
+    /// AMX; else the rounded f32 products.
+    fn detect() -> (Self, Bf16Support) {
+        static DETECTED: std::sync::OnceLock<(Kernel, Bf16Support)> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            if !cpu::avx512_bf16() {
+                return (Kernel::RoundedF32, Bf16Support::NoAvx512Bf16);
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                if !cpu::amx_bf16() {
+                    return (Kernel::Avx512Bf16, Bf16Support::Native);
+                }
+                match cpu::amx_permission().and_then(|()| amx_self_check()) {
+                    Ok(()) => (Kernel::Amx, Bf16Support::Amx),
+                    Err(reason) => (Kernel::RoundedF32, Bf16Support::AmxUnusable(reason)),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            (Kernel::RoundedF32, Bf16Support::NoAvx512Bf16)
+        })
     }
+
+    /// Lanes of the left operand's panels, the rows of a micro tile.
+    fn rows(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => amx::MR,
+            _ => MR,
+        }
+    }
+
+    /// The packed pairs of the inner-dimension block starting at `first` of `inner`: AMX's
+    /// padded with zeros to whole tile rows. (Whole blocks, [`KC`]` / 2` pairs, are whole tile
+    /// rows already, so a block's words start where the unpadded layout has them.)
+    fn block_pairs(self, first: usize, inner: usize) -> usize {
+        self.padded_pairs((inner - first).min(KC).div_ceil(2))
+    }
+
+    /// The packed pairs of an inner dimension of `inner`, all its blocks together.
+    fn packed_pairs(self, inner: usize) -> usize {
+        self.padded_pairs(inner.div_ceil(2))
+    }
+
+    /// `pairs` rounded up to whole tile rows for AMX.
+    fn padded_pairs(self, pairs: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => pairs.next_multiple_of(amx::PAIRS),
+            _ => pairs,
+        }
+    }
+}
+
+// Whole blocks need no padding for AMX (see `Kernel::block_pairs`).
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!((KC / 2).is_multiple_of(amx::PAIRS) && MC.is_multiple_of(amx::MR));
+
+/// How far the AMX kernel's sums may be from the exact sums of the products of the rounded
+/// operands: `k` · 2⁻²³ of the sum of their magnitudes (and of the start), the bound of f32
+/// sums in any order, with a margin for AMX's unspecified order and rounding of its partial
+/// sums. [`amx_self_check`] and the tests hold every kernel to it.
+fn within_tolerance(got: f32, want: f64, magnitude: f64, k: usize) -> bool {
+    (got as f64 - want).abs() <= k.max(1) as f64 * 1.2e-7 * magnitude
+}
+
+/// `start + lhs·rhs` in f64 from the bf16-rounded operands (row-major `[m, k]` and `[k, n]`,
+/// `start` row-major `[m, n]`), and per element the sum of the magnitudes of its terms.
+fn exact_product(
+    lhs: &[f32],
+    rhs: &[f32],
+    start: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> Vec<(f64, f64)> {
+    let rounded = |x: f32| f32::from_bits((bf16_bits(x) as u32) << 16) as f64;
+    let mut out: Vec<(f64, f64)> = start.iter().map(|&x| (x as f64, x.abs() as f64)).collect();
+    for i in 0..m {
+        for p in 0..k {
+            let a = rounded(lhs[i * k + p]);
+            for j in 0..n {
+                let term = a * rounded(rhs[p * n + j]);
+                let (sum, magnitude) = &mut out[i * n + j];
+                *sum += term;
+                *magnitude += term.abs();
+            }
+        }
+    }
+    out
+}
+
+/// Checks the AMX kernel in this process before any product uses it: products whose shapes
+/// cross its edges (a single element, partial tiles and tile rows, an inner dimension of more
+/// than one block, a transposed left operand), from each start, against the exact products of
+/// the rounded operands ([`within_tolerance`]). `Err` says what differed, for
+/// [`Bf16Support::AmxUnusable`]; the products then run as [`Kernel::RoundedF32`].
+#[cfg(target_arch = "x86_64")]
+fn amx_self_check() -> Result<(), &'static str> {
+    let wave = |n: usize, phase: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f32 * 0.37 + phase).sin() * 3.0) * (1.0 + (i % 7) as f32))
+            .collect()
+    };
+    for (m, n, k) in [(1, 1, 1), (33, 40, 37), (64, 64, 800)] {
+        let (lhs, rhs, initial, bias) = (
+            wave(m * k, 0.1),
+            wave(k * n, 0.7),
+            wave(m * n, 2.0),
+            wave(n, 3.0),
+        );
+        let lhs_t: Vec<f32> = (0..m * k).map(|i| lhs[(i % m) * k + i / m]).collect();
+        let biased: Vec<f32> = (0..m * n).map(|i| bias[i % n]).collect();
+        for (start, lhs_operand, from) in [
+            (Start::Zero, Operand::row_major(&lhs, k), vec![0.0; m * n]),
+            (
+                Start::Dst,
+                Operand::row_major(&lhs_t, m).transposed(),
+                initial.clone(),
+            ),
+            (Start::Bias(&bias), Operand::row_major(&lhs, k), biased),
+        ] {
+            let mut got = initial.clone();
+            // SAFETY: AMX is granted (the caller checked); the operands hold their extents.
+            unsafe {
+                product_with(
+                    Kernel::Amx,
+                    got.as_mut_ptr(),
+                    (m, n, k),
+                    start,
+                    lhs_operand,
+                    Rhs::Unpacked(Operand::row_major(&rhs, n)),
+                )
+            };
+            let want = exact_product(&lhs, &rhs, &from, (m, n, k));
+            if let Some(index) =
+                (0..m * n).find(|&i| !within_tolerance(got[i], want[i].0, want[i].1, k))
+            {
+                return Err(format!(
+                    "the AMX kernel's self-check failed: a {m}x{k} by {k}x{n} product gave {} \
+                     at [{index}] where the exact one is {}",
+                    got[index], want[index].0
+                )
+                .leak());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the products of [`crate::autocast::bf16`] run on in this process
+/// ([`Kernel::detect`]).
+pub(in crate::fused) fn support() -> Bf16Support {
+    Kernel::detect().1
 }
 
 /// Makes the products use `kernel` (`None`: this CPU's), process-wide
@@ -674,31 +832,12 @@ pub(crate) fn choose(kernel: Option<crate::fused::Bf16Products>) -> bool {
         None => 0,
         Some(Bf16Products::Portable) => 1,
         Some(Bf16Products::RoundedF32) => 2,
-        Some(Bf16Products::Native) if Kernel::native_available() => 3,
-        Some(Bf16Products::Native) => return false,
+        Some(Bf16Products::Native) if cpu::avx512_bf16() => 3,
+        Some(Bf16Products::Amx) if cpu::avx512_bf16() && cpu::amx_permission().is_ok() => 4,
+        Some(Bf16Products::Native | Bf16Products::Amx) => return false,
     };
     CHOSEN.store(code, std::sync::atomic::Ordering::Relaxed);
     true
-}
-
-/// Whether this CPU has AVX512-BF16 (with AVX512-F and -BW), which the products use unless it
-/// has AMX too ([`amx`]).
-pub(in crate::fused) fn avx512_bf16() -> bool {
-    Kernel::native_available()
-}
-
-/// Whether this CPU has AMX's bf16 tile products (CPUID leaf 7, EDX bit 22: Intel Xeon from
-/// Sapphire Rapids on), which these kernels do not use and PyTorch's oneDNN does. Read from
-/// CPUID because `is_x86_feature_detected!("amx-bf16")` is not stable Rust.
-/// Read once: every product asks, and under a hypervisor CPUID leaves the guest.
-pub(in crate::fused) fn amx() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AMX.get_or_init(|| std::arch::x86_64::__cpuid_count(7, 0).edx >> 22 & 1 == 1)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// How many of `len` rows (or columns) each task takes: at most `most`, a multiple of
@@ -716,7 +855,8 @@ fn task_extent(len: usize, most: usize, multiple: usize) -> usize {
 ///
 /// # Safety
 /// `dst` must hold m × n elements, and no other task may write this task's tile; `columns`
-/// must be a multiple of [`NR`] and `rows` of [`MR`] (where the packed panels start).
+/// must be a multiple of [`NR`] and `rows` of the kernel's rows (where the packed panels
+/// start).
 unsafe fn tile(
     kernel: Kernel,
     (a, b): (&Packed, &Packed),
@@ -728,10 +868,14 @@ unsafe fn tile(
 ) {
     let row_end = (rows + extent.0).min(m);
     let column_end = (columns + extent.1).min(n);
+    let micro_rows = kernel.rows();
+    // SAFETY: the AMX kernel is used only where the CPU has it and the process may.
+    #[cfg(target_arch = "x86_64")]
+    let _tiles = (kernel == Kernel::Amx).then(|| unsafe { amx::Tiles::configure() });
     for (block, first) in (0..k).step_by(KC).enumerate() {
-        let pairs = block_pairs(first, k);
+        let pairs = kernel.block_pairs(first, k);
         for column in (columns..column_end).step_by(NR) {
-            let b_panel = b.panel::<NR>(first, column, pairs);
+            let b_panel = b.panel(NR, first, column, pairs);
             let width = (column_end - column).min(NR);
             // The first block starts from `start`, the later ones add to what it stored.
             let start = match start {
@@ -739,9 +883,9 @@ unsafe fn tile(
                 Start::Bias(bias) => Start::Bias(&bias[column..]),
                 start => start,
             };
-            for row in (rows..row_end).step_by(MR) {
-                let a_panel = a.panel::<MR>(first, row, pairs);
-                let height = (row_end - row).min(MR);
+            for row in (rows..row_end).step_by(micro_rows) {
+                let a_panel = a.panel(micro_rows, first, row, pairs);
+                let height = (row_end - row).min(micro_rows);
                 // SAFETY: the tile `(row, column)` of `height` × `width` lies inside `[m, n]`.
                 let out = unsafe { dst.0.add(row * n + column) };
                 // SAFETY: the panels hold `pairs` pairs; `out` as above.
@@ -760,7 +904,8 @@ unsafe fn tile(
 /// first `width` values.
 ///
 /// # Safety
-/// `a` and `b` must hold `pairs` × [`MR`] and `pairs` × [`NR`] words, and `out` the tile.
+/// `a` and `b` must hold `pairs` × the kernel's rows and `pairs` × [`NR`] words, and `out`
+/// the tile; for AMX the tiles must be configured ([`amx::Tiles`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn micro(
@@ -785,6 +930,13 @@ unsafe fn micro(
         (Kernel::Avx512Bf16, Order::Lanes) => unsafe {
             avx512::micro::<true>(pairs, a, b, out, stride, height, width, start)
         },
+        // SAFETY: as above, the tiles configured by the caller.
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Amx, Order::Lanes) => unsafe {
+            amx::micro(pairs, a, b, out, stride, height, width, start)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Amx, Order::Pairs) => unreachable!("AMX packs the left operand in lane order"),
         // (`RoundedF32` never packs: `rounded_product`.)
         (Kernel::Portable | Kernel::RoundedF32, _) => {
             let sums = portable_micro(pairs, a, a_order, b);
@@ -922,41 +1074,99 @@ mod avx512 {
         } else if order == Order::Pairs && source.lane_stride == 1 {
             // Each inner index's lanes are contiguous: two indices round to 32 bf16, which
             // one permute interleaves into 16 words.
-            let order: [u16; 32] =
-                std::array::from_fn(|i| if i % 2 == 0 { i / 2 } else { 16 + i / 2 } as u16);
-            // SAFETY: 64 bytes read from a 64-byte array.
-            let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
             for p in 0..pairs {
-                let index = first + 2 * p;
                 for half in (0..W).step_by(16) {
-                    let mask = lane_mask(lanes.saturating_sub(half));
-                    // SAFETY: the mask keeps the loads inside the operand's lanes; the
-                    // second index is read only when it exists; the store writes the
-                    // panel's `W` words of pair `p` (`out` holds `pairs` × `W`).
+                    // SAFETY: the store writes the panel's `W` words of pair `p` (`out` holds
+                    // `pairs` × `W`).
                     unsafe {
-                        let low = _mm512_maskz_loadu_ps(mask, source.at(lane + half, index));
-                        let high = if 2 * p + 1 < inner {
-                            _mm512_maskz_loadu_ps(mask, source.at(lane + half, index + 1))
-                        } else {
-                            _mm512_setzero_ps()
-                        };
-                        let words = _mm512_permutexvar_epi16(
-                            order,
-                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
-                                high, low,
-                            )),
-                        );
                         _mm512_mask_storeu_epi32(
                             out.as_mut_ptr().add(p * W + half).cast(),
                             lane_mask(W - half),
-                            words,
-                        );
+                            interleaved(
+                                source,
+                                lane + half,
+                                first,
+                                p,
+                                lanes - half.min(lanes),
+                                inner,
+                            ),
+                        )
+                    };
+                }
+            }
+        } else if order == Order::Lanes && source.lane_stride == 1 {
+            // Each inner index's lanes are contiguous (a transposed left operand, as the
+            // weight gradient's): sixteen pairs' words of sixteen lanes, interleaved as above,
+            // transposed in registers, are sixteen lanes' rows of sixteen pairs.
+            for half in (0..W).step_by(16) {
+                let present = lanes.saturating_sub(half).min(16);
+                for p in (0..pairs).step_by(16) {
+                    let rows: [__m512i; 16] = std::array::from_fn(|q| {
+                        // SAFETY: as `interleaved` needs.
+                        unsafe { interleaved(source, lane + half, first, p + q, present, inner) }
+                    });
+                    let columns = transpose(rows);
+                    for (l, column) in columns.iter().enumerate().take(present) {
+                        // SAFETY: lane `half + l` < `W`, and the mask keeps the store inside
+                        // its `pairs` words.
+                        unsafe {
+                            _mm512_mask_storeu_epi32(
+                                out.as_mut_ptr().add((half + l) * pairs + p).cast(),
+                                lane_mask(pairs - p),
+                                *column,
+                            )
+                        };
+                    }
+                    for l in present..16.min(W - half) {
+                        let row = &mut out[(half + l) * pairs..][..pairs];
+                        row[p..(p + 16).min(pairs)].fill(0);
                     }
                 }
             }
         } else {
             // SAFETY: the caller's promise.
             unsafe { super::pack_panel::<W>(source, lane, first, out, order) }
+        }
+    }
+
+    /// The words of pair `p` of the block from `first` (`inner` values of it left) for the 16
+    /// lanes from `lane` (`present` of them exist; the others, and pairs past `inner`, are
+    /// zeros), for an operand whose lanes are contiguous: two indices' values round to 32
+    /// bf16, which one permute interleaves into 16 words.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-F, -BW and -BF16; the operand's elements must be readable.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn interleaved(
+        source: Source,
+        lane: usize,
+        first: usize,
+        p: usize,
+        present: usize,
+        inner: usize,
+    ) -> __m512i {
+        if 2 * p >= inner {
+            return _mm512_setzero_si512();
+        }
+        let order: [u16; 32] =
+            std::array::from_fn(|i| if i % 2 == 0 { i / 2 } else { 16 + i / 2 } as u16);
+        let mask = lane_mask(present);
+        let index = first + 2 * p;
+        // SAFETY: 64 bytes read from a 64-byte array; the mask keeps the loads inside the
+        // operand's lanes, and the second index is read only when it exists.
+        unsafe {
+            let order = _mm512_loadu_si512(order.as_ptr().cast());
+            let low = _mm512_maskz_loadu_ps(mask, source.at(lane, index));
+            let high = if 2 * p + 1 < inner {
+                _mm512_maskz_loadu_ps(mask, source.at(lane, index + 1))
+            } else {
+                _mm512_setzero_ps()
+            };
+            _mm512_permutexvar_epi16(
+                order,
+                std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low)),
+            )
         }
     }
 
@@ -1090,24 +1300,6 @@ mod tests {
             .collect()
     }
 
-    fn rounded(x: f32) -> f64 {
-        f32::from_bits((bf16_bits(x) as u32) << 16) as f64
-    }
-
-    /// `lhs·rhs` in f64 from the bf16-rounded operands (row-major `[m, k]` and `[k, n]`).
-    fn reference(lhs: &[f32], rhs: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f64> {
-        let mut out = vec![0.0; m * n];
-        for i in 0..m {
-            for p in 0..k {
-                let a = rounded(lhs[i * k + p]);
-                for j in 0..n {
-                    out[i * n + j] += a * rounded(rhs[p * n + j]);
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn rounds_to_nearest_even() {
         // 1 + 2^-8 lies halfway between bf16's 1 and 1 + 2^-7: ties go to the even (1).
@@ -1141,20 +1333,27 @@ mod tests {
         }
     }
 
-    /// The kernels this CPU can run.
+    /// The kernels this CPU can run (AMX's where the CPU has it and Linux grants its tile
+    /// state, whether or not it passed the self-check: these tests check it).
     fn kernels() -> Vec<Kernel> {
         let mut kernels = vec![Kernel::Portable, Kernel::RoundedF32];
         #[cfg(target_arch = "x86_64")]
-        if Kernel::native_available() {
+        if cpu::avx512_bf16() {
             kernels.push(Kernel::Avx512Bf16);
+            match cpu::amx_permission() {
+                Ok(()) => kernels.push(Kernel::Amx),
+                Err(reason) => eprintln!("AMX kernel skipped: {reason}"),
+            }
+        } else {
+            eprintln!("AVX512-BF16 and AMX kernels skipped: this CPU has no AVX512-BF16");
         }
         kernels
     }
 
     /// Every edge at once, for every kernel this CPU runs: rows and columns not whole tiles or
-    /// tasks, an odd inner dimension longer than one block, each start (zero, the destination,
-    /// a bias), and transposed operands (the left one packed in both orders); the right
-    /// operand packed by the product and packed beforehand.
+    /// tasks, an odd inner dimension longer than one block, whole AMX tiles, each start (zero,
+    /// the destination, a bias), and transposed operands (the left one packed in both
+    /// orders); the right operand packed by the product and packed beforehand.
     #[test]
     fn equals_the_product_of_the_rounded_operands() {
         for kernel in kernels() {
@@ -1163,10 +1362,16 @@ mod tests {
     }
 
     fn products_of_the_rounded_operands(kernel: Kernel) {
-        for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (100, 530, 385), (250, 70, 800)] {
+        let shapes = [
+            (1, 1, 1),
+            (13, 33, 7),
+            (100, 530, 385),
+            (250, 70, 800),
+            (64, 96, 768),
+        ];
+        for (m, n, k) in shapes {
             let lhs = wave(m * k, 0.1);
             let rhs = wave(k * n, 0.7);
-            let want = reference(&lhs, &rhs, (m, n, k));
             // The right operand stored transposed (`[n, k]`), read through its strides.
             let rhs_t: Vec<f32> = (0..n * k).map(|i| rhs[(i % k) * n + i / k]).collect();
             let transposed = Operand::row_major(&rhs_t, k).transposed();
@@ -1176,14 +1381,20 @@ mod tests {
             let start = wave(m * n, 2.0);
             let bias = wave(n, 3.0);
             let row_major = Operand::row_major(&lhs, k);
-            for (from, lhs_operand, rhs) in [
+            for (from, lhs_operand, rhs_operand) in [
                 (Start::Zero, row_major, Operand::row_major(&rhs, n)),
                 (Start::Dst, lhs_transposed, transposed),
                 (Start::Bias(&bias), row_major, transposed),
+                (
+                    Start::Bias(&bias),
+                    lhs_transposed,
+                    Operand::row_major(&rhs, n),
+                ),
             ] {
                 // SAFETY: the operand holds its extent.
-                let packed = unsafe { PackedRhs::new_for(kernel, rhs, k, n) };
-                let [got, got_packed] = [Rhs::Unpacked(rhs), Rhs::Packed(&packed)].map(|rhs| {
+                let packed = unsafe { PackedRhs::new_for(kernel, rhs_operand, k, n) };
+                let unpacked = Rhs::Unpacked(rhs_operand);
+                let [got, got_packed] = [unpacked, Rhs::Packed(&packed)].map(|rhs| {
                     let mut got = start.clone();
                     // SAFETY: the buffers hold the extents given.
                     unsafe {
@@ -1196,14 +1407,16 @@ mod tests {
                     got == got_packed,
                     "{kernel:?} {m}x{n}x{k}: packed before and during differ"
                 );
-                let initial = |index: usize| match from {
-                    Start::Zero => 0.0,
-                    Start::Dst => start[index],
-                    Start::Bias(bias) => bias[index % n],
-                };
-                if let Start::Bias(bias) = from {
+                let initial: Vec<f32> = (0..m * n)
+                    .map(|index| match from {
+                        Start::Zero => 0.0,
+                        Start::Dst => start[index],
+                        Start::Bias(bias) => bias[index % n],
+                    })
+                    .collect();
+                if let Start::Bias(_) = from {
                     // The same bits as the bias filled in first and the products added to it.
-                    let mut filled: Vec<f32> = (0..m * n).map(|i| bias[i % n]).collect();
+                    let mut filled = initial.clone();
                     // SAFETY: as above.
                     unsafe {
                         product_with(
@@ -1220,17 +1433,10 @@ mod tests {
                         "{kernel:?} {m}x{n}x{k}: bias start and filled bias differ"
                     );
                 }
-                for (index, (&got, &want)) in got.iter().zip(&want).enumerate() {
-                    let want = want + initial(index) as f64;
-                    let scale: f64 = (0..k)
-                        .map(|p| {
-                            (rounded(lhs[index / n * k + p]) * rounded(rhs_at(&rhs, p, index % n)))
-                                .abs()
-                        })
-                        .sum::<f64>()
-                        + want.abs();
+                let want = exact_product(&lhs, &rhs, &initial, (m, n, k));
+                for (index, (&got, &(want, magnitude))) in got.iter().zip(&want).enumerate() {
                     assert!(
-                        (got as f64 - want).abs() <= k as f64 * 1.2e-7 * scale,
+                        within_tolerance(got, want, magnitude, k),
                         "{kernel:?} {m}x{n}x{k}: [{index}] {got} against {want}"
                     );
                 }
@@ -1238,35 +1444,69 @@ mod tests {
         }
     }
 
-    fn rhs_at(rhs: &Operand, row: usize, column: usize) -> f32 {
-        // SAFETY: the tests' operands are read inside their extents.
-        unsafe {
-            *rhs.start
-                .offset(row as isize * rhs.row_stride + column as isize * rhs.column_stride)
-        }
-    }
-
-    /// The AMX bit read from CPUID is the kernel's own `amx_bf16` flag, where Linux lists the
-    /// flags of the CPU this test runs on (under qemu-user's emulation it lists the host's).
+    /// On a CPU with AMX whose tile state Linux grants, the kernel passes its self-check and
+    /// is the one chosen.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn amx_is_what_the_kernel_reports() {
-        let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
-            eprintln!("skipped: no /proc/cpuinfo");
-            return;
-        };
-        let flags = cpuinfo
-            .lines()
-            .find(|line| line.starts_with("flags"))
-            .unwrap_or("");
-        let listed = |flag: &str| flags.split_whitespace().any(|listed| listed == flag);
-        if listed("avx2") != std::is_x86_feature_detected!("avx2")
-            || listed("avx512f") != std::is_x86_feature_detected!("avx512f")
-        {
-            eprintln!("skipped: /proc/cpuinfo is another CPU's (emulation)");
+    fn amx_passes_its_self_check_where_granted() {
+        if let Err(reason) = cpu::amx_permission() {
+            eprintln!("skipped: {reason}");
             return;
         }
-        assert_eq!(amx(), listed("amx_bf16"));
+        assert_eq!(amx_self_check(), Ok(()));
+        assert_eq!(Kernel::detect(), (Kernel::Amx, Bf16Support::Amx));
+    }
+
+    /// AMX's packing: the left operand in lane order in panels of 32 rows, the right one in
+    /// pair order in panels of [`NR`] columns, each block's pairs padded with zeros to whole
+    /// tile rows, every word where an element-by-element packing puts it, for operands
+    /// contiguous along the inner dimension, along the lanes (a transposed operand) and
+    /// neither.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_amx_packing_pads_whole_tile_rows() {
+        if !cpu::avx512_bf16() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let (lanes, inner) = (45, 2 * KC + 77);
+        let values = wave(lanes * inner * 2, 0.9);
+        for (lane_stride, inner_stride) in [(inner, 1), (1, lanes), (2 * inner, 2)] {
+            let source = Source {
+                start: values.as_ptr(),
+                lane_stride: lane_stride as isize,
+                inner_stride: inner_stride as isize,
+                lanes,
+                inner,
+            };
+            fn check<const W: usize>(source: Source, order: Order) {
+                let pairs = Kernel::Amx.packed_pairs(source.inner);
+                assert_eq!(pairs, KC + 48, "two blocks and 39 pairs padded to 48");
+                let padded = source.lanes.div_ceil(W) * W;
+                let mut words = vec![u32::MAX; padded * pairs];
+                // SAFETY: the source lies inside `values`; `words` has the packed length.
+                unsafe { pack::<W>(Kernel::Amx, source, &mut words, false, order) };
+                for first in (0..source.inner).step_by(KC) {
+                    let block = Kernel::Amx.block_pairs(first, source.inner);
+                    assert!(block.is_multiple_of(amx::PAIRS));
+                    for lane in 0..padded {
+                        for p in 0..block {
+                            let index = first + 2 * p;
+                            // SAFETY: `get` reads inside the source only.
+                            let want = unsafe {
+                                pair(source.get(lane, index), source.get(lane, index + 1))
+                            };
+                            let at = first / 2 * padded
+                                + lane / W * block * W
+                                + order.index::<W>(lane % W, p, block);
+                            assert_eq!(words[at], want, "{order:?} lane {lane} pair {p}");
+                        }
+                    }
+                }
+            }
+            check::<{ amx::MR }>(source, Order::Lanes);
+            check::<NR>(source, Order::Pairs);
+        }
     }
 
     /// The native packing gives the portable packing's words, for operands contiguous along
@@ -1277,7 +1517,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_native_packing_equals_the_portable_one() {
-        if !Kernel::native_available() {
+        if !cpu::avx512_bf16() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
@@ -1321,7 +1561,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_native_kernel_equals_the_portable_one() {
-        if !Kernel::native_available() {
+        if !cpu::avx512_bf16() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
