@@ -95,7 +95,12 @@ pub(super) unsafe fn micro(
     #[repr(C, align(64))]
     struct Buffer([f32; MR * NR]);
     let whole = height == MR && width == NR;
-    let mut buffer = (!whole).then(|| Buffer([0.0; MR * NR]));
+    // Not `then_some`: that would zero the 4 KiB for whole tiles too.
+    let mut buffer = if whole {
+        None
+    } else {
+        Some(Buffer([0.0; MR * NR]))
+    };
     // Where the sums are loaded from and stored to, and the bytes between their rows.
     let (sums, sums_stride) = match &mut buffer {
         None => (out, stride * 4),
