@@ -160,7 +160,7 @@ unsafe fn packed_product(
         let a = unsafe {
             match kernel {
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Amx => pack::<{ amx::MR }>(kernel, a_source, a, parallel, Order::Lanes),
+                Kernel::Amx => pack::<{ amx::MR }>(kernel, a_source, a, parallel, Order::Tiles),
                 _ => pack::<MR>(kernel, a_source, a, parallel, Order::for_rows(lhs)),
             }
         };
@@ -245,7 +245,7 @@ pub(super) struct PackedRhs {
 /// A right operand as a kernel reads it.
 enum Prepared {
     /// Packed in pairs (the bf16 kernels).
-    Words(Vec<u32>),
+    Words(Lines),
     /// Rounded and kept as f32 (its bits), row-major ([`Kernel::RoundedF32`]).
     Rounded(Vec<u32>),
 }
@@ -271,13 +271,13 @@ impl PackedRhs {
             unsafe { rounded_rows(rhs, k, n, true, &mut bits) };
             Prepared::Rounded(bits)
         } else {
-            let mut words = vec![0; n.div_ceil(NR) * NR * kernel.packed_pairs(k)];
+            let mut words = Lines::default();
             // SAFETY: the caller's promise; `words` as `pack` needs.
             unsafe {
                 pack::<NR>(
                     kernel,
                     Source::columns(rhs, k, n),
-                    &mut words,
+                    words.words(n.div_ceil(NR) * NR * kernel.packed_pairs(k)),
                     true,
                     Order::Pairs,
                 )
@@ -295,7 +295,7 @@ impl PackedRhs {
     /// The packed words, for `kernel`.
     fn words(&self, kernel: Kernel) -> &[u32] {
         match &self.prepared {
-            Prepared::Words(words) if self.kernel == kernel => words,
+            Prepared::Words(words) if self.kernel == kernel => words.as_words(),
             _ => panic!(
                 "bf16 product: an operand packed for {:?}, not {kernel:?}",
                 self.kernel
@@ -436,6 +436,11 @@ enum Order {
     /// dimension (the activations) packing is then a plain conversion, no transpose, and the
     /// micro kernel reads its [`MR`] rows as as many streams.
     Lanes,
+    /// Sixteen pairs at a time, and within them lane by lane: AMX's left tiles, each 16 lanes
+    /// × 16 words, contiguous in the order the micro kernel loads them (a tile row per cache
+    /// line, one stream; 1.18x the tile products' speed of [`Order::Lanes`]' strided rows
+    /// from L2 on the Intel Xeon of docs/BENCHMARKS.md). Panels of whole tile rows only.
+    Tiles,
 }
 
 impl Order {
@@ -454,6 +459,7 @@ impl Order {
         match self {
             Order::Pairs => pair * W + lane,
             Order::Lanes => lane * pairs + pair,
+            Order::Tiles => pair / 16 * (W * 16) + lane * 16 + pair % 16,
         }
     }
 }
@@ -526,11 +532,40 @@ impl Source {
     }
 }
 
+/// A cache line of words.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+/// A buffer of words that starts on a cache line, so that every packed panel and tile row
+/// does: AMX's tile loads ran at a third of their speed from rows that straddle two lines
+/// (the micro kernel on the Intel Xeon of docs/BENCHMARKS.md: 1.0 against 3.2 TFLOP/s).
+#[derive(Default)]
+struct Lines(Vec<Line>);
+
+impl Lines {
+    /// The first `len` words, the buffer grown (with zeros) to hold them.
+    fn words(&mut self, len: usize) -> &mut [u32] {
+        let lines = len.div_ceil(16);
+        if self.0.len() < lines {
+            self.0.resize(lines, Line([0; 16]));
+        }
+        // SAFETY: `lines` lines of 16 words each hold `len` words, and a line is its words.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), len) }
+    }
+
+    /// Every word.
+    fn as_words(&self) -> &[u32] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 16) }
+    }
+}
+
 thread_local! {
     /// The packed operands of the thread's last product, kept so that a training step's
     /// hundreds of products do not allocate (and fault in) fresh buffers each.
-    static BUFFERS: std::cell::RefCell<[Vec<u32>; 2]> = const {
-        std::cell::RefCell::new([Vec::new(), Vec::new()])
+    static BUFFERS: std::cell::RefCell<[Lines; 2]> = const {
+        std::cell::RefCell::new([Lines(Vec::new()), Lines(Vec::new())])
     };
 }
 
@@ -543,16 +578,11 @@ fn with_buffers<R>(lengths: [usize; 2], f: impl FnOnce(&mut [u32], &mut [u32]) -
         let [a, b] = match kept.as_deref_mut() {
             Ok(kept) => kept,
             Err(_) => {
-                fresh = [Vec::new(), Vec::new()];
+                fresh = [Lines::default(), Lines::default()];
                 &mut fresh
             }
         };
-        for (buffer, &length) in [&mut *a, &mut *b].into_iter().zip(&lengths) {
-            if buffer.len() < length {
-                buffer.resize(length, 0);
-            }
-        }
-        f(&mut a[..lengths[0]], &mut b[..lengths[1]])
+        f(a.words(lengths[0]), b.words(lengths[1]))
     })
 }
 
@@ -869,9 +899,43 @@ unsafe fn tile(
     let row_end = (rows + extent.0).min(m);
     let column_end = (columns + extent.1).min(n);
     let micro_rows = kernel.rows();
-    // SAFETY: the AMX kernel is used only where the CPU has it and the process may.
     #[cfg(target_arch = "x86_64")]
-    let _tiles = (kernel == Kernel::Amx).then(|| unsafe { amx::Tiles::configure() });
+    if kernel == Kernel::Amx {
+        // Each micro tile over the whole inner dimension, its sums held in the tiles: the
+        // right panel of a column (all blocks) from L2, reused by the task's row panels.
+        // SAFETY: the AMX kernel is used only where the CPU has it and the process may.
+        let _tiles = unsafe { amx::Tiles::configure() };
+        for column in (columns..column_end).step_by(NR) {
+            let width = (column_end - column).min(NR);
+            let start = match start {
+                Start::Bias(bias) => Start::Bias(&bias[column..]),
+                start => start,
+            };
+            for row in (rows..row_end).step_by(amx::MR) {
+                let blocks = (0..k).step_by(KC).map(|first| {
+                    let pairs = kernel.block_pairs(first, k);
+                    (
+                        a.panel(amx::MR, first, row, pairs),
+                        b.panel(NR, first, column, pairs),
+                        pairs,
+                    )
+                });
+                let height = (row_end - row).min(amx::MR);
+                // SAFETY: the tile `(row, column)` of `height` × `width` lies inside
+                // `[m, n]`; the panels hold their blocks' pairs; the tiles are configured.
+                unsafe {
+                    amx::micro(
+                        blocks,
+                        dst.0.add(row * n + column),
+                        n,
+                        (height, width),
+                        start,
+                    )
+                };
+            }
+        }
+        return;
+    }
     for (block, first) in (0..k).step_by(KC).enumerate() {
         let pairs = kernel.block_pairs(first, k);
         for column in (columns..column_end).step_by(NR) {
@@ -904,8 +968,7 @@ unsafe fn tile(
 /// first `width` values.
 ///
 /// # Safety
-/// `a` and `b` must hold `pairs` × the kernel's rows and `pairs` × [`NR`] words, and `out`
-/// the tile; for AMX the tiles must be configured ([`amx::Tiles`]).
+/// `a` and `b` must hold `pairs` × [`MR`] and `pairs` × [`NR`] words, and `out` the tile.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn micro(
@@ -930,13 +993,12 @@ unsafe fn micro(
         (Kernel::Avx512Bf16, Order::Lanes) => unsafe {
             avx512::micro::<true>(pairs, a, b, out, stride, height, width, start)
         },
-        // SAFETY: as above, the tiles configured by the caller.
+        // (`Amx` runs its own micro tiles over every block, `tile`, and only it packs in tile
+        // order.)
         #[cfg(target_arch = "x86_64")]
-        (Kernel::Amx, Order::Lanes) => unsafe {
-            amx::micro(pairs, a, b, out, stride, height, width, start)
-        },
-        #[cfg(target_arch = "x86_64")]
-        (Kernel::Amx, Order::Pairs) => unreachable!("AMX packs the left operand in lane order"),
+        (Kernel::Amx, _) | (Kernel::Avx512Bf16, Order::Tiles) => {
+            unreachable!("AMX's micro tiles span the blocks")
+        }
         // (`RoundedF32` never packs: `rounded_product`.)
         (Kernel::Portable | Kernel::RoundedF32, _) => {
             let sums = portable_micro(pairs, a, a_order, b);
@@ -1005,19 +1067,23 @@ mod avx512 {
         let pairs = out.len() / W;
         let lanes = source.lanes.saturating_sub(lane).min(W);
         let inner = (source.inner - first).min(2 * pairs);
-        if order == Order::Lanes && source.inner_stride == 1 {
-            // Each lane's inner values are contiguous, and so are its words in the panel: 32
-            // values round to 16 words in order, stored as they are. Absent lanes are zeros.
-            for (l, row) in out.chunks_exact_mut(pairs.max(1)).enumerate().take(W) {
+        debug_assert!(order != Order::Tiles || pairs.is_multiple_of(16));
+        if matches!(order, Order::Lanes | Order::Tiles) && source.inner_stride == 1 {
+            // Each lane's inner values are contiguous, and so are its words in the panel, 16
+            // pairs at a time: 32 values round to 16 words in order, stored as they are.
+            // Absent lanes are zeros.
+            for l in 0..W {
                 if l >= lanes {
-                    row.fill(0);
+                    for p in 0..pairs {
+                        out[order.index::<W>(l, p, pairs)] = 0;
+                    }
                     continue;
                 }
                 for p in (0..pairs).step_by(16) {
                     let count = (inner - 2 * p).min(32);
                     let values = source.at(lane + l, first + 2 * p);
                     // SAFETY: the masks keep the loads inside this lane's `inner` values and
-                    // the store inside its `pairs` words.
+                    // the store inside its words of pairs `p`.. (contiguous in both orders).
                     unsafe {
                         let low = _mm512_maskz_loadu_ps(lane_mask(count), values);
                         let high = _mm512_maskz_loadu_ps(
@@ -1025,7 +1091,7 @@ mod avx512 {
                             values.wrapping_add(16),
                         );
                         _mm512_mask_storeu_epi32(
-                            row.as_mut_ptr().add(p).cast(),
+                            out.as_mut_ptr().add(order.index::<W>(l, p, pairs)).cast(),
                             lane_mask(pairs - p),
                             std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
                                 high, low,
@@ -1094,7 +1160,7 @@ mod avx512 {
                     };
                 }
             }
-        } else if order == Order::Lanes && source.lane_stride == 1 {
+        } else if matches!(order, Order::Lanes | Order::Tiles) && source.lane_stride == 1 {
             // Each inner index's lanes are contiguous (a transposed left operand, as the
             // weight gradient's): sixteen pairs' words of sixteen lanes, interleaved as above,
             // transposed in registers, are sixteen lanes' rows of sixteen pairs.
@@ -1108,18 +1174,21 @@ mod avx512 {
                     let columns = transpose(rows);
                     for (l, column) in columns.iter().enumerate().take(present) {
                         // SAFETY: lane `half + l` < `W`, and the mask keeps the store inside
-                        // its `pairs` words.
+                        // its words of pairs `p`.. (contiguous in both orders).
                         unsafe {
                             _mm512_mask_storeu_epi32(
-                                out.as_mut_ptr().add((half + l) * pairs + p).cast(),
+                                out.as_mut_ptr()
+                                    .add(order.index::<W>(half + l, p, pairs))
+                                    .cast(),
                                 lane_mask(pairs - p),
                                 *column,
                             )
                         };
                     }
                     for l in present..16.min(W - half) {
-                        let row = &mut out[(half + l) * pairs..][..pairs];
-                        row[p..(p + 16).min(pairs)].fill(0);
+                        for q in p..(p + 16).min(pairs) {
+                            out[order.index::<W>(half + l, q, pairs)] = 0;
+                        }
                     }
                 }
             }
@@ -1457,7 +1526,7 @@ mod tests {
         assert_eq!(Kernel::detect(), (Kernel::Amx, Bf16Support::Amx));
     }
 
-    /// AMX's packing: the left operand in lane order in panels of 32 rows, the right one in
+    /// AMX's packing: the left operand in tile order in panels of 32 rows, the right one in
     /// pair order in panels of [`NR`] columns, each block's pairs padded with zeros to whole
     /// tile rows, every word where an element-by-element packing puts it, for operands
     /// contiguous along the inner dimension, along the lanes (a transposed operand) and
@@ -1504,7 +1573,7 @@ mod tests {
                     }
                 }
             }
-            check::<{ amx::MR }>(source, Order::Lanes);
+            check::<{ amx::MR }>(source, Order::Tiles);
             check::<NR>(source, Order::Pairs);
         }
     }

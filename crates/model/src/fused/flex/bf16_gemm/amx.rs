@@ -5,9 +5,9 @@
 //! operand's 32 rows and two the right operand's 32 columns, for 16 pairs of the inner
 //! dimension at a time.
 //!
-//! The operands are the packing's ([`super::pack`]): the left one in [`super::Order::Lanes`]
-//! with panels of [`MR`] rows (a tile's 16 rows are 16 of its lanes, each 16 words of pairs
-//! in a row: a strided tile load), the right one in [`super::Order::Pairs`] with panels of
+//! The operands are the packing's ([`super::pack`]): the left one in [`super::Order::Tiles`]
+//! with panels of [`MR`] rows (a tile's 16 rows are 16 of its lanes, each 16 words of pairs,
+//! one tile after the other), the right one in [`super::Order::Pairs`] with panels of
 //! [`NR`] columns (a tile's rows are 16 pairs, each 16 columns' words: AMX's "VNNI" layout of
 //! the right operand), both with each block's pairs padded with zeros to a multiple of
 //! [`PAIRS`].
@@ -65,31 +65,27 @@ impl Drop for Tiles {
     }
 }
 
-/// One micro tile (as [`super::micro`]): `out[i][j] = start[i][j] + Σ_p a·b` over `pairs`
-/// pairs (a multiple of [`PAIRS`]), for the `height` × `width` outputs of the tile at `out`
-/// (rows `stride` apart).
+/// One micro tile over the whole inner dimension: `out[i][j] = start[i][j] + Σ a·b` over
+/// every block's pairs, for the `height` × `width` outputs of the tile at `out` (rows `stride`
+/// apart). `blocks` gives per block of the inner dimension its left panel (in tile order), its
+/// right panel (in pair order) and its pairs (a multiple of [`PAIRS`]). The sums stay in the
+/// tiles from the first block to the last: loaded and stored once, not once per block.
 ///
 /// A whole tile (`MR` × `NR`) starts in the tiles as loaded from `out`, from the bias (each
 /// row loaded from the same 64 bytes: a stride of 0), or zero, and is stored to `out`; a tile
 /// at the matrix's edge goes through a buffer.
 ///
 /// # Safety
-/// The tiles must be configured ([`Tiles`]); `a` (in lane order) and `b` (in pair order) must
-/// hold `pairs` × [`MR`] and `pairs` × [`NR`] words, `out` the tile, and a bias `width` values.
-#[allow(clippy::too_many_arguments)]
+/// The tiles must be configured ([`Tiles`]); each block's panels must hold its pairs ×
+/// [`MR`] and × [`NR`] words, `out` the tile, and a bias `width` values.
 #[inline]
-pub(super) unsafe fn micro(
-    pairs: usize,
-    a: &[u32],
-    b: &[u32],
+pub(super) unsafe fn micro<'a>(
+    blocks: impl Iterator<Item = (&'a [u32], &'a [u32], usize)>,
     out: *mut f32,
     stride: usize,
-    height: usize,
-    width: usize,
+    (height, width): (usize, usize),
     start: Start,
 ) {
-    debug_assert!(pairs.is_multiple_of(PAIRS));
-    debug_assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
     debug_assert!(!matches!(start, Start::Bias(bias) if bias.len() < width));
     /// The sums of a tile at the matrix's edge, 64-byte aligned as the tile rows are.
     #[repr(C, align(64))]
@@ -157,27 +153,32 @@ pub(super) unsafe fn micro(
                 options(nostack, readonly)
             ),
         }
-        let (a, b) = (a.as_ptr(), b.as_ptr());
-        for p in (0..pairs).step_by(PAIRS) {
-            asm!(
-                "tileloadd tmm4, [{a0} + {a_stride}*1]",
-                "tileloadd tmm6, [{b0} + {b_stride}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {b_stride}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {a_stride}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                // Rows 0-15 and 16-31 of the left panel (`pairs` words apart), from pair `p`.
-                a0 = in(reg) a.add(p),
-                a1 = in(reg) a.add(16 * pairs + p),
-                // Pairs `p`.. of the right panel (`NR` words apart), columns 0-15 and 16-31.
-                b0 = in(reg) b.add(p * NR),
-                b1 = in(reg) b.add(p * NR + 16),
-                a_stride = in(reg) pairs * 4,
-                b_stride = in(reg) NR * 4,
-                options(nostack, readonly)
-            );
+        for (a, b, pairs) in blocks {
+            debug_assert!(pairs.is_multiple_of(PAIRS));
+            debug_assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+            let (a, b) = (a.as_ptr(), b.as_ptr());
+            for p in (0..pairs).step_by(PAIRS) {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {a_stride}*1]",
+                    "tileloadd tmm6, [{b0} + {b_stride}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {b_stride}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {a_stride}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    // Rows 0-15 and 16-31 of the left panel's tiles of pairs `p`.. (16 words
+                    // apart).
+                    a0 = in(reg) a.add(p * MR),
+                    a1 = in(reg) a.add(p * MR + 16 * 16),
+                    // Pairs `p`.. of the right panel (`NR` words apart), columns 0-15 and 16-31.
+                    b0 = in(reg) b.add(p * NR),
+                    b1 = in(reg) b.add(p * NR + 16),
+                    a_stride = in(reg) ROW_BYTES,
+                    b_stride = in(reg) NR * 4,
+                    options(nostack, readonly)
+                );
+            }
         }
         asm!(
             "tilestored [{c00} + {stride}*1], tmm0",
