@@ -189,9 +189,15 @@ fn accumulated_micro_batches_match_pytorch() {
 /// `torch.autocast("cpu", dtype=torch.bfloat16)` (`fixtures/train/bf16_reference.json`) as
 /// closely as bf16 rounding allows: within twice the largest gap between PyTorch's own bf16 and
 /// f32 curves (two independent roundings), while in f32 the thirty steps stay within 1e-4 of
-/// PyTorch's f32 curve (the harness is the same).
+/// PyTorch's f32 curve (the harness is the same). The products run on this CPU's kernel:
+/// AMX's tiles on an Intel Xeon with AMX (the model crate's tests check that it is chosen
+/// wherever Linux grants the tile state), printed for the log.
 #[test]
 fn bf16_loss_curve_follows_pytorch_autocast() {
+    eprintln!(
+        "{}",
+        roberta_burn::autocast::Bf16Support::detect().describe()
+    );
     let differences =
         sentiment_train::parity::bf16_differences(&Device::flex(), &fixtures()).unwrap();
     let [f32, bf16, scale] = differences.as_slice() else {
