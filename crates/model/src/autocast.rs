@@ -15,13 +15,19 @@
 //! Other backends compute in their own float type (the device's, e.g. bf16 on a GPU) and
 //! ignore this switch.
 
-use std::cell::Cell;
+use std::any::Any;
+use std::cell::{Cell, RefCell};
 
 thread_local! {
     /// Whether this thread is inside an enabled [`bf16`].
     static BF16: Cell<bool> = const { Cell::new(false) };
     /// How many [`reuse_weights`] this thread is inside.
     static REUSE_WEIGHTS: Cell<usize> = const { Cell::new(0) };
+    /// What a backend keeps while this thread's outermost [`reuse_weights`] lasts (the CPU
+    /// backend's packed weights: [`kept_in_region`]), dropped when it ends. Held here, as an
+    /// opaque value, so that the region's end drops it without this module knowing the
+    /// backends: they read this module, not the other way round.
+    static KEPT: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with the CPU backend's linear layers computing in mixed bf16 precision on this
@@ -79,13 +85,12 @@ pub fn reuse_weights<R>(f: impl FnOnce() -> R) -> R {
                 depth.get()
             });
             if depth == 0 {
-                crate::fused::reuse_packed_weights(false);
+                // Taken out first: dropping the copies runs outside the borrow.
+                drop(KEPT.with(|kept| kept.borrow_mut().take()));
             }
         }
     }
-    if REUSE_WEIGHTS.with(|depth| depth.replace(depth.get() + 1)) == 0 {
-        crate::fused::reuse_packed_weights(true);
-    }
+    REUSE_WEIGHTS.with(|depth| depth.set(depth.get() + 1));
     let _region = Region;
     f()
 }
@@ -95,16 +100,18 @@ pub(crate) fn reuses_weights() -> bool {
     REUSE_WEIGHTS.with(Cell::get) > 0
 }
 
-pub use crate::cpu::Bf16Support;
-
-impl Bf16Support {
-    /// This CPU's, as the CPU backend's products run in this process (`NoAvx512Bf16` in
-    /// builds without the CPU backend). On a CPU with AMX the first call asks the operating
-    /// system for the tile state and checks the tile kernel against f32 products.
-    pub fn detect() -> Self {
-        #[cfg(feature = "flex")]
-        return crate::fused::bf16_support();
-        #[cfg(not(feature = "flex"))]
-        Self::NoAvx512Bf16
+/// `f` on the `T` this thread keeps for its [`reuse_weights`] region (made with
+/// `T::default()` on first use, dropped when the outermost region ends); `None` outside a
+/// region. `f` must not call it again.
+pub(crate) fn kept_in_region<T: Any + Default, R>(f: impl FnOnce(&mut T) -> R) -> Option<R> {
+    if !reuses_weights() {
+        return None;
     }
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let kept = kept.get_or_insert_with(|| Box::new(T::default()));
+        kept.downcast_mut::<T>().map(f)
+    })
 }
+
+pub use crate::cpu::Bf16Support;

@@ -428,20 +428,16 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
     ))
 }
 
-/// Starts or ends this thread's reuse of the CPU backend's packed bf16 weights (see
-/// [`crate::autocast::reuse_weights`]).
-pub(crate) fn reuse_packed_weights(reuse: bool) {
-    #[cfg(feature = "flex")]
-    flex::packed_weights::set_reuse(reuse);
-    #[cfg(not(feature = "flex"))]
-    let _ = reuse;
-}
-
-/// What the CPU backend's bf16 products run on in this process (see
-/// [`crate::autocast::Bf16Support`]).
-#[cfg(feature = "flex")]
-pub(crate) fn bf16_support() -> crate::cpu::Bf16Support {
-    flex::bf16_gemm::support()
+impl crate::cpu::Bf16Support {
+    /// This CPU's, as the CPU backend's products run in this process (`NoAvx512Bf16` in
+    /// builds without the CPU backend). On a CPU with AMX the first call asks the operating
+    /// system for the tile state and checks the tile kernel against f32 products.
+    pub fn detect() -> Self {
+        #[cfg(feature = "flex")]
+        return flex::bf16_gemm::support();
+        #[cfg(not(feature = "flex"))]
+        Self::NoAvx512Bf16
+    }
 }
 
 /// The ways the CPU backend's bf16 products can run, for A/B benchmarks.

@@ -10,7 +10,6 @@
 //! values at its address. Only the products off the autodiff graph use it (evaluation and
 //! prediction), whose weights do not change between batches.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -35,16 +34,10 @@ struct Entry {
     packed: Rc<PackedRhs>,
 }
 
-thread_local! {
-    /// `Some` while this thread reuses packed weights.
-    static CACHE: RefCell<Option<HashMap<Key, Entry>>> = const { RefCell::new(None) };
-}
-
-/// Starts (`true`) or ends (`false`: every packed weight dropped) this thread's reuse of
-/// packed weights.
-pub(in crate::fused) fn set_reuse(reuse: bool) {
-    CACHE.with(|cache| *cache.borrow_mut() = reuse.then(HashMap::new));
-}
+/// The packed weights this thread keeps while its [`crate::autocast::reuse_weights`] region
+/// lasts ([`crate::autocast::kept_in_region`] holds it and drops it at the region's end).
+#[derive(Default)]
+struct Cache(HashMap<Key, Entry>);
 
 /// The packed copy of the `[k, n]` `weight`, read as `operand`, while this thread reuses packed
 /// weights: the one kept, or one packed now and kept; `None` when it does not.
@@ -56,9 +49,7 @@ pub(super) unsafe fn packed(
     operand: Operand,
     (k, n): (usize, usize),
 ) -> Option<Rc<PackedRhs>> {
-    CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        let cache = cache.as_mut()?;
+    crate::autocast::kept_in_region(|Cache(cache): &mut Cache| {
         let layout = weight.layout();
         let key = Key {
             storage: weight.storage::<f32>().as_ptr() as usize,
@@ -71,12 +62,12 @@ pub(super) unsafe fn packed(
             // SAFETY: the caller's promise.
             packed: Rc::new(unsafe { PackedRhs::new(operand, k, n) }),
         });
-        Some(entry.packed.clone())
+        entry.packed.clone()
     })
 }
 
 /// How many packed weights this thread keeps.
 #[cfg(test)]
 pub(in crate::fused) fn kept() -> usize {
-    CACHE.with(|cache| cache.borrow().as_ref().map_or(0, HashMap::len))
+    crate::autocast::kept_in_region(|Cache(cache): &mut Cache| cache.len()).unwrap_or(0)
 }
