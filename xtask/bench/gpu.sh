@@ -6,7 +6,7 @@
 #
 # Usage, from the repository root: xtask/bench/gpu.sh XTASK_BINARY[.xz] OUT_DIR [SECONDS] [MODE]
 #   XTASK_BINARY: `cargo build --release -p xtask --features vulkan,tch`, built against the
-#   machine's PyTorch (docs/BENCHMARKS.md says how), optionally xz-compressed. Vulkan's loader
+#   machine's PyTorch (docs/perf-notes/journal.md, section "GPU", says how), optionally xz-compressed. Vulkan's loader
 #   comes from .gl/*.deb when the machine lacks it. Steps run in order of importance, each with
 #   its own time limit, and are skipped once SECONDS (default 540) have passed; a failure does
 #   not stop the others. Everything goes to OUT_DIR/gpu.log. MODE `check` (the default) runs
@@ -138,7 +138,7 @@ if [ "$mode" = cpu ]; then
         done
     }
     # One group's rows: roberta-base training a row per group (the longest, 3-4 minutes each on
-    # the Intel Xeon of docs/BENCHMARKS.md), the rest two or four rows per group, then the bf16
+    # the Intel Xeon of docs/perf-notes/journal.md), the rest two or four rows per group, then the bf16
     # products' kernels side by side and the profiles.
     rows() { # rows N
         case $1 in

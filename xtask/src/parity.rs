@@ -26,7 +26,7 @@ impl Parity {
         let device = crate::device(self.args.device.backend, self.args.device.device_index)?;
         // The test suite's tolerance on the CPU backends. WebGPU's matmul and reduction
         // kernels sum in another order, which six AdamW steps at a learning rate of 1e-3 grow
-        // to about 1.4e-4 in the logits (measured on an H100; docs/BENCHMARKS.md).
+        // to about 1.4e-4 in the logits (measured on an H100; docs/perf-notes/journal.md).
         let (absolute, relative) = match self.args.device.backend {
             BackendFlag::Wgpu | BackendFlag::Vulkan => (5e-4, 1e-4),
             BackendFlag::Flex | BackendFlag::Tch | BackendFlag::TchCuda => (1e-4, 1e-4),

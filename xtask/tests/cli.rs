@@ -863,6 +863,10 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     let run = work.path().join("run");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
     prepare_sample(data_s, 2000);
+    // Enough epochs that the signal, sent once the first is on disk, lands well before the
+    // end (an epoch of this tiny model takes a fraction of a second).
+    const EPOCHS: usize = 20;
+    let epochs = EPOCHS.to_string();
     let args = [
         "train",
         "--prepared",
@@ -870,7 +874,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
         "--out",
         run_s,
         "--epochs",
-        "3",
+        &epochs,
         "--max-length",
         "32",
         "--vocab-size",
@@ -897,10 +901,10 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     }
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.success() {
-        // The run finished before the signal landed: nothing to resume.
-        return;
-    }
+    assert!(
+        !output.status.success(),
+        "the run finished before the signal arrived: this test checked nothing\n{stderr}"
+    );
     assert!(
         stderr.contains("interrupted: checkpoint saved in"),
         "{stderr}"
@@ -922,7 +926,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
     );
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(metrics.as_array().unwrap().len(), 3);
+    assert_eq!(metrics.as_array().unwrap().len(), EPOCHS);
 }
 
 #[test]

@@ -6,58 +6,16 @@
 //!
 //! Reference: `fixtures/model/bert_reference.json`, from `fixtures/model/generate_bert_reference.py`.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use std::path::Path;
+
+use burn::tensor::Device;
+use common::{assert_close_data as assert_close, fixtures, floats, inputs};
 use roberta_burn::{
     HubSettings, ModelError, Pretrained, RobertaForMaskedLM, RobertaForSequenceClassification,
 };
 use serde_json::Value;
-
-const TOLERANCE: f32 = 1e-5;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/model")
-}
-
-fn reference() -> Value {
-    let path = fixtures().join("bert_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    let mut out = Vec::new();
-    let mut stack = vec![v];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::Array(items) => stack.extend(items.iter().rev()),
-            other => out.push(other.as_f64().unwrap() as f32),
-        }
-    }
-    out
-}
-
-fn inputs(r: &Value, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
-    let (batch, seq) = (
-        r["batch"].as_u64().unwrap() as usize,
-        r["seq"].as_u64().unwrap() as usize,
-    );
-    let ints = |v: &Value| {
-        let data: Vec<i64> = floats(v).iter().map(|&x| x as i64).collect();
-        Tensor::from_data(TensorData::new(data, [batch, seq]), device)
-    };
-    (ints(&r["input_ids"]), ints(&r["attention_mask"]))
-}
-
-fn assert_close(actual: Vec<f32>, expected: &[f32], what: &str) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    let worst = actual
-        .iter()
-        .zip(expected)
-        .map(|(a, e)| (a - e).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst <= TOLERANCE, "{what}: max abs difference {worst}");
-}
 
 fn classifier(
     folder: &Path,
@@ -72,7 +30,7 @@ fn classifier(
 
 #[test]
 fn bert_classifier_matches_transformers() {
-    let r = reference();
+    let r = common::reference("bert_reference.json");
     let device = Device::flex();
     let loaded = classifier(&fixtures().join("bert-classifier")).unwrap();
     assert!(loaded.config.is_bert());
@@ -103,7 +61,7 @@ fn bert_classifier_matches_transformers() {
 
 #[test]
 fn a_bare_bert_model_gets_a_fresh_projection_on_its_pooler() {
-    let r = reference();
+    let r = common::reference("bert_reference.json");
     let device = Device::flex();
     let loaded = classifier(&fixtures().join("bert-base")).unwrap();
     // transformers' load report for BertForSequenceClassification.from_pretrained(bert-base):
@@ -123,7 +81,7 @@ fn a_bare_bert_model_gets_a_fresh_projection_on_its_pooler() {
 
 #[test]
 fn bert_masked_lm_with_tied_decoder_matches_transformers() {
-    let r = reference();
+    let r = common::reference("bert_reference.json");
     let device = Device::flex();
     let loaded = RobertaForMaskedLM::from_pretrained(
         fixtures().join("bert-mlm").to_str().unwrap(),
@@ -164,7 +122,7 @@ fn a_saved_bert_classifier_reloads_bit_for_bit_under_berts_names() {
         again.report
     );
     let device = Device::flex();
-    let (ids, mask) = inputs(&reference(), &device);
+    let (ids, mask) = inputs(&common::reference("bert_reference.json"), &device);
     let a: Vec<f32> = loaded
         .model
         .forward(ids.clone(), mask.clone())

@@ -3,16 +3,16 @@
 //!
 //! Reference: `fixtures/model/reference.json`, from `fixtures/model/generate_reference.py`.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor};
+use common::{assert_close, assert_close_data, fixtures, floats, ints};
 use roberta_burn::{
     HubSettings, ModelError, Pretrained, RobertaForMaskedLM, RobertaForSequenceClassification,
 };
 use serde_json::Value;
-
-/// Largest absolute difference allowed against the reference.
-const TOLERANCE: f32 = 1e-5;
 
 /// The backend under test: `flex`, or libtorch's CPU when built with `--features tch` and run
 /// with `ROBERTA_TEST_BACKEND=tch` (see docs/model.md).
@@ -25,56 +25,8 @@ fn device() -> Device {
     Device::flex()
 }
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/model")
-}
-
-fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap())
-        .unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn ints(v: &Value, batch: usize, seq: usize, device: &Device) -> Tensor<2, Int> {
-    let data: Vec<i64> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap())
-        .collect();
-    Tensor::from_data(TensorData::new(data, [batch, seq]), device)
-}
-
-fn assert_close(actual: Tensor<2>, expected: &[f32], what: &str) {
-    assert_close_data(
-        actual.into_data().try_to_vec::<f32>().unwrap(),
-        expected,
-        what,
-    );
-}
-
-fn assert_close_data(actual: Vec<f32>, expected: &[f32], what: &str) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    let worst = actual
-        .iter()
-        .zip(expected)
-        .map(|(a, e)| (a - e).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        worst <= TOLERANCE,
-        "{what}: max abs difference {worst} > {TOLERANCE}"
-    );
-}
-
 fn check_classifier(folder: &Path) -> roberta_burn::LoadReport {
-    let r = reference();
+    let r = common::reference("reference.json");
     let (batch, seq) = (
         r["batch"].as_u64().unwrap() as usize,
         r["seq"].as_u64().unwrap() as usize,
@@ -125,7 +77,7 @@ fn sharded_safetensors_classifier_matches_transformers() {
 
 #[test]
 fn masked_lm_with_tied_decoder_matches_transformers() {
-    let r = reference();
+    let r = common::reference("reference.json");
     let (batch, seq) = (
         r["batch"].as_u64().unwrap() as usize,
         r["seq"].as_u64().unwrap() as usize,

@@ -14,7 +14,7 @@
 //! On the CPU backend (`mod flex` below) the chain of operations was a dozen serial passes over
 //! roberta-base's 125 million parameters, each into a freshly allocated 500 MB vector: 12.5% of
 //! a profile of training steps on two threads, half of it the kernel clearing those pages
-//! (docs/BENCHMARKS.md). There the update is one parallel pass that reads each gradient where
+//! (docs/perf-notes/journal.md). There the update is one parallel pass that reads each gradient where
 //! the backward pass left it, updates the moments in place and writes each parameter a buffer
 //! of its own, with the same arithmetic in the same order.
 //!
@@ -673,7 +673,7 @@ mod flex {
     /// [`Constants::update`] with clipping and decay as `clip` and `decay`; compiled for
     /// AVX-512 and AVX2 too, chosen at run time: the crate's baseline (SSE2) divides and takes
     /// square roots four lanes at a time, which made this pass 7.9% of a small model's
-    /// training step on one thread (docs/BENCHMARKS.md). The same operations in the same order
+    /// training step on one thread (docs/perf-notes/journal.md). The same operations in the same order
     /// on every path (no fused multiply-adds: Rust does not contract), so the same bits.
     #[allow(clippy::too_many_arguments)]
     #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]

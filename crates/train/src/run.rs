@@ -55,6 +55,12 @@ impl StopToken {
     pub fn is_requested(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// A token requested when `flag` is set, by [`StopToken::request`] or by whatever else
+    /// holds the flag (a signal handler's crate).
+    pub fn from_flag(flag: Arc<AtomicBool>) -> Self {
+        Self(flag)
+    }
 }
 
 /// Callbacks of a run: progress after every step, and a say after every epoch. `E` is the

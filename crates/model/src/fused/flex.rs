@@ -215,7 +215,7 @@ pub(super) fn is_flex(device: &Device) -> bool {
 
 /// Dropout with a mask drawn in parallel from a counter-based hash ([`DropoutMask`]): flex
 /// draws every mask element from one ChaCha stream, serially, which took 12% of a training step
-/// on two threads (docs/BENCHMARKS.md).
+/// on two threads (docs/perf-notes/journal.md).
 pub(super) fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     let device = x.device();
     let mask = DropoutMask::draw(&device, prob);
@@ -296,7 +296,7 @@ const MASK_CHUNK: usize = 1 << 14;
 
 /// [`DropoutMask::fill`], compiled for AVX-512 (its 64-bit multiplies, `vpmullq`) and AVX2 too,
 /// chosen at run time: the baseline build hashes one element at a time, 3.8% of a small
-/// model's training step on one thread (docs/BENCHMARKS.md).
+/// model's training step on one thread (docs/perf-notes/journal.md).
 #[multiversion(targets("x86_64+avx512f+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
 fn fill_factors(mask: &DropoutMask, first: u64, out: &mut [MaybeUninit<f32>]) {
     for (index, slot) in (first..).zip(out.iter_mut()) {

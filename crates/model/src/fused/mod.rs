@@ -35,7 +35,7 @@
 //! WebGPU backends, which take the composed default bodies), `libtorch` (PyTorch's kernels) and
 //! [`autodiff`] (the backward steps of the fused operations, for every backend).
 
-// burn-tch is deprecated upstream, and still the fastest GPU backend here (docs/BENCHMARKS.md).
+// burn-tch is deprecated upstream, and still the fastest GPU backend here (docs/perf-notes/journal.md).
 #![cfg_attr(feature = "tch", allow(deprecated))]
 
 mod autodiff;

@@ -3,7 +3,7 @@
 //! The model's projections leave the heads interleaved, `[batch, seq, heads, dim]` in memory
 //! behind a `[batch, heads, seq, dim]` view. Flex's own attention copies queries, keys and values
 //! into head order first and its output is copied back (four transposes per layer, about 9% of
-//! a roberta-base inference step in bf16: docs/BENCHMARKS.md); under autodiff the model composed attention from
+//! a roberta-base inference step in bf16: docs/perf-notes/journal.md); under autodiff the model composed attention from
 //! flex's matmuls, softmax and dropout, each materialising `[batch, heads, seq, seq]` scores or
 //! probabilities and differentiated one by one. Here each (sequence, head) pair is one task on
 //! the rayon pool: its products (flex's `gemm`, through strides) read its rows where the

@@ -437,9 +437,9 @@ enum Order {
     /// micro kernel reads its [`MR`] rows as as many streams.
     Lanes,
     /// Sixteen pairs at a time, and within them lane by lane: AMX's left tiles, each 16 lanes
-    /// × 16 words, contiguous in the order the micro kernel loads them (a tile row per cache
-    /// line, one stream; 1.18x the tile products' speed of [`Order::Lanes`]' strided rows
-    /// from L2 on the Intel Xeon of docs/BENCHMARKS.md). Panels of whole tile rows only.
+    /// × 16 words, contiguous in the order the micro kernel loads them (one stream that the
+    /// hardware prefetches, where [`Order::Lanes`]' tile rows are 16 strided streams; roberta-base
+    /// bf16 inference: docs/perf-notes/journal.md, "AMX tiles"). Panels of whole tile rows only.
     Tiles,
 }
 
@@ -538,8 +538,8 @@ impl Source {
 struct Line([u32; 16]);
 
 /// A buffer of words that starts on a cache line, so that every packed panel and tile row
-/// does: AMX's tile loads ran at a third of their speed from rows that straddle two lines
-/// (the micro kernel on the Intel Xeon of docs/BENCHMARKS.md: 1.0 against 3.2 TFLOP/s).
+/// does: an AMX tile load reads each row whole, and a row that straddles two lines costs
+/// about two (roberta-base bf16 inference: docs/perf-notes/journal.md, "AMX tiles").
 #[derive(Default)]
 struct Lines(Vec<Line>);
 
@@ -667,7 +667,7 @@ enum Kernel {
     Amx,
     /// Plain Rust over the packed words, in `vdpbf16ps`'s order, vectorised by the compiler
     /// where it can: the native kernel's bits at about a third of f32's speed
-    /// (docs/BENCHMARKS.md), so used only as the tests' reference for the native kernel and
+    /// (docs/perf-notes/journal.md), so used only as the tests' reference for the native kernel and
     /// by `bench model-worker --bf16-products portable`.
     #[cfg_attr(not(any(test, feature = "bench")), allow(dead_code))]
     Portable,
@@ -675,7 +675,7 @@ enum Kernel {
     /// kernels ([`rounded_product`]): the same products, summed in another order, at about
     /// f32's speed. For CPUs without AVX512-BF16, and for those with AMX that cannot use it,
     /// whose `vdpbf16ps` ran slower than their f32 FMA on the Intel Xeon measured
-    /// (docs/BENCHMARKS.md).
+    /// (docs/perf-notes/journal.md).
     RoundedF32,
 }
 
@@ -874,7 +874,7 @@ pub(crate) fn choose(kernel: Option<crate::fused::Bf16Products>) -> bool {
 /// `multiple` (which `most` is), and as even a split as those allow. 768 columns are two tasks
 /// of 384, not 512 and 256: with tasks of two sizes, the thread that draws the last large one
 /// finishes the product alone (one of two threads idle about a tenth of the time in roberta-base
-/// bf16 inference: docs/BENCHMARKS.md).
+/// bf16 inference: docs/perf-notes/journal.md).
 fn task_extent(len: usize, most: usize, multiple: usize) -> usize {
     let tasks = len.div_ceil(most).max(1);
     len.div_ceil(tasks).next_multiple_of(multiple)

@@ -2,7 +2,7 @@
 //!
 //! Burn's flex backend computes GELU one element at a time, on one thread, through libm's
 //! scalar `erff` (14% of an inference step and 7% of a training step in a profile on an Intel
-//! Xeon, docs/BENCHMARKS.md). Here `erf` is a rational approximation on `[-4, 4]` (Eigen's and
+//! Xeon, docs/perf-notes/journal.md). Here `erf` is a rational approximation on `[-4, 4]` (Eigen's and
 //! XLA's `erf` for f32: odd numerator of degree 13, even denominator of degree 8, saturating
 //! to ±1 outside; within 4e-7 of libm, a few f32 ulps at 1) and `exp` Cephes'
 //! polynomial with a power-of-two scaling, both branch-free, so the loops vectorise; rows are

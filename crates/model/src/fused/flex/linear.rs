@@ -7,7 +7,7 @@
 //! afterwards: 32 matrices of 768×3072 for an FFN layer of roberta-base at batch 32, zero-filled,
 //! copied into aligned storage (flex's `FlexTensor::empty` allocates twice) and reduced on one
 //! thread. In a profile of a roberta-base training step on two threads that was 8% of the time
-//! in copies, fills and the reduction (docs/BENCHMARKS.md). Here, as PyTorch's `addmm` does, the
+//! in copies, fills and the reduction (docs/perf-notes/journal.md). Here, as PyTorch's `addmm` does, the
 //! rows of every sequence are one matrix:
 //! ```text
 //! y  = x·w + b      the destination starts as b in every row, GEMM adds x·w (in bf16, the

@@ -1,7 +1,7 @@
 //! The linear layers' weights rounded and packed for the bf16 products once, and reused while
 //! [`crate::autocast::reuse_weights`] runs, as `torch.autocast` keeps the bf16 copies of the
 //! weights for as long as its region lasts. Without it each product packs its weight again,
-//! once per batch (A/B on roberta-base inference in bf16: docs/BENCHMARKS.md).
+//! once per batch (A/B on roberta-base inference in bf16: docs/perf-notes/journal.md).
 //!
 //! A packed weight is found by its storage's address and its view of it. The entry holds a
 //! clone of the weight, so that while it is kept the storage can be neither freed (and its

@@ -1,4 +1,4 @@
-//! `cargo xtask tokenize`: the tokenization stage on the command line.
+//! `roberta-sentiment tokenize`: the tokenization stage on the command line.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `cargo xtask predict`: label, probabilities and logits for texts, from any Hugging Face
+//! `roberta-sentiment predict`: label, probabilities and logits for texts, from any Hugging Face
 //! RoBERTa sequence classifier.
 
 use std::io::Write;

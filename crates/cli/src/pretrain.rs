@@ -1,4 +1,4 @@
-//! `cargo xtask pretrain`: masked-LM pre-training on the text column of a CSV or Parquet file,
+//! `roberta-sentiment pretrain`: masked-LM pre-training on the text column of a CSV or Parquet file,
 //! into a Hugging Face folder that `train` and `pipeline --pretrained` fine-tune.
 
 use anyhow::{Context, Result, bail};
@@ -59,10 +59,7 @@ impl Pretrain {
             };
         }
         crate::train::replace_run(&a.out, "pretrain_config.json", a.folder.overwrite)?;
-        let input = a
-            .input
-            .clone()
-            .unwrap_or_else(|| crate::fixtures::data_fixtures_dir().join("sample.csv"));
+        let input = a.input.clone().map_or_else(crate::bundled_sample, Ok)?;
         let mut texts = sentiment_data::read_text_column(&input, &a.text_column)
             .map(|column| column.texts)
             .with_context(|| format!("reading the texts of {}", input.display()))?;
@@ -144,8 +141,9 @@ impl Pretrain {
             );
         }
         say!(
-            "model: {}\nfine-tune it with: cargo xtask pipeline --pretrained {}",
+            "model: {}\nfine-tune it with: {} pipeline --pretrained {}",
             outcome.model_dir.display(),
+            crate::invoked_as(),
             outcome.model_dir.display()
         );
         Ok(outcome)

@@ -1,4 +1,4 @@
-//! `cargo xtask prepare`: the data stage on the command line.
+//! `roberta-sentiment prepare`: the data stage on the command line.
 
 use std::io::{IsTerminal, Write};
 
@@ -22,12 +22,11 @@ impl TryFrom<PrepareArgs> for Prepare {
     type Error = anyhow::Error;
 
     fn try_from(args: PrepareArgs) -> Result<Self> {
-        let config = args.data.config(
-            args.input
-                .unwrap_or_else(|| crate::fixtures::data_fixtures_dir().join("sample.csv")),
-            args.out,
-            args.seed,
-        )?;
+        let input = match args.input {
+            Some(input) => input,
+            None => crate::bundled_sample()?,
+        };
+        let config = args.data.config(input, args.out, args.seed)?;
         Ok(Prepare {
             config,
             quiet: args.quiet,

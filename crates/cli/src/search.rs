@@ -1,4 +1,4 @@
-//! `cargo xtask search ask-tell`: any program can be the objective, over JSON lines.
+//! `roberta-sentiment search ask-tell`: any program can be the objective, over JSON lines.
 
 use std::io::{BufRead, Write};
 use std::sync::mpsc::RecvTimeoutError;

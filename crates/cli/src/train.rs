@@ -1,4 +1,4 @@
-//! `cargo xtask train`: the fine-tuning stage on the command line.
+//! `roberta-sentiment train`: the fine-tuning stage on the command line.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -68,18 +68,18 @@ pub fn replace_run(dir: &std::path::Path, config_file: &str, overwrite: bool) ->
     Ok(())
 }
 
-/// Progress of a training run on stderr: on a terminal, a bar redrawn in place; elsewhere (a
-/// pipe, `nohup`, CI) a plain line every 30 seconds and at the end of every epoch, so a log
-/// shows how far a run got even if it is killed.
-pub fn progress_printer() -> impl FnMut(Progress) {
-    progress_lines(
-        std::io::stderr().is_terminal(),
-        std::time::Duration::from_secs(30),
-        |line| {
+/// Progress of a training run on stderr: on a terminal, a bar per epoch redrawn in place
+/// (indicatif's); elsewhere (a pipe, `nohup`, CI) a plain line every 30 seconds and at the end
+/// of every epoch, so a log shows how far a run got even if it is killed.
+pub fn progress_printer() -> Box<dyn FnMut(Progress)> {
+    if std::io::stderr().is_terminal() {
+        Box::new(progress_bar())
+    } else {
+        Box::new(progress_lines(std::time::Duration::from_secs(30), |line| {
             let _ = std::io::stderr().write_all(line.as_bytes());
             let _ = std::io::stderr().flush();
-        },
-    )
+        }))
+    }
 }
 
 /// [`progress_printer`], or nothing with `-q`.
@@ -87,50 +87,70 @@ pub fn progress_unless(quiet: bool) -> Box<dyn FnMut(Progress)> {
     if quiet {
         Box::new(|_| {})
     } else {
-        Box::new(progress_printer())
+        progress_printer()
     }
 }
 
-/// The progress printer's logic, writing through `write`: `interactive` redraws a bar at most
-/// every 200 ms; otherwise a line every `every` and at each epoch's end.
-fn progress_lines(
-    interactive: bool,
-    every: std::time::Duration,
-    mut write: impl FnMut(&str),
-) -> impl FnMut(Progress) {
+/// Whether `p` ends its epoch (or the run).
+fn ends_epoch(p: &Progress) -> bool {
+    p.step_in_epoch == p.steps_per_epoch || p.step == p.total_steps
+}
+
+/// The step's numbers after its position: loss, speed and the run's remaining time at this
+/// epoch's pace.
+fn numbers(p: &Progress) -> String {
+    let per_step = p.elapsed_seconds / p.step_in_epoch.max(1) as f64;
+    let eta = per_step * p.total_steps.saturating_sub(p.step) as f64;
+    format!(
+        "loss {:.4} {:.0} samples/s ETA {:.0}s",
+        p.loss, p.samples_per_second, eta
+    )
+}
+
+/// One indicatif bar per epoch on stderr, left on screen when its epoch ends.
+fn progress_bar() -> impl FnMut(Progress) {
+    let style =
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("#>.");
+    let mut current: Option<(usize, indicatif::ProgressBar)> = None;
+    move |p: Progress| {
+        if current.as_ref().is_none_or(|(epoch, _)| *epoch != p.epoch) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish();
+            }
+            let bar = indicatif::ProgressBar::new(p.steps_per_epoch as u64)
+                .with_style(style.clone())
+                .with_prefix(format!("{}/{}", p.epoch, p.epochs));
+            current = Some((p.epoch, bar));
+        }
+        if let Some((_, bar)) = &current {
+            bar.set_position(p.step_in_epoch as u64);
+            bar.set_message(numbers(&p));
+            if ends_epoch(&p) {
+                bar.finish();
+            }
+        }
+    }
+}
+
+/// The progress lines of a run without a terminal, written through `write`: one every `every`
+/// and one at each epoch's end.
+fn progress_lines(every: std::time::Duration, mut write: impl FnMut(&str)) -> impl FnMut(Progress) {
     let mut last = Instant::now();
     move |p: Progress| {
-        let done = p.step_in_epoch == p.steps_per_epoch || p.step == p.total_steps;
-        let wait = if interactive {
-            std::time::Duration::from_millis(200)
-        } else {
-            every
-        };
-        if !done && last.elapsed() < wait {
+        if !ends_epoch(&p) && last.elapsed() < every {
             return;
         }
         last = Instant::now();
-        // The run's remaining steps at this epoch's pace.
-        let per_step = p.elapsed_seconds / p.step_in_epoch.max(1) as f64;
-        let eta = per_step * p.total_steps.saturating_sub(p.step) as f64;
-        let numbers = format!(
-            "{}/{} loss {:.4} {:.0} samples/s ETA {:.0}s",
-            p.step_in_epoch, p.steps_per_epoch, p.loss, p.samples_per_second, eta
-        );
-        if interactive {
-            let width = 30;
-            let filled = width * p.step_in_epoch / p.steps_per_epoch.max(1);
-            write(&format!(
-                "\repoch {}/{} [{}{}] {numbers} {}",
-                p.epoch,
-                p.epochs,
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                if done { "\n" } else { "" }
-            ));
-        } else {
-            write(&format!("epoch {}/{} step {numbers}\n", p.epoch, p.epochs));
-        }
+        write(&format!(
+            "epoch {}/{} step {}/{} {}\n",
+            p.epoch,
+            p.epochs,
+            p.step_in_epoch,
+            p.steps_per_epoch,
+            numbers(&p)
+        ));
     }
 }
 
@@ -271,9 +291,8 @@ mod tests {
     fn without_a_terminal_progress_is_plain_lines_each_interval_and_epoch() {
         let mut lines = Vec::new();
         {
-            let mut printer = progress_lines(false, std::time::Duration::ZERO, |l| {
-                lines.push(l.to_string())
-            });
+            let mut printer =
+                progress_lines(std::time::Duration::ZERO, |l| lines.push(l.to_string()));
             for step in 1..=4 {
                 printer(progress(step));
             }
@@ -286,7 +305,7 @@ mod tests {
         assert!(lines.iter().all(|l| !l.contains('\r')));
         let mut lines = Vec::new();
         {
-            let mut printer = progress_lines(false, std::time::Duration::from_secs(3600), |l| {
+            let mut printer = progress_lines(std::time::Duration::from_secs(3600), |l| {
                 lines.push(l.to_string())
             });
             for step in 1..=4 {

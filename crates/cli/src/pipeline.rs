@@ -1,4 +1,4 @@
-//! `cargo xtask pipeline`: the flags of the `sentiment-pipeline` library, its messages and
+//! `roberta-sentiment pipeline`: the flags of the `sentiment-pipeline` library, its messages and
 //! progress on the terminal, and the summary at the end.
 
 use anyhow::{Context, Result};
@@ -25,10 +25,10 @@ impl TryFrom<PipelineArgs> for Pipeline {
 
     fn try_from(args: PipelineArgs) -> Result<Self> {
         let bundled_sample = args.input.is_none();
-        let input = args
-            .input
-            .clone()
-            .unwrap_or_else(|| crate::fixtures::data_fixtures_dir().join("sample.csv"));
+        let input = match &args.input {
+            Some(input) => input.clone(),
+            None => crate::bundled_sample()?,
+        };
         let space = if args.space.is_empty() {
             PipelineConfig::default_space(args.pretrained.is_some())
         } else {
@@ -90,10 +90,14 @@ impl TryFrom<PipelineArgs> for Pipeline {
     }
 }
 
-/// `cargo xtask pipeline` with every flag this run was given, credentials masked: what the
+/// This pipeline command with every flag this run was given, credentials masked: what the
 /// report says reproduces it.
 fn reproduce_command() -> String {
-    format!("cargo xtask {}", crate::shown_command_line().join(" "))
+    format!(
+        "{} {}",
+        crate::invoked_as(),
+        crate::shown_command_line().join(" ")
+    )
 }
 
 /// Prints the pipeline's messages on stdout, warnings on stderr, progress as a terminal bar;
@@ -148,9 +152,10 @@ impl Pipeline {
             println!();
             println!(
                 "This ran on the bundled synthetic sample with a tiny model trained from scratch. \
-                 The notebook's recipe on real data:\n  cargo xtask pipeline --input \
+                 The notebook's recipe on real data:\n  {} pipeline --input \
                  training.1600000.processed.noemoticon.csv --sample 10000 --pretrained roberta-base \
-                 --trials 8 --epochs 3\n(see docs/pipeline.md)"
+                 --trials 8 --epochs 3\n(see docs/pipeline.md)",
+                crate::invoked_as()
             );
         }
         Ok(())
