@@ -7,12 +7,11 @@ mod common;
 
 use std::path::Path;
 
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::Device;
 use common::{assert_close, assert_close_data, fixtures, floats, ints};
 use roberta_burn::{
     HubSettings, ModelError, Pretrained, RobertaForMaskedLM, RobertaForSequenceClassification,
 };
-use serde_json::Value;
 
 /// The backend under test: `flex`, or libtorch's CPU when built with `--features tch` and run
 /// with `ROBERTA_TEST_BACKEND=tch` (see docs/model.md).

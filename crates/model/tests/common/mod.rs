@@ -25,13 +25,21 @@ pub fn reference(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A reference array's numbers in order, as f32.
+/// A reference array's numbers in order (nested arrays flattened, row by row), as f32.
 pub fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("an array of numbers, not {v}"))
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    let mut out = Vec::new();
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items.iter().rev()),
+            other => out.push(
+                other
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("a number, not {other}")) as f32,
+            ),
+        }
+    }
+    out
 }
 
 /// A reference array of ids as a `[batch, seq]` tensor.
