@@ -1,14 +1,19 @@
-"""The Trainer's side of `xtask/bench/finetune.sh`: fine-tunes a pretrained folder on the split
-that `cargo xtask prepare` wrote, as the notebook does (the Trainer's defaults: learning rate
-5e-5, batch 32, 3 epochs, no weight decay or warmup; dynamic padding, no length grouping;
+"""The Trainer's side of `xtask/bench/finetune.sh` and `cargo xtask bench train`: fine-tunes a
+pretrained folder on the split that `cargo xtask prepare` wrote, as the notebook does (the
+Trainer's defaults: learning rate 5e-5, batch 32, 3 epochs, no weight decay or warmup;
 evaluation every epoch, the best by validation F1 kept), on 2 CPU threads; prints one JSON
 line: test F1 and accuracy, validation F1 per epoch, training samples/s.
 
-    python finetune_trainer.py DATA_DIR MODEL_DIR SEED WORK_DIR
+    python finetune_trainer.py DATA_DIR MODEL_DIR SEED WORK_DIR [--mode M] [--epochs N]
+        [--learning-rate R] [--threads T]
+
+--mode: `dynamic-ungrouped` (the default: padded per batch, no length grouping, as
+finetune.sh compares), `notebook` (every row padded to 64, shuffled) or `dynamic` (the
+Trainer's `group_by_length=True` with padding to a multiple of 8).
 """
 
+import argparse
 import json
-import sys
 
 import pyarrow.parquet as pq
 import torch
@@ -22,10 +27,10 @@ from transformers import (
 
 
 class Rows(torch.utils.data.Dataset):
-    def __init__(self, path, tokenizer):
+    def __init__(self, path, tokenizer, padding):
         table = pq.read_table(path).to_pydict()
         self.labels = table["label"]
-        self.encodings = tokenizer(table["text"], max_length=64, truncation=True)
+        self.encodings = tokenizer(table["text"], max_length=64, truncation=True, padding=padding)
 
     def __len__(self):
         return len(self.labels)
@@ -49,17 +54,27 @@ def metrics(prediction):
 
 
 def main():
-    data, model_dir, seed, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    torch.set_num_threads(2)
+    parser = argparse.ArgumentParser()
+    for name in ("data", "model_dir", "seed", "work"):
+        parser.add_argument(name)
+    parser.add_argument("--mode", default="dynamic-ungrouped", choices=["dynamic-ungrouped", "notebook", "dynamic"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--threads", type=int, default=2)
+    a = parser.parse_args()
+    data, model_dir, seed, work = a.data, a.model_dir, int(a.seed), a.work
+    torch.set_num_threads(a.threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
-    train, validation, test = (Rows(f"{data}/{s}.parquet", tokenizer) for s in ("train", "validation", "test"))
+    padding = "max_length" if a.mode == "notebook" else False
+    train, validation, test = (Rows(f"{data}/{s}.parquet", tokenizer, padding) for s in ("train", "validation", "test"))
     args = TrainingArguments(
         output_dir=work,
-        learning_rate=5e-5,
+        learning_rate=a.learning_rate,
         per_device_train_batch_size=32,
         per_device_eval_batch_size=64,
-        num_train_epochs=3,
+        num_train_epochs=a.epochs,
+        group_by_length=a.mode == "dynamic",
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",
@@ -76,7 +91,7 @@ def main():
         args=args,
         train_dataset=train,
         eval_dataset=validation,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if a.mode == "dynamic" else None),
         compute_metrics=metrics,
     )
     result = trainer.train()

@@ -500,7 +500,7 @@ fn train_worker(
 ) -> Result<()> {
     use crate::flags::{OptimizerFlag, StepParts};
     use burn::nn::loss::CrossEntropyLossConfig;
-    use burn::optim::{AdamWConfig, GradientsParams};
+    use burn::optim::AdamWConfig;
     let parts = args.parts;
     if parts == StepParts::Clip && args.optimizer == OptimizerFlag::Flat {
         bail!("--parts clip needs --optimizer burn: the flat optimizer clips inside its step");
@@ -515,15 +515,28 @@ fn train_worker(
         ..Default::default()
     });
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let loss = |model: &roberta_burn::RobertaForSequenceClassification, batch: &BenchBatch| {
+        loss_fn.forward(
+            model.forward(batch.ids.clone(), batch.mask.clone()),
+            batch.labels.clone(),
+        )
+    };
     let mut step =
         |model: roberta_burn::RobertaForSequenceClassification, batch: &BenchBatch| -> Result<_> {
-            let loss = loss_fn.forward(
-                model.forward(batch.ids.clone(), batch.mask.clone()),
-                batch.labels.clone(),
-            );
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            // As the trainer does: the loss is read once the step is queued, which on a GPU waits
-            // for the step to finish (PyTorch's side reads it at the same point).
+            let items = batch.labels.dims()[0];
+            let batches = vec![sentiment_train::MicroBatch { items, batch }];
+            if parts == StepParts::Full && args.optimizer == OptimizerFlag::Flat {
+                // The trainer's own step.
+                let (model, stepped) =
+                    sentiment_train::train_step(model, &mut flat_adamw, 2e-5, batches, loss)?;
+                // As the trainer does: the loss is read once the step is queued, which on a
+                // GPU waits for the step to finish (PyTorch's side reads it at the same point).
+                let _ = stepped.map(|stepped| stepped.loss());
+                return Ok(model);
+            }
+            // Parts of a step, or Burn's AdamW, for A/B: the trainer's gradients.
+            let (mut grads, losses) =
+                sentiment_train::gradients(&model, batches, loss).expect("one batch");
             let model = if parts == StepParts::ForwardBackward {
                 model
             } else if args.optimizer == OptimizerFlag::Flat {
@@ -536,7 +549,7 @@ fn train_worker(
                     burn_adamw.step(2e-5, model, grads)
                 }
             };
-            let _: f32 = loss.into_scalar();
+            let _: f32 = losses[0].clone().into_scalar();
             Ok(model)
         };
     // Each step is one job of the CPU backend's thread pool, as the trainer runs it.
@@ -1130,6 +1143,180 @@ pub fn full_scale(args: &crate::flags::BenchFullScaleArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `cargo xtask bench train`: the whole `train` command, as users run it (reading the
+/// prepared split, tokenizing, batching, training, the evaluation after every epoch, the test
+/// and the export), against transformers' Trainer `train()` and its test evaluation
+/// (`xtask/bench/finetune_trainer.py`), on the same rows, from the same initial weights, with
+/// the same learning rate, epochs, batch size (32) and threads; once with the notebook's
+/// batching (every row padded to 64, shuffled) and once length-aware (the Trainer's
+/// `group_by_length` and padding to a multiple of 8; our defaults). Prints the training
+/// samples/s (every epoch's rows over the training time, evaluations included, as the
+/// Trainer's `train_samples_per_second`), each process's wall time and the test F1.
+pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
+    print_cpu();
+    let exe = std::env::current_exe()?;
+    let work = &args.work_dir;
+    if work.exists() {
+        std::fs::remove_dir_all(work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    std::fs::create_dir_all(work)?;
+    let path = |name: &str| work.join(name).to_string_lossy().into_owned();
+    let threads = args.threads.to_string();
+    let ours = |flags: &[String]| -> Result<Measurement> {
+        measure(
+            Command::new(&exe)
+                .args(flags)
+                .env("RAYON_NUM_THREADS", &threads)
+                .stdout(std::process::Stdio::null()),
+        )
+    };
+    let mut prepare = vec![
+        "prepare".to_string(),
+        "--quiet".into(),
+        "--out".into(),
+        path("data"),
+    ];
+    if let Some(input) = &args.input {
+        prepare.extend(["--input".into(), input.to_string_lossy().into_owned()]);
+    }
+    if let Some(rows) = args.sample {
+        prepare.extend(["--sample".into(), rows.to_string()]);
+    }
+    ours(&prepare)?;
+    let seed = args.seed.to_string();
+    let train_flags = |out: &str| -> Vec<String> {
+        [
+            "train",
+            "--prepared",
+            &path("data"),
+            "--out",
+            out,
+            "--seed",
+            &seed,
+            "--max-length",
+            "64",
+            "--batch-size",
+            "32",
+            "--quiet",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let initial = match &args.pretrained {
+        Some(folder) => folder.to_string_lossy().into_owned(),
+        None => {
+            println!("initial model: {} preset, random weights", args.config);
+            let mut flags = train_flags(&path("init"));
+            flags.extend([
+                "--config".into(),
+                args.config.clone(),
+                "--max-steps".into(),
+                "1".into(),
+            ]);
+            ours(&flags)?;
+            path("init/best_model")
+        }
+    };
+    let epochs = args.epochs.to_string();
+    let rate = format!("{:e}", args.learning_rate);
+    println!(
+        "train, {} epochs at learning rate {rate}, batch 32, {threads} threads each side; samples/s \
+         (training time, evaluations included), wall s of the whole process, test F1",
+        args.epochs
+    );
+    println!(
+        "| batching | ours samples/s | Trainer samples/s | ratio | ours wall s | Trainer wall s | ratio | test F1 ours / Trainer |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, our_flags, mode) in [
+        (
+            "notebook (padded to 64, shuffled)",
+            &["--pad-to-max-length", "--group-by-length", "false"][..],
+            "notebook",
+        ),
+        ("length-aware (grouped, multiple of 8)", &[][..], "dynamic"),
+    ] {
+        let out = path(&format!("ours-{mode}"));
+        let mut flags = train_flags(&out);
+        flags.extend([
+            "--pretrained".into(),
+            initial.clone(),
+            "--epochs".into(),
+            epochs.clone(),
+        ]);
+        flags.extend(["--learning-rate".into(), rate.clone()]);
+        flags.extend(our_flags.iter().map(|f| f.to_string()));
+        let our_run = ours(&flags)?;
+        let (our_speed, our_f1) = our_train_figures(Path::new(&out), &path("data"))?;
+        let (trainer_run, trainer) = measure_json(
+            Command::new(&args.python)
+                .arg(crate::project_root().join("xtask/bench/finetune_trainer.py"))
+                .args([
+                    &path("data"),
+                    &initial,
+                    &seed,
+                    &path(&format!("trainer-{mode}")),
+                ])
+                .args([
+                    "--mode",
+                    mode,
+                    "--epochs",
+                    &epochs,
+                    "--learning-rate",
+                    &rate,
+                ])
+                .args(["--threads", &threads])
+                .env("OMP_NUM_THREADS", &threads)
+                .env("OMP_WAIT_POLICY", "PASSIVE")
+                .stderr(std::process::Stdio::null()),
+        )?;
+        let number = |key: &str| {
+            trainer[key]
+                .as_f64()
+                .with_context(|| format!("the Trainer's {key} in {trainer}"))
+        };
+        let trainer_speed = number("train_samples_per_second")?;
+        println!(
+            "| {name} | {our_speed:.1} | {trainer_speed:.1} | {:.2}x | {:.1} | {:.1} | {:.2}x | {our_f1:.4} / {:.4} |",
+            our_speed / trainer_speed,
+            our_run.wall.as_secs_f64(),
+            trainer_run.wall.as_secs_f64(),
+            trainer_run.wall.as_secs_f64() / our_run.wall.as_secs_f64(),
+            number("test_f1")?
+        );
+    }
+    Ok(())
+}
+
+/// A `train` run's training samples/s (every epoch's rows over the training time, the
+/// evaluations included, as the Trainer's `train_samples_per_second`) and its test F1.
+fn our_train_figures(run: &Path, data: &str) -> Result<(f64, f64)> {
+    let read = |path: PathBuf| -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let history = read(run.join("metrics.json"))?;
+    let manifest = read(Path::new(data).join("manifest.json"))?;
+    let outcome = read(run.join("outcome.json"))?;
+    let train_rows = manifest["splits"]
+        .as_array()
+        .and_then(|splits| splits.iter().find(|s| s["split"] == "train"))
+        .and_then(|s| s["rows"].as_f64())
+        .context("the manifest's train rows")?;
+    let epochs = history.as_array().map_or(0, Vec::len) as f64;
+    let seconds: f64 = history
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["seconds"].as_f64())
+        .sum();
+    let f1 = outcome["test"]["report"]["binary"]["f1"]
+        .as_f64()
+        .context("the test F1 in outcome.json")?;
+    Ok((train_rows * epochs / seconds.max(1e-9), f1))
 }
 
 #[cfg(test)]

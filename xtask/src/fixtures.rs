@@ -149,7 +149,7 @@ fn trained_tokenizer_files() -> Result<Vec<(String, Vec<u8>)>> {
 fn saved_by_burn_files() -> Result<Vec<(String, Vec<u8>)>> {
     use roberta_burn::{HubSettings, Pretrained, RobertaForSequenceClassification};
     let source = crate::project_root().join("fixtures/model/classifier");
-    let loaded = RobertaForSequenceClassification::from_pretrained(
+    let loaded = RobertaForSequenceClassification::from_pretrained_with(
         source.to_str().expect("UTF-8 path"),
         &burn::tensor::Device::flex(),
         &HubSettings::from_vars(|_| None),

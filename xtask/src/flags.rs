@@ -56,6 +56,9 @@ pub enum BenchCommand {
     /// Validation F1 after fine-tuning with and without masked-LM pre-training, at about the
     /// same CPU time, on the bundled sample.
     Pretrain(BenchPretrainArgs),
+    /// The whole `train` command against transformers' Trainer `train()` on the same rows from
+    /// the same initial weights, with the notebook's batching and with length-aware batching.
+    Train(BenchTrainArgs),
     /// A Sentiment140-sized run in bounded memory: prepare, tokenize and `train` a fixed
     /// number of steps with --eval-steps on a synthetic 1.6M-row file, each stage's peak RSS
     /// against the same training on a small sample (the model's own footprint).
@@ -92,6 +95,43 @@ pub struct BenchPretrainArgs {
     /// Seed of everything.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+/// Flags of `cargo xtask bench train`.
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Sentiment140 CSV (raw or cleaned). Default: the bundled sample.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Stratified sample of N rows of it.
+    #[arg(long)]
+    pub sample: Option<usize>,
+    /// The initial weights of both sides: a Hugging Face folder. Default: a model of
+    /// `--config` that our `train` initialises randomly (one step, so that it writes the
+    /// folder) with a tokenizer trained on the split.
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Model preset of the default initial model.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Epochs of each run.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Learning rate of each run (the Trainer's default).
+    #[arg(long, default_value_t = 5e-5)]
+    pub learning_rate: f64,
+    /// Threads of each side.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Seed of every run.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Python with torch, transformers, accelerate and pyarrow.
+    #[arg(long, env = "BENCH_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// Work folder (cleared first).
+    #[arg(long, default_value = "target/bench/train")]
+    pub work_dir: PathBuf,
 }
 
 /// Flags of `cargo xtask bench full-scale`.

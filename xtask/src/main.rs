@@ -37,6 +37,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             BenchCommand::ModelWorker(args) => bench::model_worker(&args),
             BenchCommand::Search(args) => bench::search(&args),
             BenchCommand::Pretrain(args) => bench::pretrain(&args),
+            BenchCommand::Train(args) => bench::train(&args),
             BenchCommand::FullScale(args) => bench::full_scale(&args),
         },
     }

@@ -100,7 +100,7 @@ impl Predict {
     /// Loads the model and tokenizer, classifies every text, prints the results.
     pub fn run(&self) -> Result<()> {
         let hub = HubSettings::from_env();
-        let loaded = RobertaForSequenceClassification::from_pretrained(
+        let loaded = RobertaForSequenceClassification::from_pretrained_with(
             &self.model,
             &self.device,
             &hub,

@@ -75,44 +75,21 @@ fn truncate(s: &str, max_chars: usize) -> &str {
     }
 }
 
-/// Decodes Windows-1252 bytes. Bytes 0x80–0x9F map to the characters Windows assigns them
-/// (curly quotes, dashes, the euro sign); the five unassigned ones map to the C1 control of
-/// the same value, as the WHATWG encoding standard does.
+/// Decodes Windows-1252 bytes as the WHATWG encoding standard does (encoding_rs): bytes
+/// 0x80–0x9F map to the characters Windows assigns them (curly quotes, dashes, the euro
+/// sign), the five unassigned ones to the C1 control of the same value, so every byte decodes.
 pub fn decode_cp1252(bytes: &[u8]) -> String {
-    if bytes.is_ascii() {
-        // SAFETY-free fast path: ASCII is valid UTF-8.
-        return String::from_utf8(bytes.to_vec()).expect("ASCII is UTF-8");
-    }
-    let mut out = String::with_capacity(bytes.len() + 8);
-    for &b in bytes {
-        let c = match b {
-            0x80..=0x9F => CP1252_HIGH[(b - 0x80) as usize],
-            _ => b as char,
-        };
-        out.push(c);
-    }
-    out
+    encoding_rs::WINDOWS_1252
+        .decode_without_bom_handling(bytes)
+        .0
+        .into_owned()
 }
-
-const CP1252_HIGH: [char; 32] = [
-    '\u{20AC}', '\u{0081}', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
-    '\u{02C6}', '\u{2030}', '\u{0160}', '\u{2039}', '\u{0152}', '\u{008D}', '\u{017D}', '\u{008F}',
-    '\u{0090}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
-    '\u{02DC}', '\u{2122}', '\u{0161}', '\u{203A}', '\u{0153}', '\u{009D}', '\u{017E}', '\u{0178}',
-];
 
 /// Encodes text as Windows-1252 (the inverse of [`decode_cp1252`]); `None` when a character
 /// has no Windows-1252 byte. Used to write raw-format fixtures.
 pub fn encode_cp1252(text: &str) -> Option<Vec<u8>> {
-    text.chars()
-        .map(|c| match c as u32 {
-            0..=0x7F | 0xA0..=0xFF => Some(c as u8),
-            _ => CP1252_HIGH
-                .iter()
-                .position(|&h| h == c)
-                .map(|i| 0x80 + i as u8),
-        })
-        .collect()
+    let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(text);
+    (!unmappable).then(|| bytes.into_owned())
 }
 
 #[cfg(test)]

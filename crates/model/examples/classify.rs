@@ -10,7 +10,7 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use roberta_burn::{HubSettings, Pretrained, RobertaForSequenceClassification};
+use roberta_burn::{Pretrained, RobertaForSequenceClassification, in_thread_pool};
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut args = std::env::args().skip(1);
@@ -27,12 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
 
     let device = Device::flex();
-    let loaded = RobertaForSequenceClassification::from_pretrained(
-        &folder,
-        &device,
-        &HubSettings::from_env(),
-        |_| {},
-    )?;
+    let loaded = RobertaForSequenceClassification::from_pretrained(&folder, &device)?;
     // transformers' tokenizer file, padded to the batch's longest text.
     let mut tokenizer = tokenizers::Tokenizer::from_file(format!("{folder}/tokenizer.json"))?;
     tokenizer.with_padding(Some(tokenizers::PaddingParams {
@@ -48,10 +43,15 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .collect();
         Tensor::from_data(TensorData::new(data, [rows, width]), &device)
     };
-    let logits = loaded.model.forward(
-        column(tokenizers::Encoding::get_ids),
-        column(tokenizers::Encoding::get_attention_mask),
-    );
+    // On the CPU backend, the forward pass as one job of the rayon pool: its parallel loops
+    // then run on the pool's threads without handing each one over from this thread
+    // (1.01-1.22x faster, docs/perf-notes/journal.md, "each step one job of the thread pool").
+    let logits = in_thread_pool(&device, || {
+        loaded.model.forward(
+            column(tokenizers::Encoding::get_ids),
+            column(tokenizers::Encoding::get_attention_mask),
+        )
+    });
     let probs: Vec<f32> = softmax(logits.clone(), 1)
         .into_data()
         .try_to_vec()

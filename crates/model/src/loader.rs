@@ -190,9 +190,15 @@ pub trait Pretrained: Sized + ModuleSnapshot {
     /// A randomly initialised model.
     fn init(config: &RobertaConfig, device: &Device) -> Self;
 
-    /// Loads a local folder or hub id; `adjust` may change the configuration first (for
-    /// example the classes of a new head).
-    fn from_pretrained(
+    /// Loads a local folder, or a hub id through the Hugging Face cache (downloading only
+    /// where `HF_HUB_OFFLINE` and friends allow: [`HubSettings::from_env`]), onto `device`.
+    fn from_pretrained(name_or_path: &str, device: &Device) -> Result<Loaded<Self>, ModelError> {
+        Self::from_pretrained_with(name_or_path, device, &HubSettings::from_env(), |_| {})
+    }
+
+    /// [`Pretrained::from_pretrained`] with the hub's settings given, and `adjust` changing
+    /// the configuration before the model is built (for example the classes of a new head).
+    fn from_pretrained_with(
         name_or_path: &str,
         device: &Device,
         hub: &HubSettings,

@@ -796,7 +796,7 @@ mod tests {
             let data: Vec<i64> = column(key).iter().map(|v| v.as_i64().unwrap()).collect();
             Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, [batch, seq]), &device)
         };
-        let loaded = RobertaForSequenceClassification::from_pretrained(
+        let loaded = RobertaForSequenceClassification::from_pretrained_with(
             &format!("{fixtures}/classifier"),
             &device,
             &HubSettings::from_vars(|_| None),

@@ -20,7 +20,7 @@ use serde_json::Value;
 fn classifier(
     folder: &Path,
 ) -> Result<roberta_burn::Loaded<RobertaForSequenceClassification>, ModelError> {
-    RobertaForSequenceClassification::from_pretrained(
+    RobertaForSequenceClassification::from_pretrained_with(
         folder.to_str().unwrap(),
         &Device::flex(),
         &HubSettings::from_vars(|_| None),
@@ -83,7 +83,7 @@ fn a_bare_bert_model_gets_a_fresh_projection_on_its_pooler() {
 fn bert_masked_lm_with_tied_decoder_matches_transformers() {
     let r = common::reference("bert_reference.json");
     let device = Device::flex();
-    let loaded = RobertaForMaskedLM::from_pretrained(
+    let loaded = RobertaForMaskedLM::from_pretrained_with(
         fixtures().join("bert-mlm").to_str().unwrap(),
         &device,
         &HubSettings::from_vars(|_| None),

@@ -13,7 +13,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn load(folder: &Path) -> Result<(), ModelError> {
-    RobertaForSequenceClassification::from_pretrained(
+    RobertaForSequenceClassification::from_pretrained_with(
         folder.to_str().unwrap(),
         &Device::flex(),
         &HubSettings::from_vars(|_| None),

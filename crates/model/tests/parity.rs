@@ -31,7 +31,7 @@ fn check_classifier(folder: &Path) -> roberta_burn::LoadReport {
         r["seq"].as_u64().unwrap() as usize,
     );
     let device = device();
-    let loaded = RobertaForSequenceClassification::from_pretrained(
+    let loaded = RobertaForSequenceClassification::from_pretrained_with(
         folder.to_str().unwrap(),
         &device,
         &HubSettings::from_vars(|_| None),
@@ -82,7 +82,7 @@ fn masked_lm_with_tied_decoder_matches_transformers() {
         r["seq"].as_u64().unwrap() as usize,
     );
     let device = device();
-    let loaded = RobertaForMaskedLM::from_pretrained(
+    let loaded = RobertaForMaskedLM::from_pretrained_with(
         fixtures().join("mlm").to_str().unwrap(),
         &device,
         &HubSettings::from_vars(|_| None),
@@ -101,7 +101,7 @@ fn masked_lm_with_tied_decoder_matches_transformers() {
 fn a_classifier_from_a_masked_lm_checkpoint_initialises_its_head() {
     // As fine-tuning roberta-base does: the lm_head is unused, the classifier is new.
     let device = device();
-    let loaded = RobertaForSequenceClassification::from_pretrained(
+    let loaded = RobertaForSequenceClassification::from_pretrained_with(
         fixtures().join("mlm").to_str().unwrap(),
         &device,
         &HubSettings::from_vars(|_| None),
@@ -135,7 +135,7 @@ fn a_classifier_from_a_masked_lm_checkpoint_initialises_its_head() {
 #[test]
 fn a_wrongly_shaped_checkpoint_names_the_key_and_both_shapes() {
     let device = device();
-    let err = RobertaForSequenceClassification::from_pretrained(
+    let err = RobertaForSequenceClassification::from_pretrained_with(
         fixtures().join("classifier").to_str().unwrap(),
         &device,
         &HubSettings::from_vars(|_| None),

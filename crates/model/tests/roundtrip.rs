@@ -21,7 +21,7 @@ fn offline() -> HubSettings {
 fn classifier(
     folder: &Path,
 ) -> Result<roberta_burn::Loaded<RobertaForSequenceClassification>, ModelError> {
-    RobertaForSequenceClassification::from_pretrained(
+    RobertaForSequenceClassification::from_pretrained_with(
         folder.to_str().unwrap(),
         &Device::flex(),
         &offline(),
@@ -97,7 +97,7 @@ fn transformers_read_our_save_with_the_same_logits() {
 #[test]
 fn masked_lm_round_trips_with_its_tied_decoder() {
     let device = Device::flex();
-    let loaded = RobertaForMaskedLM::from_pretrained(
+    let loaded = RobertaForMaskedLM::from_pretrained_with(
         fixtures().join("mlm").to_str().unwrap(),
         &device,
         &offline(),
@@ -109,7 +109,7 @@ fn masked_lm_round_trips_with_its_tied_decoder() {
         .model
         .save_pretrained(&loaded.config, dir.path())
         .unwrap();
-    let reloaded = RobertaForMaskedLM::from_pretrained(
+    let reloaded = RobertaForMaskedLM::from_pretrained_with(
         dir.path().to_str().unwrap(),
         &device,
         &offline(),

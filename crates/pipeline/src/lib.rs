@@ -52,7 +52,7 @@
 //! trials/trial_N/            each trial's run folder (see sentiment-train)
 //! final/                     the final run, when the best trial's could not be reused
 //! best_model/                the best model as a Hugging Face folder
-//! trials.csv, report.md, report.html, *.svg
+//! trials.csv, report.json, report.md, report.html, *.svg
 //! ```
 
 mod baseline;

@@ -415,6 +415,7 @@ impl Pipeline {
             "study.json",
             "pipeline.json",
             "trials.csv",
+            "report.json",
             "report.md",
             "report.html",
         ] {
@@ -1069,6 +1070,10 @@ impl Pipeline {
         for (name, svg) in &charts {
             sentiment_data::write_file_atomic(&out.join(name), svg.as_bytes())?;
         }
+        let mut json =
+            serde_json::to_vec_pretty(&report::json(&input)).expect("JSON values serialise");
+        json.push(b'\n');
+        sentiment_data::write_file_atomic(&out.join("report.json"), &json)?;
         sentiment_data::write_file_atomic(&out.join("report.md"), markdown.as_bytes())?;
         let report_path = out.join("report.html");
         sentiment_data::write_file_atomic(

@@ -1,4 +1,6 @@
-//! The pipeline's report: `report.md` and a self-contained `report.html` with SVG charts.
+//! The pipeline's report: `report.json` (the data: [`json`]), `report.md` rendered from the
+//! same input, and a self-contained `report.html` (the Markdown through pulldown-cmark, the
+//! SVG charts inlined).
 
 use std::fmt::Write as _;
 
@@ -540,10 +542,7 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
             let cells: Vec<String> = row.iter().map(u64::to_string).collect();
             let _ = writeln!(md, "| **{name}** | {} |", cells.join(" | "));
         }
-        let majority = m
-            .split(sentiment_data::Split::Test)
-            .map(|s| *s.class_counts.iter().max().unwrap_or(&0) as f64 / s.rows.max(1) as f64)
-            .unwrap_or(0.0);
+        let majority = majority_accuracy(m);
         md.push_str(
             "\n### Against baselines (test split)\n\n| model | accuracy | precision | recall | F1 |\n|---|---|---|---|---|\n",
         );
@@ -579,49 +578,92 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
     md
 }
 
-/// A self-contained `report.html`: the Markdown's content with the SVGs inlined.
+/// The test accuracy of always predicting the test split's largest class.
+fn majority_accuracy(m: &Manifest) -> f64 {
+    m.split(sentiment_data::Split::Test)
+        .map(|s| *s.class_counts.iter().max().unwrap_or(&0) as f64 / s.rows.max(1) as f64)
+        .unwrap_or(0.0)
+}
+
+/// Version of `report.json`'s layout.
+pub const REPORT_VERSION: u32 = 1;
+
+/// `report.json`: what `report.md` shows, as data, for programs (and tests) to read instead of
+/// the prose: the run's command and time, the prepared data's manifest, each trial as the
+/// report's table lists it (its epochs run and worker included) with its learning curve, the
+/// best trial, the final run (every evaluation, the test metrics and confusion matrix), and
+/// the baselines on the test split.
+pub fn json(input: &ReportInput<'_>) -> serde_json::Value {
+    let trials: Vec<serde_json::Value> = input
+        .trials
+        .iter()
+        .map(|t| {
+            let curve = input
+                .curves
+                .iter()
+                .find(|(number, _)| *number == t.number)
+                .map_or(&[][..], |(_, curve)| curve.as_slice());
+            serde_json::json!({
+                "number": t.number,
+                "state": t.state,
+                "value": t.value,
+                "params": t.params,
+                "epochs_run": curve.last().map_or(0, |m| m.epoch),
+                "seconds": t.duration(),
+                "worker": t.worker(),
+                "retried_from": t.retried_from(),
+                "curve": curve,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "version": REPORT_VERSION,
+        "command": input.command,
+        "objective": input.objective,
+        "seconds": input.seconds,
+        "data": input.manifest,
+        "trials": trials,
+        "best_trial": input.best_trial,
+        "final_run": input.outcome,
+        "baselines": {
+            "bag_of_words": input.baseline.map(|b| &b.binary),
+            "majority_class_accuracy": input.outcome.test.as_ref().map(|_| majority_accuracy(input.manifest)),
+        },
+    })
+}
+
+/// A self-contained `report.html`: the Markdown rendered by pulldown-cmark (CommonMark and its
+/// tables), each chart's image replaced by the SVG itself, so the file needs nothing beside it.
 pub fn html(markdown: &str, charts: &[(String, String)]) -> String {
+    use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+    let mut in_image = false;
+    let events =
+        Parser::new_ext(markdown, Options::ENABLE_TABLES).filter_map(|event| match event {
+            Event::Start(Tag::Image { dest_url, .. }) => {
+                in_image = true;
+                let svg = charts
+                    .iter()
+                    .find(|(name, _)| name.as_str() == dest_url.as_ref())
+                    .map(|(_, svg)| svg.clone())
+                    .unwrap_or_default();
+                Some(Event::Html(svg.into()))
+            }
+            // The image's alternative text: the SVG has its own title.
+            Event::End(TagEnd::Image) => {
+                in_image = false;
+                None
+            }
+            _ if in_image => None,
+            // HTML written in the Markdown (a file name, a worker's host, a parameter value) is
+            // shown as text, never interpreted: the report may be opened by anyone it is shared
+            // with.
+            Event::Html(text) | Event::InlineHtml(text) => Some(Event::Text(text)),
+            event => Some(event),
+        });
     let mut body = String::new();
-    let mut in_table = false;
-    for line in markdown.lines() {
-        if line.starts_with('|') {
-            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-            if cells.iter().all(|c| c.chars().all(|ch| ch == '-')) {
-                continue;
-            }
-            if !in_table {
-                body.push_str("<table>\n");
-                in_table = true;
-            }
-            body.push_str("<tr>");
-            for c in cells {
-                let _ = write!(body, "<td>{}</td>", escape(c).replace("**", ""));
-            }
-            body.push_str("</tr>\n");
-            continue;
-        }
-        if in_table {
-            body.push_str("</table>\n");
-            in_table = false;
-        }
-        if let Some(rest) = line.strip_prefix("# ") {
-            let _ = writeln!(body, "<h1>{}</h1>", escape(rest));
-        } else if let Some(rest) = line.strip_prefix("## ") {
-            let _ = writeln!(body, "<h2>{}</h2>", escape(rest));
-        } else if let Some(rest) = line.strip_prefix("![") {
-            let file = rest.split_once("](").map(|(_, f)| f.trim_end_matches(')'));
-            if let Some((_, svg)) = charts.iter().find(|(name, _)| Some(name.as_str()) == file) {
-                body.push_str(svg);
-            }
-        } else if !line.is_empty() {
-            let _ = writeln!(body, "<p>{}</p>", escape(line).replace('`', ""));
-        }
-    }
-    if in_table {
-        body.push_str("</table>\n");
-    }
+    pulldown_cmark::html::push_html(&mut body, events);
     format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sentiment fine-tuning report</title>\n<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td{{border:1px solid #ccc;padding:4px 8px}}tr:first-child td{{font-weight:bold;background:#f4f4f4}}</style></head><body>\n{body}</body></html>\n"
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sentiment fine-tuning report</title>\n<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}th,td{{border:1px solid #ccc;padding:4px 8px}}th{{background:#f4f4f4}}code{{background:#f4f4f4}}</style></head><body>\n{body}</body></html>\n"
     )
 }
 
@@ -696,6 +738,33 @@ mod tests {
             3 + 1,
             "three points and the legend"
         );
+    }
+
+    /// The HTML keeps what the Markdown says: tables as tables (header cells included), bold
+    /// and code as such, text escaped (HTML in the Markdown included), and each chart's SVG in
+    /// place of its image.
+    #[test]
+    fn the_html_renders_the_markdown_with_the_charts_inlined() {
+        let markdown = "# Report\n\nRun `cargo xtask pipeline` on a <b> & c.\n\n\
+                        | model | F1 |\n|---|---|\n| **RoBERTa** | 0.9 |\n\n\
+                        ![history](history.svg)\n";
+        let charts = [(
+            "history.svg".to_string(),
+            "<svg id=\"h\"></svg>".to_string(),
+        )];
+        let html = html(markdown, &charts);
+        for part in [
+            "<h1>Report</h1>",
+            "<code>cargo xtask pipeline</code>",
+            "a &lt;b&gt; &amp; c.",
+            "<th>model</th>",
+            "<td><strong>RoBERTa</strong></td>",
+            "<svg id=\"h\"></svg>",
+        ] {
+            assert!(html.contains(part), "{part} missing: {html}");
+        }
+        assert!(!html.contains("<img"), "{html}");
+        assert!(!html.contains(">history<"), "{html}");
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn starting_point(options: &StartOptions<'_>, device: &Device) -> Result<Sta
     let (model, config) = match pretrained {
         Some(name) => {
             let loaded =
-                RobertaForSequenceClassification::from_pretrained(name, device, &hub, |c| {
+                RobertaForSequenceClassification::from_pretrained_with(name, device, &hub, |c| {
                     *c = c.clone().with_labels(&labels)
                 })
                 .map_err(PipelineError::stage(format!(
@@ -198,9 +198,10 @@ pub fn masked_lm_start(
     device.seed(o.seed);
     let (model, config) = match o.pretrained {
         Some(name) => {
-            let loaded = RobertaForMaskedLM::from_pretrained(name, device, &hub, |_| {}).map_err(
-                PipelineError::stage(format!("loading pretrained model {name}")),
-            )?;
+            let loaded = RobertaForMaskedLM::from_pretrained_with(name, device, &hub, |_| {})
+                .map_err(PipelineError::stage(format!(
+                    "loading pretrained model {name}"
+                )))?;
             notes.extend(load_notes(&loaded.report, false));
             (loaded.model, loaded.config)
         }

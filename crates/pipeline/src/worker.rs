@@ -72,20 +72,20 @@ fn process_place() -> Option<String> {
     Some(format!("{}/{}", boot.trim(), namespace.display()))
 }
 
-/// The machine's host name (`localhost` if it cannot be read).
+/// The machine's host name (the `gethostname` crate: Unix and Windows; `localhost` if it is
+/// empty or not UTF-8).
 fn host_name() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
-    let status = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    match std::str::from_utf8(&buffer[..end]) {
-        Ok(name) if status == 0 && !name.is_empty() => name.to_string(),
+    match gethostname::gethostname().into_string() {
+        Ok(name) if !name.is_empty() => name,
         _ => "localhost".to_string(),
     }
 }
 
 /// Whether a process with this id exists (signal 0 checks without sending anything; a process
-/// of another user answers "not permitted", which means it exists).
+/// of another user answers "not permitted", which means it exists). Unix only, by hand (one
+/// call; a process-table crate would read every process): elsewhere [`process_place`] is
+/// None, so no worker is ever known to have ended and this is not asked.
+#[cfg(unix)]
 fn process_exists(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
@@ -93,6 +93,11 @@ fn process_exists(pid: u32) -> bool {
     // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
     let status = unsafe { libc::kill(pid, 0) };
     status == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(not(unix))]
+fn process_exists(_pid: u32) -> bool {
+    true
 }
 
 #[cfg(test)]

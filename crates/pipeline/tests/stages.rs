@@ -10,14 +10,20 @@ use burn::tensor::Device;
 use common::{config, own_study, run, sample_csv};
 use sentiment_pipeline::{Pipeline, PipelineConfig, PipelineError};
 
-/// The test split's row count in the report's data table.
+/// The run's `report.json`.
+fn report_json(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+/// The test split's row count in the report's data.
 fn report_test_rows(out: &Path) -> u64 {
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    let line = report
-        .lines()
-        .find(|l| l.starts_with("| test | "))
-        .expect("the data table has a test row");
-    line.split('|').nth(2).unwrap().trim().parse().unwrap()
+    let report = report_json(out);
+    let splits = report["data"]["splits"].as_array().unwrap();
+    let test = splits
+        .iter()
+        .find(|s| s["split"] == "test")
+        .expect("the data has a test split");
+    test["rows"].as_u64().unwrap()
 }
 
 #[test]
@@ -54,17 +60,14 @@ fn changed_data_or_epochs_never_mix_with_the_old_trials() {
         .unwrap()
         .binary(1)
         .f1;
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    let row = report
-        .lines()
-        .find(|l| l.starts_with("| bag-of-words logistic regression |"))
-        .expect("the report compares with the bag-of-words baseline");
-    assert_eq!(
-        row.split('|').nth(5).unwrap().trim(),
-        format!("{f1:.4}"),
-        "{row}"
-    );
-    assert!(report.contains("| majority class |"), "{report}");
+    let report = report_json(&out);
+    let baselines = &report["baselines"];
+    let reported = baselines["bag_of_words"]["f1"].as_f64().unwrap();
+    assert!((reported - f1).abs() < 1e-12, "{reported} against {f1}");
+    assert!(baselines["majority_class_accuracy"].as_f64().unwrap() >= 0.5);
+    // The Markdown shows the same comparison.
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(markdown.contains("| bag-of-words logistic regression |"));
     // Each trial's run folder is a user attribute of its trial, for Optuna's tools.
     let record = sentiment_search::Study::read(&own_study(&out))
         .unwrap()
@@ -194,23 +197,10 @@ fn a_trial_stopped_early_is_complete_and_the_report_says_where_it_stopped() {
         messages.contains("(stopped early after epoch 2)"),
         "{messages}"
     );
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(
-        report.contains("| epochs run | seconds | worker |"),
-        "{report}"
-    );
-    let row = report
-        .lines()
-        .find(|l| l.starts_with("| 0 | Complete |"))
-        .expect("the trial's row");
-    assert_eq!(
-        row.split('|')
-            .nth(row.split('|').count() - 4)
-            .unwrap()
-            .trim(),
-        "2",
-        "{row}"
-    );
+    let report = report_json(&out);
+    let trial = &report["trials"][0];
+    assert_eq!(trial["state"], "complete", "{trial}");
+    assert_eq!(trial["epochs_run"], 2, "{trial}");
 }
 
 #[test]
@@ -253,8 +243,14 @@ fn trials_evaluated_every_n_steps_report_by_step() {
     assert_eq!(keys, [5, 7]);
     let steps: Vec<usize> = done.outcome.history.iter().map(|m| m.step).collect();
     assert_eq!(steps, [5, 7]);
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| epoch | step |"), "{report}");
+    let report = report_json(&out);
+    let steps: Vec<u64> = report["final_run"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [5, 7]);
     let chart = std::fs::read_to_string(out.join("learning_curves_f1.svg")).unwrap();
     assert!(chart.contains("Validation F1 per evaluation"), "{chart}");
 }
@@ -310,8 +306,7 @@ fn tied_trials_report_the_one_the_final_stage_used() {
         messages.contains("final training: reusing trial 0"),
         "{messages}"
     );
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("Best parameters (trial 0,"), "{report}");
+    assert_eq!(report_json(&out)["best_trial"], 0);
 }
 
 #[test]

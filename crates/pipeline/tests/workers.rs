@@ -94,8 +94,11 @@ fn dead_workers_trials_are_failed_and_retried_in_their_run_folders() {
     assert_eq!(record.trials[3].user_attrs["run_dir"], "trials/trial_1");
     assert!(out.join("trials/trial_1/metrics.json").exists());
     assert!(record.trials[3].worker().is_some_and(|w| w != here));
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| 3 (retry of 1) | Complete |"), "{report}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let retry = &report["trials"][3];
+    assert_eq!(retry["retried_from"], 1, "{retry}");
+    assert_eq!(retry["state"], "complete", "{retry}");
 }
 
 #[test]
@@ -137,9 +140,14 @@ fn pipelines_on_a_shared_postgres_study_split_it_and_run_the_final_stage_once() 
             .iter()
             .all(|t| t.state == TrialState::Complete && t.worker().is_some())
     );
-    let report = std::fs::read_to_string(done.join("report.md")).unwrap();
-    for trial in &record.trials {
-        assert!(report.contains(trial.worker().unwrap()), "{report}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(done.join("report.json")).unwrap()).unwrap();
+    for (trial, shown) in record
+        .trials
+        .iter()
+        .zip(report["trials"].as_array().unwrap())
+    {
+        assert_eq!(shown["worker"].as_str(), trial.worker(), "{shown}");
     }
 
     // A worker with other settings is refused, saying what differs.

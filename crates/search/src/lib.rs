@@ -23,23 +23,22 @@
 
 mod math;
 mod parzen;
-mod postgres;
-mod rdb;
 mod sampler;
 mod secrets;
 mod space;
-mod sqlite;
+mod storage;
 mod study;
+mod trial;
 
 pub use parzen::{Kernel, ParzenConfig, ParzenEstimator, default_weights};
-pub use postgres::PostgresStorage;
-pub use sampler::{Params, RandomSampler, Sampler, TpeConfig, TpeSampler, default_gamma};
+pub use sampler::{Params, RandomSampler, TpeSampler, default_gamma};
 pub use secrets::{redact_args, redact_url};
 pub use space::{Distribution, Param, SearchSpace, parse_space, snap, space_from_json};
-pub use sqlite::SqliteStorage;
-pub use study::{
-    DEFAULT_STUDY_NAME, Direction, Heartbeats, Outcome, STUDY_VERSION, Study, StudyChange,
-    StudyRecord, StudyStorage, Trial, TrialState, WORKER_ATTRIBUTE, storage,
+pub use storage::{PostgresStorage, SqliteStorage, StudyStorage, storage};
+pub use study::{Heartbeats, Study};
+pub use trial::{
+    DEFAULT_STUDY_NAME, Direction, Outcome, STUDY_VERSION, Sampler, StudyChange, StudyRecord,
+    TpeConfig, Trial, TrialState, WORKER_ATTRIBUTE,
 };
 
 /// Errors of a search.

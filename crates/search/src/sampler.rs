@@ -5,62 +5,17 @@ use std::collections::BTreeMap;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::parzen::{ParzenConfig, ParzenEstimator};
 use crate::space::{Distribution, SearchSpace};
-use crate::study::{Direction, Trial, TrialState};
+use crate::trial::{Direction, TpeConfig, Trial, TrialState};
 
 /// Internal parameter values by name.
 pub type Params = BTreeMap<String, f64>;
 
-/// TPE's settings; every default is Optuna 5's.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TpeConfig {
-    /// Random trials before TPE starts (10). A budget not above it never uses TPE: the
-    /// notebook's 8 trials with the default were all random.
-    pub n_startup_trials: usize,
-    /// Candidates drawn from l(x) per trial (24).
-    pub n_ei_candidates: usize,
-    /// Prior component weight (1.0).
-    pub prior_weight: f64,
-    /// Lower-bound the bandwidths (true).
-    pub consider_magic_clip: bool,
-    /// Bounds as neighbours of extreme observations (false).
-    pub consider_endpoints: bool,
-    /// Sample all parameters jointly (true since Optuna 5; independent TPE when false).
-    pub multivariate: bool,
-    /// Count running trials as bad ones, so parallel workers spread out (true since 5).
-    pub constant_liar: bool,
-}
-
-impl Default for TpeConfig {
-    fn default() -> Self {
-        Self {
-            n_startup_trials: 10,
-            n_ei_candidates: 24,
-            prior_weight: 1.0,
-            consider_magic_clip: true,
-            consider_endpoints: false,
-            multivariate: true,
-            constant_liar: true,
-        }
-    }
-}
-
 /// Optuna's default γ: the `min(ceil(0.1 n), 25)` best trials form l(x).
 pub fn default_gamma(n: usize) -> usize {
     n.div_ceil(10).min(25)
-}
-
-/// Which sampler a study uses.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Sampler {
-    /// Tree-structured Parzen Estimator.
-    Tpe(TpeConfig),
-    /// Uniform in the transformed space.
-    Random,
 }
 
 /// A deterministic generator for trial `number` of a study with `seed`: the same whatever the

@@ -29,6 +29,7 @@ mod predict;
 mod pretrain;
 mod run;
 mod schedule;
+mod step;
 pub mod tensorboard;
 mod trainer;
 
@@ -46,6 +47,7 @@ pub use pretrain::{
 };
 pub use run::{EarlyStopping, RUN_VERSION, StopToken, TrainHooks};
 pub use schedule::LinearSchedule;
+pub use step::{MicroBatch, Stepped, gradients, train_step};
 pub use trainer::{
     BEST_MODEL_DIR, BestMetric, EpochMetrics, Evaluation, Progress, TrainConfig, TrainData,
     TrainOutcome, evaluate, logits, train,

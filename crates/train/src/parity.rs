@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use roberta_burn::{HubSettings, Pretrained, RobertaForMaskedLM, RobertaForSequenceClassification};
 use serde_json::Value;
 
-use crate::{AdamWSettings, FlatAdamW, LinearSchedule, TrainError};
+use crate::{AdamWSettings, FlatAdamW, LinearSchedule, MicroBatch, TrainError, train_step};
 
 /// How a difference is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +97,7 @@ pub fn model_differences(device: &Device, fixtures: &Path) -> Result<Vec<Differe
         Tensor::<2, Int>::from_data(TensorData::new(ints(&r[key]), [batch, seq]), device)
     };
     let hub = HubSettings::from_vars(|_| None);
-    let classifier = RobertaForSequenceClassification::from_pretrained(
+    let classifier = RobertaForSequenceClassification::from_pretrained_with(
         &folder(fixtures, "classifier")?,
         device,
         &hub,
@@ -109,7 +108,8 @@ pub fn model_differences(device: &Device, fixtures: &Path) -> Result<Vec<Differe
     let hidden = values(classifier.roberta().forward(ids.clone(), mask.clone()))?;
     let logits = values(classifier.forward(ids, mask.clone()))?;
     let mlm =
-        RobertaForMaskedLM::from_pretrained(&folder(fixtures, "mlm")?, device, &hub, |_| {})?.model;
+        RobertaForMaskedLM::from_pretrained_with(&folder(fixtures, "mlm")?, device, &hub, |_| {})?
+            .model;
     let at_2 = mlm
         .forward(tensor("mlm_input_ids"), mask)
         .narrow(1, 2, 1)
@@ -207,7 +207,7 @@ fn curve_of(
             ),
         )
     };
-    let mut model = RobertaForSequenceClassification::from_pretrained(
+    let mut model = RobertaForSequenceClassification::from_pretrained_with(
         &folder(fixtures, model_folder)?,
         &autodiff,
         &HubSettings::from_vars(|_| None),
@@ -238,18 +238,23 @@ fn curve_of(
         logits_after: Vec::new(),
     };
     for step in 0..steps {
-        let (x, m, y) = rows(if step % 2 == 0 { &[0, 1] } else { &[2, 3] });
-        let pass = || {
-            let loss = loss_fn.forward(model.forward(x, m), y);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            (loss, grads)
-        };
-        let (loss, grads) = roberta_burn::autocast::bf16(bf16, pass);
-        curve.losses.push(f64::from(loss.into_scalar::<f32>()));
+        let batch = rows(if step % 2 == 0 { &[0, 1] } else { &[2, 3] });
         let rate = schedule.rate(step);
-        let report;
-        (model, report) = optimizer.step(rate, model, grads)?;
-        curve.grad_norms.push(report.grad_norm());
+        // The trainer's step (`train_step`), its forward and backward passes in mixed
+        // precision where asked, as the trainer runs them.
+        let stepped;
+        (model, stepped) = roberta_burn::autocast::bf16(bf16, || {
+            train_step(
+                model,
+                &mut optimizer,
+                rate,
+                vec![MicroBatch { items: 2, batch }],
+                |model, (x, m, y)| loss_fn.forward(model.forward(x, m), y),
+            )
+        })?;
+        let stepped = stepped.expect("a step over one batch");
+        curve.losses.push(stepped.loss());
+        curve.grad_norms.push(stepped.report.grad_norm());
         curve.learning_rates.push(rate);
     }
     let all = |data: &[i64]| {

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -23,7 +22,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AdamWSettings, FlatAdamW, LinearSchedule, Progress, RunOptions, TrainError, write_atomic,
+    AdamWSettings, FlatAdamW, LinearSchedule, MicroBatch, Progress, RunOptions, TrainError,
+    train_step, write_atomic,
 };
 
 /// Version of the files a run folder holds (2: the optimizer state is [`FlatAdamW`]'s flat
@@ -563,25 +563,26 @@ where
             (model, outcome) = roberta_burn::in_thread_pool(device, || {
                 // Batch indices count micro-batches, so masks drawn per batch do not depend on
                 // K.
-                let batches: Vec<T::Batch> = group
+                let batches: Vec<MicroBatch<T::Batch>> = group
                     .iter()
                     .enumerate()
                     .filter_map(|(m, rows)| {
-                        task.batch(rows, epoch, i * accumulation + m, &autodiff)
+                        let batch = task.batch(rows, epoch, i * accumulation + m, &autodiff)?;
+                        Some(MicroBatch {
+                            items: task.items(&batch),
+                            batch,
+                        })
                     })
                     .collect();
-                let Some((grads, losses)) = backward(task, &model, batches, &autodiff) else {
-                    return Ok((model, None));
-                };
-                let (model, stats) = optimizer.step(rate, model, grads)?;
-                // Read once the whole step is queued: on a GPU, a read before the backward
-                // pass would drain the device's queue in the middle of every step.
-                let value: f64 = losses
-                    .into_iter()
-                    .map(|l| f64::from(l.into_scalar::<f32>()))
-                    .sum();
-                let norm = wants_norm.then(|| stats.grad_norm());
-                Ok::<_, TrainError>((model, Some((value, norm))))
+                let (model, stepped) =
+                    train_step(model, &mut optimizer, rate, batches, |model, batch| {
+                        task.loss(model, batch, &autodiff)
+                    })?;
+                let outcome = stepped.map(|stepped| {
+                    let norm = wants_norm.then(|| stepped.report.grad_norm());
+                    (stepped.loss(), norm)
+                });
+                Ok::<_, TrainError>((model, outcome))
             })?;
             let mut step_loss = None;
             let mut grad_norm = None;
@@ -734,40 +735,6 @@ where
         stopped_early,
         early_stopped,
     })
-}
-
-/// The gradients of one optimizer step over `batches` and their losses, not yet read (None
-/// when no batch has anything to learn from). One batch: its mean loss as is, bit for bit what
-/// a run without accumulation computes. Several: transformers' fixed accumulation, each
-/// micro-batch's mean loss weighted by its share of the step's items, so that their sum is the
-/// mean over all of them, as one batch of every row would give (not the mean of the K means).
-fn backward<T: Task>(
-    task: &T,
-    model: &T::Model,
-    batches: Vec<T::Batch>,
-    device: &Device,
-) -> Option<(GradientsParams, Vec<Tensor<1>>)> {
-    match batches.len() {
-        0 => None,
-        1 => {
-            let batch = batches.into_iter().next().expect("one batch");
-            let loss = task.loss(model, batch, device);
-            let grads = GradientsParams::from_grads(loss.backward(), model);
-            Some((grads, vec![loss]))
-        }
-        _ => {
-            let total: usize = batches.iter().map(|b| task.items(b)).sum();
-            let mut accumulated = GradientsAccumulator::new();
-            let mut losses = Vec::with_capacity(batches.len());
-            for batch in batches {
-                let share = task.items(&batch) as f32 / total.max(1) as f32;
-                let loss = task.loss(model, batch, device).mul_scalar(share);
-                accumulated.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
-                losses.push(loss);
-            }
-            Some((accumulated.grads(), losses))
-        }
-    }
 }
 
 /// Appends a line to `run_dir/train.log`, stamped with the local time in ISO 8601.

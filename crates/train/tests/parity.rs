@@ -110,7 +110,7 @@ fn accumulated_micro_batches_match_pytorch() {
         &mask,
     );
     let device = Device::flex();
-    let loaded = RobertaForSequenceClassification::from_pretrained(
+    let loaded = RobertaForSequenceClassification::from_pretrained_with(
         fixtures().join("model/classifier").to_str().unwrap(),
         &device,
         &HubSettings::from_vars(|_| None),

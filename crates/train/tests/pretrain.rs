@@ -160,7 +160,7 @@ fn the_masked_lm_loss_and_one_adamw_step_match_transformers() {
         Tensor::<2, Int>::from_data(TensorData::new(ints(&inputs[key]), [batch, seq]), &device)
     };
     let labels = ints(&expected["labels"]);
-    let model = RobertaForMaskedLM::from_pretrained(
+    let model = RobertaForMaskedLM::from_pretrained_with(
         fixtures().join("model/mlm").to_str().unwrap(),
         &device,
         &HubSettings::from_vars(|_| None),
@@ -283,10 +283,10 @@ fn pretraining_runs_resumes_and_its_output_fine_tunes() {
     // The output is a Hugging Face masked LM, and a classifier starts from it.
     let hub = HubSettings::from_vars(|_| None);
     let folder = outcome.model_dir.to_str().unwrap();
-    let mlm = RobertaForMaskedLM::from_pretrained(folder, &device, &hub, |_| {}).unwrap();
+    let mlm = RobertaForMaskedLM::from_pretrained_with(folder, &device, &hub, |_| {}).unwrap();
     assert!(mlm.report.newly_initialized.is_empty(), "{:?}", mlm.report);
     let classifier =
-        RobertaForSequenceClassification::from_pretrained(folder, &device, &hub, |c| {
+        RobertaForSequenceClassification::from_pretrained_with(folder, &device, &hub, |c| {
             *c = c
                 .clone()
                 .with_labels(&["negative".into(), "positive".into()])

@@ -144,7 +144,7 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
         p.test.len()
     );
     // The exported best model loads as a Hugging Face folder, with its tokenizer.
-    let loaded = RobertaForSequenceClassification::from_pretrained(
+    let loaded = RobertaForSequenceClassification::from_pretrained_with(
         outcome.best_model_dir.to_str().unwrap(),
         &Device::flex(),
         &roberta_burn::HubSettings::from_vars(|_| None),

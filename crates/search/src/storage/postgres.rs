@@ -11,7 +11,7 @@
 //! again after a random pause of up to two seconds, at most [`MAX_RETRIES`] times. Each storage
 //! holds at most one connection.
 //!
-//! What is read and written, and how, is [`crate::rdb`]'s.
+//! What is read and written, and how, is [`super::rdb`]'s.
 
 use std::error::Error;
 use std::str::FromStr;
@@ -24,9 +24,10 @@ use postgres::types::{FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
 use postgres::{Client, Config, NoTls};
 use rand::Rng;
 
+use super::base::StudyStorage;
+use super::rdb::{self, Database, DbError, Value};
 use crate::SearchError;
-use crate::rdb::{self, Database, DbError, Value};
-use crate::study::{StudyChange, StudyRecord, StudyStorage};
+use crate::trial::{StudyChange, StudyRecord};
 
 /// How many times a transaction that lost a race is run again (Optuna's `MAX_RETRIES`).
 pub const MAX_RETRIES: usize = 5;

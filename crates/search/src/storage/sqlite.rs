@@ -1,7 +1,7 @@
 //! Studies in an SQLite file in the schema of Optuna 5's RDB storage, exactly (its twelve
 //! tables, keys and indices, schema version 12, alembic revision `v3.2.0.a`): Python Optuna
 //! opens our studies (`optuna.load_study(storage="sqlite:///…")`, `optuna-dashboard`) and we
-//! open and continue Optuna's. What is read and written, and how, is [`crate::rdb`]'s.
+//! open and continue Optuna's. What is read and written, and how, is [`super::rdb`]'s.
 //!
 //! Every change runs in an `IMMEDIATE` transaction, so worker processes that share the file
 //! take turns and never get the same trial number; the schema is created in one too, so
@@ -13,9 +13,10 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::base::StudyStorage;
+use super::rdb::{self, Database, DbError, Value};
 use crate::SearchError;
-use crate::rdb::{self, Database, DbError, Value};
-use crate::study::{StudyChange, StudyRecord, StudyStorage};
+use crate::trial::{StudyChange, StudyRecord};
 
 /// How long a worker waits for another's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(600);

@@ -1,5 +1,5 @@
 //! Optuna 5's RDB storage, written once for every database that holds it (SQLite in
-//! [`crate::sqlite`], PostgreSQL in [`crate::postgres`]), as Optuna writes it once over
+//! [`super::sqlite`], PostgreSQL in [`super::postgres`]), as Optuna writes it once over
 //! SQLAlchemy. Values are stored as Optuna stores them: a parameter's internal value (a
 //! categorical's choice index) with its `distribution_json`; infinities and NaN as a type
 //! column; start and end times as the local date-time of the worker's clock; heartbeats as the
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use chrono::NaiveDateTime;
 
 use crate::space::Distribution;
-use crate::study::{Direction, StudyRecord, Trial, TrialState};
+use crate::trial::{Direction, StudyRecord, Trial, TrialState};
 
 /// Optuna's schema version and the alembic revision of its head, which Optuna checks.
 pub(crate) const SCHEMA_VERSION: i64 = 12;
