@@ -9,7 +9,7 @@ line: test F1 and accuracy, validation F1 per epoch, training samples/s.
 
 --mode: `dynamic-ungrouped` (the default: padded per batch, no length grouping, as
 finetune.sh compares), `notebook` (every row padded to 64, shuffled) or `dynamic` (the
-Trainer's `group_by_length=True` with padding to a multiple of 8).
+Trainer's `group_by_length=True`, `train_sampling_strategy="group_by_length"` in transformers 5, with padding to a multiple of 8).
 """
 
 import argparse
@@ -74,7 +74,8 @@ def main():
         per_device_train_batch_size=32,
         per_device_eval_batch_size=64,
         num_train_epochs=a.epochs,
-        group_by_length=a.mode == "dynamic",
+        # transformers 5 names `group_by_length=True` this way.
+        train_sampling_strategy="group_by_length" if a.mode == "dynamic" else "random",
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",

@@ -117,8 +117,9 @@ pub struct BenchTrainArgs {
     /// Epochs of each run.
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
-    /// Learning rate of each run (the Trainer's default).
-    #[arg(long, default_value_t = 5e-5)]
+    /// Learning rate of each run (a randomly initialised tiny model learns nothing in three
+    /// epochs at the Trainer's 5e-5; pass that with `--pretrained`).
+    #[arg(long, default_value_t = 5e-4)]
     pub learning_rate: f64,
     /// Threads of each side.
     #[arg(long, default_value_t = 2)]
