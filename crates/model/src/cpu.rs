@@ -67,6 +67,8 @@ pub(crate) fn avx512_bf16() -> bool {
 /// AMX-TILE, bit 22 AMX-BF16; Intel Xeon from Sapphire Rapids on). Read from CPUID because
 /// `is_x86_feature_detected!("amx-bf16")` is not stable Rust; read once, as every product asks
 /// and under a hypervisor CPUID leaves the guest.
+// Asked only by the x86-64 kernels (and the A/B switch of the benchmarks).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn amx_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -85,6 +87,7 @@ pub(crate) fn amx_bf16() -> bool {
 /// registers per thread only for processes that ask, and kills with SIGILL a thread that
 /// touches them without; Linux 5.16 on). The permission covers every thread of the process, those started
 /// later included. `Err` says why not, for [`Bf16Support::AmxUnusable`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn amx_permission() -> Result<(), &'static str> {
     static GRANTED: std::sync::OnceLock<Result<(), &'static str>> = std::sync::OnceLock::new();
     *GRANTED.get_or_init(request_tile_state)
@@ -120,18 +123,18 @@ fn request_tile_state() -> Result<(), &'static str> {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn request_tile_state() -> Result<(), &'static str> {
     Err("AMX's tile state is requested on Linux only")
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
 mod tests {
     use super::*;
 
     /// The AMX bits read from CPUID are the kernel's own `amx_bf16` and `amx_tile` flags,
     /// where Linux lists the flags of the CPU this test runs on (under qemu-user's emulation
     /// it lists the host's), and Linux grants the tile state where they are set.
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     #[test]
     fn amx_is_what_the_kernel_reports() {
         let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {

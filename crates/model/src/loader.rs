@@ -348,9 +348,10 @@ fn check_config_fits_weights(
     })
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it (`tempfile`), flushed to
-/// disk, then renamed over `path`. (The pipeline's crates share `sentiment_data`'s; this crate
-/// stands alone.)
+/// Writes `bytes` to `path` atomically and durably: a temporary file beside it (`tempfile`),
+/// flushed to disk, renamed over `path`, then the folder flushed so that the rename survives a
+/// crash, as `sentiment_data::write_file_atomic` does. (The pipeline's crates share that one;
+/// this crate is a library used alone and depends on none of them.)
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     use std::io::Write;
     let dir = match path.parent() {
@@ -366,7 +367,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
         .and_then(|()| file.as_file().sync_all())
         .map_err(io)?;
     file.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    // On Windows a folder cannot be opened to flush it, and a rename is durable once done.
+    if cfg!(windows) {
+        return Ok(());
+    }
+    std::fs::File::open(dir)
+        .and_then(|folder| folder.sync_all())
+        .map_err(|source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Names of the tensors in a safetensors file, from its header (burn-store reads the tensors'

@@ -440,6 +440,7 @@ enum Order {
     /// × 16 words, contiguous in the order the micro kernel loads them (one stream that the
     /// hardware prefetches, where [`Order::Lanes`]' tile rows are 16 strided streams; roberta-base
     /// bf16 inference: docs/perf-notes/journal.md, "AMX tiles"). Panels of whole tile rows only.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Tiles,
 }
 
@@ -761,12 +762,14 @@ const _: () = assert!((KC / 2).is_multiple_of(amx::PAIRS) && MC.is_multiple_of(a
 /// operands: `k` · 2⁻²³ of the sum of their magnitudes (and of the start), the bound of f32
 /// sums in any order, with a margin for AMX's unspecified order and rounding of its partial
 /// sums. [`amx_self_check`] and the tests hold every kernel to it.
+#[cfg(any(test, target_arch = "x86_64"))]
 fn within_tolerance(got: f32, want: f64, magnitude: f64, k: usize) -> bool {
     (got as f64 - want).abs() <= k.max(1) as f64 * 1.2e-7 * magnitude
 }
 
 /// `start + lhs·rhs` in f64 from the bf16-rounded operands (row-major `[m, k]` and `[k, n]`,
 /// `start` row-major `[m, n]`), and per element the sum of the magnitudes of its terms.
+#[cfg(any(test, target_arch = "x86_64"))]
 fn exact_product(
     lhs: &[f32],
     rhs: &[f32],
@@ -1405,6 +1408,8 @@ mod tests {
     /// The kernels this CPU can run (AMX's where the CPU has it and Linux grants its tile
     /// state, whether or not it passed the self-check: these tests check it).
     fn kernels() -> Vec<Kernel> {
+        // x86-64 adds its native kernels.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut kernels = vec![Kernel::Portable, Kernel::RoundedF32];
         #[cfg(target_arch = "x86_64")]
         if cpu::avx512_bf16() {
@@ -1526,6 +1531,20 @@ mod tests {
         assert_eq!(Kernel::detect(), (Kernel::Amx, Bf16Support::Amx));
     }
 
+    /// An operand of `lanes` × `inner` in `values` (which holds twice that) contiguous along
+    /// the inner dimension, along the lanes (a transposed operand), and neither.
+    // The packing tests are x86-64's (the native packing).
+    #[cfg(target_arch = "x86_64")]
+    fn layouts(values: &[f32], lanes: usize, inner: usize) -> [Source; 3] {
+        [(inner, 1), (1, lanes), (2 * inner, 2)].map(|(lane_stride, inner_stride)| Source {
+            start: values.as_ptr(),
+            lane_stride: lane_stride as isize,
+            inner_stride: inner_stride as isize,
+            lanes,
+            inner,
+        })
+    }
+
     /// AMX's packing: the left operand in tile order in panels of 32 rows, the right one in
     /// pair order in panels of [`NR`] columns, each block's pairs padded with zeros to whole
     /// tile rows, every word where an element-by-element packing puts it, for operands
@@ -1540,14 +1559,7 @@ mod tests {
         }
         let (lanes, inner) = (45, 2 * KC + 77);
         let values = wave(lanes * inner * 2, 0.9);
-        for (lane_stride, inner_stride) in [(inner, 1), (1, lanes), (2 * inner, 2)] {
-            let source = Source {
-                start: values.as_ptr(),
-                lane_stride: lane_stride as isize,
-                inner_stride: inner_stride as isize,
-                lanes,
-                inner,
-            };
+        for source in layouts(&values, lanes, inner) {
             fn check<const W: usize>(source: Source, order: Order) {
                 let pairs = Kernel::Amx.packed_pairs(source.inner);
                 assert_eq!(pairs, KC + 48, "two blocks and 39 pairs padded to 48");
@@ -1592,14 +1604,8 @@ mod tests {
         }
         let (lanes, inner) = (45, 777);
         let values = wave(lanes * inner * 2, 0.9);
-        for (lane_stride, inner_stride) in [(inner, 1), (1, lanes), (2 * inner, 2)] {
-            let source = Source {
-                start: values.as_ptr(),
-                lane_stride: lane_stride as isize,
-                inner_stride: inner_stride as isize,
-                lanes,
-                inner,
-            };
+        for source in layouts(&values, lanes, inner) {
+            let (lane_stride, inner_stride) = (source.lane_stride, source.inner_stride);
             fn both<const W: usize>(source: Source, order: Order) -> [Vec<u32>; 2] {
                 let length = source.lanes.div_ceil(W) * W * source.inner.div_ceil(2);
                 [Kernel::Avx512Bf16, Kernel::Portable].map(|kernel| {
