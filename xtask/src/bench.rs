@@ -934,6 +934,21 @@ pub fn search(args: &crate::flags::BenchSearchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The flags of a quiet `prepare` into `out` of `input` (the bundled sample without one),
+/// sampled to `sample` rows if given.
+fn prepare_flags(out: &str, input: Option<&Path>, sample: Option<usize>) -> Vec<String> {
+    let mut flags: Vec<String> = ["prepare", "--quiet", "--out", out]
+        .map(String::from)
+        .to_vec();
+    if let Some(input) = input {
+        flags.extend(["--input".into(), input.to_string_lossy().into_owned()]);
+    }
+    if let Some(rows) = sample {
+        flags.extend(["--sample".into(), rows.to_string()]);
+    }
+    flags
+}
+
 /// `cargo xtask bench pretrain`: validation F1 after fine-tuning a tiny model from scratch,
 /// against pre-training it on the train split's texts first and fine-tuning for fewer epochs,
 /// at about the same CPU time.
@@ -953,14 +968,7 @@ pub fn pretrain(args: &crate::flags::BenchPretrainArgs) -> Result<()> {
                 .stdout(std::process::Stdio::null()),
         )
     };
-    let mut prepare: Vec<String> = ["prepare", "--quiet", "--out"].map(String::from).to_vec();
-    prepare.push(path("data"));
-    if let Some(data) = &args.input {
-        prepare.extend(["--input".into(), data.to_string_lossy().into_owned()]);
-    }
-    if let Some(rows) = args.sample {
-        prepare.extend(["--sample".into(), rows.to_string()]);
-    }
+    let prepare = prepare_flags(&path("data"), args.input.as_deref(), args.sample);
     run(
         "prepare",
         &prepare.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -1172,19 +1180,11 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
                 .stdout(std::process::Stdio::null()),
         )
     };
-    let mut prepare = vec![
-        "prepare".to_string(),
-        "--quiet".into(),
-        "--out".into(),
-        path("data"),
-    ];
-    if let Some(input) = &args.input {
-        prepare.extend(["--input".into(), input.to_string_lossy().into_owned()]);
-    }
-    if let Some(rows) = args.sample {
-        prepare.extend(["--sample".into(), rows.to_string()]);
-    }
-    ours(&prepare)?;
+    ours(&prepare_flags(
+        &path("data"),
+        args.input.as_deref(),
+        args.sample,
+    ))?;
     let seed = args.seed.to_string();
     let train_flags = |out: &str| -> Vec<String> {
         [
@@ -1207,7 +1207,10 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
     let initial = match &args.pretrained {
         Some(folder) => folder.to_string_lossy().into_owned(),
         None => {
-            println!("initial model: {} preset, random weights", args.config);
+            println!(
+                "initial model: {} preset, random weights after one step",
+                args.config
+            );
             let mut flags = train_flags(&path("init"));
             flags.extend([
                 "--config".into(),

@@ -18,6 +18,8 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 
+pub use crate::cpu::Bf16Support;
+
 thread_local! {
     /// Whether this thread is inside an enabled [`bf16`].
     static BF16: Cell<bool> = const { Cell::new(false) };
@@ -113,5 +115,3 @@ pub(crate) fn kept_in_region<T: Any + Default, R>(f: impl FnOnce(&mut T) -> R) -
         kept.downcast_mut::<T>().map(f)
     })
 }
-
-pub use crate::cpu::Bf16Support;

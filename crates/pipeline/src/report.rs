@@ -272,6 +272,21 @@ pub struct ReportInput<'a> {
     pub seconds: f64,
 }
 
+impl ReportInput<'_> {
+    /// The evaluations of trial `number` (none if it recorded none).
+    fn curve(&self, number: usize) -> &[EpochMetrics] {
+        self.curves
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map_or(&[], |(_, curve)| curve.as_slice())
+    }
+}
+
+/// The epochs a trial ran, by its evaluations (0 for none).
+fn epochs_run(curve: &[EpochMetrics]) -> usize {
+    curve.last().map_or(0, |m| m.epoch)
+}
+
 /// `(file name, contents)` of the charts.
 pub fn charts(input: &ReportInput<'_>) -> Vec<(String, String)> {
     let finished: Vec<&Trial> = input
@@ -449,12 +464,7 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
     );
     for t in input.trials {
         // Where each trial stopped: pruned, stopped early, or all epochs.
-        let epochs = input
-            .curves
-            .iter()
-            .find(|(number, _)| *number == t.number)
-            .and_then(|(_, curve)| curve.last())
-            .map_or(0, |m| m.epoch);
+        let epochs = epochs_run(input.curve(t.number));
         let params: Vec<String> = names
             .iter()
             .map(|n| t.params.get(*n).map(show_value).unwrap_or_default())
@@ -598,17 +608,13 @@ pub fn json(input: &ReportInput<'_>) -> serde_json::Value {
         .trials
         .iter()
         .map(|t| {
-            let curve = input
-                .curves
-                .iter()
-                .find(|(number, _)| *number == t.number)
-                .map_or(&[][..], |(_, curve)| curve.as_slice());
+            let curve = input.curve(t.number);
             serde_json::json!({
                 "number": t.number,
                 "state": t.state,
                 "value": t.value,
                 "params": t.params,
-                "epochs_run": curve.last().map_or(0, |m| m.epoch),
+                "epochs_run": epochs_run(curve),
                 "seconds": t.duration(),
                 "worker": t.worker(),
                 "retried_from": t.retried_from(),

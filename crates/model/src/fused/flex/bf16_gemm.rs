@@ -792,6 +792,15 @@ fn exact_product(
     out
 }
 
+/// Deterministic values of varied magnitude and sign: the operands of [`amx_self_check`] and
+/// the tests.
+#[cfg(any(test, target_arch = "x86_64"))]
+fn wave(n: usize, phase: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as f32 * 0.37 + phase).sin() * 3.0) * (1.0 + (i % 7) as f32))
+        .collect()
+}
+
 /// Checks the AMX kernel in this process before any product uses it: products whose shapes
 /// cross its edges (a single element, partial tiles and tile rows, an inner dimension of more
 /// than one block, a transposed left operand), from each start, against the exact products of
@@ -799,11 +808,6 @@ fn exact_product(
 /// [`Bf16Support::AmxUnusable`]; the products then run as [`Kernel::RoundedF32`].
 #[cfg(target_arch = "x86_64")]
 fn amx_self_check() -> Result<(), &'static str> {
-    let wave = |n: usize, phase: f32| -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as f32 * 0.37 + phase).sin() * 3.0) * (1.0 + (i % 7) as f32))
-            .collect()
-    };
     for (m, n, k) in [(1, 1, 1), (33, 40, 37), (64, 64, 800)] {
         let (lhs, rhs, initial, bias) = (
             wave(m * k, 0.1),
@@ -1364,13 +1368,6 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values of varied magnitude and sign.
-    fn wave(n: usize, phase: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as f32 * 0.37 + phase).sin() * 3.0) * (1.0 + (i % 7) as f32))
-            .collect()
-    }
 
     #[test]
     fn rounds_to_nearest_even() {

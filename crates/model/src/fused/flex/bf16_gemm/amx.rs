@@ -117,39 +117,40 @@ pub(super) unsafe fn micro<'a>(
     // The four tiles of sums: rows 0-15 and 16-31, columns 0-15 and 16-31.
     let quarter =
         |row: usize, column: usize| sums.wrapping_byte_add(row * 16 * sums_stride + column * 64);
+    let quarters = [quarter(0, 0), quarter(0, 1), quarter(1, 0), quarter(1, 1)];
+    // Where the four tiles start from, and the bytes between their rows: nowhere (zero), the
+    // bias (every row from the same 64 bytes: a stride of 0), or the sums' place.
+    let from: Option<([*const f32; 4], usize)> = match (whole, start) {
+        (true, Start::Zero) => None,
+        (true, Start::Bias(bias)) => {
+            let (low, high) = (bias.as_ptr(), bias.as_ptr().wrapping_add(16));
+            Some(([low, high, low, high], 0))
+        }
+        _ => Some((quarters.map(|q| q.cast_const()), sums_stride)),
+    };
     // SAFETY (all the `asm!` below): the tiles are configured, the caller's promise; each
     // load and store touches 16 rows of 64 bytes at the addresses and strides given, which
     // lie inside `out` (a whole tile), the buffer, the bias (its first `NR` = `width`
     // values, read by every row) or the panels (the caller's promise on their lengths).
     unsafe {
-        match (whole, start) {
-            (true, Start::Zero) => asm!(
+        match from {
+            None => asm!(
                 "tilezero tmm0",
                 "tilezero tmm1",
                 "tilezero tmm2",
                 "tilezero tmm3",
                 options(nostack, nomem)
             ),
-            (true, Start::Bias(bias)) => asm!(
-                "tileloadd tmm0, [{low} + {zero}*1]",
-                "tileloadd tmm1, [{high} + {zero}*1]",
-                "tileloadd tmm2, [{low} + {zero}*1]",
-                "tileloadd tmm3, [{high} + {zero}*1]",
-                low = in(reg) bias.as_ptr(),
-                high = in(reg) bias.as_ptr().add(16),
-                zero = in(reg) 0usize,
-                options(nostack, readonly)
-            ),
-            _ => asm!(
+            Some(([c00, c01, c10, c11], stride)) => asm!(
                 "tileloadd tmm0, [{c00} + {stride}*1]",
                 "tileloadd tmm1, [{c01} + {stride}*1]",
                 "tileloadd tmm2, [{c10} + {stride}*1]",
                 "tileloadd tmm3, [{c11} + {stride}*1]",
-                c00 = in(reg) quarter(0, 0),
-                c01 = in(reg) quarter(0, 1),
-                c10 = in(reg) quarter(1, 0),
-                c11 = in(reg) quarter(1, 1),
-                stride = in(reg) sums_stride,
+                c00 = in(reg) c00,
+                c01 = in(reg) c01,
+                c10 = in(reg) c10,
+                c11 = in(reg) c11,
+                stride = in(reg) stride,
                 options(nostack, readonly)
             ),
         }
@@ -185,10 +186,10 @@ pub(super) unsafe fn micro<'a>(
             "tilestored [{c01} + {stride}*1], tmm1",
             "tilestored [{c10} + {stride}*1], tmm2",
             "tilestored [{c11} + {stride}*1], tmm3",
-            c00 = in(reg) quarter(0, 0),
-            c01 = in(reg) quarter(0, 1),
-            c10 = in(reg) quarter(1, 0),
-            c11 = in(reg) quarter(1, 1),
+            c00 = in(reg) quarters[0],
+            c01 = in(reg) quarters[1],
+            c10 = in(reg) quarters[2],
+            c11 = in(reg) quarters[3],
             stride = in(reg) sums_stride,
             options(nostack)
         );
