@@ -106,6 +106,7 @@ def main():
         "validation_f1": validation_f1,
         "train_samples_per_second": result.metrics["train_samples_per_second"],
         "train_seconds": result.metrics["train_runtime"],
+        "eval_seconds": sum(e["eval_runtime"] for e in trainer.state.log_history if "eval_runtime" in e),
     }))
 
 

@@ -307,16 +307,24 @@ fn iterations(shape: crate::flags::ShapeFlag) -> usize {
 
 /// `bench model-worker`: times our inference in this process and prints one JSON line.
 pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
-    let config = shape_config(args.shape);
-    roberta_burn::set_fused_ops(!args.composed_ops);
-    roberta_burn::set_fused_attention(!args.composed_attention);
-    if !roberta_burn::set_bf16_products(args.bf16_products.map(Into::into)) {
-        bail!(
-            "--bf16-products {:?}: this CPU cannot run it ({})",
-            args.bf16_products,
+    // The A/B switches: which of the model's kernels this worker's model runs.
+    let kernels = roberta_burn::kernels::Kernels {
+        fused_ops: !args.composed_ops,
+        fused_attention: !args.composed_attention,
+        bf16_products: args.bf16_products.map(Into::into),
+    };
+    roberta_burn::kernels::with(kernels, || model_worker_with(args)).map_err(|reason| {
+        anyhow::anyhow!(
+            "--bf16-products {}: this CPU cannot run it: {reason} ({})",
+            args.bf16_products.map(flag_name).unwrap_or_default(),
             roberta_burn::autocast::Bf16Support::detect().describe()
-        );
-    }
+        )
+    })?
+}
+
+/// [`model_worker`] inside its choice of kernels.
+fn model_worker_with(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
+    let config = shape_config(args.shape);
     // bf16 on the CPU backend is mixed precision, as PyTorch's autocast on the other side: f32
     // parameters, the linear layers' products from bf16 operands.
     let autocast = args.device.backend == crate::flags::BackendFlag::Flex
@@ -1233,6 +1241,8 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
         "| batching | ours samples/s | Trainer samples/s | ratio | ours wall s | Trainer wall s | ratio | test F1 ours / Trainer |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    // Per batching: where each side's training time went, printed after the table.
+    let mut split = Vec::new();
     for (name, our_flags, mode) in [
         (
             "notebook (padded to 64, shuffled)",
@@ -1252,7 +1262,7 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
         flags.extend(["--learning-rate".into(), rate.clone()]);
         flags.extend(our_flags.iter().map(|f| f.to_string()));
         let our_run = ours(&flags)?;
-        let (our_speed, our_f1) = our_train_figures(Path::new(&out), &path("data"))?;
+        let our = our_train_figures(Path::new(&out), &path("data"))?;
         let (trainer_run, trainer) = measure_json(
             Command::new(&args.python)
                 .arg(crate::project_root().join("xtask/bench/finetune_trainer.py"))
@@ -1282,20 +1292,70 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
         };
         let trainer_speed = number("train_samples_per_second")?;
         println!(
-            "| {name} | {our_speed:.1} | {trainer_speed:.1} | {:.2}x | {:.1} | {:.1} | {:.2}x | {our_f1:.4} / {:.4} |",
-            our_speed / trainer_speed,
+            "| {name} | {:.1} | {trainer_speed:.1} | {:.2}x | {:.1} | {:.1} | {:.2}x | {:.4} / {:.4} |",
+            our.samples_per_second,
+            our.samples_per_second / trainer_speed,
             our_run.wall.as_secs_f64(),
             trainer_run.wall.as_secs_f64(),
             trainer_run.wall.as_secs_f64() / our_run.wall.as_secs_f64(),
+            our.test_f1,
             number("test_f1")?
+        );
+        split.push((name, our, number("train_seconds")?, number("eval_seconds")?));
+    }
+    println!(
+        "\nwhere the training time went (seconds over {} epochs; ours: the steps with their \
+         batches, the evaluations, and what runs between them)",
+        args.epochs
+    );
+    println!(
+        "| batching | ours steps | ours evaluations | ours between | ours steps-only samples/s | Trainer train_runtime | Trainer evaluations |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, our, trainer_total, trainer_eval) in &split {
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {trainer_total:.1} | {trainer_eval:.1} |",
+            our.step_seconds,
+            our.eval_seconds,
+            our.seconds - our.step_seconds - our.eval_seconds,
+            our.rows / our.step_seconds.max(1e-9),
+        );
+    }
+    if let [
+        (_, notebook, notebook_total, _),
+        (_, grouped, grouped_total, _),
+    ] = &split[..]
+    {
+        println!(
+            "length-aware over notebook batching: ours {:.2}x (the steps alone {:.2}x), the \
+             Trainer's {:.2}x",
+            notebook.seconds / grouped.seconds,
+            notebook.step_seconds / grouped.step_seconds,
+            notebook_total / grouped_total
         );
     }
     Ok(())
 }
 
-/// A `train` run's training samples/s (every epoch's rows over the training time, the
-/// evaluations included, as the Trainer's `train_samples_per_second`) and its test F1.
-fn our_train_figures(run: &Path, data: &str) -> Result<(f64, f64)> {
+/// What a `train` run's records say of its speed (metrics.json) and its test F1.
+#[derive(Clone, Copy, Debug)]
+struct TrainFigures {
+    /// Every epoch's training rows over the training time, the evaluations included, as the
+    /// Trainer's `train_samples_per_second`.
+    samples_per_second: f64,
+    /// Training rows over all epochs.
+    rows: f64,
+    /// The training time: the steps, the evaluations and what runs between them.
+    seconds: f64,
+    /// The time in the steps (each one's batches built, forward, backward, optimizer).
+    step_seconds: f64,
+    /// The evaluations' time.
+    eval_seconds: f64,
+    test_f1: f64,
+}
+
+/// The figures of the `train` run in `run`, on the prepared data in `data`.
+fn our_train_figures(run: &Path, data: &str) -> Result<TrainFigures> {
     let read = |path: PathBuf| -> Result<serde_json::Value> {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -1309,17 +1369,29 @@ fn our_train_figures(run: &Path, data: &str) -> Result<(f64, f64)> {
         .and_then(|splits| splits.iter().find(|s| s["split"] == "train"))
         .and_then(|s| s["rows"].as_f64())
         .context("the manifest's train rows")?;
-    let epochs = history.as_array().map_or(0, Vec::len) as f64;
-    let seconds: f64 = history
+    let records = history
         .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["seconds"].as_f64())
-        .sum();
-    let f1 = outcome["test"]["report"]["binary"]["f1"]
+        .context("metrics.json: a list of records")?;
+    let sum = |f: &dyn Fn(&serde_json::Value) -> Option<f64>| -> Result<f64> {
+        records
+            .iter()
+            .map(|m| f(m).with_context(|| format!("metrics.json: {m}")))
+            .sum()
+    };
+    // Every record is one epoch's (the benchmark evaluates after each).
+    let rows = train_rows * records.len() as f64;
+    let seconds = sum(&|m| m["seconds"].as_f64())?;
+    let test_f1 = outcome["test"]["report"]["binary"]["f1"]
         .as_f64()
         .context("the test F1 in outcome.json")?;
-    Ok((train_rows * epochs / seconds.max(1e-9), f1))
+    Ok(TrainFigures {
+        samples_per_second: rows / seconds.max(1e-9),
+        rows,
+        seconds,
+        step_seconds: sum(&|m| Some(train_rows / m["train_samples_per_second"].as_f64()?))?,
+        eval_seconds: sum(&|m| m["eval_runtime"].as_f64())?,
+        test_f1,
+    })
 }
 
 #[cfg(test)]
@@ -1345,5 +1417,46 @@ mod tests {
         ];
         assert_eq!(medians(&runs), [(20.0, 300.0), (6.0, 900.0)]);
         assert_eq!(medians(&runs[..1]), [(30.0, 100.0), (5.0, 700.0)]);
+    }
+
+    /// A run's figures split its time from its records: 100 rows per epoch, steps at 50 and
+    /// 25 rows/s (2 s and 4 s), evaluations of 0.5 s, 7 s and 5 s in all.
+    #[test]
+    fn train_figures_split_the_time_by_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, value: serde_json::Value| {
+            std::fs::write(dir.path().join(name), value.to_string()).expect("written");
+        };
+        write(
+            "manifest.json",
+            serde_json::json!({ "splits": [{ "split": "test", "rows": 9 }, { "split": "train", "rows": 100 }] }),
+        );
+        write(
+            "metrics.json",
+            serde_json::json!([
+                { "train_samples_per_second": 50.0, "eval_runtime": 0.5, "seconds": 3.0 },
+                { "train_samples_per_second": 25.0, "eval_runtime": 0.5, "seconds": 4.0 },
+            ]),
+        );
+        write(
+            "outcome.json",
+            serde_json::json!({ "test": { "report": { "binary": { "f1": 0.75 } } } }),
+        );
+        let data = dir.path().to_string_lossy().into_owned();
+        let figures = our_train_figures(dir.path(), &data).expect("figures");
+        assert_eq!(figures.rows, 200.0);
+        assert_eq!(figures.seconds, 7.0);
+        assert_eq!(figures.step_seconds, 6.0);
+        assert_eq!(figures.eval_seconds, 1.0);
+        assert!((figures.samples_per_second - 200.0 / 7.0).abs() < 1e-12);
+        assert_eq!(figures.test_f1, 0.75);
+        // A record without the evaluation's time (one written before it was kept) is an error,
+        // not a zero.
+        write(
+            "metrics.json",
+            serde_json::json!([{ "train_samples_per_second": 50.0, "seconds": 3.0 }]),
+        );
+        let error = our_train_figures(dir.path(), &data).expect_err("no eval_runtime");
+        assert!(format!("{error:#}").contains("metrics.json"), "{error:#}");
     }
 }

@@ -221,7 +221,7 @@ pub enum Bf16ProductsFlag {
     Amx,
 }
 
-impl From<Bf16ProductsFlag> for roberta_burn::Bf16Products {
+impl From<Bf16ProductsFlag> for roberta_burn::kernels::Bf16Products {
     fn from(flag: Bf16ProductsFlag) -> Self {
         match flag {
             Bf16ProductsFlag::Native => Self::Native,

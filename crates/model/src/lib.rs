@@ -37,33 +37,24 @@ mod config;
 mod cpu;
 mod error;
 mod fused;
+#[cfg(feature = "bench")]
+pub mod kernels;
+#[cfg(not(feature = "bench"))]
+mod kernels;
 mod loader;
 mod model;
+mod seed;
 
 pub use config::RobertaConfig;
 pub use error::ModelError;
 pub use fused::in_thread_pool;
-#[cfg(all(feature = "bench", feature = "flex"))]
-pub use fused::set_bf16_products;
-#[cfg(feature = "bench")]
-pub use fused::{Bf16Products, set_fused_attention, set_fused_ops};
 
 /// What a training loop built on these models needs from the backend beside the models
 /// (`sentiment-train` uses it): which backend a device is, and the counter-based seeds that
 /// dropout masks and training steps share.
 pub mod backend {
     pub use crate::fused::{is_flex, is_libtorch};
-
-    /// A well-mixed 64-bit hash of `(seed, index)`: SplitMix64's finaliser of
-    /// `seed ^ index · 0x9E3779B97F4A7C15`. Counter-based, so the random stream of element or step
-    /// `index` is drawn without the ones before it: dropout masks in parallel, and the seed of
-    /// training step `index` in a resumed run equal to an uninterrupted one's.
-    pub fn mix_seed(seed: u64, index: u64) -> u64 {
-        let z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+    pub use crate::seed::mix_seed;
 }
 
 /// Held by the unit tests that draw from Burn's generator: it is one per process and tests run

@@ -216,9 +216,12 @@ pub struct PretrainEpoch {
     pub eval_accuracy: f64,
     /// Learning rate of the last step.
     pub learning_rate: f64,
-    /// Training sequences per second.
+    /// Training sequences per second in the steps.
     pub train_samples_per_second: f64,
-    /// Seconds the epoch took, evaluation included.
+    /// Seconds the evaluation took (transformers' name).
+    #[serde(default)]
+    pub eval_runtime: f64,
+    /// Wall time since the previous evaluation, this evaluation included.
     pub seconds: f64,
 }
 
@@ -467,6 +470,7 @@ impl Task for Pretraining<'_> {
             eval_accuracy: eval.accuracy,
             learning_rate: summary.learning_rate,
             train_samples_per_second: summary.train_samples_per_second,
+            eval_runtime: summary.eval_runtime,
             seconds: summary.seconds,
         }
     }

@@ -168,9 +168,11 @@ pub(crate) struct EpochSummary {
     pub train_loss: f64,
     /// Learning rate of the last step before the evaluation.
     pub learning_rate: f64,
-    /// Training samples per second since the previous evaluation.
+    /// Training samples per second in the steps since the previous evaluation.
     pub train_samples_per_second: f64,
-    /// Wall time since the previous evaluation, this evaluation included.
+    /// Seconds this evaluation took.
+    pub eval_runtime: f64,
+    /// Wall time since the previous evaluation's record, this evaluation included.
     pub seconds: f64,
 }
 
@@ -326,8 +328,13 @@ struct Interval {
     steps: usize,
     /// Training rows.
     rows: usize,
-    /// Wall time of the steps (the record adds its evaluation's).
+    /// Time in the steps (each one's batches built, forward, backward, optimizer).
     seconds: f64,
+    /// Wall time since the previous evaluation's record, up to the end of the last step: the
+    /// steps and what runs between them (shuffling, logging, checkpoints). (Absent from a
+    /// checkpoint written before it was kept: counted from the resumption.)
+    #[serde(default)]
+    wall_seconds: f64,
 }
 
 /// The folder of the checkpoint taken after optimizer step `step` (the Trainer's
@@ -501,6 +508,9 @@ where
     }
 
     let (mut stopped_early, mut early_stopped) = (None, None);
+    // Where the wall time not yet added to `interval` starts: everything between two records
+    // (steps, shuffling, logging, checkpoints, the evaluation) is counted once.
+    let mut mark = Instant::now();
     let mut tensorboard = if settings.run.tensorboard() {
         Some(crate::tensorboard::EventWriter::create(
             &run_dir.join("tb"),
@@ -600,6 +610,8 @@ where
             interval.rows += rows;
             interval.steps += 1;
             interval.seconds += step_started.elapsed().as_secs_f64();
+            interval.wall_seconds += mark.elapsed().as_secs_f64();
+            mark = Instant::now();
             if let (Some(tb), Some(loss), Some(norm)) = (&mut tensorboard, step_loss, grad_norm) {
                 tb.scalar("train/loss", loss, step)?;
                 tb.scalar("train/learning_rate", rate, step)?;
@@ -663,6 +675,9 @@ where
             let evaluation_started = Instant::now();
             let valid = model.valid();
             let evaluation = roberta_burn::in_thread_pool(device, move || task.evaluate(&valid))?;
+            let eval_runtime = evaluation_started.elapsed().as_secs_f64();
+            let wall_seconds = interval.wall_seconds + mark.elapsed().as_secs_f64();
+            mark = Instant::now();
             let record = task.record(
                 EpochSummary {
                     epoch,
@@ -670,7 +685,8 @@ where
                     train_loss: interval.loss_sum / interval.steps.max(1) as f64,
                     learning_rate: rate,
                     train_samples_per_second: interval.rows as f64 / interval.seconds.max(1e-9),
-                    seconds: interval.seconds + evaluation_started.elapsed().as_secs_f64(),
+                    eval_runtime,
+                    seconds: wall_seconds,
                 },
                 evaluation,
             );

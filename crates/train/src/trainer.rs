@@ -160,9 +160,14 @@ pub struct EpochMetrics {
     pub f1: f64,
     /// Learning rate of the last step before the evaluation.
     pub learning_rate: f64,
-    /// Training samples per second since the previous evaluation.
+    /// Training samples per second in the steps since the previous evaluation (each step's
+    /// batches built, forward, backward, optimizer).
     pub train_samples_per_second: f64,
-    /// Wall time since the previous evaluation, this evaluation included.
+    /// Seconds the evaluation took (transformers' name).
+    #[serde(default)]
+    pub eval_runtime: f64,
+    /// Wall time since the previous evaluation, this evaluation included: the steps, the
+    /// evaluation and what runs between them (shuffling, logging, checkpoints).
     pub seconds: f64,
 }
 
@@ -405,6 +410,7 @@ impl Task for FineTune<'_> {
             f1: eval.report.binary.f1,
             learning_rate: summary.learning_rate,
             train_samples_per_second: summary.train_samples_per_second,
+            eval_runtime: summary.eval_runtime,
             seconds: summary.seconds,
         }
     }

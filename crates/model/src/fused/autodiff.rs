@@ -1,7 +1,16 @@
 //! The fused operations under autodiff, for every backend: each forward is one node of the
 //! graph whose backward step is the closed form of the module documentation.
 
-use super::*;
+use burn::backend::Backend;
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind, unary},
+};
+use burn::backend::tensor::FloatTensor;
+
+use super::ops::{AttentionSaved, FusedKernels, FusedOps};
 
 /// The layer-norm backward step: the three parents are `x`, `γ` and `β`.
 #[derive(Debug)]

@@ -1,6 +1,8 @@
 //! libtorch (CPU and CUDA): PyTorch's own kernels for the fused operations.
 
-use super::*;
+use burn::backend::tensor::FloatTensor;
+
+use super::ops::{AttentionSaved, FusedKernels, FusedOps, layer_norm_backward_composed};
 
 /// Off the autodiff graph, PyTorch's `scaled_dot_product_attention`, which takes an additive
 /// bias as it is (burn-tch's `attention` composes the attention from its parts when given one).

@@ -16,7 +16,7 @@
 //! softmax:     ∂x = y·(g − Σ g·y)
 //! dropout:     ∂x = g·m/(1 − p)   (m the mask)
 //! ```
-//! composed from the backend's operations ([`FusedKernels`]' default bodies), or on libtorch
+//! composed from the backend's operations ([`ops::FusedKernels`]' default bodies), or on libtorch
 //! `native_dropout_backward` and, on CUDA, PyTorch's batch-norm backward kernels for the layer
 //! norm.
 //!
@@ -46,347 +46,12 @@ mod flex;
 #[cfg(feature = "tch")]
 mod libtorch;
 
-use burn::backend::autodiff::{
-    Autodiff,
-    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
-    grads::Gradients,
-    ops::{Backward, Ops, OpsKind, unary},
-};
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
-use burn::tensor::{Distribution, Shape, Tensor};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod ops;
 
-/// Whether [`layer_norm`], [`softmax`] and [`dropout`] use the fused operations (the default)
-/// or Burn's composed ones.
-static FUSED: AtomicBool = AtomicBool::new(true);
+use ops::FusedOps;
 
-/// Turns the fused layer norm, softmax and dropout on (the default) or off, process-wide: off,
-/// the model runs Burn's composed operations, for A/B benchmarks (`bench model-worker
-/// --composed-ops`).
-#[cfg(feature = "bench")]
-pub fn set_fused_ops(enabled: bool) {
-    FUSED.store(enabled, Ordering::Relaxed);
-}
-
-/// Whether [`attention`] may run (the default); see [`set_fused_attention`].
-static FUSED_ATTENTION: AtomicBool = AtomicBool::new(true);
-
-/// Turns the fused attention (the CPU backend's own kernel, libtorch's) on (the default) or
-/// off, process-wide: off, attention is Burn's (its scaled-dot-product attention without
-/// dropout, else composed from matmul, softmax and dropout), for A/B benchmarks (`bench
-/// model-worker --composed-attention`).
-#[cfg(feature = "bench")]
-pub fn set_fused_attention(enabled: bool) {
-    FUSED_ATTENTION.store(enabled, Ordering::Relaxed);
-}
-
-/// What the backward pass of a fused attention needs, as its forward kernel left it.
-#[derive(Debug, Clone)]
-// Only the CPU backend's and libtorch's kernels fill and read it.
-#[cfg_attr(not(any(feature = "flex", feature = "tch")), allow(dead_code))]
-pub struct AttentionSaved<B: Backend> {
-    query: FloatTensor<B>,
-    key: FloatTensor<B>,
-    value: FloatTensor<B>,
-    /// The additive bias in the layout the kernel took.
-    bias: FloatTensor<B>,
-    /// (libtorch's backward kernels take it.)
-    #[cfg_attr(not(feature = "tch"), allow(dead_code))]
-    output: FloatTensor<B>,
-    logsumexp: FloatTensor<B>,
-    /// The dropout generator's state the kernel drew its mask from (CUDA: philox seed and
-    /// offset); empty without dropout and on the CPU backend.
-    #[cfg_attr(not(feature = "tch"), allow(dead_code))]
-    generator: Vec<FloatTensor<B>>,
-    /// The seed of the CPU backend's counter-based dropout mask (0 elsewhere).
-    mask_seed: u64,
-    dropout: f64,
-    scale: f64,
-}
-
-/// The forward and backward kernels of the fused operations, per backend.
-pub trait FusedKernels: Backend {
-    /// `(y, mean, rstd)`: the normalised, scaled and shifted `x` (the backend's own layer
-    /// norm, a single kernel on the CPU backend), and each row's mean and reciprocal standard
-    /// deviation, shaped like `x` with a last dimension of 1.
-    fn layer_norm_forward(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        epsilon: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        layer_norm_forward_composed::<Self>(x, gamma, beta, epsilon)
-    }
-
-    /// `(∂x, ∂γ, ∂β)` from the output gradient `grad` and what the forward kept.
-    fn layer_norm_backward(
-        grad: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        mean: FloatTensor<Self>,
-        rstd: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        layer_norm_backward_composed::<Self>(grad, x, gamma, mean, rstd)
-    }
-
-    /// `∂x` of `y = softmax(x)` along `dim` from the output gradient `grad` and `y`.
-    fn softmax_backward(
-        grad: FloatTensor<Self>,
-        y: FloatTensor<Self>,
-        dim: usize,
-    ) -> FloatTensor<Self> {
-        let projection = Self::float_sum_dim(Self::float_mul(grad.clone(), y.clone()), dim);
-        Self::float_mul(y, Self::float_sub(grad, projection))
-    }
-
-    /// The exact (erf) GELU of `x`.
-    fn exact_gelu_forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        <Self as burn::backend::ops::ActivationOps<Self>>::gelu(x)
-    }
-
-    /// `∂x` of the exact GELU at `x` from the output gradient `grad`.
-    fn exact_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        <Self as burn::backend::ops::ActivationOps<Self>>::gelu_backward(x, grad)
-    }
-
-    /// `(y, saved)`: `x` with each element zeroed with probability `prob` and the others scaled
-    /// by `1 / (1 − prob)`, and what [`dropout_backward`](Self::dropout_backward) needs.
-    fn dropout_forward(x: FloatTensor<Self>, prob: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        dropout_with_mask::<Self>(x, prob)
-    }
-
-    /// `∂x` of the dropout that saved `saved`.
-    fn dropout_backward(
-        grad: FloatTensor<Self>,
-        saved: FloatTensor<Self>,
-        _prob: f64,
-    ) -> FloatTensor<Self> {
-        Self::float_mul(grad, saved)
-    }
-
-    /// `x·w + b` over the last dimension of `x` (`w`: `[in, out]`); with `bf16`, the product
-    /// from bf16-rounded operands where the backend has such products (the CPU backend; see
-    /// [`crate::autocast`]), in the tensors' own float type elsewhere.
-    fn linear_forward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        bf16: bool,
-    ) -> FloatTensor<Self> {
-        let _ = bf16;
-        Self::linear(x, weight, Some(bias))
-    }
-
-    /// `(∂x, ∂w, ∂b)` of [`linear_forward`](Self::linear_forward), its products in the same
-    /// precision.
-    fn linear_backward(
-        grad: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bf16: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let _ = bf16;
-        linear_backward_composed::<Self>(grad, x, weight)
-    }
-
-    /// `(output, saved)`: `softmax(q·kᵀ·scale + bias)` with dropout on the probabilities, times
-    /// `v`, as one kernel, with what its backward pass needs. Only backends for which
-    /// [`attention_available`] says so implement it: the model composes attention elsewhere.
-    fn attention_forward(
-        _query: FloatTensor<Self>,
-        _key: FloatTensor<Self>,
-        _value: FloatTensor<Self>,
-        _bias: FloatTensor<Self>,
-        _dropout: f64,
-        _scale: f64,
-    ) -> (FloatTensor<Self>, AttentionSaved<Self>) {
-        unreachable!("fused attention on a backend without the kernel (see attention_available)")
-    }
-
-    /// `(∂q, ∂k, ∂v)` of the fused attention that saved `saved`.
-    fn attention_backward(
-        _grad: FloatTensor<Self>,
-        _saved: AttentionSaved<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        unreachable!("fused attention on a backend without the kernel (see attention_available)")
-    }
-}
-
-/// `(∂x, ∂w, ∂b)` of the linear layer from the backend's own backward operations.
-fn linear_backward_composed<B: Backend>(
-    grad: FloatTensor<B>,
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    (
-        B::linear_x_backward(weight, grad.clone()),
-        B::linear_weight_backward(x, grad.clone()),
-        B::linear_bias_backward(grad),
-    )
-}
-
-/// The layer norm's output and row statistics from the backend's operations (its own layer
-/// norm for the output).
-fn layer_norm_forward_composed<B: Backend>(
-    x: FloatTensor<B>,
-    gamma: FloatTensor<B>,
-    beta: FloatTensor<B>,
-    epsilon: f64,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let last = x.shape().num_dims() - 1;
-    let mean = B::float_mean_dim(x.clone(), last);
-    let centered = B::float_sub(x.clone(), mean.clone());
-    let variance = B::float_mean_dim(B::float_mul(centered.clone(), centered), last);
-    let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(variance, epsilon.into())));
-    let y = B::layer_norm(x, gamma, Some(beta), epsilon);
-    (y, mean, rstd)
-}
-
-/// The layer-norm backward pass (module documentation) from the backend's operations.
-fn layer_norm_backward_composed<B: Backend>(
-    grad: FloatTensor<B>,
-    x: FloatTensor<B>,
-    gamma: FloatTensor<B>,
-    mean: FloatTensor<B>,
-    rstd: FloatTensor<B>,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let shape = x.shape();
-    let rank = shape.num_dims();
-    let width = shape[rank - 1];
-    let rows = shape.num_elements() / width;
-    let normalized = B::float_mul(B::float_sub(x, mean), rstd.clone());
-    let per_row = |t: FloatTensor<B>| {
-        let summed = B::float_sum_dim(B::float_reshape(t, Shape::new([rows, width])), 0);
-        B::float_reshape(summed, Shape::new([width]))
-    };
-    let grad_beta = per_row(grad.clone());
-    let grad_gamma = per_row(B::float_mul(grad.clone(), normalized.clone()));
-    let scaled = B::float_mul(grad, broadcastable::<B>(gamma, rank));
-    let mean_scaled = B::float_mean_dim(scaled.clone(), rank - 1);
-    let mean_projection =
-        B::float_mean_dim(B::float_mul(scaled.clone(), normalized.clone()), rank - 1);
-    let grad_x = B::float_mul(
-        B::float_sub(
-            B::float_sub(scaled, mean_scaled),
-            B::float_mul(normalized, mean_projection),
-        ),
-        rstd,
-    );
-    (grad_x, grad_gamma, grad_beta)
-}
-
-/// Dropout from the backend's operations: a Bernoulli mask scaled by `1 / (1 − prob)` (what
-/// Burn's `Dropout` draws), the output and that scaled mask.
-fn dropout_with_mask<B: Backend>(x: FloatTensor<B>, prob: f64) -> (FloatTensor<B>, FloatTensor<B>) {
-    let keep = 1.0 - prob;
-    let mask = B::float_random(
-        x.shape(),
-        Distribution::Bernoulli(keep),
-        &x.device(),
-        x.dtype().into(),
-    );
-    let scaled = B::float_mul_scalar(mask, (1.0 / keep).into());
-    (B::float_mul(x, scaled.clone()), scaled)
-}
-
-/// `[width]` reshaped to `[1, …, 1, width]` for broadcasting against a rank-`rank` tensor.
-fn broadcastable<B: Backend>(vector: FloatTensor<B>, rank: usize) -> FloatTensor<B> {
-    let width = vector.shape().num_elements();
-    let mut dims = vec![1; rank];
-    dims[rank - 1] = width;
-    B::float_reshape(vector, Shape::from(dims))
-}
-
-/// The differentiable operations, routed to the device's backend. Every backend this crate can
-/// be built with must be listed: dispatch panics on an unlisted one.
-#[backend_extension(
-    Flex: cfg(feature = "flex"),
-    Cube: cfg(any(feature = "wgpu", feature = "vulkan")),
-    Fusion: cfg(any(feature = "wgpu", feature = "vulkan")),
-    LibTorch: cfg(feature = "tch"),
-    Autodiff,
-)]
-pub trait FusedOps: Backend {
-    /// Layer norm over the last dimension of `x` with scale `gamma` and shift `beta`. Off the
-    /// autodiff graph this is the backend's own layer norm.
-    #[fusion(default)]
-    fn fused_layer_norm(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        epsilon: f64,
-    ) -> FloatTensor<Self> {
-        Self::layer_norm(x, gamma, Some(beta), epsilon)
-    }
-
-    /// Softmax along `dim`. Off the autodiff graph this is the backend's own softmax.
-    #[fusion(default)]
-    fn fused_softmax(x: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        <Self as burn::backend::ops::ActivationOps<Self>>::softmax(x, dim)
-    }
-
-    /// The exact (erf) GELU. Off the autodiff graph this is the backend's own GELU.
-    #[fusion(default)]
-    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        <Self as burn::backend::ops::ActivationOps<Self>>::gelu(x)
-    }
-
-    /// Dropout with probability `prob` (training only: the caller decides when it applies).
-    #[fusion(default)]
-    fn fused_dropout(x: FloatTensor<Self>, prob: f64) -> FloatTensor<Self> {
-        dropout_with_mask::<Self>(x, prob).0
-    }
-
-    /// `x·w + b` over the last dimension of `x` (`w`: `[in, out]`, Burn's layout); `bf16` as
-    /// [`FusedKernels::linear_forward`]'s.
-    #[fusion(default)]
-    fn fused_linear(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        bf16: bool,
-    ) -> FloatTensor<Self> {
-        let _ = bf16;
-        Self::linear(x, weight, Some(bias))
-    }
-
-    /// Scaled dot-product attention of `[batch, heads, seq, head_dim]` queries, keys and
-    /// values with an additive `bias` broadcastable to the scores, and dropout on the
-    /// probabilities. Off the autodiff graph this is the backend's fused kernel where it has
-    /// one, Burn's attention (without dropout) elsewhere; the model calls it only where
-    /// [`attention_available`] says so.
-    #[fusion(default)]
-    fn fused_attention(
-        query: FloatTensor<Self>,
-        key: FloatTensor<Self>,
-        value: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        dropout: f64,
-        scale: f64,
-    ) -> FloatTensor<Self> {
-        assert!(
-            dropout == 0.0,
-            "attention dropout needs a backend with fused attention"
-        );
-        let shape = query.shape();
-        let bias = Self::float_expand(
-            bias,
-            Shape::new([shape[0], shape[1], shape[2], key.shape()[2]]),
-        );
-        Self::attention(
-            query,
-            key,
-            value,
-            None,
-            Some(bias),
-            burn::backend::ops::AttentionModuleOptions {
-                scale: Some(scale),
-                ..Default::default()
-            },
-        )
-    }
-}
+use burn::backend::Dispatch;
+use burn::tensor::Tensor;
 
 /// Dropout of `x` with probability `prob`, always applied (the caller checks training mode):
 /// one operation whose backward pass multiplies by the saved mask; on libtorch, PyTorch's fused
@@ -396,7 +61,7 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     if flex::is_flex(&x.device()) {
         return flex::dropout(x, prob);
     }
-    if !FUSED.load(Ordering::Relaxed) {
+    if !crate::kernels::current().fused_ops {
         // Burn's `Dropout`, step for step.
         let keep = 1.0 - prob;
         let mask = x.random_like(burn::tensor::Distribution::Bernoulli(keep));
@@ -417,7 +82,7 @@ pub fn linear<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> Tensor<
     let (Some(bias), true) = (&layer.bias, is_libtorch(&device) || is_flex(&device)) else {
         return layer.forward(x);
     };
-    if !FUSED.load(Ordering::Relaxed) {
+    if !crate::kernels::current().fused_ops {
         return layer.forward(x);
     }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_linear(
@@ -440,51 +105,32 @@ impl crate::cpu::Bf16Support {
     }
 }
 
-/// The ways the CPU backend's bf16 products can run, for A/B benchmarks.
-#[cfg(feature = "bench")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bf16Products {
-    /// AVX512-BF16's `vdpbf16ps`.
-    Native,
-    /// `vdpbf16ps`'s order of sums in plain Rust.
-    Portable,
-    /// f32 products of the bf16-rounded operands (the `gemm` crate's kernels).
-    RoundedF32,
-    /// AMX's `tdpbf16ps` tile products, without the self-check of the detected choice.
-    Amx,
-}
-
-/// Makes the CPU backend's bf16 products run as `kernel` (`None`: as this CPU's do),
-/// process-wide, for A/B benchmarks (`bench model-worker --bf16-products`); false, and nothing
-/// changed, where this CPU cannot run it (`Native` without AVX512-BF16, `Amx` without AMX or
-/// the operating system's grant of its tile state).
-#[cfg(all(feature = "bench", feature = "flex"))]
-pub fn set_bf16_products(kernel: Option<Bf16Products>) -> bool {
-    flex::bf16_gemm::choose(kernel)
-}
-
 /// Runs `f` on a thread of the current rayon pool when `device` is the CPU backend's and this
 /// thread is not one already (then returns what `f` gives); elsewhere runs `f` here. The
 /// CPU backend's kernels parallelise on that pool: called from a thread outside it, each of a
 /// training step's hundreds of parallel loops hands its work to the pool and puts the caller
 /// to sleep until the pool is done, and the pool's threads yield and sleep between loops; run
 /// on a pool thread, that thread does its share of every loop itself and the others steal the
-/// rest. This thread's [`crate::autocast`] settings (bf16, reused weights) apply inside `f`.
+/// rest. This thread's [`crate::autocast`] settings (bf16, reused weights) and its
+/// [`crate::kernels`] apply inside `f`.
 /// Other backends keep `f` on this thread, where their own runtime expects it (libtorch's
 /// current CUDA device is a thread's).
 pub fn in_thread_pool<R: Send>(device: &burn::tensor::Device, f: impl FnOnce() -> R + Send) -> R {
     if is_flex(device) && rayon::current_thread_index().is_none() {
-        let (bf16, reuse) = (
+        let (bf16, reuse, kernels) = (
             crate::autocast::is_bf16(),
             crate::autocast::reuses_weights(),
+            crate::kernels::current(),
         );
         return rayon::scope(move |_| {
-            crate::autocast::bf16(bf16, || {
-                if reuse {
-                    crate::autocast::reuse_weights(f)
-                } else {
-                    f()
-                }
+            crate::kernels::scoped(kernels, || {
+                crate::autocast::bf16(bf16, || {
+                    if reuse {
+                        crate::autocast::reuse_weights(f)
+                    } else {
+                        f()
+                    }
+                })
             })
         });
     }
@@ -543,7 +189,7 @@ pub fn attention_available(
     dropout: f64,
     head_dim: usize,
 ) -> bool {
-    if !FUSED_ATTENTION.load(Ordering::Relaxed) {
+    if !crate::kernels::current().fused_attention {
         return false;
     }
     match device.clone().without_autodiff().as_dispatch() {
@@ -587,7 +233,7 @@ pub fn attention(
 /// The exact (erf) GELU of `x`: one operation whose backward pass is one more; on the CPU
 /// backend both vectorised and parallel (`flex::fast_gelu`).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !FUSED.load(Ordering::Relaxed) {
+    if !crate::kernels::current().fused_ops {
         return burn::tensor::activation::gelu(x);
     }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))
@@ -596,7 +242,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Softmax of `x` along `dim`: one operation with a closed-form backward pass (see the module
 /// documentation).
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
-    if !FUSED.load(Ordering::Relaxed) {
+    if !crate::kernels::current().fused_ops {
         return burn::tensor::activation::softmax(x, dim);
     }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(
@@ -613,7 +259,7 @@ pub fn layer_norm<const D: usize>(
     beta: Tensor<1>,
     epsilon: f64,
 ) -> Tensor<D> {
-    if !FUSED.load(Ordering::Relaxed) {
+    if !crate::kernels::current().fused_ops {
         return burn::tensor::module::layer_norm(x, gamma, Some(beta), epsilon);
     }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
@@ -827,7 +473,8 @@ mod tests {
     }
 
     /// `in_thread_pool` moves its work onto a pool thread with the caller's autocast settings
-    /// (and leaves that thread's own as they were), and keeps it where it is on a pool thread.
+    /// and kernels (and leaves that thread's own as they were), and keeps it where it is on a
+    /// pool thread.
     #[test]
     fn in_thread_pool_runs_on_a_pool_thread_with_the_callers_settings() {
         use crate::autocast::{bf16, is_bf16, reuse_weights, reuses_weights};
@@ -851,6 +498,22 @@ mod tests {
             in_thread_pool(&device, || std::thread::current().id()) == here
         });
         assert!(stays, "a pool thread's work moved");
+        // The kernels' choice goes along too, and stays the caller's: another thread, and the
+        // pool's next job outside the choice, run the defaults.
+        use crate::kernels::{Kernels, current, scoped};
+        let composed = Kernels {
+            fused_ops: false,
+            fused_attention: false,
+            bf16_products: None,
+        };
+        let (inside, elsewhere) = scoped(composed, || {
+            let elsewhere = std::thread::spawn(current).join().expect("no panic");
+            (in_thread_pool(&device, current), elsewhere)
+        });
+        assert_eq!(inside, composed);
+        assert_eq!(elsewhere, Kernels::DEFAULT);
+        assert_eq!(current(), Kernels::DEFAULT);
+        assert_eq!(in_thread_pool(&device, current), Kernels::DEFAULT);
     }
 
     /// A linear layer's forward and backward passes give the same bits in the pool as outside.

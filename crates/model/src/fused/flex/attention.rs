@@ -26,8 +26,10 @@ use burn_flex::{FlexTensor, Layout};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use super::dropout::DropoutMask;
 use super::fast_gelu::exp_nonpositive;
-use super::{DropoutMask, Operand, Shared, f32_product};
+use super::product::{Operand, f32_product};
+use super::tensors::{Shared, contiguous, elements};
 
 /// A `[batch, heads, seq, dim]` f32 tensor read where it lies: row `(b, h, i)` starts at
 /// `offset + b·strides[0] + h·strides[1] + i·strides[2]`, its `dim` values contiguous.
@@ -443,8 +445,8 @@ pub(super) fn backward(
         [batch, heads, seq_q, value_dim],
         "attention gradient's shape"
     );
-    let logsumexp = super::contiguous(logsumexp);
-    let logsumexp = super::elements(&logsumexp);
+    let logsumexp = contiguous(logsumexp);
+    let logsumexp = elements(&logsumexp);
     let [dq, dk, dv] = [
         [batch, heads, seq_q, dim],
         [batch, heads, seq_k, dim],

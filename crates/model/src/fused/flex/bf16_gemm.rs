@@ -21,17 +21,18 @@
 
 use rayon::prelude::*;
 
-use super::{Operand, Shared};
+use super::product::{Operand, Start, f32_product};
+use super::tensors::Shared;
 use crate::cpu::{self, Bf16Support};
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod packing;
 
-/// Rows of a micro tile: 12 × 2 accumulators, two panel vectors and a broadcast fill 27 of the
-/// 32 AVX-512 registers.
-const MR: usize = 12;
-/// Columns of a micro tile: two vectors of 16 f32 lanes.
-const NR: usize = 32;
+use packing::{MR, NR, Order, Source, bf16_bits, pack_panel};
+
 /// Inner-dimension block (even): a packed [`NR`]-column panel of it is 24 KiB and stays in L1
 /// while the task's row panels stream past it.
 const KC: usize = 384;
@@ -41,23 +42,6 @@ const MC: usize = 96;
 const NC: usize = 512;
 /// Multiply-adds below which a product runs on one thread.
 const PARALLEL_WORK: usize = 128 * 128 * 128;
-
-/// `x` rounded to bf16, to nearest with ties to even (as PyTorch and `vcvtne2ps2bf16` round);
-/// NaN stays a (quiet) NaN.
-#[inline(always)]
-pub(super) fn bf16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
-}
-
-/// Two bf16 in one word: `low` (the even index of the inner dimension) in the low half.
-#[inline(always)]
-fn pair(low: f32, high: f32) -> u32 {
-    bf16_bits(low) as u32 | (bf16_bits(high) as u32) << 16
-}
 
 /// `dst = start + lhs·rhs` for an `[m, k]` by `[k, n]` product into a row-major `[m, n]`
 /// destination, the operands rounded to bf16 and the products summed in f32; on the rayon pool
@@ -213,18 +197,6 @@ unsafe fn fill_rows(dst: Shared, (m, n): (usize, usize), bias: &[f32], parallel:
     }
 }
 
-/// What the destination of [`product`] starts as, the products added to it.
-#[derive(Clone, Copy)]
-pub(super) enum Start<'a> {
-    /// Zero: the destination is only written.
-    Zero,
-    /// Its own values: the products are added to what it holds.
-    Dst,
-    /// The `n` values of a bias in every row (a linear layer's), added as the first block's
-    /// sums are stored: the destination is only written, with no separate pass to fill it.
-    Bias(&'a [f32]),
-}
-
 /// The right operand of [`product`]: read and packed by the product, or packed before.
 #[derive(Clone, Copy)]
 pub(super) enum Rhs<'a> {
@@ -341,7 +313,7 @@ unsafe fn rounded_product(
                 true
             }
         };
-        unsafe { super::f32_product(dst.0, n, (m, n, k), accumulate, lhs, rhs, 1.0, parallel) };
+        unsafe { f32_product(dst.0, n, (m, n, k), accumulate, lhs, rhs, 1.0, parallel) };
     });
 }
 
@@ -426,110 +398,11 @@ struct Packed<'a> {
     order: Order,
 }
 
-/// How a panel of `W` lanes orders its pairs' words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Order {
-    /// Pair by pair, each pair's `W` words together: the order in which the micro kernel reads
-    /// them, one pair per step.
-    Pairs,
-    /// Lane by lane, each lane's pairs together: for a left operand contiguous along the inner
-    /// dimension (the activations) packing is then a plain conversion, no transpose, and the
-    /// micro kernel reads its [`MR`] rows as as many streams.
-    Lanes,
-    /// Sixteen pairs at a time, and within them lane by lane: AMX's left tiles, each 16 lanes
-    /// × 16 words, contiguous in the order the micro kernel loads them (one stream that the
-    /// hardware prefetches, where [`Order::Lanes`]' tile rows are 16 strided streams; roberta-base
-    /// bf16 inference: docs/perf-notes/journal.md, "AMX tiles"). Panels of whole tile rows only.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    Tiles,
-}
-
-impl Order {
-    /// The order the left operand `lhs` is packed in.
-    fn for_rows(lhs: Operand) -> Self {
-        if lhs.column_stride == 1 {
-            Order::Lanes
-        } else {
-            Order::Pairs
-        }
-    }
-
-    /// The position of lane `lane`'s pair `pair` in a panel of `W` lanes and `pairs` pairs.
-    #[inline(always)]
-    fn index<const W: usize>(self, lane: usize, pair: usize, pairs: usize) -> usize {
-        match self {
-            Order::Pairs => pair * W + lane,
-            Order::Lanes => lane * pairs + pair,
-            Order::Tiles => pair / 16 * (W * 16) + lane * 16 + pair % 16,
-        }
-    }
-}
-
 impl Packed<'_> {
     /// The panel of `width` lanes holding `lane`, in the block starting at `first`, of `pairs`
     /// pairs.
     fn panel(&self, width: usize, first: usize, lane: usize, pairs: usize) -> &[u32] {
         &self.words[first / 2 * self.padded + lane / width * pairs * width..][..pairs * width]
-    }
-}
-
-/// An operand read lane by lane: element `(lane, index)` of the inner dimension at
-/// `start + lane·lane_stride + index·inner_stride`.
-#[derive(Clone, Copy)]
-struct Source {
-    start: *const f32,
-    lane_stride: isize,
-    inner_stride: isize,
-    lanes: usize,
-    inner: usize,
-}
-
-// SAFETY: as for `Operand`: read only, while the caller of `product` borrows the tensor.
-unsafe impl Send for Source {}
-unsafe impl Sync for Source {}
-
-impl Source {
-    /// The left operand `[m, k]`: its lanes are rows.
-    fn rows(lhs: Operand, m: usize, k: usize) -> Self {
-        Source {
-            start: lhs.start,
-            lane_stride: lhs.row_stride,
-            inner_stride: lhs.column_stride,
-            lanes: m,
-            inner: k,
-        }
-    }
-
-    /// The right operand `[k, n]`: its lanes are columns.
-    fn columns(rhs: Operand, k: usize, n: usize) -> Self {
-        Source {
-            start: rhs.start,
-            lane_stride: rhs.column_stride,
-            inner_stride: rhs.row_stride,
-            lanes: n,
-            inner: k,
-        }
-    }
-
-    /// Element `(lane, index)`, or 0 outside the operand (the packing's padding).
-    ///
-    /// # Safety
-    /// Inside the bounds, the element must be readable.
-    #[inline(always)]
-    unsafe fn get(&self, lane: usize, index: usize) -> f32 {
-        if lane < self.lanes && index < self.inner {
-            // SAFETY: the caller's promise.
-            unsafe { *self.at(lane, index) }
-        } else {
-            0.0
-        }
-    }
-
-    /// The address of element `(lane, index)` (not checked).
-    #[inline(always)]
-    fn at(&self, lane: usize, index: usize) -> *const f32 {
-        self.start
-            .wrapping_offset(lane as isize * self.lane_stride + index as isize * self.inner_stride)
     }
 }
 
@@ -631,30 +504,6 @@ unsafe fn pack<const W: usize>(
     }
 }
 
-/// One panel of [`pack`], element by element: the `W` lanes from `lane`, the pairs of the
-/// block from `first`, into `out` (pairs × `W` words in `order`; pairs past the operand's
-/// inner dimension are zeros).
-///
-/// # Safety
-/// As [`pack`]'s.
-unsafe fn pack_panel<const W: usize>(
-    source: Source,
-    lane: usize,
-    first: usize,
-    out: &mut [u32],
-    order: Order,
-) {
-    let pairs = out.len() / W;
-    for p in 0..pairs {
-        let index = first + 2 * p;
-        for l in 0..W {
-            // SAFETY: `get` reads inside the operand only, the caller's promise.
-            out[order.index::<W>(l, p, pairs)] =
-                unsafe { pair(source.get(lane + l, index), source.get(lane + l, index + 1)) };
-        }
-    }
-}
-
 /// How the products multiply on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
@@ -670,7 +519,6 @@ enum Kernel {
     /// where it can: the native kernel's bits at about a third of f32's speed
     /// (docs/perf-notes/journal.md), so used only as the tests' reference for the native kernel and
     /// by `bench model-worker --bf16-products portable`.
-    #[cfg_attr(not(any(test, feature = "bench")), allow(dead_code))]
     Portable,
     /// The operands rounded to bf16 and kept as f32, multiplied by the `gemm` crate's f32
     /// kernels ([`rounded_product`]): the same products, summed in another order, at about
@@ -680,21 +528,22 @@ enum Kernel {
     RoundedF32,
 }
 
-/// The kernel `bench model-worker --bf16-products` asks for (0: the detected one).
-static CHOSEN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
 impl Kernel {
     /// The kernel the products use: this CPU's ([`Kernel::detect`]), or the one a benchmark
-    /// chose ([`choose`]).
+    /// chose for this thread ([`crate::kernels::with`], which refuses a kernel this CPU cannot
+    /// run).
     fn current() -> Self {
-        match CHOSEN.load(std::sync::atomic::Ordering::Relaxed) {
-            1 => Kernel::Portable,
-            2 => Kernel::RoundedF32,
+        use crate::kernels::Bf16Products;
+        match crate::kernels::current().bf16_products {
+            None => Self::detect().0,
+            Some(Bf16Products::Portable) => Kernel::Portable,
+            Some(Bf16Products::RoundedF32) => Kernel::RoundedF32,
             #[cfg(target_arch = "x86_64")]
-            3 => Kernel::Avx512Bf16,
+            Some(Bf16Products::Native) => Kernel::Avx512Bf16,
             #[cfg(target_arch = "x86_64")]
-            4 => Kernel::Amx,
-            _ => Self::detect().0,
+            Some(Bf16Products::Amx) => Kernel::Amx,
+            #[cfg(not(target_arch = "x86_64"))]
+            Some(Bf16Products::Native | Bf16Products::Amx) => Self::detect().0,
         }
     }
 
@@ -858,23 +707,6 @@ fn amx_self_check() -> Result<(), &'static str> {
 /// ([`Kernel::detect`]).
 pub(in crate::fused) fn support() -> Bf16Support {
     Kernel::detect().1
-}
-
-/// Makes the products use `kernel` (`None`: this CPU's), process-wide
-/// ([`crate::fused::set_bf16_products`]); false where this CPU cannot run it.
-#[cfg(feature = "bench")]
-pub(crate) fn choose(kernel: Option<crate::fused::Bf16Products>) -> bool {
-    use crate::fused::Bf16Products;
-    let code = match kernel {
-        None => 0,
-        Some(Bf16Products::Portable) => 1,
-        Some(Bf16Products::RoundedF32) => 2,
-        Some(Bf16Products::Native) if cpu::avx512_bf16() => 3,
-        Some(Bf16Products::Amx) if cpu::avx512_bf16() && cpu::amx_permission().is_ok() => 4,
-        Some(Bf16Products::Native | Bf16Products::Amx) => return false,
-    };
-    CHOSEN.store(code, std::sync::atomic::Ordering::Relaxed);
-    true
 }
 
 /// How many of `len` rows (or columns) each task takes: at most `most`, a multiple of
@@ -1050,323 +882,9 @@ fn portable_micro(pairs: usize, a: &[u32], a_order: Order, b: &[u32]) -> [[f32; 
     sums
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{MR, NR, Order, Source, Start};
-    use std::arch::x86_64::*;
-
-    /// One panel of [`super::pack`] (as [`super::pack_panel`]) sixteen words at a time, where
-    /// the operand is contiguous along the inner dimension (in lane order a plain conversion,
-    /// in pair order through a transpose) or along the lanes (in pair order); element by
-    /// element otherwise. Rounds as [`super::bf16_bits`] does except for subnormals, which
-    /// `vcvtne2ps2bf16` flushes to zero.
-    ///
-    /// # Safety
-    /// The CPU must have AVX512-F, -BW and -BF16; otherwise as [`super::pack_panel`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn pack_panel<const W: usize>(
-        source: Source,
-        lane: usize,
-        first: usize,
-        out: &mut [u32],
-        order: Order,
-    ) {
-        let pairs = out.len() / W;
-        let lanes = source.lanes.saturating_sub(lane).min(W);
-        let inner = (source.inner - first).min(2 * pairs);
-        debug_assert!(order != Order::Tiles || pairs.is_multiple_of(16));
-        if matches!(order, Order::Lanes | Order::Tiles) && source.inner_stride == 1 {
-            // Each lane's inner values are contiguous, and so are its words in the panel, 16
-            // pairs at a time: 32 values round to 16 words in order, stored as they are.
-            // Absent lanes are zeros.
-            for l in 0..W {
-                if l >= lanes {
-                    for p in 0..pairs {
-                        out[order.index::<W>(l, p, pairs)] = 0;
-                    }
-                    continue;
-                }
-                for p in (0..pairs).step_by(16) {
-                    let count = (inner - 2 * p).min(32);
-                    let values = source.at(lane + l, first + 2 * p);
-                    // SAFETY: the masks keep the loads inside this lane's `inner` values and
-                    // the store inside its words of pairs `p`.. (contiguous in both orders).
-                    unsafe {
-                        let low = _mm512_maskz_loadu_ps(lane_mask(count), values);
-                        let high = _mm512_maskz_loadu_ps(
-                            lane_mask(count.saturating_sub(16)),
-                            values.wrapping_add(16),
-                        );
-                        _mm512_mask_storeu_epi32(
-                            out.as_mut_ptr().add(order.index::<W>(l, p, pairs)).cast(),
-                            lane_mask(pairs - p),
-                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
-                                high, low,
-                            )),
-                        );
-                    }
-                }
-            }
-        } else if order == Order::Pairs && source.inner_stride == 1 {
-            // Each lane's inner values are contiguous: 32 of them round to 16 words at once
-            // (in order: the even index in the low half); sixteen lanes' words, transposed in
-            // registers, are sixteen pairs' rows of the panel. Absent lanes are zero rows.
-            for half in (0..W).step_by(16) {
-                let present = lanes.saturating_sub(half).min(16);
-                let store = lane_mask(W - half);
-                for p in (0..pairs).step_by(16) {
-                    let count = (inner - 2 * p).min(32);
-                    let mut rows = [_mm512_setzero_si512(); 16];
-                    for (l, row) in rows.iter_mut().enumerate().take(present) {
-                        let values = source.at(lane + half + l, first + 2 * p);
-                        // SAFETY: the masks keep the loads inside this lane's `inner` values
-                        // (masked-off elements do not fault).
-                        *row = unsafe {
-                            let low = _mm512_maskz_loadu_ps(lane_mask(count), values);
-                            let high = _mm512_maskz_loadu_ps(
-                                lane_mask(count.saturating_sub(16)),
-                                values.wrapping_add(16),
-                            );
-                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low))
-                        };
-                    }
-                    let columns = transpose(rows);
-                    for (q, column) in columns.iter().enumerate().take(pairs - p) {
-                        // SAFETY: pair `p + q` < `pairs`, and the mask keeps the store inside
-                        // its `W` words (`out` holds `pairs` × `W`).
-                        unsafe {
-                            _mm512_mask_storeu_epi32(
-                                out.as_mut_ptr().add((p + q) * W + half).cast(),
-                                store,
-                                *column,
-                            )
-                        };
-                    }
-                }
-            }
-        } else if order == Order::Pairs && source.lane_stride == 1 {
-            // Each inner index's lanes are contiguous: two indices round to 32 bf16, which
-            // one permute interleaves into 16 words.
-            for p in 0..pairs {
-                for half in (0..W).step_by(16) {
-                    // SAFETY: the store writes the panel's `W` words of pair `p` (`out` holds
-                    // `pairs` × `W`).
-                    unsafe {
-                        _mm512_mask_storeu_epi32(
-                            out.as_mut_ptr().add(p * W + half).cast(),
-                            lane_mask(W - half),
-                            interleaved(
-                                source,
-                                lane + half,
-                                first,
-                                p,
-                                lanes - half.min(lanes),
-                                inner,
-                            ),
-                        )
-                    };
-                }
-            }
-        } else if matches!(order, Order::Lanes | Order::Tiles) && source.lane_stride == 1 {
-            // Each inner index's lanes are contiguous (a transposed left operand, as the
-            // weight gradient's): sixteen pairs' words of sixteen lanes, interleaved as above,
-            // transposed in registers, are sixteen lanes' rows of sixteen pairs.
-            for half in (0..W).step_by(16) {
-                let present = lanes.saturating_sub(half).min(16);
-                for p in (0..pairs).step_by(16) {
-                    let rows: [__m512i; 16] = std::array::from_fn(|q| {
-                        // SAFETY: as `interleaved` needs.
-                        unsafe { interleaved(source, lane + half, first, p + q, present, inner) }
-                    });
-                    let columns = transpose(rows);
-                    for (l, column) in columns.iter().enumerate().take(present) {
-                        // SAFETY: lane `half + l` < `W`, and the mask keeps the store inside
-                        // its words of pairs `p`.. (contiguous in both orders).
-                        unsafe {
-                            _mm512_mask_storeu_epi32(
-                                out.as_mut_ptr()
-                                    .add(order.index::<W>(half + l, p, pairs))
-                                    .cast(),
-                                lane_mask(pairs - p),
-                                *column,
-                            )
-                        };
-                    }
-                    for l in present..16.min(W - half) {
-                        for q in p..(p + 16).min(pairs) {
-                            out[order.index::<W>(half + l, q, pairs)] = 0;
-                        }
-                    }
-                }
-            }
-        } else {
-            // SAFETY: the caller's promise.
-            unsafe { super::pack_panel::<W>(source, lane, first, out, order) }
-        }
-    }
-
-    /// The words of pair `p` of the block from `first` (`inner` values of it left) for the 16
-    /// lanes from `lane` (`present` of them exist; the others, and pairs past `inner`, are
-    /// zeros), for an operand whose lanes are contiguous: two indices' values round to 32
-    /// bf16, which one permute interleaves into 16 words.
-    ///
-    /// # Safety
-    /// The CPU must have AVX512-F, -BW and -BF16; the operand's elements must be readable.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn interleaved(
-        source: Source,
-        lane: usize,
-        first: usize,
-        p: usize,
-        present: usize,
-        inner: usize,
-    ) -> __m512i {
-        if 2 * p >= inner {
-            return _mm512_setzero_si512();
-        }
-        let order: [u16; 32] =
-            std::array::from_fn(|i| if i % 2 == 0 { i / 2 } else { 16 + i / 2 } as u16);
-        let mask = lane_mask(present);
-        let index = first + 2 * p;
-        // SAFETY: 64 bytes read from a 64-byte array; the mask keeps the loads inside the
-        // operand's lanes, and the second index is read only when it exists.
-        unsafe {
-            let order = _mm512_loadu_si512(order.as_ptr().cast());
-            let low = _mm512_maskz_loadu_ps(mask, source.at(lane, index));
-            let high = if 2 * p + 1 < inner {
-                _mm512_maskz_loadu_ps(mask, source.at(lane, index + 1))
-            } else {
-                _mm512_setzero_ps()
-            };
-            _mm512_permutexvar_epi16(
-                order,
-                std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low)),
-            )
-        }
-    }
-
-    /// The AVX512-BF16 micro kernel: [`MR`] × 2 vectors of accumulators, per pair one
-    /// broadcast word of each row against the panel's two vectors; `a` in
-    /// [`super::Order::Lanes`] if `LANES`, else in [`super::Order::Pairs`].
-    ///
-    /// # Safety
-    /// The CPU must have AVX512-F and AVX512-BF16; `a`, `b` and `out` as [`super::micro`]'s.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn micro<const LANES: bool>(
-        pairs: usize,
-        a: &[u32],
-        b: &[u32],
-        out: *mut f32,
-        stride: usize,
-        height: usize,
-        width: usize,
-        start: Start,
-    ) {
-        debug_assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
-        debug_assert!(!matches!(start, Start::Bias(bias) if bias.len() < width));
-        let mut sums = [[_mm512_setzero_ps(); 2]; MR];
-        let (a, b) = (a.as_ptr(), b.as_ptr());
-        for p in 0..pairs {
-            // SAFETY: `p` < `pairs`, so both panels hold these words.
-            unsafe {
-                let right: [__m512bh; 2] = [
-                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                        b.add(p * NR).cast(),
-                    )),
-                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                        b.add(p * NR + 16).cast(),
-                    )),
-                ];
-                for (i, row) in sums.iter_mut().enumerate() {
-                    let left: __m512bh =
-                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
-                            *a.add(if LANES { i * pairs + p } else { p * MR + i }) as i32,
-                        ));
-                    row[0] = _mm512_dpbf16_ps(row[0], left, right[0]);
-                    row[1] = _mm512_dpbf16_ps(row[1], left, right[1]);
-                }
-            }
-        }
-        let masks = [lane_mask(width), lane_mask(width.saturating_sub(16))];
-        // SAFETY: the masks keep the loads inside the bias's first `width` values, the
-        // caller's promise.
-        let bias = match start {
-            Start::Bias(bias) => Some([0, 1].map(|half| unsafe {
-                _mm512_maskz_loadu_ps(masks[half], bias.as_ptr().wrapping_add(16 * half))
-            })),
-            _ => None,
-        };
-        for (i, row) in sums.iter().enumerate().take(height) {
-            for (half, &sum) in row.iter().enumerate() {
-                // SAFETY: the masks keep the lanes inside the tile's `width` columns of row
-                // `i` < `height`, the caller's promise.
-                unsafe {
-                    let slot = out.add(i * stride + half * 16);
-                    let value = match (start, bias) {
-                        (Start::Dst, _) => {
-                            _mm512_add_ps(_mm512_maskz_loadu_ps(masks[half], slot), sum)
-                        }
-                        (_, Some(bias)) => _mm512_add_ps(bias[half], sum),
-                        _ => sum,
-                    };
-                    _mm512_mask_storeu_ps(slot, masks[half], value);
-                }
-            }
-        }
-    }
-
-    /// The 16 × 16 matrix of words whose rows are `rows`, transposed: unpacking pairs of
-    /// words, then pairs of pairs, within each 128-bit lane, then gathering the lanes.
-    #[target_feature(enable = "avx512f")]
-    fn transpose(rows: [__m512i; 16]) -> [__m512i; 16] {
-        let mut pairs = [_mm512_setzero_si512(); 16];
-        for k in 0..8 {
-            pairs[2 * k] = _mm512_unpacklo_epi32(rows[2 * k], rows[2 * k + 1]);
-            pairs[2 * k + 1] = _mm512_unpackhi_epi32(rows[2 * k], rows[2 * k + 1]);
-        }
-        // quads[4k + m], 128-bit lane L: rows 4k..4k+4 of column 4L + m.
-        let mut quads = [_mm512_setzero_si512(); 16];
-        for k in 0..4 {
-            let [a, b, c, d] = [0, 1, 2, 3].map(|i| pairs[4 * k + i]);
-            quads[4 * k] = _mm512_unpacklo_epi64(a, c);
-            quads[4 * k + 1] = _mm512_unpackhi_epi64(a, c);
-            quads[4 * k + 2] = _mm512_unpacklo_epi64(b, d);
-            quads[4 * k + 3] = _mm512_unpackhi_epi64(b, d);
-        }
-        let mut columns = [_mm512_setzero_si512(); 16];
-        for m in 0..4 {
-            let [a, b, c, d] = [0, 4, 8, 12].map(|i| quads[i + m]);
-            // Lanes 0 and 1 of each, then lanes 2 and 3.
-            let (low_ab, low_cd) = (
-                _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b),
-                _mm512_shuffle_i32x4::<0b01_00_01_00>(c, d),
-            );
-            let (high_ab, high_cd) = (
-                _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b),
-                _mm512_shuffle_i32x4::<0b11_10_11_10>(c, d),
-            );
-            columns[m] = _mm512_shuffle_i32x4::<0b10_00_10_00>(low_ab, low_cd);
-            columns[4 + m] = _mm512_shuffle_i32x4::<0b11_01_11_01>(low_ab, low_cd);
-            columns[8 + m] = _mm512_shuffle_i32x4::<0b10_00_10_00>(high_ab, high_cd);
-            columns[12 + m] = _mm512_shuffle_i32x4::<0b11_01_11_01>(high_ab, high_cd);
-        }
-        columns
-    }
-
-    /// The first `lanes` (at most 16) of a vector.
-    fn lane_mask(lanes: usize) -> __mmask16 {
-        if lanes >= 16 {
-            0xffff
-        } else {
-            ((1u32 << lanes) - 1) as __mmask16
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::packing::pair;
     use super::*;
 
     #[test]

@@ -20,7 +20,9 @@ use std::mem::MaybeUninit;
 
 use multiversion::multiversion;
 
-use super::{COLUMN_BLOCK, contiguous, elements, from_vec, lane_sum, rows_per_task, written};
+use super::tensors::{
+    COLUMN_BLOCK, contiguous, elements, from_vec, lane_sum, rows_per_task, written,
+};
 
 /// `(y, mean, rstd)` of the layer norm of `x` (`[..., width]`) with scale `gamma` and shift
 /// `beta`; mean and rstd shaped like `x` with a last dimension of 1 (f32; `None` for others).

@@ -25,10 +25,9 @@ use burn_flex::FlexTensor;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{
-    COLUMN_BLOCK, Operand, bf16_gemm, contiguous, elements, f32_product, from_vec, packed_weights,
-    written,
-};
+use super::product::{Operand, Start, f32_product};
+use super::tensors::{COLUMN_BLOCK, contiguous, elements, from_vec, written};
+use super::{bf16_gemm, packed_weights};
 
 /// Multiply-adds below which a product runs on one thread (flex's own threshold).
 const PARALLEL_WORK: usize = 192 * 192 * 192;
@@ -77,7 +76,7 @@ pub(super) fn forward(
         // checked above).
         unsafe {
             filled_by_product(rows * d_out, |dst| {
-                bf16_gemm::product(dst, dims, bf16_gemm::Start::Bias(bias), x_rows, rhs)
+                bf16_gemm::product(dst, dims, Start::Bias(bias), x_rows, rhs)
             })
         }
     } else {
@@ -208,11 +207,7 @@ unsafe fn product(
             bf16_gemm::product(
                 dst,
                 (m, n, k),
-                if accumulate {
-                    bf16_gemm::Start::Dst
-                } else {
-                    bf16_gemm::Start::Zero
-                },
+                if accumulate { Start::Dst } else { Start::Zero },
                 lhs,
                 bf16_gemm::Rhs::Unpacked(rhs),
             )

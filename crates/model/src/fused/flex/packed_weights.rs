@@ -15,8 +15,8 @@ use std::rc::Rc;
 
 use burn_flex::FlexTensor;
 
-use super::Operand;
 use super::bf16_gemm::PackedRhs;
+use super::product::Operand;
 
 /// A weight: its storage's address, where its view starts, its `[k, n]` and its strides.
 #[derive(PartialEq, Eq, Hash)]

@@ -20,7 +20,8 @@
 
 use std::arch::asm;
 
-use super::{NR, Start};
+use super::packing::NR;
+use crate::fused::flex::product::Start;
 
 /// Rows of a micro tile: two tiles of 16.
 pub(super) const MR: usize = 32;
