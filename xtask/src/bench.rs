@@ -324,7 +324,10 @@ pub fn model_worker(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
 
 /// [`model_worker`] inside its choice of kernels.
 fn model_worker_with(args: &crate::flags::ModelWorkerArgs) -> Result<()> {
-    let config = shape_config(args.shape);
+    let config = match &args.config_file {
+        Some(path) => roberta_burn::RobertaConfig::load(path)?,
+        None => shape_config(args.shape),
+    };
     // bf16 on the CPU backend is mixed precision, as PyTorch's autocast on the other side: f32
     // parameters, the linear layers' products from bf16 operands.
     let autocast = args.device.backend == crate::flags::BackendFlag::Flex
@@ -1303,18 +1306,46 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
         );
         split.push((name, our, number("train_seconds")?, number("eval_seconds")?));
     }
+    // The step alone, as `bench model --train` times it, on this model and these training
+    // rows' lengths, every batch of an epoch: what the command's steps cost without the command.
+    let tokens = Path::new(&path("data")).join(sentiment_tokenize::tokens_file_name(
+        sentiment_data::Split::Train,
+    ));
+    let lengths = sentiment_tokenize::read_tokenized(&tokens)?.lengths();
+    let lengths_file = work.join("train-lengths.json");
+    std::fs::write(&lengths_file, serde_json::to_string(&lengths)?)?;
+    let mut alone = Vec::new();
+    for padding in ["fixed", "dynamic"] {
+        let (_, worker) = measure_json(
+            Command::new(&exe)
+                .args(["bench", "model-worker", "--train", "--shape", "tiny"])
+                .arg("--config-file")
+                .arg(Path::new(&initial).join("config.json"))
+                .arg("--lengths-file")
+                .arg(&lengths_file)
+                .args(["--padding", padding, "--batch", "32"])
+                .args(["--iters", &lengths.len().div_ceil(32).to_string()])
+                .env("RAYON_NUM_THREADS", &threads),
+        )?;
+        alone.push(
+            worker["samples_per_s"]
+                .as_f64()
+                .with_context(|| format!("the worker's samples_per_s in {worker}"))?,
+        );
+    }
     println!(
         "\nwhere the training time went (seconds over {} epochs; ours: the steps with their \
-         batches, the evaluations, and what runs between them)",
+         batches, the evaluations, and what runs between them; the step alone: `bench \
+         model-worker --train` on this model and these rows' lengths, every batch of an epoch)",
         args.epochs
     );
     println!(
-        "| batching | ours steps | ours evaluations | ours between | ours steps-only samples/s | Trainer train_runtime | Trainer evaluations |"
+        "| batching | ours steps | ours evaluations | ours between | ours steps samples/s | the step alone samples/s | Trainer train_runtime | Trainer evaluations |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (name, our, trainer_total, trainer_eval) in &split {
+    println!("|---|---|---|---|---|---|---|---|");
+    for ((name, our, trainer_total, trainer_eval), alone) in split.iter().zip(&alone) {
         println!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {trainer_total:.1} | {trainer_eval:.1} |",
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {alone:.1} | {trainer_total:.1} | {trainer_eval:.1} |",
             our.step_seconds,
             our.eval_seconds,
             our.seconds - our.step_seconds - our.eval_seconds,
@@ -1327,10 +1358,11 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
     ] = &split[..]
     {
         println!(
-            "length-aware over notebook batching: ours {:.2}x (the steps alone {:.2}x), the \
-             Trainer's {:.2}x",
+            "length-aware over notebook batching: ours {:.2}x (its steps {:.2}x; the step alone \
+             {:.2}x), the Trainer's {:.2}x",
             notebook.seconds / grouped.seconds,
             notebook.step_seconds / grouped.step_seconds,
+            alone[1] / alone[0],
             notebook_total / grouped_total
         );
     }

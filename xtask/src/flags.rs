@@ -312,6 +312,10 @@ pub struct ModelWorkerArgs {
     /// Shape.
     #[arg(long, value_enum)]
     pub shape: ShapeFlag,
+    /// A model's `config.json` to time instead of the shape's preset (`bench train` times the
+    /// step alone on the model its `train` runs).
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
     /// Timed iterations.
     #[arg(long)]
     pub iters: usize,
