@@ -98,7 +98,22 @@ fn trains_evaluates_keeps_the_best_exports_and_resumes_identically() {
     let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let p = prepared(2_000);
     let run_a = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
     let outcome = run(&p, &quick(), run_a.path(), false).unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    // Each record's wall time holds its steps and its evaluation; the records' wall times,
+    // each counted once, fit in the run's.
+    let rows = p.train.len() as f64;
+    for m in &outcome.history {
+        let in_steps = rows / m.train_samples_per_second;
+        assert!(m.eval_runtime > 0.0, "{m:?}");
+        assert!(m.seconds >= in_steps + m.eval_runtime - 1e-6, "{m:?}");
+    }
+    let recorded: f64 = outcome.history.iter().map(|m| m.seconds).sum();
+    assert!(
+        recorded <= elapsed,
+        "{recorded} s recorded in a {elapsed} s run"
+    );
     // A fresh run into a folder that holds one is refused, nothing overwritten; so is a resume
     // of a folder that holds none.
     let metrics = std::fs::read(run_a.path().join("metrics.json")).unwrap();
