@@ -2,7 +2,7 @@
 //! parallel pass each way ([`layer_norm`]), the linear layer as one GEMM over all rows each way
 //! ([`linear`]; in mixed precision [`bf16_gemm`], its weights packed once per evaluation by
 //! [`packed_weights`]; both products' operands [`product`]'s), attention as one operation each
-//! way ([`attention`]) and dropout masks drawn in parallel ([`dropout`]); what the kernels share
+//! way ([`attention`]) and dropout masks drawn in parallel ([`mod@dropout`]); what the kernels share
 //! in reading and writing tensors is [`tensors`]'.
 
 mod attention;

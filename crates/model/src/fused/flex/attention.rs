@@ -16,7 +16,7 @@
 //! backward:  ∂v = (p·m)ᵀ·∂o,  ∂p = (∂o·vᵀ)·m,  ∂s = p·(∂p − Σⱼ p·∂p),
 //!            ∂q = ∂s·k·scale,  ∂k = ∂sᵀ·q·scale
 //! ```
-//! with `m` the dropout mask scaled by 1/(1 − p), drawn as [`super::dropout`] draws its masks,
+//! with `m` the dropout mask scaled by 1/(1 − p), drawn as [`mod@super::dropout`] draws its masks,
 //! element by element of the `[batch, heads, seq, seq]` probabilities: the composed attention
 //! with that dropout gives the same mask for the same seed. Each task's results depend on its
 //! own rows only, so they do not depend on the number of threads.
