@@ -43,19 +43,10 @@ pub mod kernels;
 mod kernels;
 mod loader;
 mod model;
-mod seed;
 
 pub use config::RobertaConfig;
 pub use error::ModelError;
 pub use fused::in_thread_pool;
-
-/// What a training loop built on these models needs from the backend beside the models
-/// (`sentiment-train` uses it): which backend a device is, and the counter-based seeds that
-/// dropout masks and training steps share.
-pub mod backend {
-    pub use crate::fused::{is_flex, is_libtorch};
-    pub use crate::seed::mix_seed;
-}
 
 /// Held by the unit tests that draw from Burn's generator: it is one per process and tests run
 /// in parallel, so a test that seeds it and expects a sequence must not meet another's draws.

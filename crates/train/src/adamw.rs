@@ -237,7 +237,7 @@ impl FlatAdamW {
         let steps = self.steps() + 1;
         let device = gradients[0].device();
         #[cfg(feature = "tch")]
-        if roberta_burn::backend::is_libtorch(&device) {
+        if sentiment_backend::is_libtorch(&device) {
             let moments = self.state.take().map(|s| (s.moment_1, s.moment_2));
             let gradient = Tensor::cat(gradients, 0);
             let update = libtorch::step(&self.settings, lr, steps, gradient, params, moments);
@@ -261,7 +261,7 @@ impl FlatAdamW {
             .chain(&params)
             .all(|t| t.dtype() == DType::F32);
         // The CPU backend's one-pass update, for f32 parameters; others take the composed path.
-        if roberta_burn::backend::is_flex(&device) && all_f32 && !self.gpu_code_paths {
+        if sentiment_backend::is_flex(&device) && all_f32 && !self.gpu_code_paths {
             let moments = self.state.take().map(|s| (s.moment_1, s.moment_2));
             let update = flex::step(&self.settings, lr, steps, gradients, params, moments);
             let pieces = ids.into_iter().zip(update.params).collect();

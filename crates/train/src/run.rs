@@ -369,7 +369,7 @@ where
     T: Task,
     C: Clone + PartialEq + Serialize + DeserializeOwned,
 {
-    if settings.run.bf16 && !roberta_burn::backend::is_flex(device) {
+    if settings.run.bf16 && !sentiment_backend::is_flex(device) {
         return Err(TrainError::InvalidSetting(
             "bf16: mixed precision runs on the CPU backend (flex); other backends train in \
              their device's float type"
@@ -565,7 +565,7 @@ where
             let step_started = Instant::now();
             // The dropout masks of a step depend on (seed, step) only: a run resumed at any
             // step draws the masks an uninterrupted run would.
-            autodiff.seed(roberta_burn::backend::mix_seed(settings.seed, step as u64));
+            autodiff.seed(sentiment_backend::mix_seed(settings.seed, step as u64));
             let rate = schedule.rate(step);
             let wants_norm = tensorboard.is_some();
             // The step is one job of the CPU backend's thread pool, not hundreds.

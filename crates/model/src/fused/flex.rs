@@ -16,7 +16,6 @@ mod product;
 mod tensors;
 
 use burn::backend::tensor::FloatTensor;
-use burn::tensor::Device;
 
 pub(super) use dropout::dropout;
 use dropout::{DropoutMask, attention_mask};
@@ -198,12 +197,4 @@ fn flex_gelu(x: FloatTensor<burn::backend::Flex>) -> FloatTensor<burn::backend::
     let n = x.layout().num_elements();
     fast_gelu::gelu_in_place(&mut x.storage_mut::<f32>()[..n]);
     x
-}
-
-/// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's.
-pub(super) fn is_flex(device: &Device) -> bool {
-    matches!(
-        device.clone().without_autodiff().as_dispatch(),
-        burn_dispatch::DispatchDevice::Flex(_)
-    )
 }

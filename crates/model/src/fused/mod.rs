@@ -49,6 +49,7 @@ mod libtorch;
 mod ops;
 
 use ops::FusedOps;
+use sentiment_backend::{is_flex, is_libtorch};
 
 use burn::backend::Dispatch;
 use burn::tensor::Tensor;
@@ -58,7 +59,7 @@ use burn::tensor::Tensor;
 /// `native_dropout` kernels; on the CPU backend a mask drawn in parallel ([`flex::dropout`]).
 pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     #[cfg(feature = "flex")]
-    if flex::is_flex(&x.device()) {
+    if is_flex(&x.device()) {
         return flex::dropout(x, prob);
     }
     if !crate::kernels::current().fused_ops {
@@ -137,17 +138,6 @@ pub fn in_thread_pool<R: Send>(device: &burn::tensor::Device, f: impl FnOnce() -
     f()
 }
 
-/// Whether `device` (or the device under its autodiff wrapper) is the CPU backend's (flex).
-pub fn is_flex(device: &burn::tensor::Device) -> bool {
-    #[cfg(feature = "flex")]
-    return flex::is_flex(device);
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = device;
-        false
-    }
-}
-
 /// Whether the model may hand `device`'s kernels tensors of any shape: on the CPU backend,
 /// whose kernels compile nothing and want no alignment, the classifier and the masked LM cut a
 /// batch's padded columns and size the last layer's rows exactly. Elsewhere a batch keeps the
@@ -162,20 +152,6 @@ pub(crate) fn any_shape(device: &burn::tensor::Device) -> bool {
 /// What sizes the model chooses are rounded up to where [`any_shape`] is false (as
 /// transformers' `pad_to_multiple_of=8`).
 pub(crate) const SHAPE_MULTIPLE: usize = 8;
-
-/// Whether `device` (or the device under its autodiff wrapper) is a libtorch one (CPU or CUDA).
-pub fn is_libtorch(device: &burn::tensor::Device) -> bool {
-    #[cfg(feature = "tch")]
-    return matches!(
-        device.clone().without_autodiff().as_dispatch(),
-        burn_dispatch::DispatchDevice::LibTorch(_)
-    );
-    #[cfg(not(feature = "tch"))]
-    {
-        let _ = device;
-        false
-    }
-}
 
 /// Whether [`attention`] runs on `device` for `dtype` heads with attention dropout `dropout`:
 /// on the CPU backend in f32 (its own kernel, dropout included); on libtorch, on CUDA

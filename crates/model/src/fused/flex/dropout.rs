@@ -26,7 +26,7 @@ pub(in crate::fused) fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tens
     x * Tensor::from_data(burn::tensor::TensorData::new(factors, shape), &device)
 }
 
-/// A dropout mask as a counter-based hash of one seed ([`crate::seed::mix_seed`]): element `index`
+/// A dropout mask as a counter-based hash of one seed ([`sentiment_backend::mix_seed`]): element `index`
 /// is kept, and scaled by 1/(1 − p), when the top 32 bits of its hash fall below (1 − p)·2³²;
 /// so any element is drawn without the others, in parallel and in any order.
 #[derive(Clone, Copy, Debug)]
@@ -68,7 +68,7 @@ impl DropoutMask {
     /// 1/(1 − p) where element `index` is kept, 0 where it is dropped.
     #[inline(always)]
     pub(super) fn factor(&self, index: u64) -> f32 {
-        if crate::seed::mix_seed(self.seed, index) >> 32 < self.threshold {
+        if sentiment_backend::mix_seed(self.seed, index) >> 32 < self.threshold {
             self.scale
         } else {
             0.0
