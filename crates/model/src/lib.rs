@@ -52,11 +52,8 @@ pub use fused::in_thread_pool;
 /// in parallel, so a test that seeds it and expects a sequence must not meet another's draws.
 #[cfg(test)]
 pub(crate) static GENERATOR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-pub use loader::{
-    CONFIG_FILE, LoadReport, Loaded, PYTORCH_FILE, Pretrained, SAFETENSORS_FILE,
-    SAFETENSORS_INDEX_FILE,
-};
+pub use loader::{LoadReport, Loaded, Pretrained};
 // The layer structs (embeddings, attention, …) stay inside `model`: the three models are the
 // API, and their layers can change without breaking it.
 pub use model::{RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel};
-pub use sentiment_hub::{HubSettings, resolve_pretrained};
+pub use sentiment_hub::HubSettings;
