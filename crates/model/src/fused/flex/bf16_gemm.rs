@@ -884,6 +884,8 @@ fn portable_micro(pairs: usize, a: &[u32], a_order: Order, b: &[u32]) -> [[f32; 
 
 #[cfg(test)]
 mod tests {
+    // The packing and kernel comparisons that build words by hand are x86-64 only.
+    #[cfg(target_arch = "x86_64")]
     use super::packing::pair;
     use super::*;
 
