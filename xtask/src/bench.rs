@@ -1197,6 +1197,9 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
         args.sample,
     ))?;
     let seed = args.seed.to_string();
+    // The command's batch size, which the step alone takes too (finetune_trainer.py's is 32).
+    const BATCH: usize = 32;
+    let batch = BATCH.to_string();
     let train_flags = |out: &str| -> Vec<String> {
         [
             "train",
@@ -1209,7 +1212,7 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
             "--max-length",
             "64",
             "--batch-size",
-            "32",
+            &batch,
             "--quiet",
         ]
         .map(String::from)
@@ -1296,8 +1299,8 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
         let trainer_speed = number("train_samples_per_second")?;
         println!(
             "| {name} | {:.1} | {trainer_speed:.1} | {:.2}x | {:.1} | {:.1} | {:.2}x | {:.4} / {:.4} |",
-            our.samples_per_second,
-            our.samples_per_second / trainer_speed,
+            our.samples_per_second(),
+            our.samples_per_second() / trainer_speed,
             our_run.wall.as_secs_f64(),
             trainer_run.wall.as_secs_f64(),
             trainer_run.wall.as_secs_f64() / our_run.wall.as_secs_f64(),
@@ -1323,8 +1326,8 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
                 .arg(Path::new(&initial).join("config.json"))
                 .arg("--lengths-file")
                 .arg(&lengths_file)
-                .args(["--padding", padding, "--batch", "32"])
-                .args(["--iters", &lengths.len().div_ceil(32).to_string()])
+                .args(["--padding", padding, "--batch", &batch])
+                .args(["--iters", &lengths.len().div_ceil(BATCH).to_string()])
                 .env("RAYON_NUM_THREADS", &threads),
         )?;
         alone.push(
@@ -1372,9 +1375,6 @@ pub fn train(args: &crate::flags::BenchTrainArgs) -> Result<()> {
 /// What a `train` run's records say of its speed (metrics.json) and its test F1.
 #[derive(Clone, Copy, Debug)]
 struct TrainFigures {
-    /// Every epoch's training rows over the training time, the evaluations included, as the
-    /// Trainer's `train_samples_per_second`.
-    samples_per_second: f64,
     /// Training rows over all epochs.
     rows: f64,
     /// The training time: the steps, the evaluations and what runs between them.
@@ -1384,6 +1384,14 @@ struct TrainFigures {
     /// The evaluations' time.
     eval_seconds: f64,
     test_f1: f64,
+}
+
+impl TrainFigures {
+    /// Every epoch's training rows over the training time, the evaluations included, as the
+    /// Trainer's `train_samples_per_second`.
+    fn samples_per_second(&self) -> f64 {
+        self.rows / self.seconds.max(1e-9)
+    }
 }
 
 /// The figures of the `train` run in `run`, on the prepared data in `data`.
@@ -1417,7 +1425,6 @@ fn our_train_figures(run: &Path, data: &str) -> Result<TrainFigures> {
         .as_f64()
         .context("the test F1 in outcome.json")?;
     Ok(TrainFigures {
-        samples_per_second: rows / seconds.max(1e-9),
         rows,
         seconds,
         step_seconds: sum(&|m| Some(train_rows / m["train_samples_per_second"].as_f64()?))?,
@@ -1480,7 +1487,7 @@ mod tests {
         assert_eq!(figures.seconds, 7.0);
         assert_eq!(figures.step_seconds, 6.0);
         assert_eq!(figures.eval_seconds, 1.0);
-        assert!((figures.samples_per_second - 200.0 / 7.0).abs() < 1e-12);
+        assert!((figures.samples_per_second() - 200.0 / 7.0).abs() < 1e-12);
         assert_eq!(figures.test_f1, 0.75);
         // A record without the evaluation's time (one written before it was kept) is an error,
         // not a zero.

@@ -35,12 +35,6 @@ impl Kernels {
     };
 }
 
-impl Default for Kernels {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
 /// The ways the CPU backend's bf16 products can run, for A/B benchmarks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 // Only the benchmarks' choice ([`with`]) names a variant.
